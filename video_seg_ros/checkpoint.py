@@ -1,0 +1,208 @@
+"""The project's one checkpoint format: weights plus everything needed to use them.
+
+A checkpoint file is a plain ``dict`` written by :func:`torch.save` and read back with
+``torch.load(..., weights_only=True)``, so it holds only tensors, numbers, strings, lists and
+dicts::
+
+    {
+      "format": "video_seg_ros.checkpoint", "version": 1,
+      "arch": "espnet", "arch_kwargs": {"p": 2, "q": 8, "num_classes": 20},
+      "state_dict": {...},              # of the whole model (memory wrapper included, if any)
+      "meta": {
+        "label_set": "cityscapes", "class_names": [...], "palette": [[r, g, b], ...],
+        "output_to_class": [0, 1, ..., 18, 255],   # model channel -> published id (255 = none)
+        "preprocessing": {"input_height": 512, "input_width": 1024, "channel_order": "bgr",
+                          "mean": [...], "std": [...], "scale": 0.00392, "interpolation": "linear"},
+        "memory": None or {...},        # local-memory-attention settings (models/memory.py)
+        "source": {...},                # where the weights came from (import command, training run)
+        "training": None or {...},      # the training config, for checkpoints we trained
+      },
+    }
+
+Preprocessing of a uint8 frame, in ``channel_order``: ``x = (pixel - mean) / std * scale`` after
+resizing to ``input_width`` x ``input_height``. This one formula covers every source we load:
+ESPNet (BGR, 0..255 mean/std, then /255), CGNet (RGB minus mean, std 1, scale 1) and torchvision
+style ImageNet statistics (mean*255, std*255, scale 1).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from video_seg_ros.labels import IGNORE_ID, LABEL_SETS
+
+FORMAT_NAME = "video_seg_ros.checkpoint"
+FORMAT_VERSION = 1
+
+#: The model embedded in the package, trained on synthetic sequences (see its model card).
+DEFAULT_CHECKPOINT_NAME = "default_model.pt"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable or not in the project format; the message says what to do."""
+
+
+@dataclass
+class Preprocessing:
+    """How a uint8 frame becomes the model's input tensor (see the module docstring)."""
+
+    input_height: int
+    input_width: int
+    channel_order: str = "rgb"
+    mean: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    std: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    scale: float = 1.0 / 255.0
+    interpolation: str = "linear"
+
+    def __post_init__(self):
+        if self.channel_order not in ("rgb", "bgr"):
+            raise ValueError(f"channel_order must be 'rgb' or 'bgr', got {self.channel_order!r}")
+        if self.interpolation not in ("linear", "area", "nearest"):
+            raise ValueError(f"unknown interpolation {self.interpolation!r}")
+        if self.input_height <= 0 or self.input_width <= 0:
+            raise ValueError("input size must be positive")
+
+
+@dataclass
+class Checkpoint:
+    """A model's architecture, weights and metadata, as stored on disk."""
+
+    arch: str
+    arch_kwargs: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    label_set: str
+    class_names: list[str]
+    palette: list[list[int]]
+    output_to_class: list[int]
+    preprocessing: Preprocessing
+    memory: dict[str, Any] | None = None
+    source: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] | None = None
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.output_to_class)
+
+    @property
+    def model_name(self) -> str:
+        """Short human-readable name, e.g. ``espnet(p=2,q=8)+memory``."""
+        args = ",".join(f"{k}={v}" for k, v in sorted(self.arch_kwargs.items()) if k != "num_classes")
+        name = f"{self.arch}({args})" if args else self.arch
+        return name + ("+memory" if self.memory else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "arch": self.arch,
+            "arch_kwargs": dict(self.arch_kwargs),
+            "state_dict": {k: v.detach().cpu().contiguous() for k, v in self.state_dict.items()},
+            "meta": {
+                "label_set": self.label_set,
+                "class_names": list(self.class_names),
+                "palette": [list(map(int, c)) for c in self.palette],
+                "output_to_class": [int(c) for c in self.output_to_class],
+                "preprocessing": asdict(self.preprocessing),
+                "memory": copy.deepcopy(self.memory),
+                "source": copy.deepcopy(self.source),
+                "training": copy.deepcopy(self.training),
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], origin: str = "<dict>") -> "Checkpoint":
+        if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
+            raise CheckpointError(
+                f"{origin} is not a video_seg_ros checkpoint (no 'format': '{FORMAT_NAME}' entry). "
+                "If it is a published state_dict, convert it first with `video-seg-import`."
+            )
+        if data.get("version") != FORMAT_VERSION:
+            raise CheckpointError(
+                f"{origin} has checkpoint format version {data.get('version')!r}; this package reads "
+                f"version {FORMAT_VERSION}. Re-export it with a matching video_seg_ros."
+            )
+        try:
+            meta = data["meta"]
+            return cls(
+                arch=data["arch"],
+                arch_kwargs=dict(data["arch_kwargs"]),
+                state_dict=data["state_dict"],
+                label_set=meta["label_set"],
+                class_names=list(meta["class_names"]),
+                palette=[list(c) for c in meta["palette"]],
+                output_to_class=list(meta["output_to_class"]),
+                preprocessing=Preprocessing(**meta["preprocessing"]),
+                memory=meta.get("memory"),
+                source=meta.get("source") or {},
+                training=meta.get("training"),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise CheckpointError(f"{origin} is an incomplete or damaged checkpoint: {error!r}. "
+                                  "Re-create it with `video-seg-import` or `video-seg-train`.") from error
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write atomically (temporary file + rename), so a crash never leaves half a checkpoint."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".partial")
+        torch.save(self.to_dict(), tmp)
+        os.replace(tmp, path)
+        return path
+
+
+def default_checkpoint_path() -> Path:
+    """Path of the model embedded in the package."""
+    return Path(str(resources.files("video_seg_ros") / "resources" / DEFAULT_CHECKPOINT_NAME))
+
+
+def resolve_checkpoint_path(path: str | os.PathLike | None) -> Path:
+    """``None``, ``""`` or ``"default"`` mean the embedded default model."""
+    if path is None or str(path) in ("", "default"):
+        return default_checkpoint_path()
+    return Path(os.path.expanduser(str(path)))
+
+
+def load_checkpoint(path: str | os.PathLike | None) -> Checkpoint:
+    """Read a checkpoint with ``weights_only=True``; raise :class:`CheckpointError` with advice."""
+    resolved = resolve_checkpoint_path(path)
+    if not resolved.is_file():
+        raise CheckpointError(
+            f"checkpoint not found: {resolved}. Pass an existing file (CLI --checkpoint, node "
+            "parameter 'checkpoint'), 'default' for the embedded model, or convert published "
+            "weights with `video-seg-import`."
+        )
+    try:
+        data = torch.load(resolved, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for truncated or foreign files
+        raise CheckpointError(
+            f"could not read checkpoint {resolved}: {type(error).__name__}: {str(error)[:200]}. "
+            "The file is damaged or not a PyTorch file; re-create it with `video-seg-import` or "
+            "`video-seg-train`."
+        ) from error
+    return Checkpoint.from_dict(data, origin=str(resolved))
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def output_to_class_for(label_set: str, num_outputs: int) -> list[int]:
+    """Map model output channels to published ids: channels past the label set become unlabelled.
+
+    Cityscapes checkpoints with a 20th "background" channel and CamVid ones with a 12th "void"
+    channel both publish that channel as :data:`IGNORE_ID`.
+    """
+    known = LABEL_SETS[label_set].num_classes
+    return [c if c < known else IGNORE_ID for c in range(num_outputs)]

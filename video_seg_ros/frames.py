@@ -1,0 +1,102 @@
+"""The one frame reader: lists image folders as sequences and reads frames and label images.
+
+Layouts understood (file names decide; sorted names give temporal order within a sequence):
+
+- Cityscapes ``<city>_<seq>_<frame>_leftImg8bit.{png,jpg}`` -> sequence ``<city>_<seq>``; labels
+  ``<city>_<seq>_<frame>_gtFine_labelTrainIds.png`` / ``_gtFine_labelIds.png`` /
+  ``_pseudo_labelIds.png`` anywhere under the labels folder.
+- CamVid ``<seq>_<frame>.png`` -> sequence ``<seq>``; labels with the same file name.
+- Anything else ending in digits (``frame_000123.jpg``) -> the name before the digits; otherwise the
+  parent folder is the sequence.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from video_seg_ros.labels import convert_label_image
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm")
+_CITYSCAPES_IMAGE = re.compile(r"^(?P<seq>[a-z]+_\d+)_(?P<frame>\d+)_leftImg8bit$", re.IGNORECASE)
+_LABEL_SUFFIXES = ("_gtFine_labelTrainIds", "_gtFine_labelIds", "_pseudo_labelIds", "_labelTrainIds",
+                   "_labelIds", "")
+_TRAILING_NUMBER = re.compile(r"^(?P<seq>.*?)[_\-.]?(?P<frame>\d+)$")
+
+
+@dataclass(frozen=True)
+class FrameRecord:
+    """One image file and where it sits in its sequence."""
+
+    path: Path
+    sequence: str
+    frame: int
+    key: str  # file stem without the layout suffix, used to find the matching label file
+
+
+def parse_frame_name(path: Path) -> FrameRecord:
+    stem = path.stem
+    match = _CITYSCAPES_IMAGE.match(stem)
+    if match:
+        return FrameRecord(path, match["seq"], int(match["frame"]), stem[: -len("_leftImg8bit")])
+    match = _TRAILING_NUMBER.match(stem)
+    if match and match["seq"]:
+        return FrameRecord(path, match["seq"], int(match["frame"]), stem)
+    return FrameRecord(path, path.parent.name, 0, stem)
+
+
+def list_frames(root: str | Path) -> list[FrameRecord]:
+    """All images under ``root`` (recursively), ordered by sequence then frame number."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    records = [parse_frame_name(p) for p in root.rglob("*")
+               if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
+    return sorted(records, key=lambda r: (r.sequence, r.frame, r.path.name))
+
+
+def group_sequences(records: list[FrameRecord]) -> dict[str, list[FrameRecord]]:
+    """Sequence name -> its frames in temporal order (input order is kept)."""
+    groups: dict[str, list[FrameRecord]] = {}
+    for record in records:
+        groups.setdefault(record.sequence, []).append(record)
+    return groups
+
+
+def index_label_files(labels_root: str | Path) -> dict[str, Path]:
+    """Map frame keys to label files under ``labels_root`` (layout suffixes stripped)."""
+    labels_root = Path(labels_root)
+    if not labels_root.is_dir():
+        raise FileNotFoundError(f"label folder not found: {labels_root}")
+    index: dict[str, Path] = {}
+    for path in sorted(labels_root.rglob("*.png")):
+        stem = path.stem
+        for suffix in _LABEL_SUFFIXES:
+            if suffix and stem.endswith(suffix):
+                index.setdefault(stem[: -len(suffix)], path)
+                break
+        else:
+            index.setdefault(stem, path)
+    return index
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB; raises ``ValueError`` naming the file if it cannot be decoded."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"cannot read image {path} (missing, empty or not an image)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_label(path: str | Path, label_format: str) -> np.ndarray:
+    """(H, W) uint8 train ids from a label image in ``label_format`` (see labels.LABEL_FORMATS)."""
+    label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if label is None:
+        raise ValueError(f"cannot read label image {path}")
+    if label.ndim == 3:
+        raise ValueError(f"label image {path} has colour channels; a class-id image is expected")
+    return convert_label_image(label, label_format)

@@ -1,0 +1,134 @@
+"""Label sets, colour palettes and label-format conversions: the one place for them.
+
+Every other module (engine, node, tools, training) takes class names and palettes from here or from
+a checkpoint's metadata, which is itself written from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Published id for pixels that carry no class (Cityscapes' ignore value).
+IGNORE_ID = 255
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    """A named list of classes with their display colours.
+
+    ``names[i]`` and ``palette[i]`` describe class id ``i``; id :data:`IGNORE_ID` is "unlabelled"
+    and is drawn black.
+    """
+
+    name: str
+    names: tuple[str, ...]
+    palette: tuple[tuple[int, int, int], ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+    def palette_array(self) -> np.ndarray:
+        """(256, 3) uint8 lookup table: class id -> RGB; unknown ids and 255 map to black."""
+        return palette_lookup_table(self.palette)
+
+
+CITYSCAPES = LabelSet(
+    name="cityscapes",
+    names=(
+        "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
+        "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
+        "motorcycle", "bicycle",
+    ),
+    palette=(
+        (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153),
+        (153, 153, 153), (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152),
+        (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100),
+        (0, 80, 100), (0, 0, 230), (119, 11, 32),
+    ),
+)
+
+#: CamVid, SegNet's 11-class split; id 11 ("Unlabelled") is mapped to IGNORE_ID on reading.
+CAMVID = LabelSet(
+    name="camvid",
+    names=(
+        "sky", "building", "pole", "road", "pavement", "tree", "sign symbol", "fence", "car",
+        "pedestrian", "bicyclist",
+    ),
+    palette=(
+        (128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222),
+        (128, 128, 0), (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192),
+    ),
+)
+CAMVID_UNLABELLED = 11
+
+LABEL_SETS = {label_set.name: label_set for label_set in (CITYSCAPES, CAMVID)}
+
+# Cityscapes labelId -> trainId (the official table of cityscapesScripts' labels.py).
+_CITYSCAPES_LABEL_TO_TRAIN = {
+    7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
+    26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
+}
+CITYSCAPES_LABELID_TO_TRAINID = np.full(256, IGNORE_ID, dtype=np.uint8)
+for _label_id, _train_id in _CITYSCAPES_LABEL_TO_TRAIN.items():
+    CITYSCAPES_LABELID_TO_TRAINID[_label_id] = _train_id
+
+#: The label-file formats the tools accept.
+LABEL_FORMATS = ("trainids", "cityscapes-labelids", "camvid")
+
+
+def palette_lookup_table(palette) -> np.ndarray:
+    """(256, 3) uint8 table from a list of RGB triples; ids past the list are black."""
+    table = np.zeros((256, 3), dtype=np.uint8)
+    colours = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
+    table[: len(colours)] = colours
+    return table
+
+
+def convert_label_image(label: np.ndarray, label_format: str) -> np.ndarray:
+    """Turn a label image read from disk into train ids (uint8, IGNORE_ID = unlabelled).
+
+    Args:
+        label: (H, W) integer array as stored in the file.
+        label_format: one of :data:`LABEL_FORMATS`.
+    """
+    label = np.asarray(label)
+    if label.ndim != 2:
+        raise ValueError(f"label image must be single-channel (H, W), got shape {label.shape}")
+    if label_format == "trainids":
+        return label.astype(np.uint8, copy=False)
+    if label_format == "cityscapes-labelids":
+        return CITYSCAPES_LABELID_TO_TRAINID[label.astype(np.uint8, copy=False)]
+    if label_format == "camvid":
+        out = label.astype(np.uint8, copy=True)
+        out[out >= CAMVID_UNLABELLED] = IGNORE_ID
+        return out
+    raise ValueError(f"unknown label format {label_format!r}; choose one of {LABEL_FORMATS}")
+
+
+def colorize(labels: np.ndarray, palette_table: np.ndarray) -> np.ndarray:
+    """(H, W) uint8 class ids -> (H, W, 3) uint8 RGB through a (256, 3) palette table."""
+    return palette_table[labels]
+
+
+def overlay(frame_rgb: np.ndarray, labels: np.ndarray, palette_table: np.ndarray,
+            alpha: float = 0.5) -> np.ndarray:
+    """Blend the palette colours over an RGB frame; unlabelled pixels keep the frame.
+
+    Args:
+        frame_rgb: (H, W, 3) uint8.
+        labels: (H, W) uint8 class ids.
+        alpha: weight of the colour layer, 0..1.
+    """
+    colour = colorize(labels, palette_table)
+    # Integer blend in uint16 is several times faster than float on large frames.
+    weight = int(round(alpha * 256))
+    blended = (colour.astype(np.uint16) * weight
+               + frame_rgb.astype(np.uint16) * (256 - weight)) >> 8
+    blended = blended.astype(np.uint8)
+    unlabelled = labels == IGNORE_ID
+    if unlabelled.any():
+        blended[unlabelled] = frame_rgb[unlabelled]
+    return blended

@@ -1,0 +1,15 @@
+"""Locating the verification data folder (``../shared``) that sits beside a developer checkout."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def shared_dir() -> Path | None:
+    """``$VIDEO_SEG_SHARED`` when set, else ``../shared`` beside the repository; None if absent."""
+    env = os.environ.get("VIDEO_SEG_SHARED")
+    candidate = Path(env) if env else _REPO_ROOT.parent / "shared"
+    return candidate if candidate.is_dir() else None
