@@ -25,6 +25,8 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm")
 _CITYSCAPES_IMAGE = re.compile(r"^(?P<seq>[a-z]+_\d+)_(?P<frame>\d+)_leftImg8bit$", re.IGNORECASE)
 _LABEL_SUFFIXES = ("_gtFine_labelTrainIds", "_gtFine_labelIds", "_pseudo_labelIds", "_labelTrainIds",
                    "_labelIds", "")
+# Label and annotation images that may sit in the same tree as the frames; never listed as frames.
+_ANNOTATION_STEM = re.compile(r"_(gtFine|gtCoarse|pseudo)_\w+$|_label(Train)?Ids$|_color$|_instanceIds$")
 _TRAILING_NUMBER = re.compile(r"^(?P<seq>.*?)[_\-.]?(?P<frame>\d+)$")
 
 
@@ -55,7 +57,8 @@ def list_frames(root: str | Path) -> list[FrameRecord]:
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
     records = [parse_frame_name(p) for p in root.rglob("*")
-               if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
+               if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+               and not _ANNOTATION_STEM.search(p.stem)]
     return sorted(records, key=lambda r: (r.sequence, r.frame, r.path.name))
 
 
