@@ -6,8 +6,8 @@ Layouts understood (file names decide; sorted names give temporal order within a
   ``<city>_<seq>_<frame>_gtFine_labelTrainIds.png`` / ``_gtFine_labelIds.png`` /
   ``_pseudo_labelIds.png`` anywhere under the labels folder.
 - CamVid ``<seq>_<frame>.png`` -> sequence ``<seq>``; labels with the same file name.
-- Anything else ending in digits (``frame_000123.jpg``) -> the name before the digits; otherwise the
-  parent folder is the sequence.
+- Anything else ending in digits (``frame_000123.jpg``) -> the name before the digits (the parent
+  folder for bare numbers such as ``000123.png``); otherwise the parent folder is the sequence.
 """
 
 from __future__ import annotations
@@ -46,8 +46,9 @@ def parse_frame_name(path: Path) -> FrameRecord:
     if match:
         return FrameRecord(path, match["seq"], int(match["frame"]), stem[: -len("_leftImg8bit")])
     match = _TRAILING_NUMBER.match(stem)
-    if match and match["seq"]:
-        return FrameRecord(path, match["seq"], int(match["frame"]), stem)
+    if match:
+        # Bare numbers (000123.png) belong to their folder's sequence.
+        return FrameRecord(path, match["seq"] or path.parent.name, int(match["frame"]), stem)
     return FrameRecord(path, path.parent.name, 0, stem)
 
 
@@ -70,21 +71,38 @@ def group_sequences(records: list[FrameRecord]) -> dict[str, list[FrameRecord]]:
     return groups
 
 
-def index_label_files(labels_root: str | Path) -> dict[str, Path]:
-    """Map frame keys to label files under ``labels_root`` (layout suffixes stripped)."""
+# Which label file wins when one frame has several (Cityscapes gtFine holds both labelIds and
+# labelTrainIds): the ones written in the requested format first.
+_SUFFIX_PREFERENCE = {
+    "trainids": ("_gtFine_labelTrainIds", "_labelTrainIds", ""),
+    "cityscapes-labelids": ("_gtFine_labelIds", "_pseudo_labelIds", "_labelIds", ""),
+    "camvid": ("",),
+}
+_NOT_CLASS_IDS = re.compile(r"_color$|_instanceIds$|_polygons$")
+
+
+def index_label_files(labels_root: str | Path, label_format: str | None = None) -> dict[str, Path]:
+    """Map frame keys to label files under ``labels_root`` (layout suffixes stripped).
+
+    Colour and instance images are skipped. When a key has several label files, those matching
+    ``label_format`` (see labels.LABEL_FORMATS) are preferred, e.g. ``*_gtFine_labelTrainIds.png``
+    over ``*_gtFine_labelIds.png`` for ``"trainids"``.
+    """
     labels_root = Path(labels_root)
     if not labels_root.is_dir():
         raise FileNotFoundError(f"label folder not found: {labels_root}")
-    index: dict[str, Path] = {}
+    preferred = _SUFFIX_PREFERENCE.get(label_format, _LABEL_SUFFIXES)
+    ranked: dict[str, tuple[int, Path]] = {}
     for path in sorted(labels_root.rglob("*.png")):
         stem = path.stem
-        for suffix in _LABEL_SUFFIXES:
-            if suffix and stem.endswith(suffix):
-                index.setdefault(stem[: -len(suffix)], path)
-                break
-        else:
-            index.setdefault(stem, path)
-    return index
+        if _NOT_CLASS_IDS.search(stem):
+            continue
+        suffix = next((s for s in _LABEL_SUFFIXES if s and stem.endswith(s)), "")
+        key = stem[: -len(suffix)] if suffix else stem
+        rank = preferred.index(suffix) if suffix in preferred else len(preferred)
+        if key not in ranked or rank < ranked[key][0]:
+            ranked[key] = (rank, path)
+    return {key: path for key, (_, path) in ranked.items()}
 
 
 def read_rgb(path: str | Path) -> np.ndarray:

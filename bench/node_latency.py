@@ -1,0 +1,249 @@
+"""End-to-end latency of video_seg_node against the bare engine, and frames dropped at 5/10/30 Hz.
+
+Starts ``video_seg_node`` (or uses a running one with ``--no-start``), publishes full-resolution
+frames (2048x1024 Cityscapes sequence frames from ../shared when present, a synthetic pattern
+otherwise) and measures, for the same frames:
+
+- end-to-end: ``publish(image)`` -> ``~/labels`` received, in this process (one frame in flight);
+- engine: ``SegmentationEngine.segment`` on the same frame in this process, interleaved frame by
+  frame with the node measurement so both see the same machine load.
+
+Then it publishes at each ``--rates`` for ``--rate-seconds`` with camera QoS (best effort) and
+reports frames received, processed and dropped (keep-latest queue) from the node's /diagnostics.
+
+Example::
+
+    video-seg-import --arch espnet --preset cityscapes --weights ../shared/weights/espnet/espnet_p_2_q_8.pth \\
+        --out /tmp/espnet_city.pt
+    python bench/node_latency.py --checkpoint /tmp/espnet_city.pt --frames 12 --json /tmp/node_latency.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout: import this checkout's package
+    sys.path.insert(0, str(REPO_ROOT))
+TARGET_RATIO = 1.15
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", default="default",
+                        help="checkpoint the node and the bare engine load ('default' = embedded model)")
+    parser.add_argument("--device", default="cpu", help="auto, cpu or cuda[:N] (node and engine)")
+    parser.add_argument("--upsample", default="logits", choices=["logits", "labels"],
+                        help="engine upsampling mode (node parameter 'upsample')")
+    parser.add_argument("--frames", type=int, default=12,
+                        help="frames for the latency comparison (the first 2 are warm-up, not counted)")
+    parser.add_argument("--width", type=int, default=2048, help="frame width")
+    parser.add_argument("--height", type=int, default=1024, help="frame height")
+    parser.add_argument("--frames-dir", default=None,
+                        help="folder of frames to use (default: ../shared Cityscapes sequences, else synthetic)")
+    parser.add_argument("--rates", default="5,10,30", help="comma-separated input rates (Hz) for the drop test")
+    parser.add_argument("--rate-seconds", type=float, default=4.0, help="how long to publish at each rate")
+    parser.add_argument("--no-start", action="store_true",
+                        help="use an already running node instead of starting one")
+    parser.add_argument("--node-name", default="video_seg_bench",
+                        help="node name (topics /<name>/labels; diagnostics status name)")
+    parser.add_argument("--topic", default="/bench_camera/image", help="input image topic")
+    parser.add_argument("--startup-timeout", type=float, default=180.0, help="seconds to wait for the node")
+    parser.add_argument("--json", default=None, help="write the figures as JSON here")
+    return parser
+
+
+def load_frames(args) -> tuple[list[np.ndarray], str]:
+    from video_seg_ros.frames import list_frames, read_rgb
+    from video_seg_ros.shared_data import shared_dir
+
+    root = Path(args.frames_dir) if args.frames_dir else None
+    if root is None and shared_dir() is not None:
+        root = shared_dir() / "data" / "cityscapes_sequences"
+    records = list_frames(root)[: args.frames] if root is not None and root.is_dir() else []
+    size = (args.width, args.height)
+    if records:
+        frames = [read_rgb(r.path) for r in records]
+        frames = [f if f.shape[1::-1] == size else cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames]
+        return frames, str(root)
+    y, x = np.mgrid[0:args.height, 0:args.width]
+    frames = [np.stack([(x + 8 * i) % 256, y % 256, ((x + y) // 4 + 16 * i) % 256], axis=2).astype(np.uint8)
+              for i in range(args.frames)]
+    return frames, "synthetic pattern"
+
+
+def start_node(args, env, log_path: Path) -> subprocess.Popen:
+    command = [sys.executable, "-m", "video_seg_ros.ros.node", "--ros-args",
+               "-r", f"__node:={args.node_name}", "-r", f"image:={args.topic}",
+               "-p", f"checkpoint:={args.checkpoint}", "-p", f"device:={args.device}",
+               "-p", f"upsample:={args.upsample}", "-p", "diagnostics_period_s:=0.5",
+               "-p", f"max_input_pixels:={max(args.width * args.height, 4)}"]
+    with open(log_path, "wb") as log:  # a file, not a pipe: a full pipe would stall the node
+        return subprocess.Popen(command, env=env, cwd=str(REPO_ROOT), stdout=log, stderr=subprocess.STDOUT)
+
+
+def percentiles(values) -> tuple[float, float]:
+    return float(np.percentile(values, 50)), float(np.percentile(values, 95))
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from video_seg_ros.ros.dds import large_image_environment
+
+    env = large_image_environment()
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    os.environ.update(env)  # this process must load the same Fast DDS profile
+
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import Image
+    from tqdm import tqdm
+
+    from video_seg_ros.engine import SegmentationEngine
+    from video_seg_ros.image_encoding import fill_image
+
+    frames, source = load_frames(args)
+    print(f"frames: {len(frames)} x {args.width}x{args.height} from {source}; "
+          f"Fast DDS profile: {env.get('FASTDDS_DEFAULT_PROFILES_FILE')}")
+    node_log = Path(tempfile.gettempdir()) / f"{args.node_name}.log"
+    node_process = None if args.no_start else start_node(args, env, node_log)
+    rclpy.init()
+    bench = rclpy.create_node("node_latency_bench")
+    executor = SingleThreadedExecutor()
+    executor.add_node(bench)
+    threading.Thread(target=executor.spin, daemon=True).start()
+    arrivals: dict[tuple[int, int], float] = {}
+    diagnostics: list[dict[str, str]] = []
+
+    def on_labels(msg):
+        arrivals[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = time.perf_counter()
+
+    def on_diagnostics(msg):
+        for status in msg.status:
+            if status.name.startswith(f"/{args.node_name}:"):
+                diagnostics.append({kv.key: kv.value for kv in status.values})
+
+    bench.create_subscription(Image, f"/{args.node_name}/labels", on_labels, 10)
+    bench.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
+    publisher = bench.create_publisher(Image, args.topic, qos_profile_sensor_data)
+    messages = [fill_image(Image(), frame, "rgb8") for frame in frames]
+    stamp_counter = [0]
+
+    def publish(index: int) -> tuple[int, int]:
+        stamp_counter[0] += 1
+        msg = messages[index % len(messages)]
+        msg.header.frame_id = "bench_camera"
+        msg.header.stamp.sec, msg.header.stamp.nanosec = 1000 + stamp_counter[0] // 20, (stamp_counter[0] % 20) * 50_000_000
+        publisher.publish(msg)
+        return msg.header.stamp.sec, msg.header.stamp.nanosec
+
+    def wait_for(condition, timeout):
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                return False
+            if node_process is not None and node_process.poll() is not None:
+                raise SystemExit(f"the node exited:\n{node_log.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.002)
+        return True
+
+    report: dict = {"command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
+                    "frames_source": source, "size": [args.width, args.height],
+                    "checkpoint": args.checkpoint, "device": args.device}
+    try:
+        engine = SegmentationEngine(args.checkpoint, device=args.device, upsample=args.upsample)
+        if not wait_for(lambda: publisher.get_subscription_count() > 0, args.startup_timeout):
+            raise SystemExit("video_seg_node did not subscribe in time")
+        time.sleep(1.0)  # let the reverse (labels) connection settle too
+
+        end_to_end, engine_ms = [], []
+        for index in tqdm(range(len(frames)), desc="latency (node vs engine)", unit="frame"):
+            start = time.perf_counter()
+            engine.segment(frames[index], "rgb")
+            engine_time = (time.perf_counter() - start) * 1000.0
+            sent = time.perf_counter()
+            key = publish(index)
+            if not wait_for(lambda: key in arrivals, 120.0):
+                print(f"frame {index}: no labels within 120 s (lost in transport?)")
+                continue
+            if index >= 2:  # warm-up frames left out
+                end_to_end.append((arrivals[key] - sent) * 1000.0)
+                engine_ms.append(engine_time)
+        e2e_p50, e2e_p95 = percentiles(end_to_end)
+        engine_p50, engine_p95 = percentiles(engine_ms)
+        ratio = e2e_p50 / engine_p50
+        report["latency"] = {"frames": len(end_to_end), "end_to_end_p50_ms": e2e_p50, "end_to_end_p95_ms": e2e_p95,
+                             "engine_p50_ms": engine_p50, "engine_p95_ms": engine_p95, "ratio_p50": ratio,
+                             "target_ratio": TARGET_RATIO}
+        print(f"\nend-to-end p50 {e2e_p50:.1f} ms  p95 {e2e_p95:.1f} ms | engine p50 {engine_p50:.1f} ms  "
+              f"p95 {engine_p95:.1f} ms | ratio {ratio:.3f} (target <= {TARGET_RATIO})")
+
+        rates = [float(r) for r in args.rates.split(",") if r.strip()]
+        report["rates"] = []
+        for rate in rates:
+            if not wait_for(lambda: diagnostics, 10.0):
+                raise SystemExit("no diagnostics from the node")
+            time.sleep(1.0)
+            before = diagnostics[-1]
+            count = max(1, round(rate * args.rate_seconds))
+            keys = []
+            start = time.perf_counter()
+            for i in tqdm(range(count), desc=f"publishing at {rate:g} Hz", unit="frame", leave=False):
+                delay = start + i / rate - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                keys.append(publish(i))
+            time.sleep(max(2.0, 3 * engine_p95 / 1000.0))  # let the last frame finish
+            after = diagnostics[-1]
+
+            def delta(name):
+                return int(after[name]) - int(before[name])
+
+            answered = sum(1 for k in keys if k in arrivals)
+            row = {"rate_hz": rate, "published": count, "received_by_node": delta("received"),
+                   "dropped_by_queue": delta("dropped"), "processed": delta("processed"),
+                   "answered": answered, "lost_in_transport": count - delta("received")}
+            report["rates"].append(row)
+            print(f"{rate:5.1f} Hz: published {count}, node received {row['received_by_node']}, "
+                  f"dropped (keep-latest) {row['dropped_by_queue']}, processed {row['processed']}, "
+                  f"lost in transport {row['lost_in_transport']}")
+        print("\n| input | published | received | dropped (keep-latest) | processed | lost in transport |")
+        print("|---|---|---|---|---|---|")
+        for row in report["rates"]:
+            print(f"| {row['rate_hz']:g} Hz | {row['published']} | {row['received_by_node']} | "
+                  f"{row['dropped_by_queue']} | {row['processed']} | {row['lost_in_transport']} |")
+        print(f"\ncommand: {report['command']}")
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=2))
+            print(f"wrote {args.json}")
+    finally:
+        executor.shutdown(timeout_sec=2.0)
+        bench.destroy_node()
+        rclpy.try_shutdown()
+        if node_process is not None and node_process.poll() is None:
+            node_process.send_signal(signal.SIGINT)
+            try:
+                node_process.wait(20)
+            except subprocess.TimeoutExpired:
+                node_process.kill()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

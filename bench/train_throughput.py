@@ -1,0 +1,134 @@
+"""Training throughput (anchor frames per second) of the student alone and with each ETC loss.
+
+Usage (from the repository root)::
+
+    python bench/train_throughput.py                                   # ESPNet p=2 q=3, 512x256, CPU
+    python bench/train_throughput.py --student runs/weights/espnet_p2_q3_cityscapes.pt \\
+        --teacher runs/weights/espnet_p2_q8_cityscapes.pt --batch 4 --steps 5
+    python bench/train_throughput.py --device cuda --batch 16 --steps 20
+
+Each configuration runs the trainer's own step (``Trainer.compute_losses`` + backward + optimiser
+step) on a fixed batch already on the device, so data loading and flow are left out (flow is
+cached on disk after the first epoch). "frames" are anchor frames t; every loss that needs the
+neighbour t+k runs the student on twice as many images. Without ``--teacher`` the distillation
+rows use a randomly initialised ESPNet p=2 q=8 teacher (time does not depend on weights).
+Prints a Markdown table and the command that made it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from video_seg_ros.checkpoint import Checkpoint, Preprocessing, output_to_class_for
+from video_seg_ros.labels import CITYSCAPES
+from video_seg_ros.models import build_model
+from video_seg_ros.training.config import load_config
+from video_seg_ros.training.trainer import Trainer
+
+CONFIGURATIONS = [
+    ("student alone (CE)", {}),
+    ("+ temporal loss", {"temporal": 0.4}),
+    ("+ pixel distillation (t and t+k)", {"distill_pixel": 1.0}),
+    ("+ pair-wise distillation", {"distill_pairwise": 1.0}),
+    ("+ cross-frame pair-wise", {"distill_cross_frame": 1.0}),
+    ("+ temporal distillation", {"distill_temporal": 1.0}),
+    ("all (full ETC)", {"temporal": 0.4, "distill_pixel": 1.0, "distill_pairwise": 1.0,
+                        "distill_cross_frame": 1.0, "distill_temporal": 1.0}),
+]
+
+
+def _random_teacher(path: Path) -> Path:
+    model = build_model("espnet", num_classes=20, p=2, q=8)
+    Checkpoint("espnet", {"num_classes": 20, "p": 2, "q": 8}, model.state_dict(), "cityscapes",
+               list(CITYSCAPES.names), [list(c) for c in CITYSCAPES.palette],
+               output_to_class_for("cityscapes", 20), Preprocessing(512, 1024)).save(path)
+    return path
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--student", default=None,
+                        help="student checkpoint (project format); default: random ESPNet p=2 q=3")
+    parser.add_argument("--teacher", default=None, help="teacher checkpoint; default: random ESPNet p=2 q=8")
+    parser.add_argument("--size", default="512x256", help="training resolution WxH (default 512x256)")
+    parser.add_argument("--batch", type=int, default=4, help="anchor frames per step (default 4)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per configuration (default 5)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    parser.add_argument("--only", nargs="*", default=None, help="run only rows whose name contains one of these")
+    args = parser.parse_args(argv)
+    width, height = (int(v) for v in args.size.lower().split("x"))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "images").mkdir()
+        rng = np.random.default_rng(0)
+        for t in range(2):
+            cv2.imwrite(str(tmp / "images" / f"bench_{t:06d}.png"),
+                        rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+        teacher = args.teacher or str(_random_teacher(tmp / "teacher.pt"))
+        batch = {
+            "image": torch.rand(args.batch, 3, height, width),
+            "neighbour": torch.rand(args.batch, 3, height, width),
+            "flow": torch.randn(args.batch, 2, height, width) * 2.0,
+            "label": torch.randint(0, 19, (args.batch, height, width)),
+            "valid": torch.ones(args.batch, 1, height, width),
+        }
+        rows = []
+        for name, weights in CONFIGURATIONS:
+            if args.only and not any(word in name for word in args.only):
+                continue
+            model = {"init": args.student} if args.student else {"arch": "espnet",
+                                                                 "kwargs": {"p": 2, "q": 3, "num_classes": 19}}
+            overrides = [f"losses.{loss}.weight={w}" for loss, w in weights.items()]
+            if any(loss.startswith("distill_") for loss in weights):
+                overrides.append(f"teacher.checkpoint={teacher}")
+            config = {"run_dir": str(tmp / "run"), "model": model,
+                      "data": {"train": [{"images": str(tmp / "images")}], "resize": [width, height]},
+                      "train": {"device": args.device, "batch_size": args.batch, "epochs": 1}}
+            config_path = tmp / "bench.yaml"
+            import yaml
+
+            config_path.write_text(yaml.safe_dump(config))
+            trainer = Trainer(load_config(config_path, overrides), progress=False)
+            trainer._train_mode()
+            device_batch = trainer._to_device(batch)
+            times = []
+            for step in range(args.warmup + args.steps):
+                start = time.perf_counter()
+                total = sum(trainer.compute_losses(device_batch).values())
+                trainer.optimizer.zero_grad(set_to_none=True)
+                trainer.scaler.scale(total).backward()
+                trainer.scaler.step(trainer.optimizer)
+                trainer.scaler.update()
+                if trainer.device.type == "cuda":
+                    torch.cuda.synchronize()
+                if step >= args.warmup:
+                    times.append(time.perf_counter() - start)
+            step_s = statistics.median(times)
+            rows.append((name, step_s, args.batch / step_s))
+            print(f"{name}: {step_s * 1000:.0f} ms/step, {args.batch / step_s:.2f} frames/s", file=sys.stderr)
+
+    base = rows[0][2] if rows else 1.0
+    print(f"\nTraining throughput at {width}x{height}, batch {args.batch}, device {args.device}, "
+          f"torch threads {torch.get_num_threads()}\n")
+    print("| configuration | ms / step | frames / s | relative to student alone |")
+    print("|---|---:|---:|---:|")
+    for name, step_s, fps in rows:
+        print(f"| {name} | {step_s * 1000:.0f} | {fps:.2f} | {fps / base:.2f} |")
+    print(f"\ncommand: python bench/train_throughput.py {shlex.join(argv if argv is not None else sys.argv[1:])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,264 @@
+"""Helpers for tests that talk to real ROS 2 processes (node tests, bag replay tests).
+
+- One random ``ROS_DOMAIN_ID`` per test session (:func:`session_domain_id`), so parallel runs and
+  other ROS processes on the machine do not see each other.
+- The Fast DDS large-image profile (config/fastdds_large_images.xml) in this process and in every
+  child (:func:`ros_environment`), so full-size frames cross process boundaries.
+- :class:`RosProbe`: a test-side rclpy node in its own context, spun in a background thread, with
+  helpers to publish, collect messages and call services.
+- :class:`NodeProcess`: ``video_seg_node`` started as its console script with a parameters file.
+
+Import this module only from tests that need rclpy: ``pytest.importorskip("rclpy")`` first.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FASTDDS_PROFILE = REPO_ROOT / "config" / "fastdds_large_images.xml"
+
+_DOMAIN_ID: int | None = None
+
+
+def session_domain_id() -> int:
+    """A ROS domain id chosen at random once per process (range 10..99: valid UDP port ranges)."""
+    global _DOMAIN_ID
+    if _DOMAIN_ID is None:
+        _DOMAIN_ID = random.SystemRandom().randint(10, 99)
+    return _DOMAIN_ID
+
+
+def ros_environment(base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for ROS processes of this test session: domain id, Fast DDS profile, no buffering."""
+    env = dict(os.environ if base is None else base)
+    env["ROS_DOMAIN_ID"] = str(session_domain_id())
+    env["RMW_IMPLEMENTATION"] = "rmw_fastrtps_cpp"
+    env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(FASTDDS_PROFILE)
+    env["PYTHONUNBUFFERED"] = "1"
+    # Children import the package from this checkout, whatever the state of the installed copy.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    env.pop("ROS_LOCALHOST_ONLY", None)  # deprecated variable; the domain id isolates us
+    return env
+
+
+def configure_this_process() -> None:
+    """Apply :func:`ros_environment` to os.environ; call before the first rclpy.init."""
+    os.environ.update(ros_environment())
+
+
+def write_params_file(path: Path, parameters: dict[str, Any], node_name: str = "/**") -> Path:
+    """A ROS 2 parameters YAML for ``node_name`` (wildcard by default)."""
+    path = Path(path)
+    path.write_text(yaml.safe_dump({node_name: {"ros__parameters": parameters}}, sort_keys=False))
+    return path
+
+
+def make_tiny_checkpoint(path: Path, num_classes: int = 20, size: tuple[int, int] = (64, 32),
+                         seed: int = 0) -> Path:
+    """A small random-init ESPNet (p=2, q=3) Cityscapes-style checkpoint saved at ``path``.
+
+    ``size`` is the model input (width, height); weights are random, so outputs are arbitrary but
+    deterministic: enough to test plumbing without the embedded model.
+    """
+    import torch
+
+    from video_seg_ros.checkpoint import Checkpoint, Preprocessing, output_to_class_for
+    from video_seg_ros.labels import CITYSCAPES
+    from video_seg_ros.models import build_model
+
+    torch.manual_seed(seed)
+    model = build_model("espnet", p=2, q=3, num_classes=num_classes)
+    checkpoint = Checkpoint(
+        arch="espnet", arch_kwargs={"p": 2, "q": 3, "num_classes": num_classes},
+        state_dict=model.state_dict(), label_set="cityscapes",
+        class_names=list(CITYSCAPES.names), palette=[list(c) for c in CITYSCAPES.palette],
+        output_to_class=output_to_class_for("cityscapes", num_classes),
+        preprocessing=Preprocessing(input_height=size[1], input_width=size[0], channel_order="rgb",
+                                    mean=[128.0] * 3, std=[64.0] * 3, scale=1.0),
+        source={"kind": "random-init test checkpoint"},
+    )
+    return checkpoint.save(path)
+
+
+def node_command() -> list[str]:
+    """The installed ``video_seg_node`` console script, else ``python -m video_seg_ros.ros.node``."""
+    script = Path(sys.executable).parent / "video_seg_node"
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("video_seg_node")
+    return [found] if found else [sys.executable, "-m", "video_seg_ros.ros.node"]
+
+
+class NodeProcess:
+    """``video_seg_node`` in a subprocess with a parameters file; output goes to a log file.
+
+    Args:
+        params_file: ROS 2 parameters YAML.
+        log_path: where stdout+stderr are written (read it with :meth:`output`).
+        remaps: ``{"image": "/camera/image"}`` -> ``-r image:=/camera/image``.
+        name: node name (``-r __node:=name``), so topics are ``/<name>/labels`` etc.
+    """
+
+    def __init__(self, params_file: Path, log_path: Path, remaps: dict[str, str] | None = None,
+                 name: str = "video_seg_node", command: list[str] | None = None):
+        self.name = name
+        self.log_path = Path(log_path)
+        args = ["--ros-args", "--params-file", str(params_file), "-r", f"__node:={name}"]
+        for source, target in (remaps or {}).items():
+            args += ["-r", f"{source}:={target}"]
+        self._log = open(self.log_path, "wb")
+        self.process = subprocess.Popen((command or node_command()) + args, stdout=self._log,
+                                        stderr=subprocess.STDOUT, env=ros_environment(),
+                                        cwd=str(REPO_ROOT))
+
+    def topic(self, suffix: str) -> str:
+        return f"/{self.name}/{suffix}"
+
+    def output(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 15.0) -> int:
+        """Send ``sig``, wait for the exit, return the exit code (kills after ``timeout``)."""
+        if self.alive():
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self._log.close()
+        return self.process.returncode
+
+    def wait_exit(self, timeout: float) -> int:
+        try:
+            return self.process.wait(timeout)
+        finally:
+            if self.alive():
+                self.process.kill()
+                self.process.wait(5)
+            self._log.close()
+
+
+class RosProbe:
+    """A test-side rclpy node in a private context, spun by a background thread.
+
+    Use as a context manager. Messages on subscribed topics are appended to lists returned by
+    :meth:`collect`; :meth:`wait_for` polls a condition with a deadline.
+    """
+
+    def __init__(self, name: str = "test_probe"):
+        import rclpy
+        from rclpy.context import Context
+        from rclpy.executors import SingleThreadedExecutor
+
+        configure_this_process()
+        self._rclpy = rclpy
+        self.context = Context()
+        rclpy.init(context=self.context, domain_id=session_domain_id())
+        self.node = rclpy.create_node(name, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self):
+        from rclpy.executors import ExternalShutdownException
+
+        try:
+            self.executor.spin()
+        except (ExternalShutdownException, Exception):  # context shut down at the end of the test
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        self.executor.shutdown(timeout_sec=2.0)
+        self.node.destroy_node()
+        self._rclpy.try_shutdown(context=self.context)
+        self._thread.join(timeout=5.0)
+
+    def collect(self, msg_type, topic: str, qos=10, keep: Callable[[Any], Any] | None = None) -> list:
+        """Subscribe and return the list messages (or ``keep(msg)``) are appended to."""
+        received: list = []
+
+        def callback(msg):
+            with self._lock:
+                received.append(keep(msg) if keep else msg)
+
+        self.node.create_subscription(msg_type, topic, callback, qos)
+        return received
+
+    def publisher(self, msg_type, topic: str, qos=10):
+        return self.node.create_publisher(msg_type, topic, qos)
+
+    @staticmethod
+    def wait_for(condition: Callable[[], Any], timeout: float, interval: float = 0.02):
+        """Poll ``condition`` until it returns something truthy; returns it, or None on timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = condition()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(interval)
+
+    def call(self, srv_type, name: str, request=None, timeout: float = 10.0):
+        """Call a service and return its response (None on timeout)."""
+        client = self.node.create_client(srv_type, name)
+        if not client.wait_for_service(timeout_sec=timeout):
+            return None
+        future = client.call_async(request if request is not None else srv_type.Request())
+        self.wait_for(future.done, timeout)
+        return future.result() if future.done() else None
+
+    def wait_for_subscriber(self, publisher, timeout: float = 20.0) -> bool:
+        return bool(self.wait_for(lambda: publisher.get_subscription_count() > 0, timeout))
+
+
+def image_message(pixels: np.ndarray, encoding: str, stamp_s: float, frame_id: str = "camera"):
+    """A sensor_msgs/Image with the given pixels and header."""
+    from sensor_msgs.msg import Image
+
+    from video_seg_ros.image_encoding import fill_image
+
+    msg = fill_image(Image(), pixels, encoding)
+    msg.header.frame_id = frame_id
+    msg.header.stamp.sec = int(stamp_s)
+    msg.header.stamp.nanosec = int(round((stamp_s - int(stamp_s)) * 1e9))
+    return msg
+
+
+def diagnostics_values(array_msg, name_contains: str = "segmentation") -> dict[str, str] | None:
+    """Key/values of the first status in a DiagnosticArray whose name contains ``name_contains``."""
+    for status in array_msg.status:
+        if name_contains in status.name:
+            values = {kv.key: kv.value for kv in status.values}
+            values["_level"] = int.from_bytes(status.level, "little") if isinstance(status.level, bytes) \
+                else int(status.level)
+            values["_message"] = status.message
+            return values
+    return None

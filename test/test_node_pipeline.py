@@ -1,0 +1,137 @@
+"""The node's ROS-free core (video_seg_ros.ros.pipeline): queueing, reset policy, stats, outputs."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from ros_support import make_tiny_checkpoint
+from video_seg_ros.engine import SegmentationEngine
+from video_seg_ros.image_encoding import Frame
+from video_seg_ros.labels import CITYSCAPES, IGNORE_ID, colorize
+from video_seg_ros.metrics import OnlineConsistency
+from video_seg_ros.ros.pipeline import FrameQueue, OutputRequest, ResetPolicy, StreamPipeline, StreamStats
+
+
+def test_keep_latest_queue_replaces_the_waiting_frame_and_counts_the_drop():
+    queue = FrameQueue(capacity=1)
+    assert queue.put("frame 1") == 0
+    assert queue.put("frame 2") == 1
+    assert queue.put("frame 3") == 1
+    assert queue.get(timeout=0.1) == "frame 3"
+    assert queue.get(timeout=0.01) is None
+
+
+def test_buffered_queue_drops_the_oldest_when_full():
+    queue = FrameQueue(capacity=3)
+    dropped = sum(queue.put(i) for i in range(5))
+    assert dropped == 2
+    assert [queue.get(0.01) for _ in range(3)] == [2, 3, 4]
+
+
+def test_queue_close_wakes_a_waiting_consumer():
+    queue = FrameQueue()
+    result = []
+    consumer = threading.Thread(target=lambda: result.append(queue.get(timeout=10.0)))
+    consumer.start()
+    queue.close()
+    consumer.join(timeout=2.0)
+    assert not consumer.is_alive() and result == [None]
+    with pytest.raises(ValueError):
+        FrameQueue(capacity=0)
+
+
+def test_reset_policy_reasons():
+    policy = ResetPolicy(gap_s=1.0)
+    assert policy.check(10.0, (4, 4), "rgb8") is None
+    assert policy.check(10.5, (4, 4), "rgb8") is None
+    assert policy.check(10.2, (4, 4), "rgb8")[0] == "time_backwards"
+    assert policy.check(12.0, (4, 4), "rgb8")[0] == "gap"
+    assert policy.check(12.1, (8, 4), "rgb8")[0] == "size_change"
+    assert policy.check(12.2, (8, 4), "bgr8")[0] == "encoding_change"
+    policy.gap_s = 0.0  # disabled
+    assert policy.check(100.0, (8, 4), "bgr8") is None
+
+
+def test_stats_percentiles_fps_and_new_rejections():
+    stats = StreamStats()
+    for i in range(10):
+        stats.on_received(dropped=1 if i % 2 else 0)
+        stats.on_processed(latency_ms=10.0 + i, model_ms=5.0, done_at=100.0 + 0.1 * i)
+    stats.on_rejected("bad_length", "data has 3 bytes")
+    first = stats.snapshot(now=101.0)
+    assert (first["received"], first["processed"], first["dropped"], first["rejected"]) == (10, 10, 5, 1)
+    assert first["latency_p50_ms"] == pytest.approx(14.5)
+    assert first["fps"] == pytest.approx(10.0)
+    assert first["new_rejections"] == 1 and first["rejected_by_reason"] == {"bad_length": 1}
+    assert stats.snapshot(now=101.0)["new_rejections"] == 0  # WARN clears once the bad input stops
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    path = make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
+    return SegmentationEngine(str(path), device="cpu")
+
+
+def _frame(seed=0, size=(40, 64), encoding="rgb8"):
+    pixels = np.random.default_rng(seed).integers(0, 256, size + (3,), dtype=np.uint8)
+    return Frame(pixels, encoding[:3], encoding)
+
+
+def test_pipeline_labels_match_the_engine_and_views_use_the_palette(engine):
+    pipeline = StreamPipeline(engine)
+    frame = _frame()
+    request = OutputRequest(color=True, overlay=True, overlay_alpha=1.0, confidence=True)
+    result = pipeline.segment(frame, 1.0, request)
+    expected = engine.segment(frame.pixels, "rgb")
+    assert np.array_equal(result.labels, expected.labels)
+    assert result.confidence.shape == frame.pixels.shape[:2] and result.confidence.dtype == np.float32
+    pipeline.render(frame, result, request)
+    assert np.array_equal(result.extras["color"], colorize(result.labels, engine.palette_table))
+    labelled = result.labels != IGNORE_ID
+    assert np.array_equal(result.extras["overlay"][labelled], result.extras["color"][labelled])
+
+
+def test_pipeline_reports_why_it_reset(engine):
+    pipeline = StreamPipeline(engine, reset_gap_s=0.5)
+    assert pipeline.segment(_frame(), 1.0).reset is None
+    assert pipeline.segment(_frame(), 0.5).reset[0] == "time_backwards"
+    pipeline.request_reset("service", "asked")
+    assert pipeline.segment(_frame(), 0.6).reset == ("service", "asked")
+    assert pipeline.segment(_frame(), 0.7).reset is None
+
+
+def test_pipeline_bgr_frame_gives_the_same_labels_as_rgb(engine):
+    pipeline = StreamPipeline(engine)
+    rgb = _frame(seed=3)
+    bgr = Frame(np.ascontiguousarray(rgb.pixels[..., ::-1]), "bgr", "bgr8")
+    first = pipeline.segment(rgb, 1.0).labels
+    assert np.array_equal(first, pipeline.segment(bgr, 1.1).labels)
+
+
+def test_pipeline_consistency_is_measured_every_stride_frames(engine):
+    consistency = OnlineConsistency(len(CITYSCAPES.names), stride=2, max_width=64)
+    pipeline = StreamPipeline(engine, consistency=consistency)
+    frame = _frame(seed=5)
+    samples = []
+    for i in range(5):
+        result = pipeline.segment(frame, 1.0 + 0.1 * i)
+        samples.append(pipeline.measure(frame, result.labels))
+    measured = [s for s in samples if s is not None]
+    assert len(measured) == 2  # frames 2 and 4
+    assert all(s.tc == pytest.approx(1.0) for s in measured if s.tc is not None)  # static scene
+    pipeline.reset()
+    assert consistency.pairs == 0
+
+
+def test_large_image_profile_is_found_and_a_user_profile_wins():
+    from video_seg_ros.ros.dds import PROFILE_ENV, fastdds_profile_path, large_image_environment
+
+    profile = fastdds_profile_path()
+    assert profile is not None and profile.name == "fastdds_large_images.xml"
+    text = profile.read_text()
+    assert "<segment_size>67108864</segment_size>" in text and "<maxMessageSize>16777216</maxMessageSize>" in text
+    assert large_image_environment({})[PROFILE_ENV] == str(profile)
+    assert large_image_environment({PROFILE_ENV: "/mine.xml"})[PROFILE_ENV] == "/mine.xml"

@@ -1,0 +1,244 @@
+"""ETC training pipeline: config, aligned augmentation, flow cache, datasets and the CLI end to end."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from video_seg_ros.checkpoint import load_checkpoint
+from video_seg_ros.engine import SegmentationEngine
+from video_seg_ros.flow import warp_image
+from video_seg_ros.tools.train import main as train_main
+from video_seg_ros.training.augment import AlignedSample, crop_sample, flip_sample, resize_sample
+from video_seg_ros.training.config import ConfigError, load_config
+from video_seg_ros.training.datasets import SequenceSampleDataset, load_sequences
+from video_seg_ros.training.flow_cache import DisFlowEstimator, FlowCache
+
+WIDTH, HEIGHT = 64, 32
+
+
+def write_moving_square_sequences(root: Path, sequences=("seqa", "seqb"), frames: int = 6) -> Path:
+    """Frames ``<seq>_<n>.png`` of a textured square moving 3 px right per frame over a road/grass
+    background, with trainId labels of the same names (13 car, 0 road, 8 vegetation)."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "labels").mkdir(exist_ok=True)
+    texture = (np.indices((12, 12)).sum(0) % 4 * 50 + 50).astype(np.uint8)
+    for seq_number, sequence in enumerate(sequences):
+        for t in range(frames):
+            image = np.zeros((HEIGHT, WIDTH, 3), np.uint8)
+            image[:] = (40, 110, 40)
+            image[24:] = (128, 64, 128)
+            label = np.full((HEIGHT, WIDTH), 8, np.uint8)
+            label[24:] = 0
+            x = 6 + 3 * t + 4 * seq_number
+            image[8:20, x:x + 12, 0] = texture + 50
+            image[8:20, x:x + 12, 1] = texture // 2
+            image[8:20, x:x + 12, 2] = 200 - texture
+            label[8:20, x:x + 12] = 13
+            cv2.imwrite(str(root / "images" / f"{sequence}_{t:06d}.png"), image[..., ::-1])
+            cv2.imwrite(str(root / "labels" / f"{sequence}_{t:06d}.png"), label)
+    return root
+
+
+def tiny_config(data: Path, run_dir: Path, **extra) -> dict:
+    folder = {"type": "folder", "images": str(data / "images"), "labels": str(data / "labels"),
+              "label_format": "trainids"}
+    config = {
+        "run_dir": str(run_dir),
+        "model": {"arch": "espnet", "kwargs": {"p": 1, "q": 1, "num_classes": 19}},
+        "data": {"train": [dict(folder, exclude_sequences=["seqb"])],
+                 "val": [dict(folder, sequences=["seqb"])],
+                 "crop": [48, 32], "scale_range": [0.9, 1.2], "max_gap": 2},
+        "train": {"epochs": 1, "batch_size": 2, "lr": 0.01, "log_every": 1, "device": "cpu"},
+        "losses": {"temporal": {"weight": 1.0}},
+    }
+    for key, value in extra.items():
+        section, name = key.split("__")
+        config[section][name] = value
+    return config
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def sequences(tmp_path_factory):
+    return write_moving_square_sequences(tmp_path_factory.mktemp("frames"))
+
+
+# ---- config ---------------------------------------------------------------------------------------
+def test_config_rejects_unknown_keys_with_the_known_ones_listed(tmp_path, sequences):
+    config = tiny_config(sequences, tmp_path / "run")
+    config["train"]["epochs_total"] = 3
+    with pytest.raises(ConfigError, match="unknown config key 'train.epochs_total'.*epochs"):
+        load_config(write_config(tmp_path / "c.yaml", config))
+
+
+def test_config_overrides_parse_yaml_values(tmp_path, sequences):
+    path = write_config(tmp_path / "c.yaml", tiny_config(sequences, tmp_path / "run"))
+    config = load_config(path, ["train.epochs=3", "data.crop=[32, 16]", "losses.temporal.weight=0.4"])
+    assert config["train"]["epochs"] == 3 and config["data"]["crop"] == [32, 16]
+    assert config["losses"]["temporal"]["weight"] == 0.4
+    assert config["losses"]["ce"]["weight"] == 1.0  # defaults stay
+
+
+def test_config_requires_a_teacher_for_distillation(tmp_path, sequences):
+    path = write_config(tmp_path / "c.yaml", tiny_config(sequences, tmp_path / "run"))
+    with pytest.raises(ConfigError, match="need a teacher"):
+        load_config(path, ["losses.distill_pixel.weight=1.0"])
+
+
+# ---- aligned augmentation -------------------------------------------------------------------------
+def _warp_error(sample: AlignedSample) -> float:
+    """Mean abs difference between the anchor and the neighbour warped back with the sample's flow."""
+    warped = warp_image(sample.frames[1].astype(np.float32), sample.flows[0])
+    inner = (slice(2, -2), slice(2, -2))
+    return float(np.abs(warped[inner] - sample.frames[0].astype(np.float32)[inner]).mean())
+
+
+def test_flow_stays_aligned_with_the_frames_through_scale_crop_and_flip(sequences):
+    frames = load_sequences({"images": str(sequences / "images")})["seqa"]
+    anchor = cv2.cvtColor(cv2.imread(str(frames[0].record.path)), cv2.COLOR_BGR2RGB)
+    neighbour = cv2.cvtColor(cv2.imread(str(frames[2].record.path)), cv2.COLOR_BGR2RGB)
+    flow = np.zeros((HEIGHT, WIDTH, 2), np.float32)
+    flow[..., 0] = 6.0  # the square moves 6 px right in two frames; background is uniform per row
+    valid = np.ones((HEIGHT, WIDTH), np.uint8)
+    sample = AlignedSample([anchor, neighbour], None, [flow], valid)
+    assert _warp_error(sample) < 1.0
+    wrong = AlignedSample([anchor, neighbour], None, [np.zeros_like(flow)], valid)
+    assert _warp_error(wrong) > 5.0
+    transformed = flip_sample(crop_sample(resize_sample(sample, 128, 64), 10, 4, 96, 56))
+    assert transformed.frames[0].shape == (56, 96, 3) and transformed.flows[0].shape == (56, 96, 2)
+    assert np.allclose(transformed.flows[0][..., 0], -12.0)  # doubled and mirrored
+    assert _warp_error(transformed) < 2.0
+
+
+def test_crop_larger_than_the_frame_pads_labels_with_ignore_and_marks_padding_invalid():
+    sample = AlignedSample([np.full((4, 6, 3), 9, np.uint8)], np.zeros((4, 6), np.uint8), [],
+                           np.ones((4, 6), np.uint8))
+    cropped = crop_sample(sample, 0, 0, 8, 5)
+    assert cropped.label.shape == (5, 8) and cropped.label[4, 7] == 255 and cropped.label[0, 0] == 0
+    assert cropped.valid.sum() == 24 and cropped.frames[0][4, 7].tolist() == [0, 0, 0]
+
+
+# ---- datasets and flow cache ----------------------------------------------------------------------
+def test_flow_cache_computes_once_then_reads_from_disk(tmp_path, sequences):
+    frames = sorted((sequences / "images").glob("seqa_*.png"))
+    image_a = cv2.imread(str(frames[0]))
+    image_b = cv2.imread(str(frames[1]))
+    cache = FlowCache(DisFlowEstimator("ultrafast"), tmp_path / "cache")
+    first = cache.get(frames[0], frames[1], image_a, image_b)
+    again = FlowCache(DisFlowEstimator("ultrafast"), tmp_path / "cache")
+    second = again.get(frames[0], frames[1], image_a, image_b)
+    assert (cache.misses, again.hits, again.misses) == (1, 1, 0)
+    assert np.allclose(first, second, atol=0.05)  # stored as float16
+    other_settings = FlowCache(DisFlowEstimator("fast"), tmp_path / "cache")
+    other_settings.get(frames[0], frames[1], image_a, image_b)
+    assert other_settings.misses == 1  # settings are part of the key
+
+
+def test_pair_samples_are_reproducible_and_labelled(tmp_path, sequences):
+    data = {"resize": None, "crop": [48, 32], "scale_range": [0.8, 1.2], "hflip": True, "mode": "pair",
+            "max_gap": 2, "direction": "both", "clip_length": 3, "clip_stride": 1}
+    cache = FlowCache(DisFlowEstimator("ultrafast"), tmp_path / "cache")
+    entry = {"images": str(sequences / "images"), "labels": str(sequences / "labels"), "label_format": "trainids"}
+    dataset = SequenceSampleDataset(entry, data, cache, seed=1)
+    assert len(dataset) == 12  # every frame of both sequences is labelled
+    a, b = dataset[3], dataset[3]
+    for key in ("image", "neighbour", "flow", "label", "valid"):
+        assert torch.equal(a[key], b[key])
+    assert a["image"].shape == (3, 32, 48) and a["flow"].shape == (2, 32, 48)
+    assert set(a["label"].unique().tolist()) <= {0, 8, 13, 255}
+    assert torch.equal(a["label"] == 255, a["valid"][0] == 0)  # only crop padding is unlabelled
+    dataset.set_epoch(1)
+    assert any(not torch.equal(dataset[i]["image"], a["image"]) for i in [3])
+
+
+def test_clip_samples_end_at_the_labelled_frame(sequences):
+    data = {"resize": None, "crop": None, "scale_range": [1.0, 1.0], "hflip": False, "mode": "clip",
+            "max_gap": 1, "direction": "forward", "clip_length": 3, "clip_stride": 1}
+    entry = {"images": str(sequences / "images"), "labels": str(sequences / "labels"), "label_format": "trainids"}
+    dataset = SequenceSampleDataset(entry, data, None)
+    sample = dataset[4]  # seqa frame 4: frames 2, 3, 4
+    assert sample["clip"].shape == (3, 3, HEIGHT, WIDTH)
+    last = torch.from_numpy(cv2.imread(str(sequences / "images" / "seqa_000004.png"))[..., ::-1].copy())
+    assert torch.allclose(sample["clip"][-1].permute(1, 2, 0) * 255, last.float(), atol=0.5)
+
+
+def test_missing_image_folder_is_reported_with_its_path(tmp_path):
+    from video_seg_ros.training.datasets import DatasetError
+
+    with pytest.raises(DatasetError, match="image folder not found"):
+        load_sequences({"images": str(tmp_path / "nowhere")})
+
+
+# ---- the CLI end to end ---------------------------------------------------------------------------
+def _read_csv(path: Path) -> list[dict]:
+    with open(path) as stream:
+        return list(csv.DictReader(stream))
+
+
+def test_train_cli_writes_a_loadable_checkpoint_and_resume_continues(tmp_path, sequences, capsys):
+    run_dir = tmp_path / "run"
+    config_path = write_config(tmp_path / "tiny.yaml", tiny_config(sequences, run_dir))
+    assert train_main(["--config", str(config_path), "--no-progress"]) == 0
+    for name in ("last.pt", "best.pt", "trainer_state.pt", "metrics.csv", "steps.csv", "metrics.png"):
+        assert (run_dir / name).is_file(), name
+    checkpoint = load_checkpoint(run_dir / "last.pt")
+    assert checkpoint.arch == "espnet" and checkpoint.training["config"]["train"]["epochs"] == 1
+    assert checkpoint.training["epoch"] == 1 and checkpoint.label_set == "cityscapes"
+    engine = SegmentationEngine(checkpoint, device="cpu")
+    frame = cv2.imread(str(sequences / "images" / "seqb_000000.png"))[..., ::-1]
+    assert engine.segment(frame).labels.shape == (HEIGHT, WIDTH)
+    first = _read_csv(run_dir / "metrics.csv")
+    assert len(first) == 1 and float(first[0]["loss_temporal"]) > 0 and first[0]["val_miou"] != ""
+
+    assert train_main(["--config", str(config_path), "--no-progress", "--resume", "train.epochs=2"]) == 0
+    rows = _read_csv(run_dir / "metrics.csv")
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert int(rows[1]["iteration"]) == 2 * int(rows[0]["iteration"])
+    resumed = load_checkpoint(run_dir / "last.pt")
+    assert resumed.training["epoch"] == 2
+    assert any(not torch.equal(resumed.state_dict[k], checkpoint.state_dict[k]) for k in checkpoint.state_dict)
+
+
+def test_train_cli_reports_a_bad_config_without_a_traceback(tmp_path, capsys):
+    assert train_main(["--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+
+
+def test_resume_without_an_earlier_run_says_what_to_do(tmp_path, sequences, capsys):
+    config_path = write_config(tmp_path / "tiny.yaml", tiny_config(sequences, tmp_path / "fresh"))
+    assert train_main(["--config", str(config_path), "--no-progress", "--resume"]) == 2
+    assert "start without --resume" in capsys.readouterr().err
+
+
+def test_memory_training_on_clips_keeps_a_frozen_base_unchanged(tmp_path, sequences):
+    base_run = tmp_path / "base"
+    base_config = tiny_config(sequences, base_run)
+    base_config["losses"]["temporal"]["weight"] = 0.0
+    base_config["data"]["val"] = []
+    assert train_main(["--config", str(write_config(tmp_path / "base.yaml", base_config)), "--no-progress"]) == 0
+    memory_config = tiny_config(sequences, tmp_path / "memory")
+    memory_config["model"] = {"init": str(base_run / "last.pt")}
+    memory_config["memory"] = {"freeze_base": True, "memory_length": 2, "window": 5}
+    memory_config["data"].update({"mode": "clip", "clip_length": 3, "val": []})
+    memory_config["losses"]["temporal"]["weight"] = 0.0
+    memory_config["train"]["optimizer"] = "adam"
+    assert train_main(["--config", str(write_config(tmp_path / "memory.yaml", memory_config)),
+                       "--no-progress"]) == 0
+    base = load_checkpoint(base_run / "last.pt")
+    trained = load_checkpoint(tmp_path / "memory" / "last.pt")
+    assert trained.memory["memory_length"] == 2 and trained.model_name.endswith("+memory")
+    assert all(torch.equal(base.state_dict[k], trained.state_dict["base." + k]) for k in base.state_dict)
+    fresh = {k: v for k, v in trained.state_dict.items() if k.startswith("fusion.")}
+    assert fresh  # the memory layers were saved (and trained: the gates start at zero)
+    assert any(v.abs().sum() > 0 for k, v in fresh.items() if "gate" in k or "proj" in k)

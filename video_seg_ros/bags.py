@@ -1,0 +1,391 @@
+"""rosbag2 files without ROS: write camera bags and read messages back, with the ``rosbags`` package.
+
+Bags are written in the rosbag2 format that ``ros2 bag play`` (Jazzy, Kilted) reads: a folder with
+``metadata.yaml`` and one ``.mcap`` (default) or ``.db3`` (sqlite3) file. Messages are stored as
+CDR bytes, the same bytes a ROS 2 publisher sends, so a player can publish them unchanged.
+
+Image messages are converted by :mod:`video_seg_ros.image_encoding` (the project's one
+numpy <-> message converter); this module only adds the bag plumbing:
+
+- :class:`BagWriter`: writes into a hidden temporary folder beside the destination and renames it
+  into place on success, so an error or Ctrl-C never leaves a half-written bag behind.
+- :func:`read_messages` / :func:`read_images`: raw or decoded messages in receive-time order.
+- :func:`restamp_cdr`: rewrites the header stamp inside a serialized message without decoding it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from rosbags.rosbag2 import Reader, ReaderError, StoragePlugin, Writer, WriterError
+from rosbags.typesys import Stores, get_typestore
+
+from video_seg_ros.image_encoding import compressed_fields, image_fields, image_to_array, message_to_frame
+
+IMAGE_TYPE = "sensor_msgs/msg/Image"
+COMPRESSED_IMAGE_TYPE = "sensor_msgs/msg/CompressedImage"
+CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
+IMAGE_TYPES = (IMAGE_TYPE, COMPRESSED_IMAGE_TYPE)
+
+#: storage name (as ``ros2 bag record -s`` spells it) -> rosbags plugin
+STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
+#: rosbag2 metadata version 9 (Jazzy and later) stores the message definitions ros2 bag needs.
+BAG_VERSION = 9
+#: metadata.yaml ``custom_data`` key under which make_bag records which file each frame came from.
+FRAMES_KEY = "video_seg_ros.frames"
+
+
+class BagError(RuntimeError):
+    """A bag cannot be written or read; the message says what to do."""
+
+
+@lru_cache(maxsize=1)
+def typestore():
+    """Message definitions of ROS 2 Kilted (the types every bag here uses)."""
+    return get_typestore(Stores.ROS2_KILTED)
+
+
+# ---- time -----------------------------------------------------------------------------------------
+def ns_to_stamp(ns: int) -> tuple[int, int]:
+    """Nanoseconds since the epoch -> (sec, nanosec) of builtin_interfaces/Time."""
+    return int(ns // 1_000_000_000), int(ns % 1_000_000_000)
+
+
+def stamp_to_ns(stamp: Any) -> int:
+    """builtin_interfaces/Time (rclpy or rosbags object) -> nanoseconds."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def _header(ns: int, frame_id: str):
+    types = typestore().types
+    sec, nanosec = ns_to_stamp(ns)
+    return types["std_msgs/msg/Header"](
+        stamp=types["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec), frame_id=frame_id)
+
+
+def _uint8(data: bytes) -> np.ndarray:
+    return np.frombuffer(data, dtype=np.uint8)
+
+
+# ---- message construction -------------------------------------------------------------------------
+def image_message(pixels: np.ndarray, encoding: str, stamp_ns: int, frame_id: str):
+    """rosbags ``sensor_msgs/msg/Image`` holding ``pixels`` (see image_encoding.image_fields)."""
+    fields = image_fields(pixels, encoding)
+    fields["data"] = _uint8(fields["data"])
+    return typestore().types[IMAGE_TYPE](header=_header(stamp_ns, frame_id), **fields)
+
+
+def compressed_message(pixels: np.ndarray, channel_order: str, stamp_ns: int, frame_id: str,
+                       quality: int = 95):
+    """rosbags ``sensor_msgs/msg/CompressedImage`` with a JPEG of ``pixels``."""
+    fields = compressed_fields(pixels, channel_order, "jpeg", quality)
+    return typestore().types[COMPRESSED_IMAGE_TYPE](
+        header=_header(stamp_ns, frame_id), format=fields["format"], data=_uint8(fields["data"]))
+
+
+@dataclass
+class CameraCalibration:
+    """Intrinsics for sensor_msgs/CameraInfo (all zeros = uncalibrated, as REP 104 allows)."""
+
+    width: int
+    height: int
+    k: list[float]
+    d: list[float]
+    r: list[float]
+    p: list[float]
+    distortion_model: str = "plumb_bob"
+
+    @classmethod
+    def uncalibrated(cls, width: int, height: int) -> CameraCalibration:
+        return cls(width, height, [0.0] * 9, [], [1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0], [0.0] * 12, "")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> CameraCalibration:
+        """Read a camera_calibration / camera_info_manager YAML file (image_width, camera_matrix...)."""
+        try:
+            data = yaml.safe_load(Path(path).read_text())
+            return cls(int(data["image_width"]), int(data["image_height"]),
+                       [float(v) for v in data["camera_matrix"]["data"]],
+                       [float(v) for v in data["distortion_coefficients"]["data"]],
+                       [float(v) for v in data.get("rectification_matrix", {}).get(
+                           "data", [1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0])],
+                       [float(v) for v in data["projection_matrix"]["data"]],
+                       str(data.get("distortion_model", "plumb_bob")))
+        except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as error:
+            raise BagError(f"cannot read camera calibration {path}: {error!r}; expected the YAML "
+                           "written by ROS camera_calibration (image_width, image_height, "
+                           "camera_matrix, distortion_coefficients, projection_matrix)") from error
+
+    def scaled(self, width: int, height: int) -> CameraCalibration:
+        """The same camera after resizing its images to ``width`` x ``height``."""
+        sx, sy = width / self.width, height / self.height
+        k, p = list(self.k), list(self.p)
+        for matrix, row in ((k, 3), (p, 4)):
+            for col in range(row):
+                matrix[col] *= sx
+                matrix[row + col] *= sy
+        return CameraCalibration(width, height, k, list(self.d), list(self.r), p, self.distortion_model)
+
+    def message(self, stamp_ns: int, frame_id: str):
+        types = typestore().types
+        roi = types["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0,
+                                                        do_rectify=False)
+        return types[CAMERA_INFO_TYPE](
+            header=_header(stamp_ns, frame_id), height=self.height, width=self.width,
+            distortion_model=self.distortion_model, d=np.array(self.d, dtype=np.float64),
+            k=np.array(self.k, dtype=np.float64), r=np.array(self.r, dtype=np.float64),
+            p=np.array(self.p, dtype=np.float64), binning_x=0, binning_y=0, roi=roi)
+
+
+# ---- writing --------------------------------------------------------------------------------------
+class BagWriter:
+    """A rosbag2 bag written atomically: into a temporary folder, renamed to ``path`` on success.
+
+    Use as a context manager; leaving the block by an exception removes everything written::
+
+        with BagWriter("out_bag", storage="mcap") as bag:
+            bag.write("/camera/image_raw", image_message(...), timestamp_ns)
+    """
+
+    def __init__(self, path: str | Path, storage: str = "mcap", overwrite: bool = False):
+        if storage not in STORAGES:
+            raise BagError(f"unknown storage {storage!r}; use one of {', '.join(STORAGES)}")
+        self.path = Path(path)
+        self.storage = storage
+        self.overwrite = overwrite
+        self._custom: dict[str, str] = {}
+        self._writer: Writer | None = None
+        self._staging: Path | None = None
+        self._connections: dict[str, Any] = {}
+        self.counts: dict[str, int] = {}
+
+    def __enter__(self) -> BagWriter:
+        if self.path.exists() and not self.overwrite:
+            raise BagError(f"{self.path} exists already; choose another output path or pass "
+                           "--overwrite to replace it")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Same parent as the destination, so the final rename is atomic and never crosses devices.
+        self._staging = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.partial-", dir=self.path.parent))
+        self._writer = Writer(self._staging / self.path.name, version=BAG_VERSION,
+                              storage_plugin=STORAGES[self.storage])
+        self._writer.open()
+        return self
+
+    def set_custom_data(self, key: str, value: Any) -> None:
+        """Store ``value`` (JSON-encoded unless a str) in metadata.yaml's ``custom_data``."""
+        self._custom[key] = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+    def add_topic(self, topic: str, msgtype: str) -> Any:
+        if topic not in self._connections:
+            self._connections[topic] = self._writer.add_connection(topic, msgtype, typestore=typestore())
+            self.counts[topic] = 0
+        elif self._connections[topic].msgtype != msgtype:
+            raise BagError(f"topic {topic} already holds {self._connections[topic].msgtype}, "
+                           f"cannot also write {msgtype}")
+        return self._connections[topic]
+
+    def write(self, topic: str, message: Any, timestamp_ns: int) -> None:
+        """Serialize a rosbags message object and store it with receive time ``timestamp_ns``."""
+        msgtype = message.__msgtype__
+        self.write_raw(topic, msgtype, typestore().serialize_cdr(message, msgtype), timestamp_ns)
+
+    def write_raw(self, topic: str, msgtype: str, data: bytes | memoryview, timestamp_ns: int) -> None:
+        """Store already serialized CDR bytes (e.g. as received by an rclpy raw subscription)."""
+        connection = self.add_topic(topic, msgtype)
+        self._writer.write(connection, int(timestamp_ns), data)
+        self.counts[topic] += 1
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        writer, self._writer = self._writer, None
+        try:
+            if exc_type is None:
+                for key, value in self._custom.items():
+                    writer.set_custom_data(key, value)
+                writer.close()
+                if self.path.exists():  # --overwrite: replace only once the new bag is complete
+                    shutil.rmtree(self.path)
+                (self._staging / self.path.name).rename(self.path)
+            else:
+                writer.abort()
+        finally:
+            shutil.rmtree(self._staging, ignore_errors=True)
+
+
+# ---- reading --------------------------------------------------------------------------------------
+@dataclass
+class RawMessage:
+    """One stored message: CDR bytes plus the time the recorder received it."""
+
+    topic: str
+    msgtype: str
+    timestamp_ns: int
+    data: bytes
+
+    def decode(self) -> Any:
+        """The message as a rosbags dataclass (numpy arrays for uint8[] fields, zero-copy)."""
+        return typestore().deserialize_cdr(self.data, self.msgtype)
+
+
+@dataclass
+class BagImage:
+    """A decoded image message: pixels (H, W, 3) uint8 in ``channel_order``, or (H, W) for mono."""
+
+    topic: str
+    timestamp_ns: int
+    stamp_ns: int
+    frame_id: str
+    pixels: np.ndarray
+    channel_order: str
+    encoding: str
+
+    def rgb(self) -> np.ndarray:
+        if self.pixels.ndim == 2 or self.channel_order == "rgb":
+            return self.pixels
+        return self.pixels[..., ::-1]
+
+
+def _open_reader(path: str | Path) -> Reader:
+    path = Path(path)
+    if not (path / "metadata.yaml").is_file():
+        hint = " (pass the bag folder, not the .mcap/.db3 file inside it)" if path.is_file() else ""
+        raise BagError(f"{path} is not a rosbag2 folder: metadata.yaml not found{hint}")
+    try:
+        reader = Reader(path)
+        reader.open()
+    except ReaderError as error:
+        raise BagError(f"cannot open bag {path}: {error}") from error
+    return reader
+
+
+def bag_info(path: str | Path) -> dict[str, Any]:
+    """Topics (type, count), duration, storage and ``custom_data`` of a bag."""
+    reader = _open_reader(path)
+    try:
+        metadata = yaml.safe_load((Path(path) / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+        return {
+            "path": str(path),
+            "storage": metadata.get("storage_identifier"),
+            "version": metadata.get("version"),
+            "message_count": reader.message_count,
+            "start_ns": reader.start_time if reader.message_count else None,
+            "duration_s": reader.duration / 1e9 if reader.message_count else 0.0,
+            "topics": {c.topic: {"type": c.msgtype, "count": c.msgcount} for c in reader.connections},
+            "custom_data": metadata.get("custom_data") or {},
+        }
+    finally:
+        reader.close()
+
+
+def frame_keys(path: str | Path) -> list[dict[str, Any]]:
+    """Per-frame source info make_bag stored (``[{"stamp_ns", "key", "sequence"}]``), else []."""
+    custom = bag_info(path)["custom_data"]
+    return json.loads(custom[FRAMES_KEY]) if FRAMES_KEY in custom else []
+
+
+def read_messages(path: str | Path, topics: Iterable[str] | None = None,
+                  start_ns: int | None = None) -> Iterator[RawMessage]:
+    """Messages of ``topics`` (all when None) in receive-time order, from ``start_ns`` on."""
+    reader = _open_reader(path)
+    try:
+        wanted = set(topics) if topics is not None else None
+        connections = [c for c in reader.connections if wanted is None or c.topic in wanted]
+        if wanted is not None:
+            missing = wanted - {c.topic for c in connections}
+            if missing:
+                raise BagError(f"bag {path} has no topic {', '.join(sorted(missing))}; it has "
+                               f"{', '.join(sorted(c.topic for c in reader.connections)) or 'no topics'}")
+        for connection, timestamp, data in reader.messages(connections=connections, start=start_ns):
+            yield RawMessage(connection.topic, connection.msgtype, timestamp, data)
+    finally:
+        reader.close()
+
+
+def image_topics(path: str | Path) -> list[str]:
+    """Topics holding Image or CompressedImage messages."""
+    return [topic for topic, info in bag_info(path)["topics"].items() if info["type"] in IMAGE_TYPES]
+
+
+def default_image_topic(path: str | Path) -> str:
+    """The bag's one image topic; a clear error when it has none or several."""
+    topics = image_topics(path)
+    if len(topics) != 1:
+        raise BagError(f"bag {path} has {len(topics)} image topics ({', '.join(topics) or 'none'}); "
+                       "name the one to use with --topic")
+    return topics[0]
+
+
+def decode_image(message: RawMessage) -> BagImage:
+    """Decode an Image/CompressedImage RawMessage (mono stays (H, W), colour is (H, W, 3))."""
+    if message.msgtype not in IMAGE_TYPES:
+        raise BagError(f"topic {message.topic} holds {message.msgtype}, not an image")
+    msg = message.decode()
+    if message.msgtype == IMAGE_TYPE and msg.encoding not in ("rgb8", "bgr8", "rgba8", "bgra8"):
+        pixels, order = image_to_array(msg), "rgb"
+    else:
+        frame = message_to_frame(msg)
+        pixels, order = frame.pixels, frame.channel_order
+    return BagImage(message.topic, message.timestamp_ns, stamp_to_ns(msg.header.stamp),
+                    msg.header.frame_id, pixels, order, getattr(msg, "encoding", getattr(msg, "format", "")))
+
+
+def read_images(path: str | Path, topic: str | None = None) -> Iterator[BagImage]:
+    """Decoded images of ``topic`` (the bag's only image topic when None), in receive order."""
+    topic = topic or default_image_topic(path)
+    for message in read_messages(path, [topic]):
+        yield decode_image(message)
+
+
+# ---- serialized messages --------------------------------------------------------------------------
+_CDR_LE, _CDR_BE = b"\x00\x01", b"\x00\x00"
+
+
+def has_header(msgtype: str) -> bool:
+    """True when the message starts with a std_msgs/Header (Image, CompressedImage, CameraInfo...)."""
+    fields = typestore().fielddefs.get(msgtype)
+    if not fields:
+        return False
+    _name, (_kind, type_info) = fields[1][0]
+    return type_info == "std_msgs/msg/Header"
+
+
+def restamp_cdr(data: bytes | memoryview, stamp_ns: int) -> bytes:
+    """A copy of a serialized message whose leading std_msgs/Header stamp is ``stamp_ns``.
+
+    In CDR the header is the first field and its stamp (int32 sec, uint32 nanosec) the first
+    eight bytes after the four-byte encapsulation prefix, so no decoding is needed. Only call this
+    for types where :func:`has_header` is True.
+    """
+    prefix = bytes(data[:2])
+    if prefix not in (_CDR_LE, _CDR_BE):
+        raise BagError("message is not plain CDR (unknown encapsulation); cannot restamp it")
+    out = bytearray(data)
+    struct.pack_into("<iI" if prefix == _CDR_LE else ">iI", out, 4, *ns_to_stamp(stamp_ns))
+    return bytes(out)
+
+
+def cdr_stamp_ns(data: bytes | memoryview) -> int:
+    """The leading std_msgs/Header stamp of a serialized message, in ns (see :func:`restamp_cdr`)."""
+    prefix = bytes(data[:2])
+    if prefix not in (_CDR_LE, _CDR_BE):
+        raise BagError("message is not plain CDR (unknown encapsulation); cannot read its stamp")
+    sec, nanosec = struct.unpack_from("<iI" if prefix == _CDR_LE else ">iI", data, 4)
+    return sec * 1_000_000_000 + nanosec
+
+
+__all__ = [
+    "BAG_VERSION", "BagError", "BagImage", "BagWriter", "CAMERA_INFO_TYPE", "COMPRESSED_IMAGE_TYPE",
+    "CameraCalibration", "FRAMES_KEY", "IMAGE_TYPE", "IMAGE_TYPES", "RawMessage", "STORAGES",
+    "WriterError", "bag_info", "cdr_stamp_ns", "compressed_message", "decode_image", "default_image_topic",
+    "frame_keys", "has_header", "image_message", "image_topics", "ns_to_stamp", "read_images",
+    "read_messages", "restamp_cdr", "stamp_to_ns", "typestore",
+]

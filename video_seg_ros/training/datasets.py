@@ -1,0 +1,252 @@
+"""Training and validation datasets over image sequences (frames via :mod:`video_seg_ros.frames`).
+
+Dataset entries in a config (``data.train`` / ``data.val`` lists)::
+
+    {type: folder, images: DIR, labels: DIR|null, label_format: auto|trainids|cityscapes-labelids|camvid,
+     sequences: [names]|null, exclude_sequences: [names], labelled_only: true}
+    {type: cityscapes, root: DIR, split: train}      # leftImg8bit_sequence/<split> + gtFine/<split>
+    {type: camvid, root: DIR, split: train}          # <split>/ + <split>annot/ (SegNet layout)
+    {type: synthetic, root: DIR}                     # the generator's Cityscapes-style output
+
+A training sample is an *anchor* frame (a labelled frame when labels exist: in Cityscapes the 20th
+frame of each 30-frame snippet) plus, in ``pair`` mode, one neighbour t+k (k uniform in
+1..max_gap, unlabelled frames are fine) and the flow anchor -> neighbour; in ``clip`` mode, the
+``clip_length`` frames ending at the anchor (memory training; the label belongs to the last one).
+Random choices come from a generator seeded by (seed, epoch, index), so a sample is the same in
+every process and data-loader worker: DDP and single-process runs see identical data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset, Dataset
+
+from video_seg_ros.frames import FrameRecord, group_sequences, index_label_files, list_frames, read_label, read_rgb
+from video_seg_ros.labels import IGNORE_ID
+from video_seg_ros.training.augment import AlignedAugmentation, AlignedSample, resize_sample
+from video_seg_ros.training.flow_cache import FlowCache, make_flow_estimator
+
+
+class DatasetError(ValueError):
+    """A dataset entry in the config points at missing or unusable data."""
+
+
+@dataclass(frozen=True)
+class SequenceFrame:
+    record: FrameRecord
+    label_path: Path | None
+    label_format: str | None
+
+
+def _detect_label_format(path: Path) -> str:
+    stem = path.stem
+    if stem.endswith("labelTrainIds"):
+        return "trainids"
+    if stem.endswith("labelIds"):
+        return "cityscapes-labelids"
+    raise DatasetError(f"cannot tell the label format of {path.name}; set label_format "
+                       "(trainids, cityscapes-labelids or camvid) in the dataset entry")
+
+
+def resolve_entry(entry: dict) -> dict:
+    """Turn a typed dataset entry into the generic folder form {images, labels, label_format, ...}."""
+    entry = dict(entry)
+    kind = entry.pop("type", "folder")
+    if kind in ("folder", "synthetic"):
+        if kind == "synthetic" and "images" not in entry:
+            entry["images"] = entry.pop("root")
+            entry.setdefault("labels", entry["images"])
+    elif kind == "cityscapes":
+        root = Path(entry.pop("root"))
+        split = entry.pop("split", "train")
+        sequence_dir = root / "leftImg8bit_sequence" / split
+        entry["images"] = sequence_dir if sequence_dir.is_dir() else root / "leftImg8bit" / split
+        entry.setdefault("labels", root / "gtFine" / split)
+    elif kind == "camvid":
+        root = Path(entry.pop("root"))
+        split = entry.pop("split", "train")
+        entry["images"] = root / split
+        entry.setdefault("labels", root / f"{split}annot")
+        entry.setdefault("label_format", "camvid")
+    else:
+        raise DatasetError(f"unknown dataset type {kind!r}; use folder, cityscapes, camvid or synthetic")
+    if "images" not in entry:
+        raise DatasetError(f"dataset entry {entry} needs 'images' (or 'root' for typed datasets)")
+    entry.setdefault("labels", None)
+    entry.setdefault("label_format", "auto")
+    return entry
+
+
+def load_sequences(entry: dict) -> dict[str, list[SequenceFrame]]:
+    """Sequence name -> frames in order, each with its label file (or None)."""
+    entry = resolve_entry(entry)
+    images = Path(entry["images"]).expanduser()
+    if not images.is_dir():
+        raise DatasetError(f"image folder not found: {images} (dataset entry {entry})")
+    records = list_frames(images)
+    if not records:
+        raise DatasetError(f"no images found under {images}")
+    labels = index_label_files(Path(entry["labels"]).expanduser()) if entry.get("labels") else {}
+    include = set(entry.get("sequences") or [])
+    exclude = set(entry.get("exclude_sequences") or [])
+    sequences = {}
+    for name, frames in group_sequences(records).items():
+        if (include and name not in include) or name in exclude:
+            continue
+        items = []
+        for record in frames:
+            label_path = labels.get(record.key)
+            fmt = None
+            if label_path is not None:
+                fmt = entry["label_format"]
+                if fmt == "auto":
+                    fmt = _detect_label_format(label_path)
+            items.append(SequenceFrame(record, label_path, fmt))
+        sequences[name] = items
+    if not sequences:
+        raise DatasetError(f"no sequences left under {images} after sequences/exclude_sequences filters")
+    return sequences
+
+
+def read_frame(path: Path, size: tuple[int, int] | None) -> np.ndarray:
+    frame = read_rgb(path)
+    if size and (frame.shape[1], frame.shape[0]) != tuple(size):
+        frame = cv2.resize(frame, tuple(size), interpolation=cv2.INTER_AREA)
+    return frame
+
+
+def read_label_resized(item: SequenceFrame, size: tuple[int, int] | None) -> np.ndarray | None:
+    if item.label_path is None:
+        return None
+    label = read_label(item.label_path, item.label_format)
+    if size and (label.shape[1], label.shape[0]) != tuple(size):
+        label = cv2.resize(label, tuple(size), interpolation=cv2.INTER_NEAREST)
+    return label
+
+
+def to_tensor_image(frame: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 RGB -> (3, H, W) float32 in [0, 1] (models normalise on the device)."""
+    return torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1).float().div_(255.0)
+
+
+class SequenceSampleDataset(Dataset):
+    """Anchor frames with neighbours (pair mode) or preceding clips (clip mode) from one entry."""
+
+    def __init__(self, entry: dict, data_config: dict, flow_cache: FlowCache | None, seed: int = 0,
+                 needs_neighbour: bool = True):
+        self.sequences = load_sequences(entry)
+        self.needs_neighbour = needs_neighbour
+        self.resize = tuple(data_config["resize"]) if data_config.get("resize") else None
+        self.mode = data_config["mode"]
+        self.max_gap = int(data_config["max_gap"])
+        self.direction = data_config["direction"]
+        self.clip_length = int(data_config["clip_length"])
+        self.clip_stride = int(data_config["clip_stride"])
+        self.augment = AlignedAugmentation(data_config["scale_range"], data_config.get("crop"),
+                                           data_config["hflip"])
+        self.flow_cache = flow_cache
+        self.seed = seed
+        self.epoch = 0
+        labelled_only = entry.get("labelled_only", True)
+        self.anchors: list[tuple[str, int]] = []
+        for name, frames in self.sequences.items():
+            has_labels = any(f.label_path for f in frames)
+            for index, frame in enumerate(frames):
+                if frame.label_path is not None or not (labelled_only and has_labels):
+                    self.anchors.append((name, index))
+        if not self.anchors:
+            raise DatasetError(f"dataset entry {entry} yields no training frames")
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.anchors)
+
+    def _neighbour_index(self, length: int, index: int, rng: np.random.Generator) -> int:
+        if length == 1:
+            return index
+        gap = int(rng.integers(1, self.max_gap + 1))
+        sign = {"forward": 1, "backward": -1}.get(self.direction) or (1 if rng.random() < 0.5 else -1)
+        target = index + sign * gap
+        if not 0 <= target < length:  # at the sequence ends, look the other way
+            target = index - sign * gap
+        return int(min(max(target, 0), length - 1))
+
+    def __getitem__(self, item: int) -> dict:
+        name, index = self.anchors[item]
+        frames = self.sequences[name]
+        rng = np.random.default_rng([self.seed, self.epoch, item])
+        anchor = frames[index]
+        anchor_image = read_frame(anchor.record.path, self.resize)
+        size = (anchor_image.shape[1], anchor_image.shape[0])
+        label = read_label_resized(anchor, size)
+        if label is None:
+            label = np.full(anchor_image.shape[:2], IGNORE_ID, np.uint8)
+        valid = np.ones(anchor_image.shape[:2], np.uint8)
+        if self.mode == "pair" and not self.needs_neighbour:
+            sample = AlignedSample([anchor_image], label, [], valid)
+        elif self.mode == "pair":
+            other = frames[self._neighbour_index(len(frames), index, rng)]
+            other_image = read_frame(other.record.path, size)
+            flow = (self.flow_cache.get(anchor.record.path, other.record.path, anchor_image, other_image)
+                    if self.flow_cache else np.zeros(anchor_image.shape[:2] + (2,), np.float32))
+            sample = AlignedSample([anchor_image, other_image], label, [flow], valid)
+        else:
+            indices = [max(0, index - self.clip_stride * step) for step in range(self.clip_length - 1, -1, -1)]
+            images = [read_frame(frames[i].record.path, size) for i in indices[:-1]] + [anchor_image]
+            sample = AlignedSample(images, label, [], valid)
+        sample = self.augment(sample, rng)
+        out = {"label": torch.from_numpy(sample.label.astype(np.int64)),
+               "valid": torch.from_numpy(sample.valid.astype(np.float32)).unsqueeze(0)}
+        if self.mode == "pair":
+            out["image"] = to_tensor_image(sample.frames[0])
+        if self.mode == "pair" and self.needs_neighbour:
+            out["neighbour"] = to_tensor_image(sample.frames[1])
+            out["flow"] = torch.from_numpy(np.ascontiguousarray(sample.flows[0])).permute(2, 0, 1).float()
+        elif self.mode == "clip":
+            out["clip"] = torch.stack([to_tensor_image(f) for f in sample.frames])
+        return out
+
+
+class TrainingDataset(ConcatDataset):
+    """All ``data.train`` entries concatenated; ``set_epoch`` reseeds every part."""
+
+    def set_epoch(self, epoch: int) -> None:
+        for part in self.datasets:
+            part.set_epoch(epoch)
+
+
+def build_training_dataset(config: dict, run_dir: Path, needs_neighbour: bool = True,
+                           needs_flow: bool = True) -> TrainingDataset:
+    """``needs_neighbour``/``needs_flow`` False skip reading the neighbour / computing flow (a
+    per-frame baseline then costs one image read per sample)."""
+    data = config["data"]
+    flow_cache = None
+    if data["mode"] == "pair" and needs_neighbour and needs_flow:
+        flow_settings = dict(data["flow"])
+        cache_dir = flow_settings.get("cache_dir") or (run_dir / "flow_cache")
+        flow_cache = FlowCache(make_flow_estimator(flow_settings), cache_dir)
+    parts = [SequenceSampleDataset(entry, data, flow_cache, seed=int(config["seed"]),
+                                   needs_neighbour=needs_neighbour)
+             for entry in data["train"]]
+    return TrainingDataset(parts)
+
+
+def build_validation_sequences(config: dict) -> dict[str, list[SequenceFrame]]:
+    """Validation sequences from every ``data.val`` entry (names prefixed by the entry index)."""
+    sequences = {}
+    for number, entry in enumerate(config["data"]["val"]):
+        for name, frames in load_sequences(entry).items():
+            sequences[f"{number}:{name}"] = frames
+    return sequences
+
+
+__all__ = ["AlignedSample", "DatasetError", "SequenceSampleDataset", "TrainingDataset",
+           "build_training_dataset", "build_validation_sequences", "load_sequences", "read_frame",
+           "read_label_resized", "resize_sample", "to_tensor_image"]

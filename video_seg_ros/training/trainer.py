@@ -1,0 +1,405 @@
+"""The ETC training loop: per-frame student + temporal loss + distillation, single process or DDP.
+
+One :class:`Trainer` runs a config (see :mod:`video_seg_ros.training.config`): it builds the
+student (optionally wrapped with local memory attention), the teacher, the datasets, the optimiser
+with a poly learning-rate schedule, and then for every epoch trains, validates (mIoU and TC with
+:mod:`video_seg_ros.metrics`), writes ``metrics.csv`` + ``metrics.png`` and saves checkpoints in the
+project format (``last.pt``, ``best.pt``; the optimiser state for ``--resume`` goes to
+``trainer_state.pt`` beside them).
+
+Under ``torchrun`` every process runs the same code; gradients are averaged by
+DistributedDataParallel, the data is split by DistributedSampler (``train.batch_size`` is per
+process), BatchNorm becomes SyncBatchNorm on CUDA, and only rank 0 validates and writes files.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+
+from video_seg_ros.checkpoint import Checkpoint, load_checkpoint
+from video_seg_ros.engine import resolve_device
+from video_seg_ros.labels import IGNORE_ID, LABEL_SETS
+from video_seg_ros.training import losses as L
+from video_seg_ros.training.datasets import (build_training_dataset, build_validation_sequences, read_frame,
+                                             read_label_resized, to_tensor_image)
+from video_seg_ros.training.distributed import DistributedContext, init_distributed, shutdown_distributed
+from video_seg_ros.training.flow_cache import FlowCache, make_flow_estimator
+from video_seg_ros.training.modeling import SegmenterWithFeatures, build_student, build_teacher, set_batchnorm_eval
+
+LOSS_NAMES = ("ce", "temporal", "distill_pixel", "distill_pairwise", "distill_cross_frame", "distill_temporal")
+
+
+def _plain(value):
+    """Config -> JSON-safe plain types (checkpoints are read with weights_only=True)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def poly_factor(iteration: int, total: int, power: float) -> float:
+    """Poly learning-rate schedule: (1 - it / total) ** power."""
+    return max(0.0, 1.0 - iteration / max(1, total)) ** power
+
+
+class Trainer:
+    def __init__(self, config: dict, resume: bool = False, progress: bool = True):
+        self.config = config
+        self.run_dir = Path(config["run_dir"]).expanduser()
+        train_cfg = config["train"]
+        device = resolve_device(train_cfg["device"])
+        self.ctx: DistributedContext = init_distributed(device.type)
+        if self.ctx.enabled and device.type == "cuda":
+            device = torch.device("cuda", self.ctx.local_rank)
+        self.device = device
+        self.progress = progress and self.ctx.is_main
+        torch.manual_seed(int(config["seed"]))
+        np.random.seed(int(config["seed"]))
+        if self.ctx.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.ctx.barrier()
+
+        weights = {name: float(config["losses"][name]["weight"]) for name in LOSS_NAMES}
+        self.weights = weights
+        clip_mode = config["data"]["mode"] == "clip"
+        self.clip_mode = clip_mode
+        self.needs_teacher = any(weights[n] for n in LOSS_NAMES if n.startswith("distill_"))
+        self.needs_features = any(weights[n] for n in ("distill_pairwise", "distill_cross_frame", "distill_temporal"))
+        losses_cfg = config["losses"]
+        self.needs_neighbour = not clip_mode and bool(
+            weights["temporal"] or weights["distill_cross_frame"] or weights["distill_temporal"]
+            or (weights["distill_pixel"] and losses_cfg["distill_pixel"]["neighbour_weight"])
+            or (weights["distill_pairwise"] and losses_cfg["distill_pairwise"]["neighbour_weight"]))
+
+        student, self.meta = build_student(config)
+        self.net = SegmenterWithFeatures(student, self.meta["preprocessing"]).to(device)
+        self.frozen_base = bool(config.get("memory") and config["memory"].get("freeze_base", True))
+        if self.ctx.enabled and device.type == "cuda":
+            self.net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
+        self.teacher = None
+        if self.needs_teacher:
+            teacher, teacher_pre, self.teacher_channels = build_teacher(config, self.meta)
+            self.teacher = SegmenterWithFeatures(teacher, teacher_pre).to(device).eval()
+        self.temporal_distill = L.TemporalDistillationLoss(
+            losses_cfg["distill_temporal"]["grid"], losses_cfg["distill_temporal"]["hidden"],
+            losses_cfg["distill_temporal"]["seed"]).to(device)
+
+        self.dataset = build_training_dataset(config, self.run_dir, needs_neighbour=self.needs_neighbour,
+                                              needs_flow=bool(weights["temporal"]))
+        self.sampler = DistributedSampler(self.dataset, num_replicas=self.ctx.world_size, rank=self.ctx.rank,
+                                          shuffle=True, seed=int(config["seed"]))
+        self.loader = DataLoader(self.dataset, batch_size=int(train_cfg["batch_size"]), sampler=self.sampler,
+                                 num_workers=int(config["data"]["workers"]), drop_last=False,
+                                 pin_memory=device.type == "cuda",
+                                 persistent_workers=int(config["data"]["workers"]) > 0)
+        cap = train_cfg.get("max_iters_per_epoch")
+        self.iters_per_epoch = min(len(self.loader), int(cap)) if cap else len(self.loader)
+        self.total_iters = self.iters_per_epoch * int(train_cfg["epochs"])
+
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the student has no trainable parameters (memory.freeze_base on a model "
+                             "without memory parameters?)")
+        lr, wd = float(train_cfg["lr"]), float(train_cfg["weight_decay"])
+        if train_cfg["optimizer"] == "sgd":
+            self.optimizer = torch.optim.SGD(params, lr=lr, momentum=float(train_cfg["momentum"]), weight_decay=wd)
+        elif train_cfg["optimizer"] == "adam":
+            self.optimizer = torch.optim.Adam(params, lr=lr, weight_decay=wd)
+        else:
+            self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+        power = float(train_cfg["poly_power"])
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda it: poly_factor(it, self.total_iters, power))
+        self.use_amp = bool(train_cfg["amp"]) and device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.model = self.net
+        if self.ctx.enabled:
+            self.model = DistributedDataParallel(
+                self.net, device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=bool(train_cfg.get("find_unused_parameters", False)))
+
+        self.epoch = 0
+        self.iteration = 0
+        self.best_miou = -1.0
+        self.history: list[dict] = []
+        self.step_log: list[dict] = []
+        self.val_sequences = build_validation_sequences(config) if config["data"]["val"] else {}
+        flow_settings = dict(config["data"]["flow"])
+        self.val_flow = FlowCache(make_flow_estimator(flow_settings),
+                                  flow_settings.get("cache_dir") or self.run_dir / "flow_cache")
+        if resume:
+            self._resume()
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+    def _checkpoint(self, metrics: dict | None) -> Checkpoint:
+        meta = self.meta
+        return Checkpoint(
+            arch=meta["arch"], arch_kwargs=dict(meta["arch_kwargs"]),
+            state_dict=self.net.model.state_dict(), label_set=meta["label_set"],
+            class_names=meta["class_names"], palette=meta["palette"],
+            output_to_class=meta["output_to_class"], preprocessing=meta["preprocessing"],
+            memory=meta["memory"],
+            source={"tool": "video-seg-train", "run_dir": str(self.run_dir), "init": meta["init"]},
+            training=_plain({"config": self.config, "epoch": self.epoch, "iteration": self.iteration,
+                             "world_size": self.ctx.world_size, "metrics": metrics}))
+
+    def save(self, metrics: dict | None, best: bool) -> None:
+        if not self.ctx.is_main:
+            return
+        checkpoint = self._checkpoint(metrics)
+        checkpoint.save(self.run_dir / "last.pt")
+        if best:
+            checkpoint.save(self.run_dir / "best.pt")
+        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "scaler": self.scaler.state_dict(), "epoch": self.epoch, "iteration": self.iteration,
+                 "best_miou": self.best_miou, "history": _plain(self.history)}
+        tmp = self.run_dir / "trainer_state.pt.partial"
+        torch.save(state, tmp)
+        tmp.replace(self.run_dir / "trainer_state.pt")
+
+    def _resume(self) -> None:
+        last, state_file = self.run_dir / "last.pt", self.run_dir / "trainer_state.pt"
+        if not last.is_file() or not state_file.is_file():
+            raise FileNotFoundError(f"--resume: no last.pt and trainer_state.pt in {self.run_dir}; "
+                                    "start without --resume or point run_dir at an earlier run")
+        checkpoint = load_checkpoint(last)
+        self.net.model.load_state_dict(checkpoint.state_dict)
+        state = torch.load(state_file, map_location="cpu", weights_only=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.iteration = int(state["epoch"]), int(state["iteration"])
+        self.best_miou = float(state["best_miou"])
+        self.history = list(state.get("history") or [])
+
+    # ---- one training step ---------------------------------------------------------------------
+    def _train_mode(self) -> None:
+        self.net.train()
+        if self.config["train"]["freeze_bn"]:
+            set_batchnorm_eval(self.net)
+        elif self.frozen_base:
+            set_batchnorm_eval(self.net.model.base)
+
+    def compute_losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Weighted losses of one batch (already on the device); keys of enabled losses only."""
+        w, cfg = self.weights, self.config["losses"]
+        label = batch["label"]
+        out: dict[str, torch.Tensor] = {}
+        if self.clip_mode:
+            with torch.autocast(self.device.type, enabled=self.use_amp):
+                logits, _ = self.model(batch["clip"])
+            out["ce"] = w["ce"] * L.cross_entropy_loss(logits, label)
+            return out
+        image = batch["image"]
+        inputs = torch.cat([image, batch["neighbour"]]) if self.needs_neighbour else image
+        with torch.autocast(self.device.type, enabled=self.use_amp):
+            all_logits, all_features = self.model(inputs, with_features=self.needs_features)
+        n = image.shape[0]
+        logits, logits_n = all_logits[:n], all_logits[n:]
+        features = all_features[:n] if all_features is not None else None
+        features_n = all_features[n:] if all_features is not None else None
+        if w["ce"]:
+            out["ce"] = w["ce"] * L.cross_entropy_loss(logits, label)
+        if w["temporal"]:
+            out["temporal"] = w["temporal"] * L.temporal_loss(
+                logits, logits_n, image, batch["neighbour"], batch["flow"], batch["valid"],
+                detach_neighbour=bool(cfg["temporal"]["detach_neighbour"]))
+        if self.teacher is not None:
+            with torch.no_grad(), torch.autocast(self.device.type, enabled=self.use_amp):
+                t_logits_all, t_features_all = self.teacher(inputs, with_features=self.needs_features)
+            t_logits_all = t_logits_all[:, self.teacher_channels].float()
+            t_logits, t_logits_n = t_logits_all[:n], t_logits_all[n:]
+            t_feat = t_features_all[:n] if t_features_all is not None else None
+            t_feat_n = t_features_all[n:] if t_features_all is not None else None
+            if w["distill_pixel"]:
+                c = cfg["distill_pixel"]
+                loss = L.pixel_distillation_loss(logits, t_logits, c["temperature"])
+                if self.needs_neighbour and c["neighbour_weight"]:
+                    loss = loss + c["neighbour_weight"] * L.pixel_distillation_loss(logits_n, t_logits_n, c["temperature"])
+                out["distill_pixel"] = w["distill_pixel"] * loss
+            if w["distill_pairwise"]:
+                c = cfg["distill_pairwise"]
+                loss = L.pairwise_distillation_loss(features, t_feat, c["grid"])
+                if self.needs_neighbour and c["neighbour_weight"]:
+                    loss = loss + c["neighbour_weight"] * L.pairwise_distillation_loss(features_n, t_feat_n, c["grid"])
+                out["distill_pairwise"] = w["distill_pairwise"] * loss
+            if w["distill_cross_frame"]:
+                out["distill_cross_frame"] = w["distill_cross_frame"] * L.cross_frame_distillation_loss(
+                    features, features_n, t_feat, t_feat_n, cfg["distill_cross_frame"]["grid"])
+            if w["distill_temporal"]:
+                out["distill_temporal"] = w["distill_temporal"] * self.temporal_distill(
+                    [features, features_n], [t_feat, t_feat_n])
+        return out
+
+    def _to_device(self, batch: dict) -> dict:
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def train_epoch(self) -> dict:
+        self._train_mode()
+        self.sampler.set_epoch(self.epoch)
+        self.dataset.set_epoch(self.epoch)
+        sums: dict[str, float] = {}
+        frames = 0
+        start = time.perf_counter()
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.iters_per_epoch, desc=f"epoch {self.epoch + 1}/{self.config['train']['epochs']}",
+                       leave=False, dynamic_ncols=True)
+        log_every = max(1, int(self.config["train"]["log_every"]))
+        for step, batch in enumerate(self.loader):
+            if step >= self.iters_per_epoch:
+                break
+            batch = self._to_device(batch)
+            parts = self.compute_losses(batch)
+            total = sum(parts.values())
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(total).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            self.iteration += 1
+            frames += batch["label"].shape[0] * self.ctx.world_size
+            values = torch.stack([total.detach().float()] + [v.detach().float() for v in parts.values()])
+            values = self.ctx.mean(values).cpu().tolist()
+            record = dict(zip(["total"] + list(parts), values))
+            for key, value in record.items():
+                sums[key] = sums.get(key, 0.0) + value
+            if step % log_every == 0 or step == self.iters_per_epoch - 1:
+                self.step_log.append({"iteration": self.iteration, **record})
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['total']:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+            if not math.isfinite(record["total"]):
+                raise FloatingPointError(f"loss became {record['total']} at iteration {self.iteration}; "
+                                         "lower train.lr or check the data")
+        if bar is not None:
+            bar.close()
+        steps = max(1, min(self.iters_per_epoch, len(self.loader)))
+        seconds = time.perf_counter() - start
+        result = {f"loss_{k}": v / steps for k, v in sums.items()}
+        result.update({"seconds": seconds, "frames_per_s": frames / max(seconds, 1e-9),
+                       "lr": self.scheduler.get_last_lr()[0]})
+        return result
+
+    # ---- validation -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """mIoU over labelled validation frames and TC over consecutive predictions (rank 0)."""
+        from video_seg_ros.metrics import ConfusionMatrix, TemporalConsistency
+
+        self.net.eval()
+        label_set = LABEL_SETS[self.meta["label_set"]]
+        confusion = ConfusionMatrix(label_set.num_classes, list(label_set.names))
+        consistency = TemporalConsistency(label_set.num_classes, flow_width=None,
+                                          class_names=list(label_set.names))
+        size = self.config["data"].get("val_resize") or self.config["data"].get("resize")
+        lookup = torch.tensor([c if 0 <= c < 256 else IGNORE_ID for c in self.meta["output_to_class"]],
+                              dtype=torch.uint8, device=self.device)
+        limit = self.config["train"].get("val_max_frames")
+        model = self.net.model
+        temporal = bool(getattr(model, "is_temporal", False))
+        for frames in self.val_sequences.values():
+            if temporal:
+                model.reset_state()
+            previous = None
+            for item in frames[: int(limit) if limit else None]:
+                image = read_frame(item.record.path, size)
+                x = self.net.normalize(to_tensor_image(image)[None].to(self.device))
+                with torch.autocast(self.device.type, enabled=self.use_amp):
+                    logits = model.step(x) if temporal else model(x)
+                prediction = lookup[logits.argmax(1)[0]].cpu().numpy()
+                label = read_label_resized(item, (image.shape[1], image.shape[0]))
+                if label is not None:
+                    confusion.update(prediction, label)
+                if previous is not None:
+                    flow = self.val_flow.get(previous[0], item.record.path, previous[1], image)
+                    consistency.update_with_flow(previous[2], prediction, flow)
+                previous = (item.record.path, image, prediction)
+        self._train_mode()
+        miou, tc = confusion.miou, consistency.tc
+        return {"val_miou": None if miou is None else 100.0 * miou,
+                "val_tc": None if tc is None else 100.0 * tc}
+
+    # ---- logs ---------------------------------------------------------------------------------
+    def write_logs(self) -> None:
+        if not self.ctx.is_main or not self.history:
+            return
+        columns = ["epoch", "iteration", "lr", "seconds", "frames_per_s"]
+        columns += sorted({k for row in self.history for k in row if k.startswith("loss_")})
+        columns += ["val_miou", "val_tc"]
+        with open(self.run_dir / "metrics.csv", "w", newline="") as stream:
+            writer = csv.DictWriter(stream, columns, extrasaction="ignore")
+            writer.writeheader()
+            for row in self.history:
+                writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
+        with open(self.run_dir / "steps.csv", "w", newline="") as stream:
+            keys = ["iteration"] + sorted({k for row in self.step_log for k in row if k != "iteration"})
+            writer = csv.DictWriter(stream, keys)
+            writer.writeheader()
+            writer.writerows(self.step_log)
+        plot_history(self.history, self.run_dir / "metrics.png")
+
+    # ---- the whole run -------------------------------------------------------------------------
+    def fit(self) -> list[dict]:
+        train_cfg = self.config["train"]
+        epochs = int(train_cfg["epochs"])
+        try:
+            while self.epoch < epochs:
+                result = self.train_epoch()
+                self.epoch += 1
+                row = {"epoch": self.epoch, "iteration": self.iteration, **result}
+                validate_now = self.val_sequences and (self.epoch % int(train_cfg["val_every"]) == 0
+                                                       or self.epoch == epochs)
+                if validate_now and self.ctx.is_main:
+                    row.update(self.validate())
+                self.ctx.barrier()
+                self.history.append(row)
+                best = row.get("val_miou") is not None and row["val_miou"] > self.best_miou
+                if best:
+                    self.best_miou = row["val_miou"]
+                if self.epoch % int(train_cfg["save_every"]) == 0 or self.epoch == epochs or best:
+                    self.save({k: row.get(k) for k in ("val_miou", "val_tc")}, best)
+                self.write_logs()
+                if self.ctx.is_main:
+                    shown = ", ".join(f"{k}={v:.4g}" for k, v in row.items()
+                                      if isinstance(v, float) and (k.startswith(("loss_", "val_"))
+                                                                   or k == "frames_per_s"))
+                    print(f"epoch {self.epoch}/{epochs}: {shown}", flush=True)
+                self.ctx.barrier()
+        finally:
+            shutdown_distributed(self.ctx)
+        return self.history
+
+
+def plot_history(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] for row in history]
+    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 4))
+    for key in sorted({k for row in history for k in row if k.startswith("loss_")}):
+        ax_loss.plot(epochs, [row.get(key, np.nan) for row in history], marker="o", label=key[5:])
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("weighted loss")
+    ax_loss.set_yscale("log")
+    ax_loss.legend(fontsize=8)
+    for key, name in (("val_miou", "mIoU"), ("val_tc", "TC")):
+        points = [(row["epoch"], row[key]) for row in history if row.get(key) is not None]
+        if points:
+            ax_val.plot(*zip(*points), marker="o", label=name)
+    ax_val.set_xlabel("epoch")
+    ax_val.set_ylabel("% (validation)")
+    ax_val.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
