@@ -56,16 +56,22 @@ def median_ms(function, repeats: int) -> float:
 
 
 def time_pair(base: SegmentationEngine, memory: SegmentationEngine, frames, warmup: int, repeats: int):
-    """Median model_ms of both engines, alternating frame by frame."""
+    """Medians of both engines' wall ``model_ms`` and process CPU ms, alternating frame by frame.
+
+    CPU time (all threads of this process) is much less affected by other processes on a shared
+    machine than wall time, so both are reported.
+    """
     for i in range(max(warmup, memory.model.config.memory_length + 1)):
         base.segment(frames[i % len(frames)])
         memory.segment(frames[i % len(frames)])
-    base_ms, memory_ms = [], []
+    times = {"base_ms": [], "memory_ms": [], "base_cpu_ms": [], "memory_cpu_ms": []}
     for i in range(repeats):
         frame = frames[i % len(frames)]
-        base_ms.append(base.segment(frame).model_ms)
-        memory_ms.append(memory.segment(frame).model_ms)
-    return statistics.median(base_ms), statistics.median(memory_ms)
+        for name, engine in (("base", base), ("memory", memory)):
+            cpu_start = time.process_time()
+            times[f"{name}_ms"].append(engine.segment(frame).model_ms)
+            times[f"{name}_cpu_ms"].append((time.process_time() - cpu_start) * 1000.0)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def breakdown(memory: SegmentationEngine, frame: np.ndarray, repeats: int, profile: bool) -> dict:
@@ -128,10 +134,11 @@ def main(argv: list[str] | None = None) -> int:
                   "value_channels": args.value_channels, "fusion": args.fusion, "tile": args.tile}
         base = SegmentationEngine(base_checkpoint, device=args.device)
         memory = SegmentationEngine(add_memory_to_checkpoint(base_checkpoint, config), device=args.device)
-        base_ms, memory_ms = time_pair(base, memory, frames, args.warmup, args.repeats)
+        timing = time_pair(base, memory, frames, args.warmup, args.repeats)
         parts = breakdown(memory, frames[0], args.repeats, args.profile)
-        rows.append({"model": name, "window": window, "base_ms": base_ms, "memory_ms": memory_ms,
-                     "ratio": memory_ms / base_ms, "parts_ms": parts,
+        rows.append({"model": name, "window": window, **timing,
+                     "ratio": timing["memory_ms"] / timing["base_ms"],
+                     "cpu_ratio": timing["memory_cpu_ms"] / timing["base_cpu_ms"], "parts_ms": parts,
                      "memory_parameters": sum(p.numel() for p in memory.model.memory_parameters()),
                      "cpu_mkldnn": base.cpu_mkldnn})
     command = shlex.join(["python", "bench/memory_overhead.py", *(sys.argv[1:] if argv is None else argv)])
@@ -139,11 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nMemory overhead, {width}x{height} input, T={args.memory_length}, keys {args.key_channels}, "
           f"values {args.value_channels}, fusion {args.fusion}, device {device}, {torch.get_num_threads()} threads, "
           f"{platform.processor() or platform.machine()}\n")
-    print("| model | window | base ms | with memory ms | ratio | memory params |")
-    print("|---|---|---|---|---|---|")
+    print("| model | window | base ms | with memory ms | ratio | base CPU ms | with memory CPU ms | CPU ratio | memory params |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(f"| {row['model']} | {row['window']}x{row['window']} | {row['base_ms']:.1f} | {row['memory_ms']:.1f} | "
-              f"{row['ratio']:.3f} | {row['memory_parameters']:,} |")
+              f"{row['ratio']:.3f} | {row['base_cpu_ms']:.1f} | {row['memory_cpu_ms']:.1f} | {row['cpu_ratio']:.3f} | "
+              f"{row['memory_parameters']:,} |")
     print("\nWhere the memory's time goes (ms, medians; encoder for scale):\n")
     part_names = [k for k in rows[0]["parts_ms"] if k != "feature map"] if rows else []
     print("| model | window | features | " + " | ".join(part_names) + " |")

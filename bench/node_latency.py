@@ -5,8 +5,8 @@ frames (2048x1024 Cityscapes sequence frames from ../shared when present, a synt
 otherwise) and measures, for the same frames:
 
 - end-to-end: ``publish(image)`` -> ``~/labels`` received, in this process (one frame in flight);
-- engine: ``SegmentationEngine.segment`` on the same frame in this process, interleaved frame by
-  frame with the node measurement so both see the same machine load.
+- engine: ``SegmentationEngine.segment`` on the same frame in this process (in a worker thread,
+  like the node), interleaved frame by frame with the node measurement so both see the same load.
 
 Then it publishes at each ``--rates`` for ``--rate-seconds`` with camera QoS (best effort) and
 reports frames received, processed and dropped (keep-latest queue) from the node's /diagnostics.
@@ -30,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -173,10 +174,17 @@ def main(argv=None) -> int:
         time.sleep(1.0)  # let the reverse (labels) connection settle too
 
         end_to_end, engine_ms = [], []
-        for index in tqdm(range(len(frames)), desc="latency (node vs engine)", unit="frame"):
+        # The engine runs in one long-lived worker thread, as in the node: PyTorch's CPU timing
+        # differs between the main thread and other threads (3x on a loaded 2-core machine).
+        worker = ThreadPoolExecutor(max_workers=1)
+
+        def timed_segment(frame):
             start = time.perf_counter()
-            engine.segment(frames[index], "rgb")
-            engine_time = (time.perf_counter() - start) * 1000.0
+            engine.segment(frame, "rgb")
+            return (time.perf_counter() - start) * 1000.0
+
+        for index in tqdm(range(len(frames)), desc="latency (node vs engine)", unit="frame"):
+            engine_time = worker.submit(timed_segment, frames[index]).result()
             sent = time.perf_counter()
             key = publish(index)
             if not wait_for(lambda: key in arrivals, 120.0):

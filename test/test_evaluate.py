@@ -114,7 +114,8 @@ def test_cli_explains_a_wrong_label_format(tmp_path, checkpoint_path, capsys):
 
 
 def test_cli_errors_for_missing_inputs_say_what_to_do(tmp_path, checkpoint_path, capsys):
-    assert main(["--checkpoint", str(tmp_path / "none.pt"), "--images", str(tmp_path)]) == 2
+    images, _ = write_sequence_folder(tmp_path, frames_per_sequence=((0,), ()))
+    assert main(["--checkpoint", str(tmp_path / "none.pt"), "--images", str(images)]) == 2
     assert "video-seg-import" in capsys.readouterr().err
     assert main(["--checkpoint", str(checkpoint_path), "--images", str(tmp_path / "nothing")]) == 2
     assert "image folder not found" in capsys.readouterr().err
@@ -122,7 +123,7 @@ def test_cli_errors_for_missing_inputs_say_what_to_do(tmp_path, checkpoint_path,
     assert main(["--checkpoint", str(checkpoint_path), "--images", str(tmp_path / "empty")]) == 2
     assert "no images" in capsys.readouterr().err
     if not torch.cuda.is_available():
-        assert main(["--checkpoint", str(checkpoint_path), "--images", str(tmp_path),
+        assert main(["--checkpoint", str(checkpoint_path), "--images", str(images),
                      "--device", "cuda"]) == 2
         assert "no CUDA device" in capsys.readouterr().err
 

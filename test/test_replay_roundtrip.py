@@ -17,7 +17,8 @@ import cv2
 import numpy as np
 import pytest
 
-pytest.importorskip("rclpy", reason="rclpy is not installed: the replay tests need ROS 2 (pip wheels or a sourced install)")
+pytest.importorskip("rclpy", reason="rclpy is not installed: the replay tests need ROS 2 "
+                                      "(pip wheels or a sourced install)")
 
 from ros_support import (NodeProcess, RosProbe, make_tiny_checkpoint, ros_environment,  # noqa: E402
                          write_params_file)
@@ -148,3 +149,25 @@ def test_demo_replays_the_sample_through_the_node_and_writes_its_reports(tmp_pat
     plot = cv2.imread(str(out / "tc_over_time.png"))
     assert plot is not None and plot.shape[1] > 400
     assert "TC over time" in (out / "summary.md").read_text()
+
+
+def test_player_and_recorder_reject_bad_arguments_with_a_clear_message(tmp_path):
+    bag = _bag(tmp_path, 1)
+    log = tmp_path / "player.log"
+    player = _start("video_seg_ros.tools.play_bag", [str(bag), "--topic", "/no/such/topic"], log)
+    assert _wait(player, 60, log) == 2
+    assert "has no topic /no/such/topic" in log.read_text() and "/camera/image_raw" in log.read_text()
+    log = tmp_path / "player_dir.log"
+    player = _start("video_seg_ros.tools.play_bag", [str(tmp_path / "frames")], log)
+    assert _wait(player, 60, log) == 2
+    assert "not a rosbag2 folder" in log.read_text()
+    log = tmp_path / "recorder.log"
+    recorder = _start("video_seg_ros.tools.record", ["--count", "1"], log)
+    assert _wait(recorder, 60, log) == 2
+    assert "--bag" in log.read_text()
+    log = tmp_path / "recorder_wait.log"
+    recorder = _start("video_seg_ros.tools.record", ["--bag", str(tmp_path / "never"), "--wait", "1"], log)
+    assert _wait(recorder, 60, log) == 2
+    assert "no publisher on /video_seg_node/labels" in log.read_text()
+    assert not (tmp_path / "never").exists()
+    assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 import yaml
-from rosbags.rosbag2 import Reader, ReaderError, StoragePlugin, Writer, WriterError
+from rosbags.rosbag2 import Reader, ReaderError, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
 from video_seg_ros.image_encoding import compressed_fields, image_fields, image_to_array, message_to_frame
@@ -385,7 +385,7 @@ def cdr_stamp_ns(data: bytes | memoryview) -> int:
 __all__ = [
     "BAG_VERSION", "BagError", "BagImage", "BagWriter", "CAMERA_INFO_TYPE", "COMPRESSED_IMAGE_TYPE",
     "CameraCalibration", "FRAMES_KEY", "IMAGE_TYPE", "IMAGE_TYPES", "RawMessage", "STORAGES",
-    "WriterError", "bag_info", "cdr_stamp_ns", "compressed_message", "decode_image", "default_image_topic",
+    "bag_info", "cdr_stamp_ns", "compressed_message", "decode_image", "default_image_topic",
     "frame_keys", "has_header", "image_message", "image_topics", "ns_to_stamp", "read_images",
     "read_messages", "restamp_cdr", "stamp_to_ns", "typestore",
 ]

@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -38,10 +37,11 @@ import yaml
 from tqdm import tqdm
 
 import video_seg_ros
-from video_seg_ros.bags import BagError, bag_info, default_image_topic, frame_keys, read_images
+from video_seg_ros.bags import (BagError, bag_info, default_image_topic, frame_keys, read_images,
+                                read_messages)
 from video_seg_ros.checkpoint import CheckpointError, default_checkpoint_path, load_checkpoint
 from video_seg_ros.frames import index_label_files, read_label
-from video_seg_ros.labels import IGNORE_ID, LABEL_FORMATS, overlay, palette_lookup_table
+from video_seg_ros.labels import LABEL_FORMATS, overlay, palette_lookup_table
 from video_seg_ros.metrics import ConfusionMatrix, TemporalConsistency
 from video_seg_ros.ros.dds import large_image_environment
 from video_seg_ros.tools.make_bag import FrameSource, SourceFrame, open_source, parse_size, write_bag
@@ -49,6 +49,7 @@ from video_seg_ros.tools.make_bag import FrameSource, SourceFrame, open_source, 
 PACKAGE_DIR = Path(video_seg_ros.__file__).resolve().parent
 NODE_NAME = "video_seg_node"
 MAX_NODE_QUEUE = 100  # the node's frame_queue_size range
+MAX_SECONDS_PER_FRAME = 15.0  # slowest node the demo waits for
 
 
 class DemoError(RuntimeError):
@@ -185,13 +186,21 @@ def node_parameters(out_dir: Path, checkpoint: str, device: str, upsample: str, 
     return path
 
 
+def frame_rate(bag: Path, topic: str) -> float | None:
+    """Recording rate of ``topic`` in Hz from the median stamp interval (sequence gaps do not count)."""
+    stamps = [f["stamp_ns"] for f in frame_keys(bag)] or [m.timestamp_ns for m in read_messages(bag, [topic])]
+    intervals = np.diff(stamps)
+    intervals = intervals[intervals > 0]
+    return 1e9 / float(np.median(intervals)) if intervals.size else None
+
+
 def run_pipeline(demo_input: DemoInput, out_dir: Path, params: Path, replay_hz: float,
                  domain_id: int, startup_timeout: float) -> dict:
     """Start recorder, node and player; wait for the recording; stop everything; return the logs."""
     info = bag_info(demo_input.bag)
     topic = default_image_topic(demo_input.bag)
     frames = info["topics"][topic]["count"]
-    bag_hz = (frames - 1) / info["duration_s"] if frames > 1 and info["duration_s"] > 0 else replay_hz
+    bag_hz = frame_rate(demo_input.bag, topic) or replay_hz
     rate_factor = replay_hz / bag_hz
     env = ros_environment(domain_id)
     logs = out_dir / "logs"
@@ -212,7 +221,9 @@ def run_pipeline(demo_input: DemoInput, out_dir: Path, params: Path, replay_hz: 
         recorder = Process("recorder", [
             python, "-m", "video_seg_ros.tools.record", "--node", NODE_NAME, "--consistency",
             "--topic", "/diagnostics", "--bag", str(recorded), "--overwrite", "--count", str(frames),
-            "--wait", str(startup_timeout), "--timeout", str(startup_timeout + playback_s * 3 + 60),
+            # Generous: on a busy CPU frames queue in the node; the idle timeout ends a stalled run.
+            "--wait", str(startup_timeout),
+            "--timeout", str(startup_timeout + playback_s + 60 + frames * MAX_SECONDS_PER_FRAME),
             "--idle-timeout", str(max(30.0, 20.0 / replay_hz)), "--ready-file", str(ready),
             "--progress-file", str(progress),
             "--report", str(logs / "recorder.json")], logs, env)
@@ -273,8 +284,6 @@ def percentile(values: list[float], q: float) -> float | None:
 
 def last_diagnostics(recorded: Path) -> dict[str, str]:
     """Key/values of the node's last segmentation status on /diagnostics."""
-    from video_seg_ros.bags import read_messages
-
     values: dict[str, str] = {}
     try:
         for message in read_messages(recorded, ["/diagnostics"]):
@@ -309,8 +318,8 @@ def score(demo_input: DemoInput, run: dict, out_dir: Path, checkpoint, video_wid
     previous = None  # (sequence, rgb, labels)
     writer, video_path = None, out_dir / "overlay.mp4"
     fps = run["bag_hz"]
-    images = list(read_images(demo_input.bag, run["topic"]))
-    for index, image in enumerate(tqdm(images, unit="frame", desc="score")):
+    images = read_images(demo_input.bag, run["topic"])  # one frame in memory at a time
+    for index, image in enumerate(tqdm(images, total=published, unit="frame", desc="score")):
         meta = keys.get(image.stamp_ns, {"key": str(index), "sequence": ""})
         rgb = image.rgb()
         prediction = predictions.get(image.stamp_ns)
@@ -399,7 +408,7 @@ def _plot_tc(per_frame: list[dict], tc: float | None, path: Path) -> Path:
     values = [r["tc"] for r in per_frame if r["tc"] is not None]
     axis.plot(index, values, marker=".", linewidth=1, label="TC of frame t-1 -> t")
     if tc is not None:
-        axis.axhline(tc, color="tab:red", linestyle="--", linewidth=1, label=f"sequence TC {tc:.3f}")
+        axis.axhline(tc, color="tab:red", linestyle="--", linewidth=1, label=f"TC over all pairs {tc:.3f}")
     for i in range(1, len(per_frame)):
         if per_frame[i]["sequence"] != per_frame[i - 1]["sequence"]:
             axis.axvline(i - 0.5, color="grey", linewidth=0.8)
@@ -429,7 +438,8 @@ def summary_lines(summary: dict) -> list[str]:
     return [
         f"input       {summary['input']}",
         f"model       {summary['model']} ({summary['checkpoint']}) on {summary['device']}",
-        f"replay      {summary['replay_hz']:g} Hz through {NODE_NAME} (bag -> video-seg-play -> node -> video-seg-record)",
+        f"replay      {summary['replay_hz']:g} Hz through {NODE_NAME} "
+        "(bag -> video-seg-play -> node -> video-seg-record)",
         f"frames      {s['frames_segmented']}/{s['frames_published']} segmented, {s['frames_lost']} lost",
         f"fps         output {_fmt(s['output_fps'], 2)} fps (replayed at {summary['replay_hz']:g} Hz); "
         f"model {_fmt(s['node_model_ms_p50'], 1, ' ms')} p50 per frame in the node",
@@ -499,7 +509,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(*_):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    # Ctrl-C and SIGTERM stop the child processes before exiting (see run_pipeline's finally).
+    previous = (signal.signal(signal.SIGINT, signal.default_int_handler),
+                signal.signal(signal.SIGTERM, _interrupt))
+    try:
+        return _run(argv)
+    finally:
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
+
+
+def _run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     started = time.monotonic()
     out_dir = args.output

@@ -27,9 +27,10 @@ from tqdm import tqdm
 
 from video_seg_ros.checkpoint import Checkpoint, CheckpointError
 from video_seg_ros.engine import DeviceError, SegmentationEngine
-from video_seg_ros.frames import group_sequences, index_label_files, list_frames, read_label, read_rgb
-from video_seg_ros.labels import LABEL_FORMATS, overlay
+from video_seg_ros.frames import (IMAGE_EXTENSIONS, group_sequences, index_label_files, list_frames,
+                                  read_label, read_rgb)
 from video_seg_ros.flow import DIS_PRESETS
+from video_seg_ros.labels import LABEL_FORMATS, overlay
 from video_seg_ros.metrics import ConfusionMatrix, TemporalConsistency
 
 
@@ -79,16 +80,17 @@ def evaluate_folder(checkpoint: str | Path | Checkpoint | SegmentationEngine | N
         raise ValueError(f"unknown label format {label_format!r}; choose one of {LABEL_FORMATS}")
     if max_frame_gap < 1:
         raise ValueError("max_frame_gap must be >= 1")
-    engine = checkpoint if isinstance(checkpoint, SegmentationEngine) else SegmentationEngine(
-        checkpoint, device=device, upsample=upsample)
+    # Folders first: a typo should not cost a model load.
     records = list_frames(images)
     if not records:
-        raise FileNotFoundError(f"no images ({', '.join(('png', 'jpg', 'bmp', 'ppm'))}) under {images}")
+        raise FileNotFoundError(f"no images ({' '.join(IMAGE_EXTENSIONS)}) under {images}")
     if limit is not None:
         if limit < 1:
             raise ValueError("limit must be >= 1")
         records = records[:limit]
     label_index = index_label_files(labels, label_format) if labels is not None else {}
+    engine = checkpoint if isinstance(checkpoint, SegmentationEngine) else SegmentationEngine(
+        checkpoint, device=device, upsample=upsample)
     overlay_dir = Path(save_overlays) if save_overlays else None
     if overlay_dir:
         overlay_dir.mkdir(parents=True, exist_ok=True)

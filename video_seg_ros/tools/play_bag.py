@@ -118,12 +118,14 @@ class BagPlayer:
 
     def play(self, loop: bool = False) -> PlayStats:
         started = time.monotonic()
-        while not self._stopped:
-            self._play_once()
-            self.stats.loops += 1
-            if not loop:
-                break
-        self.stats.wall_s = time.monotonic() - started
+        try:
+            while not self._stopped:
+                self._play_once()
+                self.stats.loops += 1
+                if not loop:
+                    break
+        finally:
+            self.stats.wall_s = time.monotonic() - started
         return self.stats
 
     def _play_once(self) -> None:
@@ -212,10 +214,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(remove_ros_args(["video-seg-play", *argv])[1:])
 
-    # Python's own handlers: Ctrl-C and SIGTERM (launch, the demo) stop playback between messages
-    # and the summary and --log are still written.
     use_large_image_profile()  # full-size frames need the large shared-memory segment
+    # Python's own handlers, not rclpy's: Ctrl-C and SIGTERM (launch, the demo) stop playback
+    # between messages and the summary and --log are still written. Set explicitly: a process
+    # started in the background by a shell inherits SIGINT as ignored.
     rclpy.init(args=["video-seg-play", *argv], signal_handler_options=SignalHandlerOptions.NO)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
     node = rclpy.create_node(args.node_name)
     player, code = None, 0
@@ -227,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{args.wait_for_subscribers:g} s; playing anyway", file=sys.stderr, flush=True)
         if args.delay > 0:
             time.sleep(args.delay)
-        print(f"playing {args.bag}: {player.info['message_count']} messages, "
+        count = sum(player.info["topics"][t]["count"] for t in player.topics)
+        print(f"playing {args.bag}: {count} messages, "
               f"{player.info['duration_s']:.2f} s at rate {args.rate:g}", flush=True)
         player.play(args.loop)
     except BagError as error:

@@ -191,7 +191,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     use_large_image_profile()  # full-size frames need the large shared-memory segment
+    # Python's own handlers (set explicitly: a shell's background job inherits SIGINT as ignored),
+    # so Ctrl-C / SIGTERM end the recording and the bag is still closed properly.
     rclpy.init(args=["video-seg-record", *argv], signal_handler_options=SignalHandlerOptions.NO)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
     node = rclpy.create_node("video_seg_recorder")
     executor = SingleThreadedExecutor()

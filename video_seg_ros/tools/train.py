@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from video_seg_ros.training.config import ConfigError, dump_config, load_config
+    from video_seg_ros.training.config import dump_config, load_config
     from video_seg_ros.training.datasets import DatasetError
 
     overrides = list(args.overrides)
@@ -66,15 +66,21 @@ def main(argv: list[str] | None = None) -> int:
         from video_seg_ros.training.trainer import Trainer
 
         trainer = Trainer(config, resume=args.resume, progress=not args.no_progress)
-        if args.validate_only:
-            if not trainer.val_sequences:
-                raise ConfigError("--validate-only needs data.val datasets")
-            import json
+    except (CheckpointError, FileNotFoundError, ValueError) as error:
+        # ValueError covers ConfigError, DatasetError and bad settings found while building models.
+        print(f"video-seg-train: error: {error}", file=sys.stderr)
+        return 2
+    if args.validate_only:
+        if not trainer.val_sequences:
+            print("video-seg-train: error: --validate-only needs data.val datasets", file=sys.stderr)
+            return 2
+        import json
 
-            print(json.dumps(trainer.validate()))
-            return 0
+        print(json.dumps(trainer.validate()))
+        return 0
+    try:
         history = trainer.fit()
-    except (ConfigError, DatasetError, CheckpointError, FileNotFoundError) as error:
+    except (DatasetError, FileNotFoundError) as error:
         print(f"video-seg-train: error: {error}", file=sys.stderr)
         return 2
     if trainer.ctx.is_main and history:

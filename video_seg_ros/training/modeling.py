@@ -110,7 +110,7 @@ def build_student(config: dict) -> tuple[nn.Module, dict[str, Any]]:
             state = init.state_dict
             if init.memory:  # a memory checkpoint used to initialise a per-frame student
                 state = {k[len("base."):]: v for k, v in state.items() if k.startswith("base.")}
-            base.load_state_dict(state)
+            _load_matching(base, state, str(model_cfg["init"]))
             model = base
     else:
         model = base
@@ -143,6 +143,23 @@ def build_student(config: dict) -> tuple[nn.Module, dict[str, Any]]:
         "init": str(model_cfg["init"]) if model_cfg.get("init") else None,
     }
     return model, meta
+
+
+def _load_matching(model: nn.Module, state: dict, origin: str) -> None:
+    """Load ``state``; tensors whose shape differs (a new classifier for another label set) keep
+    their fresh initialisation, and the skipped names are reported."""
+    own = model.state_dict()
+    unknown = sorted(set(state) - set(own))
+    missing = sorted(set(own) - set(state))
+    if unknown or missing:
+        raise ValueError(f"model.init {origin} does not fit model.arch/kwargs: "
+                         f"{len(missing)} missing and {len(unknown)} unexpected tensors "
+                         f"(e.g. {(missing + unknown)[:3]}); check model.kwargs against the checkpoint")
+    skipped = [k for k, v in state.items() if own[k].shape != v.shape]
+    model.load_state_dict({k: v for k, v in state.items() if k not in skipped}, strict=False)
+    if skipped:
+        print(f"model.init: {len(skipped)} tensors differ in shape and start fresh: {', '.join(skipped[:6])}"
+              + (" ..." if len(skipped) > 6 else ""), flush=True)
 
 
 def build_teacher(config: dict, student_meta: dict) -> tuple[nn.Module, Preprocessing, list[int]] | None:

@@ -96,8 +96,9 @@ class Trainer:
                                           shuffle=True, seed=int(config["seed"]))
         self.loader = DataLoader(self.dataset, batch_size=int(train_cfg["batch_size"]), sampler=self.sampler,
                                  num_workers=int(config["data"]["workers"]), drop_last=False,
-                                 pin_memory=device.type == "cuda",
-                                 persistent_workers=int(config["data"]["workers"]) > 0)
+                                 pin_memory=device.type == "cuda")
+        # No persistent workers: each epoch's workers get a fresh copy of the dataset carrying the
+        # new epoch number, which seeds that epoch's augmentation and neighbour choice.
         cap = train_cfg.get("max_iters_per_epoch")
         self.iters_per_epoch = min(len(self.loader), int(cap)) if cap else len(self.loader)
         self.total_iters = self.iters_per_epoch * int(train_cfg["epochs"])
@@ -393,13 +394,18 @@ def plot_history(history: list[dict], path: Path) -> None:
     ax_loss.set_ylabel("weighted loss")
     ax_loss.set_yscale("log")
     ax_loss.legend(fontsize=8)
+    plotted = False
     for key, name in (("val_miou", "mIoU"), ("val_tc", "TC")):
         points = [(row["epoch"], row[key]) for row in history if row.get(key) is not None]
         if points:
             ax_val.plot(*zip(*points), marker="o", label=name)
+            plotted = True
     ax_val.set_xlabel("epoch")
     ax_val.set_ylabel("% (validation)")
-    ax_val.legend(fontsize=8)
+    if plotted:
+        ax_val.legend(fontsize=8)
+    else:
+        ax_val.set_title("no validation yet", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
