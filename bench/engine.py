@@ -48,10 +48,18 @@ def make_checkpoint(arch: str, kwargs: dict, width: int, height: int) -> Checkpo
                       preprocessing=Preprocessing(input_height=height, input_width=width))
 
 
-def time_engine(engine: SegmentationEngine, frame: np.ndarray, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        engine.segment(frame)
-    return statistics.median(engine.segment(frame).model_ms for _ in range(repeats))
+def time_engines(engines: dict[str, SegmentationEngine], frame: np.ndarray, warmup: int,
+                 repeats: int) -> dict[str, float]:
+    """Median ms per setting; the settings take turns, so load changes on a shared machine hit
+    them alike and their ratio stays meaningful."""
+    for engine in engines.values():
+        for _ in range(warmup):
+            engine.segment(frame)
+    times: dict[str, list[float]] = {setting: [] for setting in engines}
+    for _ in range(repeats):
+        for setting, engine in engines.items():
+            times[setting].append(engine.segment(frame).model_ms)
+    return {setting: statistics.median(values) for setting, values in times.items()}
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -84,17 +92,19 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         parser.error(f"not implemented in this checkout: {', '.join(missing)}")
     settings = args.mkldnn if args.device == "cpu" else ["-"]
-    jobs = [(n, s, m) for n in names for s in args.sizes for m in settings]
+    jobs = [(n, s) for n in names for s in args.sizes]
     rows = []
     rng = np.random.default_rng(0)
-    for name, (width, height), mkldnn in tqdm(jobs, desc="timing", unit="config"):
+    for name, (width, height) in tqdm(jobs, desc="timing", unit="config"):
         arch, kwargs = CONFIGS[name]
-        engine = SegmentationEngine(make_checkpoint(arch, kwargs, width, height), device=args.device,
-                                    cpu_mkldnn=(mkldnn == "on") if mkldnn != "-" else None)
+        checkpoint = make_checkpoint(arch, kwargs, width, height)
+        engines = {m: SegmentationEngine(checkpoint, device=args.device,
+                                         cpu_mkldnn=(m == "on") if m != "-" else None) for m in settings}
+        preferred = getattr(next(iter(engines.values())).model, "prefers_mkldnn", True)
         frame = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
-        rows.append({"model": name, "size": f"{width}x{height}", "mkldnn": mkldnn,
-                     "default": mkldnn == "-" or (mkldnn == "on") == getattr(engine.model, "prefers_mkldnn", True),
-                     "ms": round(time_engine(engine, frame, args.warmup, args.repeats), 1)})
+        for mkldnn, ms in time_engines(engines, frame, args.warmup, args.repeats).items():
+            rows.append({"model": name, "size": f"{width}x{height}", "mkldnn": mkldnn,
+                         "default": mkldnn == "-" or (mkldnn == "on") == preferred, "ms": round(ms, 1)})
     command = shlex.join(["python", "bench/engine.py", *(sys.argv[1:] if argv is None else argv)])
     device = args.device if args.device != "cpu" else f"cpu ({platform.processor() or platform.machine()}, " \
                                                        f"{torch.get_num_threads()} threads)"

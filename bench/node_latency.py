@@ -60,8 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rate-seconds", type=float, default=4.0, help="how long to publish at each rate")
     parser.add_argument("--no-start", action="store_true",
                         help="use an already running node instead of starting one")
-    parser.add_argument("--node-name", default="video_seg_bench",
-                        help="node name (topics /<name>/labels; diagnostics status name)")
+    parser.add_argument("--node-name", default=None,
+                        help="node name (topics /<name>/labels; diagnostics status name); "
+                             "default video_seg_bench_<pid>, required with --no-start")
     parser.add_argument("--topic", default="/bench_camera/image", help="input image topic")
     parser.add_argument("--startup-timeout", type=float, default=180.0, help="seconds to wait for the node")
     parser.add_argument("--json", default=None, help="write the figures as JSON here")
@@ -102,7 +103,12 @@ def percentiles(values) -> tuple[float, float]:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.node_name is None:
+        if args.no_start:
+            parser.error("--no-start needs --node-name of the running node")
+        args.node_name = f"video_seg_bench_{os.getpid()}"  # never mixes with another run's node
     from video_seg_ros.ros.dds import large_image_environment
 
     env = large_image_environment()
@@ -128,12 +134,19 @@ def main(argv=None) -> int:
     bench = rclpy.create_node("node_latency_bench")
     executor = SingleThreadedExecutor()
     executor.add_node(bench)
-    threading.Thread(target=executor.spin, daemon=True).start()
+
+    def spin():
+        try:
+            executor.spin()
+        except Exception:  # ExternalShutdownException at exit
+            pass
+
+    threading.Thread(target=spin, daemon=True).start()
     arrivals: dict[tuple[int, int], float] = {}
     diagnostics: list[dict[str, str]] = []
 
     def on_labels(msg):
-        arrivals[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = time.perf_counter()
+        arrivals.setdefault((msg.header.stamp.sec, msg.header.stamp.nanosec), time.perf_counter())
 
     def on_diagnostics(msg):
         for status in msg.status:
@@ -144,13 +157,14 @@ def main(argv=None) -> int:
     bench.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
     publisher = bench.create_publisher(Image, args.topic, qos_profile_sensor_data)
     messages = [fill_image(Image(), frame, "rgb8") for frame in frames]
-    stamp_counter = [0]
+    # Stamps 50 ms apart from the wall clock: unique across runs, and as dense as a 20 Hz camera.
+    stamp_counter = [int(time.time()) * 20]
 
     def publish(index: int) -> tuple[int, int]:
         stamp_counter[0] += 1
         msg = messages[index % len(messages)]
         msg.header.frame_id = "bench_camera"
-        msg.header.stamp.sec, msg.header.stamp.nanosec = 1000 + stamp_counter[0] // 20, (stamp_counter[0] % 20) * 50_000_000
+        msg.header.stamp.sec, msg.header.stamp.nanosec = stamp_counter[0] // 20, (stamp_counter[0] % 20) * 50_000_000
         publisher.publish(msg)
         return msg.header.stamp.sec, msg.header.stamp.nanosec
 

@@ -52,9 +52,19 @@ def test_bag_reads_back_pixel_for_pixel_with_monotonic_stamps(cityscapes_folder,
     assert _make([str(cityscapes_folder), "-o", str(bag), "--storage", storage, "--rate", "17"]) == 0
 
     metadata = yaml.safe_load((bag / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
-    assert metadata["storage_identifier"] == storage
+    # the fields rosbag2 (Jazzy/Kilted, metadata version 9) reads
+    assert {"version", "storage_identifier", "duration", "starting_time", "message_count",
+            "topics_with_message_count", "compression_format", "compression_mode",
+            "relative_file_paths", "files", "custom_data", "ros_distro"} <= set(metadata)
+    assert metadata["version"] == 9 and metadata["storage_identifier"] == storage
     assert metadata["message_count"] == 6
     assert all((bag / name).is_file() for name in metadata["relative_file_paths"])
+    (topic,) = metadata["topics_with_message_count"]
+    assert topic["message_count"] == 6
+    assert topic["topic_metadata"]["name"] == "/camera/image_raw"
+    assert topic["topic_metadata"]["type"] == "sensor_msgs/msg/Image"
+    assert topic["topic_metadata"]["serialization_format"] == "cdr"
+    assert topic["topic_metadata"]["type_description_hash"].startswith("RIHS01_")
 
     expected = [read_rgb(r.path) for r in list_frames(cityscapes_folder)]
     images = list(read_images(bag))

@@ -50,7 +50,8 @@ def test_predictions_used_as_labels_score_perfectly_and_pairs_respect_gaps(tmp_p
         frame = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
         cv2.imwrite(str(labels_dir / path.name), engine.segment(frame).labels)
     report = evaluate_folder(engine, images, labels=labels_dir, label_format="trainids",
-                             progress=False, save_overlays=tmp_path / "overlays")
+                             progress=False, save_overlays=tmp_path / "overlays",
+                             save_labels=tmp_path / "predictions")
     assert report["frames"] == 5 and report["labelled_frames"] == 3
     assert report["miou"] == 1.0 and report["pixel_accuracy"] == 1.0
     assert len(report["per_class_iou"]) == 19
@@ -59,12 +60,16 @@ def test_predictions_used_as_labels_score_perfectly_and_pairs_respect_gaps(tmp_p
     assert report["sequences"]["seqA"]["tc_pairs"] == 2
     assert report["sequences"]["seqB"] == {"frames": 2, "tc_pairs": 0, "tc": None}
     assert 0.0 <= report["tc"] <= 1.0 and report["tc_settings"]["label_warp"] == "nearest"
+    assert 0.0 <= report["tc_pixel_agreement"] <= 1.0
     assert report["ms_per_frame"] > 0
     assert json.loads(json.dumps(report)) == report  # plain JSON, no NaN
     labelled = cv2.imread(str(tmp_path / "overlays" / "seqA_00000_overlay.png"))
     unlabelled = cv2.imread(str(tmp_path / "overlays" / "seqA_00001_overlay.png"))
     assert labelled.shape == (2 * HEIGHT, WIDTH, 3)  # prediction above ground truth
     assert unlabelled.shape == (HEIGHT, WIDTH, 3)
+    saved = cv2.imread(str(tmp_path / "predictions" / "seqA_00000_pred_labelTrainIds.png"),
+                       cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(saved, cv2.imread(str(labels_dir / "seqA_00000.png"), cv2.IMREAD_UNCHANGED))
 
 
 def test_a_static_sequence_has_perfect_temporal_consistency(tmp_path, engine):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import cv2
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ import torch
 from conftest import require_shared_file
 from video_seg_ros.checkpoint import file_sha256, load_checkpoint
 from video_seg_ros.engine import SegmentationEngine
+from video_seg_ros.frames import read_label, read_rgb
 from video_seg_ros.labels import IGNORE_ID
 from video_seg_ros.metrics import ConfusionMatrix
 from video_seg_ros.models import build_from_checkpoint, build_model
@@ -17,9 +20,9 @@ from video_seg_ros.tools.import_weights import WeightsImportError, import_weight
 
 ESPNET_WEIGHTS = {
     # file -> (preset, expected builder arguments read from the weights)
-    "espnet_p_2_q_3.pth": ("cityscapes", {"num_classes": 20, "p": 2, "q": 3, "decoder_skip_channels": 16}),
-    "espnet_p_2_q_5.pth": ("cityscapes", {"num_classes": 20, "p": 2, "q": 5, "decoder_skip_channels": 16}),
-    "espnet_p_2_q_8.pth": ("cityscapes", {"num_classes": 20, "p": 2, "q": 8, "decoder_skip_channels": 16}),
+    "espnet_p_2_q_3.pth": ("cityscapes", {"num_classes": 20, "p": 2, "q": 3}),
+    "espnet_p_2_q_5.pth": ("cityscapes", {"num_classes": 20, "p": 2, "q": 5}),
+    "espnet_p_2_q_8.pth": ("cityscapes", {"num_classes": 20, "p": 2, "q": 8}),
     "espnet_p_2_q_8_camvid.pth": ("camvid", {"num_classes": 12, "p": 2, "q": 8, "decoder_skip_channels": 19}),
 }
 FRAME = "data/cityscapes_val/leftImg8bit/frankfurt_000001_058914_leftImg8bit.png"
@@ -50,6 +53,20 @@ def test_published_espnet_weights_load_with_no_missing_or_unexpected_keys(shared
     # Every published tensor ends up in the checkpoint unchanged.
     for key, value in published.items():
         assert torch.equal(checkpoint.state_dict[key], value), key
+
+
+def test_published_cgnet_weights_load_and_keep_the_source_preprocessing(shared):
+    weights = require_shared_file(shared, "weights/cgnet/cgnet_m3n21_camvid_trainval.pth")
+    inform = json.loads(require_shared_file(shared, "weights/cgnet/cgnet_camvid_inform.json").read_text())
+    published = torch.load(weights, map_location="cpu", weights_only=True)["model"]
+    checkpoint = import_weights("cgnet", "camvid", weights)
+    assert checkpoint.arch_kwargs == {"num_classes": 11, "m": 3, "n": 21}
+    assert set(checkpoint.state_dict) == set(published)
+    assert all(torch.equal(checkpoint.state_dict[k], v) for k, v in published.items())
+    pre = checkpoint.preprocessing
+    assert (pre.channel_order, pre.std, pre.scale) == ("rgb", [1.0, 1.0, 1.0], 1.0)
+    assert pre.mean == pytest.approx(inform["mean"])
+    assert checkpoint.output_to_class == list(range(11))
 
 
 def test_checkpoint_records_labels_preprocessing_and_source(random_espnet_weights):
@@ -131,9 +148,22 @@ def test_imported_espnet_p2q8_segments_the_real_cityscapes_frame_as_published(sh
     """The original network reaches 92.7-94.3 % pixel accuracy on this frame (../shared/README.md)."""
     checkpoint = import_weights("espnet", "cityscapes", require_shared_file(shared, "weights/espnet/espnet_p_2_q_8.pth"))
     frame_bgr = cv2.imread(str(require_shared_file(shared, FRAME)))
-    truth = cv2.imread(str(require_shared_file(shared, GROUND_TRUTH)), cv2.IMREAD_GRAYSCALE)
+    truth = read_label(require_shared_file(shared, GROUND_TRUTH), "trainids")
     result = SegmentationEngine(checkpoint, device="cpu").segment(frame_bgr, channel_order="bgr")
     assert result.labels.shape == truth.shape and result.labels.dtype == np.uint8
     scores = ConfusionMatrix(19).update(result.labels, truth)
     assert 0.92 <= scores.pixel_accuracy <= 0.95
     assert scores.miou > 0.45
+
+
+@pytest.mark.parametrize(("arch", "weights", "minimum_accuracy"), [
+    ("espnet", "weights/espnet/espnet_p_2_q_8_camvid.pth", 0.93),   # measured 94.8 %
+    ("cgnet", "weights/cgnet/cgnet_m3n21_camvid_trainval.pth", 0.96),  # measured 97.5 %
+])
+def test_imported_camvid_models_segment_a_real_camvid_frame(shared, arch, weights, minimum_accuracy):
+    """One CamVid val frame: a wrong channel order or statistics drops accuracy far below this."""
+    checkpoint = import_weights(arch, "camvid", require_shared_file(shared, weights))
+    frame_rgb = read_rgb(require_shared_file(shared, "data/camvid/val/0016E5_07959.png"))
+    truth = read_label(require_shared_file(shared, "data/camvid/valannot/0016E5_07959.png"), "camvid")
+    result = SegmentationEngine(checkpoint, device="cpu").segment(frame_rgb, channel_order="rgb")
+    assert ConfusionMatrix(11).update(result.labels, truth).pixel_accuracy >= minimum_accuracy

@@ -171,3 +171,20 @@ def test_player_and_recorder_reject_bad_arguments_with_a_clear_message(tmp_path)
     assert "no publisher on /video_seg_node/labels" in log.read_text()
     assert not (tmp_path / "never").exists()
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+
+
+def test_bag_type_hashes_match_the_installed_ros_messages(tmp_path):
+    """ros2 bag play checks a topic's type hash (RIHS01) against the installed message definition."""
+    from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+
+    frames = _frames_folder(tmp_path / "frames", 1)
+    metadata = ""
+    for name, options in (("raw", []), ("compressed", ["--compressed", "--camera-info"])):
+        assert make_bag.main([str(frames), "-o", str(tmp_path / name), "--quiet", *options]) == 0
+        metadata += (tmp_path / name / "metadata.yaml").read_text()
+    with RosProbe("hash_probe") as probe:
+        for topic, msg_type in (("/hash/image", Image), ("/hash/compressed", CompressedImage),
+                                ("/hash/info", CameraInfo)):
+            probe.publisher(msg_type, topic)
+            info = probe.node.get_publishers_info_by_topic(topic)[0]
+            assert str(info.topic_type_hash) in metadata, (topic, str(info.topic_type_hash))

@@ -59,12 +59,6 @@ def build_from_checkpoint(checkpoint, strict: bool = True) -> nn.Module:
 
 
 def _import_model_modules() -> None:
-    # Importing registers the builders; done lazily so `import video_seg_ros` stays light.
-    import importlib
-
-    for module in ("espnet", "pspnet", "cgnet"):
-        try:
-            importlib.import_module(f"video_seg_ros.models.{module}")
-        except ModuleNotFoundError as error:
-            if error.name != f"video_seg_ros.models.{module}":
-                raise
+    # Importing registers the builders; done lazily so `import video_seg_ros` stays light
+    # (pspnet pulls in torchvision).
+    from video_seg_ros.models import cgnet, espnet, pspnet  # noqa: F401

@@ -249,12 +249,16 @@ def run_pipeline(demo_input: DemoInput, out_dir: Path, params: Path, replay_hz: 
         processes.append(player)
         print(f"[demo] replaying {frames} frames at {replay_hz:g} Hz ({playback_s:.0f} s)", flush=True)
         with tqdm(total=frames, unit="frame", desc="segmented") as bar:
-            while recorder.alive():  # the recorder stops itself (count, idle or total timeout)
+            # The recorder stops itself (count, idle or total timeout).
+            while recorder.alive() and node.alive():
                 bar.n = _read_count(progress)
                 bar.refresh()
                 time.sleep(0.25)
             bar.n = _read_count(progress)
             bar.refresh()
+        if not node.alive():
+            raise DemoError(f"{NODE_NAME} exited with code {node.process.returncode} during the replay; "
+                            f"its log ({node.log_path}):\n{node.tail()}")
         player_code = player.wait(30)
         recorder_code = recorder.wait(30)
         node_code = node.stop()
@@ -263,7 +267,7 @@ def run_pipeline(demo_input: DemoInput, out_dir: Path, params: Path, replay_hz: 
         for process in processes:
             process.stop(signal.SIGTERM, timeout=5)
     for name, code in codes.items():
-        if code not in (0,):
+        if code != 0:
             raise DemoError(f"{name} exited with code {code}; see {logs / (name + '.log')}")
     return {"exit_codes": codes, "player": json.loads((logs / "player.json").read_text()),
             "recorder": json.loads((logs / "recorder.json").read_text()), "recorded_bag": recorded,
@@ -492,7 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "Cityscapes)")
     parser.add_argument("--replay-hz", type=float, default=5.0,
                         help="frames per second the player sends to the node (default 5)")
-    parser.add_argument("--device", default="cpu", help="node device: cpu (default), auto or cuda[:N]")
+    parser.add_argument("--device", default="auto",
+                        help="node device: auto (default: CUDA if present, else CPU), cpu or cuda[:N]")
     parser.add_argument("--upsample", choices=("logits", "labels"), default="labels",
                         help="node upsampling mode (default labels: cheaper on a CPU)")
     parser.add_argument("--output", type=Path, default=Path("outputs/demo"),

@@ -47,6 +47,7 @@ def evaluate_folder(checkpoint: str | Path | Checkpoint | SegmentationEngine | N
                     max_frame_gap: int = 1,
                     tc: bool = True,
                     save_overlays: str | Path | None = None,
+                    save_labels: str | Path | None = None,
                     progress: bool = True,
                     command: str | None = None) -> dict:
     """Segment every frame under ``images`` and measure accuracy and temporal consistency.
@@ -66,6 +67,8 @@ def evaluate_folder(checkpoint: str | Path | Checkpoint | SegmentationEngine | N
         tc: measure temporal consistency at all.
         save_overlays: folder for colourised overlays (``<key>_overlay.png``; labelled frames get
             the ground truth drawn below the prediction).
+        save_labels: folder for the predicted class maps (``<key>_pred_labelTrainIds.png``,
+            uint8 class ids, 255 = unlabelled), e.g. to recompute TC with other flow settings.
         progress: show a tqdm progress bar.
         command: the command line to record in the report.
 
@@ -92,8 +95,10 @@ def evaluate_folder(checkpoint: str | Path | Checkpoint | SegmentationEngine | N
     engine = checkpoint if isinstance(checkpoint, SegmentationEngine) else SegmentationEngine(
         checkpoint, device=device, upsample=upsample)
     overlay_dir = Path(save_overlays) if save_overlays else None
-    if overlay_dir:
-        overlay_dir.mkdir(parents=True, exist_ok=True)
+    labels_out = Path(save_labels) if save_labels else None
+    for folder in (overlay_dir, labels_out):
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
 
     class_names = engine.class_names
     accuracy = ConfusionMatrix(len(class_names), class_names)
@@ -148,6 +153,8 @@ def evaluate_folder(checkpoint: str | Path | Checkpoint | SegmentationEngine | N
             if overlay_dir is not None:
                 _write_overlay(overlay_dir / f"{record.key}_overlay.png", frame, result.labels,
                                ground_truth, engine.palette_table)
+            if labels_out is not None:
+                cv2.imwrite(str(labels_out / f"{record.key}_pred_labelTrainIds.png"), result.labels)
             previous = (record, frame, result.labels)
             bar.update(1)
         summary = {"frames": len(frames)}
@@ -176,6 +183,9 @@ def evaluate_folder(checkpoint: str | Path | Checkpoint | SegmentationEngine | N
         "per_class_iou": {k: _round(v) for k, v in accuracy.per_class_iou().items()} if labelled else {},
         "tc": _round(consistency.tc) if consistency is not None else None,
         "tc_pairs": consistency.pairs if consistency is not None else 0,
+        # Share of compared pixels whose class survives the warp: unlike TC, not dominated by
+        # rare classes that flicker on a few pixels.
+        "tc_pixel_agreement": _round(consistency.matrix.pixel_accuracy) if consistency is not None else None,
         "tc_per_class": ({k: _round(v) for k, v in consistency.per_class().items()}
                          if consistency is not None and consistency.pairs else {}),
         "tc_settings": {"flow": "opencv-dis", "preset": flow_preset, "flow_width": flow_width,
@@ -238,11 +248,12 @@ def format_markdown(report: dict) -> str:
     lines = [
         f"## Evaluation of {report['model']} ({report['checkpoint']})",
         "",
-        "| frames | labelled | mIoU | pixel accuracy | TC | TC pairs | ms/frame (median) | device |",
-        "|---|---|---|---|---|---|---|---|",
+        "| frames | labelled | mIoU | pixel accuracy | TC | TC pairs | TC pixel agreement "
+        "| ms/frame (median) | device |",
+        "|---|---|---|---|---|---|---|---|---|",
         f"| {report['frames']} | {report['labelled_frames']} | {percent(report['miou'])} | "
         f"{percent(report['pixel_accuracy'])} | {percent(report['tc'])} | {report['tc_pairs']} | "
-        f"{report['ms_per_frame']} | {report['device']} |",
+        f"{percent(report['tc_pixel_agreement'])} | {report['ms_per_frame']} | {report['device']} |",
     ]
     if report["per_class_iou"]:
         lines += ["", "| class | IoU | TC |", "|---|---|---|"]
@@ -311,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--save-overlays", type=Path, default=None,
                         help="write colourised overlays <key>_overlay.png here (labelled frames: "
                              "prediction on top, ground truth below)")
+    parser.add_argument("--save-labels", type=Path, default=None,
+                        help="write the predicted class maps <key>_pred_labelTrainIds.png here "
+                             "(uint8 ids, 255 = unlabelled)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -324,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
             device=args.device, upsample=args.upsample, limit=args.limit,
             flow_preset=args.flow_preset, flow_width=args.flow_width or None, occlusion=args.occlusion,
             max_frame_gap=args.max_frame_gap, tc=not args.no_tc, save_overlays=args.save_overlays,
-            progress=not args.quiet, command=command)
+            save_labels=args.save_labels, progress=not args.quiet, command=command)
     except (CheckpointError, DeviceError, FileNotFoundError, ValueError) as error:
         print(f"video-seg-eval: error: {error}", file=sys.stderr)
         return 2

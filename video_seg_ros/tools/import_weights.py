@@ -52,6 +52,11 @@ _ESPNET_CITYSCAPES_STD = [45.3192215, 46.15289307, 44.91483307]
 _ESPNET_CAMVID_MEAN = [110.33102643, 108.40886315, 105.03319369]
 _ESPNET_CAMVID_STD = [72.12571015, 72.69074534, 69.90434816]
 
+# CGNet, wutianyiRosun/CGNet: OpenCV read, channels reversed to RGB, float 0..255 minus the
+# dataset mean (dataset/wtfile/camvid_inform.pkl; ../shared/weights/cgnet/cgnet_camvid_inform.json),
+# no std division; evaluated at CamVid's 480x360.
+_CGNET_CAMVID_MEAN_RGB = [105.65775299072266, 103.329833984375, 99.62540435791016]
+
 PRESETS: dict[tuple[str, str], Preset] = {
     ("espnet", "cityscapes"): Preset(
         label_set="cityscapes", num_classes=20,
@@ -66,6 +71,12 @@ PRESETS: dict[tuple[str, str], Preset] = {
                                     scale=1.0 / 255.0, interpolation="linear"),
         note="ESPNet preprocessing with CamVid train statistics (train/loadData.py procedure); "
              "channel 11 = void"),
+    ("cgnet", "camvid"): Preset(
+        label_set="camvid", num_classes=11,
+        preprocessing=Preprocessing(input_height=360, input_width=480, channel_order="rgb",
+                                    mean=_CGNET_CAMVID_MEAN_RGB, std=[1.0, 1.0, 1.0], scale=1.0,
+                                    interpolation="linear"),
+        note="wutianyiRosun/CGNet CamVid evaluation preprocessing (RGB, 0..255 minus mean, no std)"),
 }
 
 
@@ -131,11 +142,27 @@ def espnet_arguments(state_dict: dict[str, torch.Tensor], p: int | None = None,
         if given is not None and given != found:
             raise WeightsImportError(f"--{name} {given} given, but the weights have {name}={found} "
                                f"(encoder.level{2 if name == 'p' else 3}.* blocks); drop --{name} or fix it.")
-    return {"num_classes": num_classes, "p": found_p, "q": found_q,
-            "decoder_skip_channels": int(state_dict["conv.conv.weight"].shape[1]) - num_classes}
+    arguments = {"num_classes": num_classes, "p": found_p, "q": found_q}
+    skip_channels = int(state_dict["conv.conv.weight"].shape[1]) - num_classes
+    if skip_channels != 16:  # only the CamVid variant differs; keeps model names short otherwise
+        arguments["decoder_skip_channels"] = skip_channels
+    return arguments
 
 
-ARCH_ARGUMENTS = {"espnet": espnet_arguments}
+def cgnet_arguments(state_dict: dict[str, torch.Tensor], **_unused) -> dict[str, int]:
+    """CGNet builder arguments (classes, M, N) read from a published state_dict."""
+    if "classifier.0.conv.weight" not in state_dict:
+        raise WeightsImportError("these weights are not a CGNet (no 'classifier.0.conv.weight'); "
+                                 "weights trained with the dropout classifier are not supported.")
+
+    def blocks(level):
+        return len({int(m.group(1)) for k in state_dict if (m := re.match(rf"level{level}\.(\d+)\.", k))})
+
+    return {"num_classes": int(state_dict["classifier.0.conv.weight"].shape[0]),
+            "m": blocks(2) + 1, "n": blocks(3) + 1}
+
+
+ARCH_ARGUMENTS = {"espnet": espnet_arguments, "cgnet": cgnet_arguments}
 
 
 def import_weights(arch: str, preset_name: str, weights: str | Path, p: int | None = None,
