@@ -141,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
                      "cpu_ratio": timing["memory_cpu_ms"] / timing["base_cpu_ms"], "parts_ms": parts,
                      "memory_parameters": sum(p.numel() for p in memory.model.memory_parameters()),
                      "cpu_mkldnn": base.cpu_mkldnn})
+        tqdm.write(f"{name} window {window}: base {timing['base_ms']:.1f} ms, with memory {timing['memory_ms']:.1f} ms "
+                   f"(ratio {rows[-1]['ratio']:.3f}; CPU time ratio {rows[-1]['cpu_ratio']:.3f}); parts {parts}")
     command = shlex.join(["python", "bench/memory_overhead.py", *(sys.argv[1:] if argv is None else argv)])
     device = str(base.device) if rows else args.device
     print(f"\nMemory overhead, {width}x{height} input, T={args.memory_length}, keys {args.key_channels}, "

@@ -258,7 +258,9 @@ def test_memory_config_errors_say_what_is_wrong():
 
 
 # ---- checkpoints and the engine ---------------------------------------------------------------
-def _espnet_checkpoint() -> Checkpoint:
+@pytest.fixture(scope="module")
+def espnet_checkpoint() -> Checkpoint:
+    """A small random-weight ESPNet (p=1, q=1) base checkpoint, built once for this module."""
     torch.manual_seed(0)
     model = build_model("espnet", p=1, q=1, num_classes=20).eval()
     return Checkpoint(
@@ -284,8 +286,8 @@ def _video(n=5, h=48, w=80):
     return [np.ascontiguousarray(base[:, i:i + w]) for i in range(n)]  # a panning camera
 
 
-def test_memory_checkpoint_round_trip_gives_identical_streaming_outputs(tmp_path):
-    checkpoint = _trained_looking_memory(_espnet_checkpoint())
+def test_memory_checkpoint_round_trip_gives_identical_streaming_outputs(tmp_path, espnet_checkpoint):
+    checkpoint = _trained_looking_memory(espnet_checkpoint)
     path = checkpoint.save(tmp_path / "memory.pt")
     loaded = load_checkpoint(path)
     assert loaded.memory == checkpoint.memory and loaded.model_name.endswith("+memory")
@@ -303,8 +305,8 @@ def test_memory_checkpoint_round_trip_gives_identical_streaming_outputs(tmp_path
     assert not np.array_equal(out_after[0].confidence, out_after[-1].confidence)
 
 
-def test_base_checkpoint_loads_and_untrained_memory_matches_it():
-    base_checkpoint = _espnet_checkpoint()
+def test_base_checkpoint_loads_and_untrained_memory_matches_it(espnet_checkpoint):
+    base_checkpoint = espnet_checkpoint
     with_memory = add_memory_to_checkpoint(base_checkpoint)
     assert base_checkpoint.memory is None and with_memory.memory == MemoryConfig().to_dict()
     frames = _video(3)
@@ -318,8 +320,8 @@ def test_base_checkpoint_loads_and_untrained_memory_matches_it():
         add_memory_to_checkpoint(with_memory)
 
 
-def test_memory_can_be_stripped_or_retuned_without_retraining():
-    base_checkpoint = _espnet_checkpoint()
+def test_memory_can_be_stripped_or_retuned_without_retraining(espnet_checkpoint):
+    base_checkpoint = espnet_checkpoint
     with_memory = _trained_looking_memory(base_checkpoint)
     stripped = strip_memory_from_checkpoint(with_memory)
     assert stripped.memory is None

@@ -69,6 +69,17 @@ def test_stats_percentiles_fps_and_new_rejections():
     assert stats.snapshot(now=101.0)["new_rejections"] == 0  # WARN clears once the bad input stops
 
 
+@pytest.fixture(scope="module", autouse=True)
+def single_torch_thread():
+    """The models here are tiny: one thread is fastest, and immune to a busy machine's scheduling."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
     path = make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
@@ -135,3 +146,48 @@ def test_large_image_profile_is_found_and_a_user_profile_wins():
     assert "<segment_size>67108864</segment_size>" in text and "<maxMessageSize>16777216</maxMessageSize>" in text
     assert large_image_environment({})[PROFILE_ENV] == str(profile)
     assert large_image_environment({PROFILE_ENV: "/mine.xml"})[PROFILE_ENV] == "/mine.xml"
+
+
+@pytest.fixture(scope="module")
+def memory_engine(tmp_path_factory):
+    """A tiny ESPNet with an LMANet memory whose layers are random, so memory visibly matters."""
+    import torch
+
+    from video_seg_ros.checkpoint import load_checkpoint
+    from video_seg_ros.models.memory import add_memory_to_checkpoint
+
+    base = load_checkpoint(make_tiny_checkpoint(tmp_path_factory.mktemp("mem") / "tiny.pt"))
+    checkpoint = add_memory_to_checkpoint(base, {"memory_length": 2, "window": 5, "dropout": 0.0})
+    generator = torch.Generator().manual_seed(1)
+    checkpoint.state_dict = {
+        key: torch.randn(value.shape, generator=generator) if not key.startswith("base.")
+        and value.is_floating_point() else value
+        for key, value in checkpoint.state_dict.items()}
+    engine = SegmentationEngine(checkpoint, device="cpu")
+    assert engine.is_temporal
+    return engine
+
+
+def test_temporal_state_switch_and_reset_control_the_model_memory(memory_engine):
+    previous, current = _frame(seed=10), _frame(seed=11)
+    memory_engine.reset()
+    without_memory = memory_engine.segment(current.pixels, "rgb").labels
+
+    def after_history(pipeline, stamp=1.0):
+        for i in range(2):
+            pipeline.segment(previous, stamp + 0.1 * i)
+        return pipeline.segment(current, stamp + 0.2)
+
+    pipeline = StreamPipeline(memory_engine, temporal_state=True)
+    pipeline.reset()
+    with_memory = after_history(pipeline).labels
+    assert not np.array_equal(with_memory, without_memory)  # the memory of earlier frames is used
+
+    pipeline.temporal_state = False  # memory switched off at run time: every frame from scratch
+    assert np.array_equal(after_history(pipeline, 2.0).labels, without_memory)
+
+    pipeline.temporal_state = True
+    for i in range(2):
+        pipeline.segment(previous, 3.0 + 0.1 * i)
+    pipeline.request_reset("service", "test")
+    assert np.array_equal(pipeline.segment(current, 3.2).labels, without_memory)

@@ -117,7 +117,7 @@ def session(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("node_ros")
     checkpoint = str(make_tiny_checkpoint(tmp / "tiny.pt", size=(64, 32)))
-    common = {"checkpoint": checkpoint, "device": "cpu", "diagnostics_period_s": 0.3}
+    common = {"checkpoint": checkpoint, "device": "cpu", "diagnostics_period_s": 0.3, "cpu_threads": 1}
     buffered = NodeProcess(
         write_params_file(tmp / "buffered.yaml", {
             **common, "input_qos": "reliable", "frame_queue_size": 8, "publish_confidence": True,
@@ -251,7 +251,7 @@ def test_burst_of_bad_messages_is_rejected_and_counted_while_good_frames_are_ans
     assert session.buffered.alive()
     expected = {"unsupported_encoding": 1, "bad_length": 1, "empty": 1, "bad_step": 1, "too_large": 1, "too_small": 1}
     after = session.diag(session.buffered, lambda v: int(v["rejected"]) - int(before["rejected"]) >= len(bad))
-    assert after is not None, "rejections missing from diagnostics"
+    assert after is not None, f"rejections missing from diagnostics: before {before}, now {session.diag(session.buffered)}"
     for reason, count in expected.items():
         assert int(after.get(f"rejected_{reason}", 0)) - int(before.get(f"rejected_{reason}", 0)) == count, reason
     assert int(after["dropped"]) == int(before["dropped"])  # the queue of 8 held them all

@@ -188,3 +188,26 @@ def test_bag_type_hashes_match_the_installed_ros_messages(tmp_path):
             probe.publisher(msg_type, topic)
             info = probe.node.get_publishers_info_by_topic(topic)[0]
             assert str(info.topic_type_hash) in metadata, (topic, str(info.topic_type_hash))
+
+
+def test_player_loops_until_interrupted_and_still_writes_its_report(tmp_path):
+    import signal
+
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    bag = _bag(tmp_path, 3, rate=20.0)
+    with RosProbe("loop_probe") as probe:
+        received = probe.collect(Image, "/camera/image_raw",
+                                 QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE),
+                                 keep=lambda m: m.header.stamp.sec * 10**9 + m.header.stamp.nanosec)
+        log = tmp_path / "player.log"
+        player = _start("video_seg_ros.tools.play_bag", [str(bag), "--loop", "--wait-for-subscribers", "20",
+                                                         "--log", str(tmp_path / "play.json")], log)
+        assert probe.wait_for(lambda: len(received) >= 7, 60), log.read_text()
+        player.send_signal(signal.SIGINT)
+        assert _wait(player, 30, log) == 0, log.read_text()
+    stamps = [image.stamp_ns for image in read_images(bag)]
+    assert received[:7] == (stamps * 3)[:7]  # the same three frames, in order, again and again
+    report = json.loads((tmp_path / "play.json").read_text())
+    assert report["loops"] >= 2 and report["total"] >= 7

@@ -242,3 +242,36 @@ def test_memory_training_on_clips_keeps_a_frozen_base_unchanged(tmp_path, sequen
     fresh = {k: v for k, v in trained.state_dict.items() if k.startswith("fusion.")}
     assert fresh  # the memory layers were saved (and trained: the gates start at zero)
     assert any(v.abs().sum() > 0 for k, v in fresh.items() if "gate" in k or "proj" in k)
+
+
+def test_full_etc_run_distils_from_a_20_output_teacher_at_its_own_input_size(tmp_path, sequences):
+    from video_seg_ros.checkpoint import Checkpoint, Preprocessing, output_to_class_for
+    from video_seg_ros.labels import CITYSCAPES
+    from video_seg_ros.models import build_model
+
+    torch.manual_seed(1)
+    teacher = build_model("espnet", num_classes=20, p=1, q=1)
+    teacher_path = Checkpoint("espnet", {"num_classes": 20, "p": 1, "q": 1}, teacher.state_dict(), "cityscapes",
+                              list(CITYSCAPES.names), [list(c) for c in CITYSCAPES.palette],
+                              output_to_class_for("cityscapes", 20),
+                              Preprocessing(64, 128, "bgr", [72.0, 82.0, 73.0], [45.0, 46.0, 44.0])).save(
+                                  tmp_path / "teacher.pt")
+    config = tiny_config(sequences, tmp_path / "etc")
+    config["teacher"] = {"checkpoint": str(teacher_path), "input_size": [96, 48]}
+    config["data"]["val"] = []
+    config["losses"].update({"distill_pixel": {"weight": 1.0}, "distill_pairwise": {"weight": 1.0, "grid": [4, 6]},
+                             "distill_cross_frame": {"weight": 1.0, "grid": [4, 6]},
+                             "distill_temporal": {"weight": 1.0, "grid": [4, 6]}})
+    assert train_main(["--config", str(write_config(tmp_path / "etc.yaml", config)), "--no-progress"]) == 0
+    row = _read_csv(tmp_path / "etc" / "metrics.csv")[0]
+    for name in ("ce", "temporal", "distill_pixel", "distill_pairwise", "distill_cross_frame", "distill_temporal"):
+        assert float(row[f"loss_{name}"]) > 0, name
+    assert load_checkpoint(tmp_path / "etc" / "last.pt").num_outputs == 19  # the student keeps its head
+
+
+def test_unknown_teacher_setting_is_rejected_by_name(tmp_path, sequences, capsys):
+    config = tiny_config(sequences, tmp_path / "run")
+    config["teacher"] = {"checkpoint": "x.pt", "size": [1, 2]}
+    config["losses"]["distill_pixel"] = {"weight": 1.0}
+    assert train_main(["--config", str(write_config(tmp_path / "c.yaml", config)), "--no-progress"]) == 2
+    assert "unknown teacher setting(s) ['size']" in capsys.readouterr().err

@@ -36,7 +36,10 @@ def resolve_device(device: str) -> torch.device:
         if not torch.cuda.is_available():
             raise DeviceError(f"device '{device}' requested but no CUDA device is available here; "
                               "use 'cpu' or 'auto'.")
-        resolved = torch.device(device if ":" in device else "cuda:0")
+        try:
+            resolved = torch.device(device if ":" in device else "cuda:0")
+        except RuntimeError as error:
+            raise DeviceError(f"cannot parse device '{device}'; use auto, cpu or cuda[:N].") from error
         if resolved.index is not None and resolved.index >= torch.cuda.device_count():
             raise DeviceError(f"device '{device}' requested but only {torch.cuda.device_count()} "
                               "CUDA device(s) exist.")

@@ -315,12 +315,13 @@ class OnlineConsistency:
             grey = frame
         else:  # channel order hardly matters for flow; accept 4-channel camera images too
             grey = cv2.cvtColor(frame, cv2.COLOR_RGBA2GRAY if frame.shape[2] == 4 else cv2.COLOR_RGB2GRAY)
+        labels = np.ascontiguousarray(labels, dtype=np.uint8)
         height, width = grey.shape
         if width > self.max_width:
             size = (self.max_width, max(8, round(height * self.max_width / width)))
             grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
             labels = cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST)
-        return np.ascontiguousarray(grey), np.ascontiguousarray(labels, dtype=np.uint8)
+        return np.ascontiguousarray(grey), labels
 
     def _accumulate(self, pair: ConfusionMatrix) -> None:
         self.pairs += 1

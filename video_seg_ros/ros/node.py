@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import rclpy
+import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 SetParametersResult)
@@ -80,6 +81,9 @@ PARAMETERS: dict[str, _Param] = {
     "device": _Param("auto", "Inference device: auto (CUDA if available), cpu, cuda or cuda:N.",
                      read_only=True, choices="auto|cpu|cuda|cuda:N"),
     "fp16": _Param(True, "Half-precision autocast on CUDA (ignored on the CPU).", read_only=True),
+    "cpu_threads": _Param(0, "PyTorch CPU threads for inference; 0 = PyTorch's default (one per "
+                          "core). Fewer threads help when other processes share the cores.",
+                          read_only=True, int_range=(0, 256)),
     "upsample": _Param("logits", "logits: resize class scores to the frame before argmax (best "
                        "edges); labels: argmax at model size, resize ids (cheaper on CPU).",
                        read_only=True, choices="logits|labels"),
@@ -157,6 +161,8 @@ class VideoSegNode(Node):
                 raise StartupError(reason)
         self._settings = p
 
+        if p["cpu_threads"] > 0:
+            torch.set_num_threads(p["cpu_threads"])
         try:
             checkpoint = load_checkpoint(p["checkpoint"])
             engine = SegmentationEngine(checkpoint, device=p["device"], fp16=p["fp16"], upsample=p["upsample"])
@@ -193,8 +199,9 @@ class VideoSegNode(Node):
         self._publish_label_info(checkpoint, latched)
         self.create_service(Trigger, "~/reset", self._on_reset)
 
+        # Reliable input keeps 10 samples in the reader: a burst of that size survives a busy executor.
         input_qos = qos_profile_sensor_data if p["input_qos"] == "sensor_data" else QoSProfile(
-            depth=5, reliability=ReliabilityPolicy.RELIABLE)
+            depth=10, reliability=ReliabilityPolicy.RELIABLE)
         image_topic = self.resolve_topic_name("image")
         if p["use_compressed"]:
             self._input_topic = image_topic.rstrip("/") + "/compressed"
@@ -259,7 +266,7 @@ class VideoSegNode(Node):
         if msg.encoding not in FRAME_ENCODINGS and self._cv_bridge is not None:
             # cv_bridge (when installed) widens the accepted encodings (Bayer, YUV, 16-bit colour).
             try:
-                image_to_frame_size_check(msg, max_pixels)
+                _check_header_for_cv_bridge(msg, max_pixels)
                 pixels = self._cv_bridge.imgmsg_to_cv2(msg, desired_encoding="rgb8")
                 return Frame(pixels, "rgb", msg.encoding)
             except ImageDecodeError:
@@ -271,6 +278,8 @@ class VideoSegNode(Node):
 
     # ---- worker ------------------------------------------------------------------------------
     def _worker_loop(self) -> None:
+        if self._settings["cpu_threads"] > 0:
+            torch.set_num_threads(self._settings["cpu_threads"])
         while not self._stop.is_set():
             item = self._queue.get(timeout=0.2)
             if item is None:
@@ -387,7 +396,7 @@ class VideoSegNode(Node):
         return super().destroy_node()
 
 
-def image_to_frame_size_check(msg, max_pixels: int | None) -> None:
+def _check_header_for_cv_bridge(msg, max_pixels: int | None) -> None:
     """Size checks of :func:`image_to_frame` for encodings only cv_bridge converts."""
     height, width = int(msg.height), int(msg.width)
     if height <= 0 or width <= 0:

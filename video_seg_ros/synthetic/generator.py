@@ -49,7 +49,9 @@ class SyntheticFrame:
     seed: int
 
 
-def _check_arguments(num_frames: int, width: int, height: int, fps: float) -> None:
+def _check_arguments(seed: int, num_frames: int, width: int, height: int, fps: float) -> None:
+    if int(seed) < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed}")
     if num_frames < 1:
         raise ValueError(f"num_frames must be at least 1, got {num_frames}")
     if width < 32 or height < 16:
@@ -71,7 +73,7 @@ def generate_sequence(seed: int, num_frames: int = 30, width: int = DEFAULT_SIZE
         with_flow: compute the true flow to the next frame (about a third of the time per frame).
         ego_hood: draw the ego vehicle's bonnet at the bottom (label 255, as in Cityscapes).
     """
-    _check_arguments(num_frames, width, height, fps)
+    _check_arguments(seed, num_frames, width, height, fps)
     duration = num_frames / fps
     scene = random_scene(seed, duration, width, height)
     renderer = Renderer(scene, width, height, ego_hood=ego_hood)

@@ -50,6 +50,7 @@ PACKAGE_DIR = Path(video_seg_ros.__file__).resolve().parent
 NODE_NAME = "video_seg_node"
 MAX_NODE_QUEUE = 100  # the node's frame_queue_size range
 MAX_SECONDS_PER_FRAME = 15.0  # slowest node the demo waits for
+SAMPLE_FRAMES = 120  # frames of the synthetic sample (7 s at 17 Hz)
 
 
 class DemoError(RuntimeError):
@@ -355,6 +356,7 @@ def score(demo_input: DemoInput, run: dict, out_dir: Path, checkpoint, video_wid
                        "p50": percentile(latencies, 50), "p95": percentile(latencies, 95),
                        "max": max(latencies) if latencies else None},
         "node_model_ms_p50": _float(diagnostics.get("model_p50_ms")),
+        "node_device": diagnostics.get("device"),
         "node_dropped": _int(diagnostics.get("dropped")), "node_rejected": _int(diagnostics.get("rejected")),
         "tc": consistency.tc, "tc_pairs": consistency.pairs,
         "miou": accuracy.miou if accuracy.total else None,
@@ -469,7 +471,7 @@ def write_markdown(summary: dict, path: Path) -> None:
 
 # ---- command line ---------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="video-seg-demo", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="video-seg-demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default="default",
                         help="checkpoint file for the node ('default' = the embedded model)")
@@ -484,9 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder of label images for --images/--bag frames (matched by file name)")
     parser.add_argument("--label-format", choices=LABEL_FORMATS, default="trainids",
                         help="pixel meaning of --labels images (default trainids)")
-    parser.add_argument("--frames", type=int, default=120,
-                        help="synthetic sample: number of frames (default 120); with --images: at most "
-                             "this many frames")
+    parser.add_argument("--frames", type=int, default=None,
+                        help=f"synthetic sample: number of frames (default {SAMPLE_FRAMES}); with "
+                             "--images: at most this many frames (default all)")
     parser.add_argument("--size", type=parse_size, default=(512, 256), metavar="WxH",
                         help="synthetic sample: frame size (default 512x256)")
     parser.add_argument("--resize", type=parse_size, default=None, metavar="WxH",
@@ -546,7 +548,7 @@ def _run(argv: list[str] | None) -> int:
         elif args.images is not None:
             demo_input = folder_input(out_dir, args.images, args.rate, args.frames, args.resize)
         else:
-            demo_input = synthetic_input(out_dir, args.frames, args.size, args.rate)
+            demo_input = synthetic_input(out_dir, args.frames or SAMPLE_FRAMES, args.size, args.rate)
         if args.labels is not None:
             info = bag_info(demo_input.bag)
             keys = [f["key"] for f in frame_keys(demo_input.bag)]
@@ -572,7 +574,8 @@ def _run(argv: list[str] | None) -> int:
     summary = {
         "command": " ".join(["video-seg-demo", *(sys.argv[1:] if argv is None else argv)]),
         "input": demo_input.description, "checkpoint": checkpoint_path, "model": checkpoint.model_name,
-        "device": args.device, "replay_hz": args.replay_hz, "domain_id": domain_id,
+        "device": results["node_device"] or args.device, "replay_hz": args.replay_hz,
+        "domain_id": domain_id,
         "exit_codes": run["exit_codes"], "output": str(out_dir), "results": results,
         "wall_s": time.monotonic() - started,
     }

@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, type=Path,
                         help="output folder; gets leftImg8bit_sequence/<split>/synth/ and gtFine/<split>/synth/")
     parser.add_argument("--sequences", type=int, default=4,
-                        help="number of sequences to write (default 4)")
+                        help="number of sequences to write, 1..1000 (default 4)")
     parser.add_argument("--frames", type=int, default=30,
                         help="frames per sequence (default 30)")
     parser.add_argument("--seed", type=int, default=0,
@@ -68,6 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.sequences < 1 or args.frames < 1:
         print("error: --sequences and --frames must be at least 1", file=sys.stderr)
+        return 2
+    if args.sequences > 1000 or args.seed < 0:
+        # Sequence seeds are seed*1000+i: more than 1000 would reach the next base seed's streets.
+        print("error: at most 1000 sequences per base seed (use several --seed values), seed >= 0",
+              file=sys.stderr)
         return 2
     if args.fps <= 0:
         print("error: --fps must be positive", file=sys.stderr)

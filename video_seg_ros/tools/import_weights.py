@@ -200,13 +200,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="video-seg-import",
         description="Convert a published state_dict into a video_seg_ros checkpoint (weights + "
-                    "architecture + labels + the source's exact preprocessing).")
+                    "architecture + labels + the source's exact preprocessing).",
+        epilog="presets: " + "; ".join(f"--arch {a} --preset {s}: {p.note}" for (a, s), p in PRESETS.items())
+               + ". Example: video-seg-import --arch espnet --preset cityscapes --weights "
+                 "../shared/weights/espnet/espnet_p_2_q_8.pth --out outputs/espnet_city.pt")
     parser.add_argument("--arch", required=True, choices=sorted({a for a, _ in PRESETS}),
                         help="architecture of the published weights")
     parser.add_argument("--preset", required=True, choices=sorted({s for _, s in PRESETS}),
                         help="dataset the weights were trained on: sets the label set, palette, "
                              "input size and normalisation of the source repository")
-    parser.add_argument("--weights", required=True, help="published .pth file (a plain state_dict)")
+    parser.add_argument("--weights", required=True, help="published .pth file: a plain state_dict, or a dict holding it under "
+                             "'model' or 'state_dict' (as CGNet's)")
     parser.add_argument("--out", required=True, help="checkpoint file to write (.pt)")
     parser.add_argument("--p", type=int, default=None,
                         help="ESPNet blocks at 1/4 resolution; read from the weights when omitted, "
@@ -227,7 +231,12 @@ def main(argv: list[str] | None = None) -> int:
     except WeightsImportError as error:
         print(f"video-seg-import: error: {error}", file=sys.stderr)
         return 2
-    out = checkpoint.save(args.out)
+    try:
+        out = checkpoint.save(args.out)
+    except OSError as error:
+        print(f"video-seg-import: error: cannot write {args.out}: {error.strerror or error}. "
+              "Choose a writable --out path.", file=sys.stderr)
+        return 2
     pre = checkpoint.preprocessing
     print(f"wrote {out}: {checkpoint.model_name}, {checkpoint.label_set} "
           f"({len(checkpoint.class_names)} classes, outputs -> {checkpoint.output_to_class}), "

@@ -221,7 +221,7 @@ def _calibration(camera_info: str, width: int, height: int) -> CameraCalibration
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="video-seg-make-bag", description=__doc__.split("\n\n")[0],
+        prog="video-seg-make-bag", description=__doc__,
         epilog="Writes into a hidden temporary folder and renames it on success: an error or Ctrl-C "
                "leaves no half-written bag.", formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input", type=Path,

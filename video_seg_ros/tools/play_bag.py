@@ -170,7 +170,7 @@ def parse_remap(items: list[str] | None) -> dict[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="video-seg-play", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="video-seg-play", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("bag", type=Path, help="rosbag2 folder (metadata.yaml + .mcap or .db3)")
     parser.add_argument("--topic", action="append", default=None, metavar="TOPIC",

@@ -120,7 +120,7 @@ def output_topics(node: str, names: list[str]) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="video-seg-record", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="video-seg-record", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--node", default="video_seg_node",
                         help="the segmentation node's name with its namespace, e.g. /cam0/video_seg_node "

@@ -168,6 +168,10 @@ def build_teacher(config: dict, student_meta: dict) -> tuple[nn.Module, Preproce
     teacher_cfg = config.get("teacher")
     if not teacher_cfg:
         return None
+    unknown = set(teacher_cfg) - {"checkpoint", "arch", "kwargs", "preprocessing", "input_size"}
+    if unknown:
+        raise ValueError(f"unknown teacher setting(s) {sorted(unknown)}; known: checkpoint, arch, kwargs, "
+                         "preprocessing, input_size")
     if teacher_cfg.get("checkpoint"):
         checkpoint = load_checkpoint(teacher_cfg["checkpoint"])
         model = build_from_checkpoint(checkpoint)

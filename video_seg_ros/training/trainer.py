@@ -83,6 +83,8 @@ class Trainer:
         if self.ctx.enabled and device.type == "cuda":
             self.net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
         self.teacher = None
+        teacher_size = (config.get("teacher") or {}).get("input_size")
+        self.teacher_size = (int(teacher_size[1]), int(teacher_size[0])) if teacher_size else None
         if self.needs_teacher:
             teacher, teacher_pre, self.teacher_channels = build_teacher(config, self.meta)
             self.teacher = SegmenterWithFeatures(teacher, teacher_pre).to(device).eval()
@@ -212,8 +214,14 @@ class Trainer:
                 logits, logits_n, image, batch["neighbour"], batch["flow"], batch["valid"],
                 detach_neighbour=bool(cfg["temporal"]["detach_neighbour"]))
         if self.teacher is not None:
+            teacher_inputs = inputs
+            if self.teacher_size is not None and tuple(inputs.shape[-2:]) != self.teacher_size:
+                # A teacher trained at a higher resolution is far better there; its logits are then
+                # compared at its resolution and its features pooled to the same affinity grid.
+                teacher_inputs = torch.nn.functional.interpolate(inputs, size=self.teacher_size,
+                                                                 mode="bilinear", align_corners=False)
             with torch.no_grad(), torch.autocast(self.device.type, enabled=self.use_amp):
-                t_logits_all, t_features_all = self.teacher(inputs, with_features=self.needs_features)
+                t_logits_all, t_features_all = self.teacher(teacher_inputs, with_features=self.needs_features)
             t_logits_all = t_logits_all[:, self.teacher_channels].float()
             t_logits, t_logits_n = t_logits_all[:n], t_logits_all[n:]
             t_feat = t_features_all[:n] if t_features_all is not None else None
