@@ -102,6 +102,23 @@ def percentiles(values) -> tuple[float, float]:
     return float(np.percentile(values, 50)), float(np.percentile(values, 95))
 
 
+def latency_report(end_to_end: list[float], engine_ms: list[float], node_diagnostics: dict) -> dict:
+    """Figures of the latency phase (printed and returned for the JSON report)."""
+    e2e_p50, e2e_p95 = percentiles(end_to_end)
+    engine_p50, engine_p95 = percentiles(engine_ms)
+    ratio = e2e_p50 / engine_p50
+    node_model_p50 = float(node_diagnostics.get("model_p50_ms") or "nan")
+    print(f"\nend-to-end p50 {e2e_p50:.1f} ms  p95 {e2e_p95:.1f} ms | bare engine p50 {engine_p50:.1f} ms  "
+          f"p95 {engine_p95:.1f} ms | ratio {ratio:.3f} (target <= {TARGET_RATIO})")
+    print(f"engine time measured inside the node (diagnostics model_p50_ms, includes warm-up frames) "
+          f"{node_model_p50:.1f} ms -> end-to-end / that = {e2e_p50 / node_model_p50:.3f}")
+    return {"frames": len(end_to_end), "end_to_end_p50_ms": e2e_p50, "end_to_end_p95_ms": e2e_p95,
+            "engine_p50_ms": engine_p50, "engine_p95_ms": engine_p95, "ratio_p50": ratio,
+            "node_model_p50_ms": node_model_p50, "ratio_to_node_model_p50": e2e_p50 / node_model_p50,
+            "node_latency_p50_ms": float(node_diagnostics.get("latency_p50_ms") or "nan"),
+            "target_ratio": TARGET_RATIO}
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -187,7 +204,7 @@ def main(argv=None) -> int:
             raise SystemExit("video_seg_node did not subscribe in time")
         time.sleep(1.0)  # let the reverse (labels) connection settle too
 
-        end_to_end, engine_ms = [], []
+        end_to_end, engine_ms, engine_seen = [], [], []
         # Threading exactly as in the node: one warm-up pass in the main thread at the model's input
         # size, then every frame in one long-lived worker thread. PyTorch's CPU time per frame
         # depends on this (3x apart on a loaded 2-core machine), so anything else is not a fair
@@ -204,31 +221,23 @@ def main(argv=None) -> int:
 
         for index in tqdm(range(len(frames)), desc="latency (node vs engine)", unit="frame"):
             engine_time = worker.submit(timed_segment, frames[index]).result()
+            if index >= 1:
+                engine_seen.append(engine_time)
             sent = time.perf_counter()
             key = publish(index)
-            if not wait_for(lambda: key in arrivals, 120.0):
-                print(f"frame {index}: no labels within 120 s (lost in transport?)")
+            if not wait_for(lambda: key in arrivals, max(30.0, 10 * engine_time / 1000.0)):
+                print(f"frame {index}: no labels (lost between processes? see the Fast DDS profile)")
                 continue
             if index >= 2:  # warm-up frames left out
                 end_to_end.append((arrivals[key] - sent) * 1000.0)
                 engine_ms.append(engine_time)
-        e2e_p50, e2e_p95 = percentiles(end_to_end)
-        engine_p50, engine_p95 = percentiles(engine_ms)
-        ratio = e2e_p50 / engine_p50
-        wait_for(lambda: diagnostics, 10.0)
-        time.sleep(1.0)
-        inside = diagnostics[-1] if diagnostics else {}
-        node_model_p50 = float(inside.get("model_p50_ms") or "nan")
-        report["latency"] = {"frames": len(end_to_end), "end_to_end_p50_ms": e2e_p50, "end_to_end_p95_ms": e2e_p95,
-                             "engine_p50_ms": engine_p50, "engine_p95_ms": engine_p95, "ratio_p50": ratio,
-                             "node_model_p50_ms": node_model_p50, "ratio_to_node_model_p50": e2e_p50 / node_model_p50,
-                             "node_latency_p50_ms": float(inside.get("latency_p50_ms") or "nan"),
-                             "target_ratio": TARGET_RATIO}
-        print(f"\nend-to-end p50 {e2e_p50:.1f} ms  p95 {e2e_p95:.1f} ms | bare engine p50 {engine_p50:.1f} ms  "
-              f"p95 {engine_p95:.1f} ms | ratio {ratio:.3f} (target <= {TARGET_RATIO})")
-        print(f"engine time measured inside the node (diagnostics model_p50_ms, includes warm-up frames) "
-              f"{node_model_p50:.1f} ms -> end-to-end / that = {e2e_p50 / node_model_p50:.3f}")
-
+        engine_p95 = percentiles(engine_seen)[1] if engine_seen else 5000.0
+        if not end_to_end:
+            print("\nno frame was answered: nothing to compare (large frames lost between processes?)")
+            report["latency"] = {"frames": 0, "published": len(frames)}
+        else:
+            time.sleep(1.0)  # one more diagnostics period
+            report["latency"] = latency_report(end_to_end, engine_ms, diagnostics[-1] if diagnostics else {})
         rates = [float(r) for r in args.rates.split(",") if r.strip()]
         report["rates"] = []
         for rate in rates:

@@ -43,6 +43,26 @@ def test_queue_close_wakes_a_waiting_consumer():
         FrameQueue(capacity=0)
 
 
+def test_dropped_items_pass_their_knowledge_to_the_successor():
+    merged = []
+    queue = FrameQueue(capacity=1, on_drop=lambda dropped, successor: merged.append((dropped, successor)))
+    queue.put("a")
+    queue.put("b")
+    assert merged == [("a", "b")]
+    buffered = FrameQueue(capacity=2, on_drop=lambda dropped, successor: merged.append((dropped, successor)))
+    for item in "xyz":
+        buffered.put(item)
+    assert merged[-1] == ("x", "y")  # y is now the oldest waiting item
+
+
+def test_gap_rule_follows_the_camera_stream_not_the_processed_frames():
+    policy = ResetPolicy(gap_s=1.0)
+    policy.check(1.0, (4, 4), "rgb8", input_gap_s=0.0)
+    # A slow device skipped frames: processed stamps 3 s apart, camera frames 50 ms apart.
+    assert policy.check(4.0, (4, 4), "rgb8", input_gap_s=0.05) is None
+    assert policy.check(9.0, (4, 4), "rgb8", input_gap_s=2.5)[0] == "gap"
+
+
 def test_reset_policy_reasons():
     policy = ResetPolicy(gap_s=1.0)
     assert policy.check(10.0, (4, 4), "rgb8") is None

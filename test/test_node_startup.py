@@ -53,3 +53,17 @@ def test_bad_configuration_exits_non_zero_with_one_clear_line(failed_starts, cas
     lines = _error_lines(output)
     assert len(lines) == 1 and expected in lines[0], output
     assert "Traceback" not in output
+
+
+def test_shipped_parameters_file_sets_every_parameter_to_its_declared_default():
+    from pathlib import Path
+
+    import yaml
+
+    from video_seg_ros.ros.node import PARAMETERS
+
+    config = Path(__file__).resolve().parents[1] / "config" / "video_seg.yaml"
+    values = yaml.safe_load(config.read_text())["/**"]["ros__parameters"]
+    assert set(values) == set(PARAMETERS)
+    for name, spec in PARAMETERS.items():
+        assert values[name] == spec.default and type(values[name]) is type(spec.default), name

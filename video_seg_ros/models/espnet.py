@@ -184,8 +184,9 @@ class ESPNet(nn.Module):
     Shapes: (N, 3, H, W) -> (N, num_classes, H, W).
     """
 
-    # Measured in bench/engine.py: PyTorch's native CPU convolutions beat oneDNN several times on
-    # ESPNet's many thin dilated convolutions.
+    # Measured (bench/engine.py, docs/models.md): with torch's default two threads, oneDNN was
+    # slower than the native CPU convolutions at 1024x512 (4.3 s vs 1.1 s per frame on the idle
+    # machine); with one thread it is faster, so pass cpu_mkldnn=True to the engine there.
     prefers_mkldnn = False
 
     def __init__(self, num_classes: int = 20, p: int = 2, q: int = 8, decoder_skip_channels: int = 16):

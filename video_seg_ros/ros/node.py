@@ -148,6 +148,21 @@ def _stamp_seconds(stamp) -> float:
     return stamp.sec + stamp.nanosec * 1e-9
 
 
+@dataclass
+class _Pending:
+    """A received message waiting for the worker."""
+
+    msg: object
+    kind: str              # "raw" or "compressed"
+    received_at: float     # time.monotonic() in the DDS callback
+    input_gap_s: float     # largest stamp gap in the input since the previous waiting frame
+
+
+def _inherit_gap(dropped: _Pending, successor: _Pending) -> None:
+    # A skipped frame's input gap still happened before the next processed frame.
+    successor.input_gap_s = max(successor.input_gap_s, dropped.input_gap_s)
+
+
 class VideoSegNode(Node):
     """See the module docstring; raises :class:`StartupError` on an unusable configuration."""
 
@@ -183,7 +198,8 @@ class VideoSegNode(Node):
         self.pipeline = StreamPipeline(engine, reset_gap_s=p["reset_on_gap_s"],
                                        temporal_state=p["temporal_state"], consistency=consistency)
         self.stats = StreamStats()
-        self._queue = FrameQueue(p["frame_queue_size"])
+        self._queue = FrameQueue(p["frame_queue_size"], on_drop=_inherit_gap)
+        self._last_input_stamp: float | None = None  # touched by the executor thread only
         self._cv_bridge = _load_cv_bridge()
 
         # Outputs: reliable, shallow history (images are large; late frames are useless).
@@ -256,7 +272,11 @@ class VideoSegNode(Node):
     # ---- input -------------------------------------------------------------------------------
     def _on_message(self, msg, kind: str) -> None:
         """DDS callback: never blocks; the worker takes it from the queue."""
-        dropped = self._queue.put((msg, kind, time.monotonic()))
+        received_at = time.monotonic()
+        stamp = _stamp_seconds(msg.header.stamp)
+        gap = 0.0 if self._last_input_stamp is None else stamp - self._last_input_stamp
+        self._last_input_stamp = stamp
+        dropped = self._queue.put(_Pending(msg, kind, received_at, gap))
         self.stats.on_received(dropped)
 
     def _decode(self, msg, kind: str) -> Frame:
@@ -285,7 +305,7 @@ class VideoSegNode(Node):
             if item is None:
                 continue
             try:
-                self._process(*item)
+                self._process(item.msg, item.kind, item.received_at, item.input_gap_s)
             except Exception as error:  # never let one frame kill the worker
                 self._reject("internal_error", f"{type(error).__name__}: {error}")
 
@@ -293,7 +313,7 @@ class VideoSegNode(Node):
         self.stats.on_rejected(reason, message)
         self.get_logger().warning(f"rejected a frame ({reason}): {message}", throttle_duration_sec=5.0)
 
-    def _process(self, msg, kind: str, received_at: float) -> None:
+    def _process(self, msg, kind: str, received_at: float, input_gap_s: float) -> None:
         try:
             frame = self._decode(msg, kind)
             if frame.height < 2 or frame.width < 2:
@@ -309,7 +329,7 @@ class VideoSegNode(Node):
             overlay_alpha=settings["overlay_alpha"],
             confidence=settings["publish_confidence"] and self._confidence_pub.get_subscription_count() > 0,
         )
-        result = self.pipeline.segment(frame, _stamp_seconds(msg.header.stamp), request)
+        result = self.pipeline.segment(frame, _stamp_seconds(msg.header.stamp), request, input_gap_s)
         if result.reset is not None:
             self.stats.on_reset(*result.reset)
             self.get_logger().info(f"temporal state cleared: {result.reset[1]}")

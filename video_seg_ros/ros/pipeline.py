@@ -10,7 +10,7 @@ import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -25,12 +25,15 @@ class FrameQueue:
     With ``capacity=1`` (keep-latest) a new frame replaces the one still waiting, so the worker
     always takes the newest frame and latency does not grow when frames arrive faster than they
     are processed. With a larger capacity the oldest waiting frame is dropped when full.
+    ``on_drop(dropped, successor)`` (called under the queue's lock) lets the next waiting item
+    inherit what the dropped one knew, e.g. the input gap before it.
     """
 
-    def __init__(self, capacity: int = 1):
+    def __init__(self, capacity: int = 1, on_drop: Callable[[Any, Any], None] | None = None):
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.capacity = capacity
+        self._on_drop = on_drop
         self._items: deque = deque()
         self._condition = threading.Condition()
         self._closed = False
@@ -40,8 +43,10 @@ class FrameQueue:
         with self._condition:
             dropped = 0
             if len(self._items) >= self.capacity:
-                self._items.popleft()
+                oldest = self._items.popleft()
                 dropped = 1
+                if self._on_drop is not None:
+                    self._on_drop(oldest, self._items[0] if self._items else item)
             self._items.append(item)
             self._condition.notify()
             return dropped
@@ -69,6 +74,11 @@ class FrameQueue:
 class ResetPolicy:
     """Decides when temporal state must be dropped, from each frame's stamp, size and encoding.
 
+    The gap rule looks at the camera stream, not at the processed frames: pass ``input_gap_s``,
+    the largest stamp difference between consecutive *received* frames since the previous processed
+    one, so that frames the node skips on a slow device do not count as a gap. Without it the
+    difference to the previous processed stamp is used.
+
     :meth:`check` returns ``(key, message)`` -- key one of ``size_change``, ``encoding_change``,
     ``time_backwards``, ``gap`` (counted in diagnostics), message for the log -- or None.
     ``gap_s <= 0`` disables the gap rule.
@@ -78,7 +88,8 @@ class ResetPolicy:
         self.gap_s = gap_s
         self._last: tuple[float, tuple[int, int], str] | None = None
 
-    def check(self, stamp_s: float, size: tuple[int, int], encoding: str) -> tuple[str, str] | None:
+    def check(self, stamp_s: float, size: tuple[int, int], encoding: str,
+              input_gap_s: float | None = None) -> tuple[str, str] | None:
         last, self._last = self._last, (stamp_s, size, encoding)
         if last is None:
             return None
@@ -89,8 +100,9 @@ class ResetPolicy:
             return "encoding_change", f"encoding changed {last_encoding} -> {encoding}"
         if stamp_s < last_stamp:
             return "time_backwards", f"time jumped backwards by {last_stamp - stamp_s:.3f} s"
-        if self.gap_s > 0 and stamp_s - last_stamp > self.gap_s:
-            return "gap", f"gap of {stamp_s - last_stamp:.3f} s between frames (reset_on_gap_s={self.gap_s:g})"
+        gap = stamp_s - last_stamp if input_gap_s is None else input_gap_s
+        if self.gap_s > 0 and gap > self.gap_s:
+            return "gap", f"gap of {gap:.3f} s between frames (reset_on_gap_s={self.gap_s:g})"
         return None
 
     def forget(self) -> None:
@@ -212,11 +224,15 @@ class StreamPipeline:
         if self.consistency is not None:
             self.consistency.reset()
 
-    def segment(self, frame: Frame, stamp_s: float, request: OutputRequest | None = None) -> StreamResult:
-        """Segment one decoded frame; resets state first when the policy or a request says so."""
+    def segment(self, frame: Frame, stamp_s: float, request: OutputRequest | None = None,
+                input_gap_s: float | None = None) -> StreamResult:
+        """Segment one decoded frame; resets state first when the policy or a request says so.
+
+        ``input_gap_s``: see :class:`ResetPolicy`.
+        """
         request = request or OutputRequest()
         requested, self._pending_reset = self._pending_reset, None
-        from_policy = self.policy.check(stamp_s, frame.pixels.shape[:2], frame.encoding)
+        from_policy = self.policy.check(stamp_s, frame.pixels.shape[:2], frame.encoding, input_gap_s)
         reason = requested or from_policy
         if reason is not None:
             self.reset()

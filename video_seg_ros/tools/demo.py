@@ -414,7 +414,8 @@ def _plot_tc(per_frame: list[dict], tc: float | None, path: Path) -> Path:
     values = [r["tc"] for r in per_frame if r["tc"] is not None]
     axis.plot(index, values, marker=".", linewidth=1, label="TC of frame t-1 -> t")
     if tc is not None:
-        axis.axhline(tc, color="tab:red", linestyle="--", linewidth=1, label=f"TC over all pairs {tc:.3f}")
+        axis.axhline(tc, color="tab:red", linestyle="--", linewidth=1,
+                     label=f"all pairs, dataset-level IoU: {tc:.3f}")
     for i in range(1, len(per_frame)):
         if per_frame[i]["sequence"] != per_frame[i - 1]["sequence"]:
             axis.axvline(i - 0.5, color="grey", linewidth=0.8)
