@@ -11,14 +11,13 @@ cost of OnlineConsistency.max_width (node) and --flow-width (video-seg-eval) can
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from bench_utils import median_ms
 from video_seg_ros.frames import read_label, read_rgb
 from video_seg_ros.metrics import OnlineConsistency, TemporalConsistency
 from video_seg_ros.shared_data import shared_dir
@@ -39,15 +38,6 @@ def load_pair(sequence: Path | None):
     frames = [canvas[:, 12:2060], canvas[:, 6:2054]]
     labels = [regions[:, 12:2060] % 19, regions[:, 6:2054] % 19]
     return frames, labels, "synthetic panning texture (no ../shared)"
-
-
-def median_ms(function, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(times)
 
 
 def main(argv=None) -> int:

@@ -24,9 +24,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from video_seg_ros.checkpoint import Checkpoint, Preprocessing, output_to_class_for
+from video_seg_ros.checkpoint import Checkpoint, Preprocessing
 from video_seg_ros.engine import SegmentationEngine
-from video_seg_ros.labels import LABEL_SETS
 from video_seg_ros.models import available_architectures, build_model
 
 # name -> (arch, builder kwargs)
@@ -40,12 +39,8 @@ CONFIGS = {
 
 def make_checkpoint(arch: str, kwargs: dict, width: int, height: int) -> Checkpoint:
     model = build_model(arch, **kwargs)
-    labels = LABEL_SETS["cityscapes"]
-    return Checkpoint(arch=arch, arch_kwargs=kwargs, state_dict=model.state_dict(),
-                      label_set=labels.name, class_names=list(labels.names),
-                      palette=[list(c) for c in labels.palette],
-                      output_to_class=output_to_class_for(labels.name, kwargs["num_classes"]),
-                      preprocessing=Preprocessing(input_height=height, input_width=width))
+    return Checkpoint.for_label_set(arch, kwargs, model.state_dict(), "cityscapes",
+                                    Preprocessing(input_height=height, input_width=width))
 
 
 def time_engines(engines: dict[str, SegmentationEngine], frame: np.ndarray, warmup: int,

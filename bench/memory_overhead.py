@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from bench_utils import median_ms
 from video_seg_ros.engine import SegmentationEngine
 from video_seg_ros.models.local_attention import local_attention
 from video_seg_ros.models.memory import FUSION_VARIANTS, add_memory_to_checkpoint
@@ -44,15 +45,6 @@ def _engine_bench():
 
 
 ENGINE_BENCH = _engine_bench()
-
-
-def median_ms(function, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(times)
 
 
 def time_pair(base: SegmentationEngine, memory: SegmentationEngine, frames, warmup: int, repeats: int):

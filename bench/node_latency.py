@@ -36,9 +36,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from video_seg_ros.engine import UPSAMPLE_MODES
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout: import this checkout's package
-    sys.path.insert(0, str(REPO_ROOT))
 TARGET_RATIO = 1.15
 
 
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", default="default",
                         help="checkpoint the node and the bare engine load ('default' = embedded model)")
     parser.add_argument("--device", default="cpu", help="auto, cpu or cuda[:N] (node and engine)")
-    parser.add_argument("--upsample", default="logits", choices=["logits", "labels"],
+    parser.add_argument("--upsample", default="auto", choices=UPSAMPLE_MODES,
                         help="engine upsampling mode (node parameter 'upsample')")
     parser.add_argument("--frames", type=int, default=12,
                         help="frames for the latency comparison (the first 2 are warm-up, not counted)")

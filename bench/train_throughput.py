@@ -31,8 +31,7 @@ import cv2
 import numpy as np
 import torch
 
-from video_seg_ros.checkpoint import Checkpoint, Preprocessing, output_to_class_for
-from video_seg_ros.labels import CITYSCAPES
+from video_seg_ros.checkpoint import Checkpoint, Preprocessing
 from video_seg_ros.models import build_model
 from video_seg_ros.training.config import load_config
 from video_seg_ros.training.trainer import Trainer
@@ -51,9 +50,8 @@ CONFIGURATIONS = [
 
 def _random_teacher(path: Path) -> Path:
     model = build_model("espnet", num_classes=20, p=2, q=8)
-    Checkpoint("espnet", {"num_classes": 20, "p": 2, "q": 8}, model.state_dict(), "cityscapes",
-               list(CITYSCAPES.names), [list(c) for c in CITYSCAPES.palette],
-               output_to_class_for("cityscapes", 20), Preprocessing(512, 1024)).save(path)
+    Checkpoint.for_label_set("espnet", {"num_classes": 20, "p": 2, "q": 8}, model.state_dict(),
+                             "cityscapes", Preprocessing(512, 1024)).save(path)
     return path
 
 

@@ -17,7 +17,6 @@ import os
 import random
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -26,6 +25,9 @@ from typing import Any, Callable
 
 import numpy as np
 import yaml
+
+from video_seg_ros.processes import LoggedProcess
+from video_seg_ros.ros.dds import PROFILE_ENV, ros_process_environment
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FASTDDS_PROFILE = REPO_ROOT / "config" / "fastdds_large_images.xml"
@@ -43,14 +45,9 @@ def session_domain_id() -> int:
 
 def ros_environment(base: dict[str, str] | None = None) -> dict[str, str]:
     """Environment for ROS processes of this test session: domain id, Fast DDS profile, no buffering."""
-    env = dict(os.environ if base is None else base)
-    env["ROS_DOMAIN_ID"] = str(session_domain_id())
+    env = ros_process_environment(session_domain_id(), base)
     env["RMW_IMPLEMENTATION"] = "rmw_fastrtps_cpp"
-    env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(FASTDDS_PROFILE)
-    env["PYTHONUNBUFFERED"] = "1"
-    # Children import the package from this checkout, whatever the state of the installed copy.
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
-    env.pop("ROS_LOCALHOST_ONLY", None)  # deprecated variable; the domain id isolates us
+    env[PROFILE_ENV] = str(FASTDDS_PROFILE)  # the tests always use this checkout's profile
     return env
 
 
@@ -75,21 +72,16 @@ def make_tiny_checkpoint(path: Path, num_classes: int = 20, size: tuple[int, int
     """
     import torch
 
-    from video_seg_ros.checkpoint import Checkpoint, Preprocessing, output_to_class_for
-    from video_seg_ros.labels import CITYSCAPES
+    from video_seg_ros.checkpoint import Checkpoint, Preprocessing
     from video_seg_ros.models import build_model
 
     torch.manual_seed(seed)
     model = build_model("espnet", p=2, q=3, num_classes=num_classes)
-    checkpoint = Checkpoint(
-        arch="espnet", arch_kwargs={"p": 2, "q": 3, "num_classes": num_classes},
-        state_dict=model.state_dict(), label_set="cityscapes",
-        class_names=list(CITYSCAPES.names), palette=[list(c) for c in CITYSCAPES.palette],
-        output_to_class=output_to_class_for("cityscapes", num_classes),
-        preprocessing=Preprocessing(input_height=size[1], input_width=size[0], channel_order="rgb",
-                                    mean=[128.0] * 3, std=[64.0] * 3, scale=1.0),
-        source={"kind": "random-init test checkpoint"},
-    )
+    checkpoint = Checkpoint.for_label_set(
+        "espnet", {"p": 2, "q": 3, "num_classes": num_classes}, model.state_dict(), "cityscapes",
+        Preprocessing(input_height=size[1], input_width=size[0], channel_order="rgb",
+                      mean=[128.0] * 3, std=[64.0] * 3, scale=1.0),
+        source={"kind": "random-init test checkpoint"})
     return checkpoint.save(path)
 
 
@@ -102,7 +94,7 @@ def node_command() -> list[str]:
     return [found] if found else [sys.executable, "-m", "video_seg_ros.ros.node"]
 
 
-class NodeProcess:
+class NodeProcess(LoggedProcess):
     """``video_seg_node`` in a subprocess with a parameters file; output goes to a log file.
 
     Args:
@@ -115,46 +107,19 @@ class NodeProcess:
     def __init__(self, params_file: Path, log_path: Path, remaps: dict[str, str] | None = None,
                  name: str = "video_seg_node", command: list[str] | None = None):
         self.name = name
-        self.log_path = Path(log_path)
         args = ["--ros-args", "--params-file", str(params_file), "-r", f"__node:={name}"]
         for source, target in (remaps or {}).items():
             args += ["-r", f"{source}:={target}"]
-        self._log = open(self.log_path, "wb")
-        self.process = subprocess.Popen((command or node_command()) + args, stdout=self._log,
-                                        stderr=subprocess.STDOUT, env=ros_environment(),
-                                        cwd=str(REPO_ROOT))
+        super().__init__((command or node_command()) + args, log_path, env=ros_environment(),
+                         cwd=REPO_ROOT)
 
     def topic(self, suffix: str) -> str:
         return f"/{self.name}/{suffix}"
 
-    def output(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def stop(self, sig: int = signal.SIGINT, timeout: float = 15.0) -> int:
-        """Send ``sig``, wait for the exit, return the exit code (kills after ``timeout``)."""
-        if self.alive():
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        self._log.close()
-        return self.process.returncode
-
     def wait_exit(self, timeout: float) -> int:
-        try:
-            return self.process.wait(timeout)
-        finally:
-            if self.alive():
-                self.process.kill()
-                self.process.wait(5)
-            self._log.close()
+        """The exit code; a process still running after ``timeout`` is killed."""
+        code = self.wait(timeout)
+        return self.stop(signal.SIGKILL) if code is None else self.stop()
 
 
 class RosProbe:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from video_seg_ros.checkpoint import Checkpoint, Preprocessing, output_to_class_for
+from video_seg_ros.checkpoint import Checkpoint, Preprocessing
 from video_seg_ros.engine import DeviceError, SegmentationEngine, resolve_device
-from video_seg_ros.labels import CITYSCAPES, IGNORE_ID
+from video_seg_ros.labels import IGNORE_ID
 from video_seg_ros.models import build_model
 
 NUM_OUTPUTS = 20  # 19 Cityscapes classes + the "background" channel published as 255
@@ -17,13 +17,13 @@ NUM_OUTPUTS = 20  # 19 Cityscapes classes + the "background" channel published a
 def make_checkpoint(output_to_class=None) -> Checkpoint:
     torch.manual_seed(0)
     model = build_model("espnet", p=2, q=3, num_classes=NUM_OUTPUTS)
-    return Checkpoint(
-        arch="espnet", arch_kwargs={"p": 2, "q": 3, "num_classes": NUM_OUTPUTS},
-        state_dict=model.state_dict(), label_set="cityscapes", class_names=list(CITYSCAPES.names),
-        palette=[list(c) for c in CITYSCAPES.palette],
-        output_to_class=output_to_class or output_to_class_for("cityscapes", NUM_OUTPUTS),
-        # Per-channel statistics differ so that a channel swap changes the input tensor.
-        preprocessing=Preprocessing(64, 128, "bgr", [70.0, 90.0, 110.0], [40.0, 50.0, 60.0], 1 / 255))
+    # Per-channel statistics differ so that a channel swap changes the input tensor.
+    checkpoint = Checkpoint.for_label_set(
+        "espnet", {"p": 2, "q": 3, "num_classes": NUM_OUTPUTS}, model.state_dict(), "cityscapes",
+        Preprocessing(64, 128, "bgr", [70.0, 90.0, 110.0], [40.0, 50.0, 60.0], 1 / 255))
+    if output_to_class is not None:
+        checkpoint.output_to_class = output_to_class
+    return checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from video_seg_ros.checkpoint import Checkpoint, Preprocessing, load_checkpoint, output_to_class_for
+from video_seg_ros.checkpoint import Checkpoint, Preprocessing, load_checkpoint
 from video_seg_ros.engine import SegmentationEngine
-from video_seg_ros.labels import CITYSCAPES
 from video_seg_ros.models import build_from_checkpoint, build_model
 from video_seg_ros.models.local_attention import (dense_local_attention, local_attention, local_window_attention,
                                                   tile_memory_frame)
@@ -263,12 +262,10 @@ def espnet_checkpoint() -> Checkpoint:
     """A small random-weight ESPNet (p=1, q=1) base checkpoint, built once for this module."""
     torch.manual_seed(0)
     model = build_model("espnet", p=1, q=1, num_classes=20).eval()
-    return Checkpoint(
-        arch="espnet", arch_kwargs={"p": 1, "q": 1, "num_classes": 20},
-        state_dict=model.state_dict(), label_set="cityscapes", class_names=list(CITYSCAPES.names),
-        palette=[list(c) for c in CITYSCAPES.palette], output_to_class=output_to_class_for("cityscapes", 20),
-        preprocessing=Preprocessing(input_height=64, input_width=96, channel_order="bgr",
-                                    mean=[72.4, 82.9, 73.2], std=[45.3, 46.2, 44.9], scale=1 / 255))
+    return Checkpoint.for_label_set(
+        "espnet", {"p": 1, "q": 1, "num_classes": 20}, model.state_dict(), "cityscapes",
+        Preprocessing(input_height=64, input_width=96, channel_order="bgr",
+                      mean=[72.4, 82.9, 73.2], std=[45.3, 46.2, 44.9], scale=1 / 255))
 
 
 def _trained_looking_memory(checkpoint: Checkpoint) -> Checkpoint:

@@ -245,17 +245,14 @@ def test_memory_training_on_clips_keeps_a_frozen_base_unchanged(tmp_path, sequen
 
 
 def test_full_etc_run_distils_from_a_20_output_teacher_at_its_own_input_size(tmp_path, sequences):
-    from video_seg_ros.checkpoint import Checkpoint, Preprocessing, output_to_class_for
-    from video_seg_ros.labels import CITYSCAPES
+    from video_seg_ros.checkpoint import Checkpoint, Preprocessing
     from video_seg_ros.models import build_model
 
     torch.manual_seed(1)
     teacher = build_model("espnet", num_classes=20, p=1, q=1)
-    teacher_path = Checkpoint("espnet", {"num_classes": 20, "p": 1, "q": 1}, teacher.state_dict(), "cityscapes",
-                              list(CITYSCAPES.names), [list(c) for c in CITYSCAPES.palette],
-                              output_to_class_for("cityscapes", 20),
-                              Preprocessing(64, 128, "bgr", [72.0, 82.0, 73.0], [45.0, 46.0, 44.0])).save(
-                                  tmp_path / "teacher.pt")
+    teacher_path = Checkpoint.for_label_set(
+        "espnet", {"num_classes": 20, "p": 1, "q": 1}, teacher.state_dict(), "cityscapes",
+        Preprocessing(64, 128, "bgr", [72.0, 82.0, 73.0], [45.0, 46.0, 44.0])).save(tmp_path / "teacher.pt")
     config = tiny_config(sequences, tmp_path / "etc")
     config["teacher"] = {"checkpoint": str(teacher_path), "input_size": [96, 48]}
     config["data"]["val"] = []

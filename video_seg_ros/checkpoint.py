@@ -87,6 +87,21 @@ class Checkpoint:
     source: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] | None = None
 
+    @classmethod
+    def for_label_set(cls, arch: str, arch_kwargs: dict[str, Any], state_dict: dict[str, torch.Tensor],
+                      label_set: str, preprocessing: Preprocessing, **extra: Any) -> "Checkpoint":
+        """A checkpoint whose class names, palette and output mapping come from a named label set.
+
+        ``arch_kwargs["num_classes"]`` outputs are published through :func:`output_to_class_for`;
+        ``extra`` sets ``memory``, ``source`` or ``training``.
+        """
+        labels = LABEL_SETS[label_set]
+        return cls(arch=arch, arch_kwargs=dict(arch_kwargs), state_dict=state_dict,
+                   label_set=label_set, class_names=list(labels.names),
+                   palette=[list(c) for c in labels.palette],
+                   output_to_class=output_to_class_for(label_set, int(arch_kwargs["num_classes"])),
+                   preprocessing=preprocessing, **extra)
+
     @property
     def num_outputs(self) -> int:
         return len(self.output_to_class)

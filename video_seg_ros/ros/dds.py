@@ -46,3 +46,16 @@ def use_large_image_profile() -> str | None:
     """Apply :func:`large_image_environment` to this process; returns the profile in effect."""
     os.environ.update(large_image_environment())
     return os.environ.get(PROFILE_ENV) or os.environ.get(_LEGACY_PROFILE_ENV)
+
+
+def ros_process_environment(domain_id: int, env: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for a child ROS process: a private domain, Fast DDS with the profile, unbuffered
+    output, and this package importable (a source checkout as well as an installed copy)."""
+    env = large_image_environment(env)
+    env["ROS_DOMAIN_ID"] = str(domain_id)
+    env.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+    env["PYTHONUNBUFFERED"] = "1"
+    package_parent = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
+    env.pop("ROS_LOCALHOST_ONLY", None)  # deprecated; the domain id isolates the processes
+    return env

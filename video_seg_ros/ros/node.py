@@ -37,7 +37,7 @@ from std_msgs.msg import Float32, String
 from std_srvs.srv import Trigger
 
 from video_seg_ros.checkpoint import CheckpointError, load_checkpoint
-from video_seg_ros.engine import DeviceError, SegmentationEngine
+from video_seg_ros.engine import UPSAMPLE_MODES, DeviceError, SegmentationEngine
 from video_seg_ros.flow import DIS_PRESETS
 from video_seg_ros.image_encoding import (FRAME_ENCODINGS, Frame, ImageDecodeError, compressed_to_frame,
                                           fill_image, image_to_frame)
@@ -54,7 +54,7 @@ NODE_NAME = "video_seg_node"
 LABEL_INFO_FORMAT = "video_seg_ros/label_info/1"
 _STRING_CHOICES = {
     "device": None,  # auto | cpu | cuda[:N], checked by resolve_device
-    "upsample": ("logits", "labels"),
+    "upsample": UPSAMPLE_MODES,
     "input_qos": ("sensor_data", "reliable"),
     "flow_preset": tuple(DIS_PRESETS),
 }
@@ -84,9 +84,10 @@ PARAMETERS: dict[str, _Param] = {
     "cpu_threads": _Param(0, "PyTorch CPU threads for inference; 0 = PyTorch's default (one per "
                           "core). Fewer threads help when other processes share the cores.",
                           read_only=True, int_range=(0, 256)),
-    "upsample": _Param("logits", "logits: resize class scores to the frame before argmax (best "
-                       "edges); labels: argmax at model size, resize ids (cheaper on CPU).",
-                       read_only=True, choices="logits|labels"),
+    "upsample": _Param("auto", "logits: resize class scores to the frame before argmax (best "
+                       "edges); labels: argmax at model size, resize ids (cheaper on CPU); "
+                       "auto: logits on CUDA, labels on the CPU.",
+                       read_only=True, choices="auto|logits|labels"),
     "input_qos": _Param("sensor_data", "QoS of the input subscription: sensor_data (best effort, "
                         "depth 5, like camera drivers) or reliable.", read_only=True,
                         choices="sensor_data|reliable"),

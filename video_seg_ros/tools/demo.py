@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -40,10 +38,12 @@ import video_seg_ros
 from video_seg_ros.bags import (BagError, bag_info, default_image_topic, frame_keys, read_images,
                                 read_messages)
 from video_seg_ros.checkpoint import CheckpointError, default_checkpoint_path, load_checkpoint
+from video_seg_ros.engine import UPSAMPLE_MODES
 from video_seg_ros.frames import index_label_files, read_label
 from video_seg_ros.labels import LABEL_FORMATS, overlay, palette_lookup_table
 from video_seg_ros.metrics import ConfusionMatrix, TemporalConsistency
-from video_seg_ros.ros.dds import large_image_environment
+from video_seg_ros.processes import LoggedProcess
+from video_seg_ros.ros.dds import ros_process_environment
 from video_seg_ros.tools.make_bag import FrameSource, SourceFrame, open_source, parse_size, write_bag
 
 PACKAGE_DIR = Path(video_seg_ros.__file__).resolve().parent
@@ -123,53 +123,6 @@ def load_labels(keys: list[str], labels_root: Path, label_format: str,
 
 
 # ---- processes ------------------------------------------------------------------------------------
-def ros_environment(domain_id: int) -> dict[str, str]:
-    """Environment of the child processes: a private ROS domain, Fast DDS with large shared memory."""
-    env = large_image_environment()
-    env["ROS_DOMAIN_ID"] = str(domain_id)
-    env.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
-    env["PYTHONUNBUFFERED"] = "1"
-    # Children import this very package, wherever it is (source checkout or installed).
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_DIR.parent), env.get("PYTHONPATH")]))
-    return env
-
-
-class Process:
-    """A child process with its output in a log file."""
-
-    def __init__(self, name: str, command: list[str], log_dir: Path, env: dict[str, str]):
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        self._log = open(self.log_path, "wb")
-        self.command = command
-        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env)
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def tail(self, lines: int = 15) -> str:
-        self._log.flush()
-        text = self.log_path.read_text(errors="replace").splitlines()
-        return "\n".join(text[-lines:])
-
-    def stop(self, sig=signal.SIGINT, timeout: float = 15.0) -> int:
-        if self.alive():
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        self._log.close()
-        return self.process.returncode
-
-    def wait(self, timeout: float) -> int | None:
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
-
 def node_parameters(out_dir: Path, checkpoint: str, device: str, upsample: str, frames: int) -> Path:
     """config/video_seg.yaml with the replay settings: reliable input, a queue that drops nothing.
 
@@ -203,7 +156,7 @@ def run_pipeline(demo_input: DemoInput, out_dir: Path, params: Path, replay_hz: 
     frames = info["topics"][topic]["count"]
     bag_hz = frame_rate(demo_input.bag, topic) or replay_hz
     rate_factor = replay_hz / bag_hz
-    env = ros_environment(domain_id)
+    env = ros_process_environment(domain_id)
     logs = out_dir / "logs"
     logs.mkdir(exist_ok=True)
     recorded = out_dir / "recorded_bag"
@@ -217,9 +170,9 @@ def run_pipeline(demo_input: DemoInput, out_dir: Path, params: Path, replay_hz: 
     node_args = ["--ros-args", "--params-file", str(params), "-r", f"image:={image_topic}"]
     if topic.endswith("/compressed"):
         node_args += ["-p", "use_compressed:=true"]
-    processes: list[Process] = []
+    processes: list[LoggedProcess] = []
     try:
-        recorder = Process("recorder", [
+        recorder = LoggedProcess([
             python, "-m", "video_seg_ros.tools.record", "--node", NODE_NAME, "--consistency",
             "--topic", "/diagnostics", "--bag", str(recorded), "--overwrite", "--count", str(frames),
             # Generous: on a busy CPU frames queue in the node; the idle timeout ends a stalled run.
@@ -227,26 +180,26 @@ def run_pipeline(demo_input: DemoInput, out_dir: Path, params: Path, replay_hz: 
             "--timeout", str(startup_timeout + playback_s + 60 + frames * MAX_SECONDS_PER_FRAME),
             "--idle-timeout", str(max(30.0, 20.0 / replay_hz)), "--ready-file", str(ready),
             "--progress-file", str(progress),
-            "--report", str(logs / "recorder.json")], logs, env)
+            "--report", str(logs / "recorder.json")], logs / "recorder.log", env)
         processes.append(recorder)
-        node = Process("node", [python, "-m", "video_seg_ros.ros.node", *node_args], logs, env)
+        node = LoggedProcess([python, "-m", "video_seg_ros.ros.node", *node_args], logs / "node.log", env)
         processes.append(node)
         print(f"[demo] starting {NODE_NAME} (ROS_DOMAIN_ID={domain_id}) and the recorder", flush=True)
         deadline = time.monotonic() + startup_timeout
         while not ready.exists():
             for process in (node, recorder):
                 if not process.alive():
-                    raise DemoError(f"{process.name} exited with code {process.process.returncode} "
+                    raise DemoError(f"{process.log_path.stem} exited with code {process.process.returncode} "
                                     f"during start-up; its log ({process.log_path}):\n{process.tail()}")
             if time.monotonic() > deadline:
                 raise DemoError(f"the node's outputs did not appear within {startup_timeout:g} s; "
                                 f"node log:\n{node.tail()}")
             time.sleep(0.1)
         time.sleep(0.5)  # the node's publishers see the recorder's subscriptions too
-        player = Process("player", [
+        player = LoggedProcess([
             python, "-m", "video_seg_ros.tools.play_bag", str(demo_input.bag), "--topic", topic,
             "--rate", f"{rate_factor:.6f}", "--wait-for-subscribers", "30",
-            "--log", str(logs / "player.json")], logs, env)
+            "--log", str(logs / "player.json")], logs / "player.log", env)
         processes.append(player)
         print(f"[demo] replaying {frames} frames at {replay_hz:g} Hz ({playback_s:.0f} s)", flush=True)
         with tqdm(total=frames, unit="frame", desc="segmented") as bar:
@@ -501,8 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="frames per second the player sends to the node (default 5)")
     parser.add_argument("--device", default="auto",
                         help="node device: auto (default: CUDA if present, else CPU), cpu or cuda[:N]")
-    parser.add_argument("--upsample", choices=("logits", "labels"), default="labels",
-                        help="node upsampling mode (default labels: cheaper on a CPU)")
+    parser.add_argument("--upsample", choices=UPSAMPLE_MODES, default="auto",
+                        help="node upsampling mode (default auto: logits on CUDA, labels on a CPU)")
     parser.add_argument("--output", type=Path, default=Path("outputs/demo"),
                         help="output folder (default outputs/demo; replaced files are overwritten)")
     parser.add_argument("--video-width", type=int, default=1024,

@@ -26,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from video_seg_ros.checkpoint import Checkpoint, CheckpointError
-from video_seg_ros.engine import DeviceError, SegmentationEngine
+from video_seg_ros.engine import UPSAMPLE_MODES, DeviceError, SegmentationEngine
 from video_seg_ros.frames import (IMAGE_EXTENSIONS, group_sequences, index_label_files, list_frames,
                                   read_label, read_rgb)
 from video_seg_ros.flow import DIS_PRESETS
@@ -39,7 +39,7 @@ def evaluate_folder(checkpoint: str | Path | Checkpoint | SegmentationEngine | N
                     labels: str | Path | None = None,
                     label_format: str = "trainids",
                     device: str = "auto",
-                    upsample: str = "logits",
+                    upsample: str = "auto",
                     limit: int | None = None,
                     flow_preset: str = "ultrafast",
                     flow_width: int | None = 1024,
@@ -300,11 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--markdown", type=Path, default=None,
                         help="also write the printed Markdown summary to this file")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    parser.add_argument("--upsample", choices=("logits", "labels"), default="logits",
+    parser.add_argument("--upsample", choices=UPSAMPLE_MODES, default="auto",
                         help="how predictions reach the frame size: 'logits' resizes class scores "
                              "bilinearly before the argmax (finer boundaries), 'labels' resizes the "
                              "class map nearest-neighbour (much cheaper on large frames; what the "
-                             "ESPNet evaluation script does)")
+                             "ESPNet evaluation script does); 'auto' (default): logits on CUDA, "
+                             "labels on the CPU")
     parser.add_argument("--limit", type=int, default=None,
                         help="evaluate only the first N frames (sorted order)")
     parser.add_argument("--flow-preset", choices=sorted(DIS_PRESETS), default="ultrafast",

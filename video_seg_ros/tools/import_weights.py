@@ -21,8 +21,7 @@ from pathlib import Path
 
 import torch
 
-from video_seg_ros.checkpoint import Checkpoint, Preprocessing, file_sha256, output_to_class_for
-from video_seg_ros.labels import LABEL_SETS
+from video_seg_ros.checkpoint import Checkpoint, Preprocessing, file_sha256
 from video_seg_ros.models import build_model
 
 
@@ -180,17 +179,9 @@ def import_weights(arch: str, preset_name: str, weights: str | Path, p: int | No
     model = build_model(arch, **arch_kwargs)
     check_keys(model, state_dict, f"{arch}({arch_kwargs})")
     model.load_state_dict(state_dict, strict=True)
-    label_set = LABEL_SETS[preset.label_set]
     weights = Path(weights)
-    return Checkpoint(
-        arch=arch,
-        arch_kwargs=arch_kwargs,
-        state_dict=model.state_dict(),
-        label_set=label_set.name,
-        class_names=list(label_set.names),
-        palette=[list(c) for c in label_set.palette],
-        output_to_class=output_to_class_for(label_set.name, arch_kwargs["num_classes"]),
-        preprocessing=preset.preprocessing,
+    return Checkpoint.for_label_set(
+        arch, arch_kwargs, model.state_dict(), preset.label_set, preset.preprocessing,
         source={"weights_file": weights.name, "sha256": file_sha256(weights), "preset": preset_name,
                 "command": command or "", "note": preset.note},
     )
