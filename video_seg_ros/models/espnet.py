@@ -184,10 +184,10 @@ class ESPNet(nn.Module):
     Shapes: (N, 3, H, W) -> (N, num_classes, H, W).
     """
 
-    # Measured (bench/engine.py, docs/models.md): with torch's default two threads, oneDNN was
-    # slower than the native CPU convolutions at 1024x512 (4.3 s vs 1.1 s per frame on the idle
-    # machine); with one thread it is faster, so pass cpu_mkldnn=True to the engine there.
-    prefers_mkldnn = False
+    # Measured on the quiet 2-core machine (bench/engine.py, docs/models.md): oneDNN 2.0-2.3x faster
+    # than the native CPU convolutions for p2q3 and p2q8 at 1024x512 and 512x256. (Under heavy
+    # load from other processes oneDNN with two threads degraded badly; cpu_mkldnn=False then.)
+    prefers_mkldnn = True
 
     def __init__(self, num_classes: int = 20, p: int = 2, q: int = 8, decoder_skip_channels: int = 16):
         super().__init__()
