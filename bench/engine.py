@@ -27,6 +27,7 @@ from tqdm import tqdm
 from video_seg_ros.checkpoint import Checkpoint, Preprocessing
 from video_seg_ros.engine import SegmentationEngine
 from video_seg_ros.models import available_architectures, build_model
+from video_seg_ros.tools.arguments import parse_size
 
 # name -> (arch, builder kwargs)
 CONFIGS = {
@@ -56,13 +57,6 @@ def time_engines(engines: dict[str, SegmentationEngine], frame: np.ndarray, warm
             times[setting].append(engine.segment(frame).model_ms)
     return {setting: statistics.median(values) for setting, values in times.items()}
 
-
-def parse_size(text: str) -> tuple[int, int]:
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like 1024x512, got {text!r}") from None
-    return width, height
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,6 +34,7 @@ from bench_utils import median_ms
 from video_seg_ros.engine import SegmentationEngine
 from video_seg_ros.models.local_attention import local_attention
 from video_seg_ros.models.memory import FUSION_VARIANTS, add_memory_to_checkpoint
+from video_seg_ros.tools.arguments import parse_size
 
 
 def _engine_bench():
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--archs", nargs="+", default=["espnet-q8", "pspnet18"], choices=sorted(ENGINE_BENCH.CONFIGS),
                         help="base configurations (bench/engine.py names; default: espnet-q8 pspnet18)")
-    parser.add_argument("--size", type=ENGINE_BENCH.parse_size, default=(1024, 512),
+    parser.add_argument("--size", type=parse_size, default=(1024, 512),
                         help="model input size WIDTHxHEIGHT (default 1024x512)")
     parser.add_argument("--memory-length", type=int, default=3, help="memory frames T (default 3)")
     parser.add_argument("--windows", type=int, nargs="+", default=[9],

@@ -35,6 +35,7 @@ from video_seg_ros.checkpoint import Checkpoint, Preprocessing
 from video_seg_ros.models import build_model
 from video_seg_ros.training.config import load_config
 from video_seg_ros.training.trainer import Trainer
+from video_seg_ros.tools.arguments import parse_size
 
 CONFIGURATIONS = [
     ("student alone (CE)", {}),
@@ -60,14 +61,15 @@ def main(argv=None) -> int:
     parser.add_argument("--student", default=None,
                         help="student checkpoint (project format); default: random ESPNet p=2 q=3")
     parser.add_argument("--teacher", default=None, help="teacher checkpoint; default: random ESPNet p=2 q=8")
-    parser.add_argument("--size", default="512x256", help="training resolution WxH (default 512x256)")
+    parser.add_argument("--size", type=parse_size, default=(512, 256),
+                        help="training resolution WxH (default 512x256)")
     parser.add_argument("--batch", type=int, default=4, help="anchor frames per step (default 4)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per configuration (default 5)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     parser.add_argument("--only", nargs="*", default=None, help="run only rows whose name contains one of these")
     args = parser.parse_args(argv)
-    width, height = (int(v) for v in args.size.lower().split("x"))
+    width, height = args.size
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -44,7 +44,8 @@ from video_seg_ros.labels import LABEL_FORMATS, overlay, palette_lookup_table
 from video_seg_ros.metrics import ConfusionMatrix, TemporalConsistency
 from video_seg_ros.processes import LoggedProcess
 from video_seg_ros.ros.dds import ros_process_environment
-from video_seg_ros.tools.make_bag import FrameSource, SourceFrame, open_source, parse_size, write_bag
+from video_seg_ros.tools.make_bag import FrameSource, SourceFrame, open_source, write_bag
+from video_seg_ros.tools.arguments import parse_size
 
 PACKAGE_DIR = Path(video_seg_ros.__file__).resolve().parent
 NODE_NAME = "video_seg_node"

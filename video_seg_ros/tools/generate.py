@@ -21,16 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from video_seg_ros.labels import CITYSCAPES
+from video_seg_ros.tools.arguments import parse_size
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    try:
-        width, height = (int(part) for part in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like 1024x512 (WIDTHxHEIGHT), got {text!r}") from None
-    if width < 32 or height < 16:
-        raise argparse.ArgumentTypeError(f"size {text} is too small; use at least 32x16")
-    return width, height
+def parse_generated_size(text: str) -> tuple[int, int]:
+    return parse_size(text, minimum=(32, 16))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0,
                         help="base seed; sequence i uses seed*1000+i, which is also its sequence number in "
                              "the file names, so different base seeds never share a street (default 0)")
-    parser.add_argument("--size", type=parse_size, default=(1024, 512),
+    parser.add_argument("--size", type=parse_generated_size, default=(1024, 512),
                         help="frame size WIDTHxHEIGHT (default 1024x512)")
     parser.add_argument("--fps", type=float, default=17.0,
                         help="frame rate in Hz; sets how far things move between frames (default 17, as Cityscapes)")

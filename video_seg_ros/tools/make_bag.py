@@ -29,6 +29,7 @@ from tqdm import tqdm
 from video_seg_ros.bags import (FRAMES_KEY, STORAGES, BagError, BagWriter, CameraCalibration,
                                 compressed_message, image_message, read_images)
 from video_seg_ros.frames import IMAGE_EXTENSIONS, list_frames, read_rgb
+from video_seg_ros.tools.arguments import parse_size
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
 CITYSCAPES_RATE_HZ = 17.0
@@ -51,17 +52,6 @@ class FrameSource:
     count: int
     native_rate: float | None
     description: str
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """'1024x512' -> (1024, 512)."""
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like 1024x512, got {text!r}") from None
-    if width <= 0 or height <= 0:
-        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
-    return width, height
 
 
 def folder_source(root: Path, sequences: list[str] | None, max_frames: int | None) -> FrameSource:
