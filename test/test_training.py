@@ -272,3 +272,34 @@ def test_unknown_teacher_setting_is_rejected_by_name(tmp_path, sequences, capsys
     config["losses"]["distill_pixel"] = {"weight": 1.0}
     assert train_main(["--config", str(write_config(tmp_path / "c.yaml", config)), "--no-progress"]) == 2
     assert "unknown teacher setting(s) ['size']" in capsys.readouterr().err
+
+
+def _saved_espnet(path: Path, num_classes: int, label_set: str = "cityscapes") -> Path:
+    from video_seg_ros.checkpoint import Checkpoint, Preprocessing
+    from video_seg_ros.models import build_model
+
+    model = build_model("espnet", num_classes=num_classes, p=1, q=1)
+    return Checkpoint.for_label_set("espnet", {"num_classes": num_classes, "p": 1, "q": 1}, model.state_dict(),
+                                    label_set, Preprocessing(64, 128)).save(path)
+
+
+def test_teacher_without_the_students_background_channel_distils_the_shared_classes(tmp_path):
+    from video_seg_ros.checkpoint import output_to_class_for
+    from video_seg_ros.training.modeling import build_teacher
+
+    teacher = _saved_espnet(tmp_path / "teacher19.pt", 19)
+    student_meta = {"label_set": "cityscapes", "output_to_class": output_to_class_for("cityscapes", 20)}
+    _, _, student_channels, teacher_channels = build_teacher({"teacher": {"checkpoint": str(teacher)}},
+                                                             student_meta)
+    assert student_channels == list(range(19))  # channel 19 (background, published 255) is left out
+    assert teacher_channels == list(range(19))
+
+
+def test_teacher_of_another_label_set_is_rejected_naming_the_missing_class(tmp_path):
+    from video_seg_ros.checkpoint import output_to_class_for
+    from video_seg_ros.training.modeling import build_teacher
+
+    teacher = _saved_espnet(tmp_path / "camvid.pt", 11, label_set="camvid")
+    student_meta = {"label_set": "cityscapes", "output_to_class": output_to_class_for("cityscapes", 19)}
+    with pytest.raises(ValueError, match="no output for class id 11"):
+        build_teacher({"teacher": {"checkpoint": str(teacher)}}, student_meta)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from video_seg_ros.checkpoint import Checkpoint, Preprocessing, load_checkpoint, output_to_class_for
-from video_seg_ros.labels import LABEL_SETS
+from video_seg_ros.labels import IGNORE_ID, LABEL_SETS
 from video_seg_ros.models import build_from_checkpoint, build_model
 
 #: torchvision-style ImageNet statistics, the default for students trained from scratch.
@@ -162,9 +162,16 @@ def _load_matching(model: nn.Module, state: dict, origin: str) -> None:
               + (" ..." if len(skipped) > 6 else ""), flush=True)
 
 
-def build_teacher(config: dict, student_meta: dict) -> tuple[nn.Module, Preprocessing, list[int]] | None:
-    """Teacher model (eval, no gradients), its preprocessing and the teacher channel feeding each
-    student channel (matched by published class id), or None without a teacher section."""
+def build_teacher(config: dict, student_meta: dict
+                  ) -> tuple[nn.Module, Preprocessing, list[int], list[int]] | None:
+    """Teacher model (eval, no gradients), its preprocessing, and the student channels that are
+    distilled with the teacher channel of the same published class id for each, or None without a
+    teacher section.
+
+    A student "no class" channel (published as 255, e.g. the Cityscapes background of ESPNet's
+    20-output weights) that the teacher lacks is left out of the pixel-wise distillation; a real
+    class the teacher lacks is an error (different label sets).
+    """
     teacher_cfg = config.get("teacher")
     if not teacher_cfg:
         return None
@@ -185,14 +192,16 @@ def build_teacher(config: dict, student_meta: dict) -> tuple[nn.Module, Preproce
     if getattr(model, "is_temporal", False):
         model = model.base  # distillation targets come from the per-frame part
     channel_of_class = {cls: channel for channel, cls in enumerate(output_to_class)}
-    mapping = []
+    student_channels, teacher_channels = [], []
     for channel, cls in enumerate(student_meta["output_to_class"]):
-        if cls not in channel_of_class:
+        if cls in channel_of_class:
+            student_channels.append(channel)
+            teacher_channels.append(channel_of_class[cls])
+        elif cls != IGNORE_ID:
             raise ValueError(f"the teacher has no output for class id {cls} (student channel {channel}); "
                              "distillation needs a teacher trained on the same label set")
-        mapping.append(channel_of_class[cls])
     model.eval().requires_grad_(False)
-    return model, preprocessing, mapping
+    return model, preprocessing, student_channels, teacher_channels
 
 
 def set_batchnorm_eval(model: nn.Module) -> None:

@@ -86,7 +86,7 @@ class Trainer:
         teacher_size = (config.get("teacher") or {}).get("input_size")
         self.teacher_size = (int(teacher_size[1]), int(teacher_size[0])) if teacher_size else None
         if self.needs_teacher:
-            teacher, teacher_pre, self.teacher_channels = build_teacher(config, self.meta)
+            teacher, teacher_pre, self.student_channels, self.teacher_channels = build_teacher(config, self.meta)
             self.teacher = SegmenterWithFeatures(teacher, teacher_pre).to(device).eval()
         self.temporal_distill = L.TemporalDistillationLoss(
             losses_cfg["distill_temporal"]["grid"], losses_cfg["distill_temporal"]["hidden"],
@@ -228,9 +228,11 @@ class Trainer:
             t_feat_n = t_features_all[n:] if t_features_all is not None else None
             if w["distill_pixel"]:
                 c = cfg["distill_pixel"]
-                loss = L.pixel_distillation_loss(logits, t_logits, c["temperature"])
+                shared = self.student_channels
+                loss = L.pixel_distillation_loss(logits[:, shared], t_logits, c["temperature"])
                 if self.needs_neighbour and c["neighbour_weight"]:
-                    loss = loss + c["neighbour_weight"] * L.pixel_distillation_loss(logits_n, t_logits_n, c["temperature"])
+                    loss = loss + c["neighbour_weight"] * L.pixel_distillation_loss(
+                        logits_n[:, shared], t_logits_n, c["temperature"])
                 out["distill_pixel"] = w["distill_pixel"] * loss
             if w["distill_pairwise"]:
                 c = cfg["distill_pairwise"]
