@@ -93,6 +93,31 @@ def _buffer(data: Any) -> np.ndarray:
                                            "byte buffer; send bytes / uint8[]") from error
 
 
+def check_image_size(msg: Any, max_pixels: int | None = None) -> tuple[int, int]:
+    """(height, width) of an Image-like header; raises ImageDecodeError for zero, absurd or too
+    many pixels (``max_pixels``), before any pixel is touched."""
+    height, width = int(msg.height), int(msg.width)
+    if height <= 0 or width <= 0:
+        raise ImageDecodeError("empty", f"image has zero size ({width}x{height}); nothing to segment")
+    if height > MAX_SIDE or width > MAX_SIDE:
+        raise ImageDecodeError("bad_size", f"image size {width}x{height} exceeds {MAX_SIDE} per side; "
+                                           "the header is probably corrupt")
+    if max_pixels and height * width > max_pixels:
+        raise ImageDecodeError(
+            "too_large", f"image {width}x{height} has {height * width} pixels, more than "
+                         f"max_input_pixels={max_pixels}; downscale at the source or raise the parameter")
+    return height, width
+
+
+def check_data_length(msg: Any, size: int) -> None:
+    """``len(data) == step * height``, else ImageDecodeError("bad_length")."""
+    step, height = int(msg.step), int(msg.height)
+    if size != step * height:
+        raise ImageDecodeError(
+            "bad_length", f"data has {size} bytes but step*height = {step}*{height} = "
+                          f"{step * height}; the message is truncated or its header is wrong")
+
+
 def image_to_array(msg: Any, max_pixels: int | None = None) -> np.ndarray:
     """Decode a ``sensor_msgs/Image``-like object to an array, zero-copy where possible.
 
@@ -111,26 +136,15 @@ def image_to_array(msg: Any, max_pixels: int | None = None) -> np.ndarray:
             f"unsupported image encoding {encoding!r}; send one of {', '.join(FRAME_ENCODINGS)} "
             "(or convert on the camera side, e.g. with image_proc's debayer)")
     dtype, channels = ENCODINGS[encoding]
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    if height <= 0 or width <= 0:
-        raise ImageDecodeError("empty", f"image has zero size ({width}x{height}); nothing to segment")
-    if height > MAX_SIDE or width > MAX_SIDE:
-        raise ImageDecodeError("bad_size", f"image size {width}x{height} exceeds {MAX_SIDE} per side; "
-                                           "the header is probably corrupt")
-    if max_pixels and height * width > max_pixels:
-        raise ImageDecodeError(
-            "too_large", f"image {width}x{height} has {height * width} pixels, more than "
-                         f"max_input_pixels={max_pixels}; downscale at the source or raise the parameter")
+    height, width = check_image_size(msg, max_pixels)
+    step = int(msg.step)
     row_bytes = width * channels * dtype.itemsize
     if step < row_bytes:
         raise ImageDecodeError(
             "bad_step", f"step {step} is shorter than one row of {width} {encoding} pixels "
                         f"({row_bytes} bytes); fix the publisher's step field")
     buffer = _buffer(msg.data)
-    if buffer.size != step * height:
-        raise ImageDecodeError(
-            "bad_length", f"data has {buffer.size} bytes but step*height = {step}*{height} = "
-                          f"{step * height}; the message is truncated or its header is wrong")
+    check_data_length(msg, buffer.size)
     rows = buffer.reshape(height, step)[:, :row_bytes]  # view: drops the step padding
     if dtype.itemsize > 1:
         if step % dtype.itemsize:

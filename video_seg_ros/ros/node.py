@@ -39,8 +39,9 @@ from std_srvs.srv import Trigger
 from video_seg_ros.checkpoint import CheckpointError, load_checkpoint
 from video_seg_ros.engine import UPSAMPLE_MODES, DeviceError, SegmentationEngine
 from video_seg_ros.flow import DIS_PRESETS
-from video_seg_ros.image_encoding import (FRAME_ENCODINGS, Frame, ImageDecodeError, compressed_to_frame,
-                                          fill_image, image_to_frame)
+from video_seg_ros.image_encoding import (FRAME_ENCODINGS, Frame, ImageDecodeError, check_data_length,
+                                          check_image_size, compressed_to_frame, fill_image,
+                                          image_to_frame)
 from video_seg_ros.labels import IGNORE_ID
 from video_seg_ros.ros.dds import use_large_image_profile
 from video_seg_ros.ros.pipeline import FrameQueue, OutputRequest, StreamPipeline, StreamStats
@@ -287,7 +288,8 @@ class VideoSegNode(Node):
         if msg.encoding not in FRAME_ENCODINGS and self._cv_bridge is not None:
             # cv_bridge (when installed) widens the accepted encodings (Bayer, YUV, 16-bit colour).
             try:
-                _check_header_for_cv_bridge(msg, max_pixels)
+                check_image_size(msg, max_pixels)
+                check_data_length(msg, len(msg.data))
                 pixels = self._cv_bridge.imgmsg_to_cv2(msg, desired_encoding="rgb8")
                 return Frame(pixels, "rgb", msg.encoding)
             except ImageDecodeError:
@@ -415,18 +417,6 @@ class VideoSegNode(Node):
         if self._worker.is_alive():
             self._worker.join(timeout=5.0)
         return super().destroy_node()
-
-
-def _check_header_for_cv_bridge(msg, max_pixels: int | None) -> None:
-    """Size checks of :func:`image_to_frame` for encodings only cv_bridge converts."""
-    height, width = int(msg.height), int(msg.width)
-    if height <= 0 or width <= 0:
-        raise ImageDecodeError("empty", f"image has zero size ({width}x{height})")
-    if max_pixels and height * width > max_pixels:
-        raise ImageDecodeError("too_large", f"image {width}x{height} exceeds max_input_pixels={max_pixels}")
-    if len(msg.data) != int(msg.step) * height:
-        raise ImageDecodeError("bad_length", f"data has {len(msg.data)} bytes but step*height = "
-                                             f"{int(msg.step) * height}")
 
 
 def label_info_json(checkpoint, model_name: str) -> str:
