@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from video_seg_ros.flow import warp_tensor
 from video_seg_ros.labels import IGNORE_ID
 from video_seg_ros.models import build_model
 from video_seg_ros.training import losses as L
@@ -29,14 +28,6 @@ def _shift_flow(dx: float, size=(24, 40)) -> torch.Tensor:
     flow = torch.zeros(1, 2, *size)
     flow[:, 0] = dx
     return flow
-
-
-def test_warp_tensor_moves_a_pattern_by_a_known_flow():
-    frame_t, frame_next = _scene(0), _scene(3)   # the block moves 3 px right
-    warped = warp_tensor(frame_next, _shift_flow(3.0))
-    assert torch.allclose(warped, frame_t, atol=1e-5)
-    # Without the flow the block is misplaced.
-    assert (warp_tensor(frame_next, _shift_flow(0.0)) - frame_t).abs().max() > 0.5
 
 
 def test_cross_entropy_small_for_confident_correct_and_large_for_wrong_predictions():
@@ -80,18 +71,14 @@ def test_occlusion_weight_is_one_where_the_warped_neighbour_matches_and_small_wh
 def test_temporal_loss_gradient_reaches_the_student_only():
     torch.manual_seed(0)
     student = build_model("espnet", num_classes=19, p=1, q=1)
-    teacher = build_model("espnet", num_classes=19, p=1, q=1)
     image, neighbour = _scene(0, (32, 48)), _scene(2, (32, 48))
     image.requires_grad_(True)
     neighbour.requires_grad_(True)
     flow = _shift_flow(2.0, (32, 48)).requires_grad_(True)
-    with torch.no_grad():
-        teacher(image)  # a teacher in the graph would be a bug; it is run but never differentiated
     loss = L.temporal_loss(student(image), student(neighbour), image, neighbour, flow)
     loss.backward()
     grads = [p.grad for p in student.parameters() if p.grad is not None]
     assert grads and sum(g.abs().sum().item() for g in grads) > 0
-    assert all(p.grad is None for p in teacher.parameters())
     assert flow.grad is None  # flow and occlusion weight are constants
     # Images get gradient only through the student network, never through the occlusion weight.
     image_only = L.temporal_loss(_logits_of(_scene(0)), _logits_of(_scene(2)), image, neighbour, flow)

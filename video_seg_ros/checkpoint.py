@@ -213,6 +213,12 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def output_class_lookup(output_to_class: list[int], device=None) -> torch.Tensor:
+    """uint8 tensor mapping a model output channel to its published id (out-of-range -> 255)."""
+    return torch.tensor([c if 0 <= c < 256 else IGNORE_ID for c in output_to_class],
+                        dtype=torch.uint8, device=device)
+
+
 def output_to_class_for(label_set: str, num_outputs: int) -> list[int]:
     """Map model output channels to published ids: channels past the label set become unlabelled.
 

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from video_seg_ros.checkpoint import Checkpoint, load_checkpoint
-from video_seg_ros.labels import IGNORE_ID, palette_lookup_table
+from video_seg_ros.checkpoint import Checkpoint, load_checkpoint, output_class_lookup
+from video_seg_ros.labels import palette_lookup_table
 from video_seg_ros.models import build_from_checkpoint
 
 _CV2_INTERPOLATION = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "nearest": cv2.INTER_NEAREST}
@@ -100,9 +100,7 @@ class SegmentationEngine:
         std = torch.tensor(pre.std, dtype=torch.float32)
         self._mean = torch.tensor(pre.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self._factor = (pre.scale / std).to(self.device).view(1, 3, 1, 1)
-        self._output_to_class = torch.tensor(
-            [c if 0 <= c < 256 else IGNORE_ID for c in checkpoint.output_to_class],
-            dtype=torch.uint8, device=self.device)
+        self._output_to_class = output_class_lookup(checkpoint.output_to_class, self.device)
         self.palette_table = palette_lookup_table(checkpoint.palette)
 
     # ---- properties the node and the tools report ---------------------------------------------

@@ -28,8 +28,8 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from video_seg_ros.frames import FrameRecord, group_sequences, index_label_files, list_frames, read_label, read_rgb
 from video_seg_ros.labels import IGNORE_ID
-from video_seg_ros.training.augment import AlignedAugmentation, AlignedSample, resize_sample
-from video_seg_ros.training.flow_cache import FlowCache, make_flow_estimator
+from video_seg_ros.training.augment import AlignedAugmentation, AlignedSample
+from video_seg_ros.training.flow_cache import FlowCache, build_flow_cache
 
 
 class DatasetError(ValueError):
@@ -91,7 +91,8 @@ def load_sequences(entry: dict) -> dict[str, list[SequenceFrame]]:
     records = list_frames(images)
     if not records:
         raise DatasetError(f"no images found under {images}")
-    labels = index_label_files(Path(entry["labels"]).expanduser()) if entry.get("labels") else {}
+    label_format = None if entry["label_format"] == "auto" else entry["label_format"]
+    labels = index_label_files(Path(entry["labels"]).expanduser(), label_format) if entry.get("labels") else {}
     include = set(entry.get("sequences") or [])
     exclude = set(entry.get("exclude_sequences") or [])
     sequences = {}
@@ -229,9 +230,7 @@ def build_training_dataset(config: dict, run_dir: Path, needs_neighbour: bool = 
     data = config["data"]
     flow_cache = None
     if data["mode"] == "pair" and needs_neighbour and needs_flow:
-        flow_settings = dict(data["flow"])
-        cache_dir = flow_settings.get("cache_dir") or (run_dir / "flow_cache")
-        flow_cache = FlowCache(make_flow_estimator(flow_settings), cache_dir)
+        flow_cache = build_flow_cache(data["flow"], run_dir)
     parts = [SequenceSampleDataset(entry, data, flow_cache, seed=int(config["seed"]),
                                    needs_neighbour=needs_neighbour)
              for entry in data["train"]]
@@ -247,6 +246,6 @@ def build_validation_sequences(config: dict) -> dict[str, list[SequenceFrame]]:
     return sequences
 
 
-__all__ = ["AlignedSample", "DatasetError", "SequenceSampleDataset", "TrainingDataset",
+__all__ = ["DatasetError", "SequenceSampleDataset", "TrainingDataset",
            "build_training_dataset", "build_validation_sequences", "load_sequences", "read_frame",
-           "read_label_resized", "resize_sample", "to_tensor_image"]
+           "read_label_resized", "to_tensor_image"]

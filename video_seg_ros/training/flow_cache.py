@@ -55,6 +55,12 @@ def _file_identity(path: Path) -> str:
     return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
+def build_flow_cache(flow_settings: dict, run_dir: Path) -> "FlowCache":
+    """The cache a run uses: ``flow.cache_dir`` when set, else ``<run_dir>/flow_cache``."""
+    return FlowCache(make_flow_estimator(dict(flow_settings)),
+                     flow_settings.get("cache_dir") or Path(run_dir) / "flow_cache")
+
+
 class FlowCache:
     """Flow between two frame files at a given size, read from ``cache_dir`` or computed and stored.
 

@@ -121,12 +121,8 @@ def build_student(config: dict) -> tuple[nn.Module, dict[str, Any]]:
             from video_seg_ros.models.memory import wrap_with_memory
 
             model = wrap_with_memory(model, memory_cfg)
-        if hasattr(model, "freeze_base"):
-            model.freeze_base(freeze_base)  # no gradients into the base, its BatchNorm in eval mode
-        elif freeze_base:
-            model.base.requires_grad_(False)
-        config_of = getattr(model, "config", None)
-        memory_settings = config_of.to_dict() if hasattr(config_of, "to_dict") else (init.memory if init else memory_cfg)
+        model.freeze_base(freeze_base)  # no gradients into the base, its BatchNorm in eval mode
+        memory_settings = model.config.to_dict()
     num_outputs = int(kwargs["num_classes"])
     size = config["data"].get("val_resize") or config["data"].get("resize") or (
         (init.preprocessing.input_width, init.preprocessing.input_height) if init else (1024, 512))

@@ -25,14 +25,14 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from video_seg_ros.checkpoint import Checkpoint, load_checkpoint
+from video_seg_ros.checkpoint import Checkpoint, load_checkpoint, output_class_lookup
 from video_seg_ros.engine import resolve_device
-from video_seg_ros.labels import IGNORE_ID, LABEL_SETS
+from video_seg_ros.labels import LABEL_SETS
 from video_seg_ros.training import losses as L
 from video_seg_ros.training.datasets import (build_training_dataset, build_validation_sequences, read_frame,
                                              read_label_resized, to_tensor_image)
 from video_seg_ros.training.distributed import DistributedContext, init_distributed, shutdown_distributed
-from video_seg_ros.training.flow_cache import FlowCache, make_flow_estimator
+from video_seg_ros.training.flow_cache import build_flow_cache
 from video_seg_ros.training.modeling import SegmenterWithFeatures, build_student, build_teacher, set_batchnorm_eval
 
 LOSS_NAMES = ("ce", "temporal", "distill_pixel", "distill_pairwise", "distill_cross_frame", "distill_temporal")
@@ -79,7 +79,6 @@ class Trainer:
 
         student, self.meta = build_student(config)
         self.net = SegmenterWithFeatures(student, self.meta["preprocessing"]).to(device)
-        self.frozen_base = bool(config.get("memory") and config["memory"].get("freeze_base", True))
         if self.ctx.enabled and device.type == "cuda":
             self.net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
         self.teacher = None
@@ -133,9 +132,7 @@ class Trainer:
         self.history: list[dict] = []
         self.step_log: list[dict] = []
         self.val_sequences = build_validation_sequences(config) if config["data"]["val"] else {}
-        flow_settings = dict(config["data"]["flow"])
-        self.val_flow = FlowCache(make_flow_estimator(flow_settings),
-                                  flow_settings.get("cache_dir") or self.run_dir / "flow_cache")
+        self.val_flow = build_flow_cache(config["data"]["flow"], self.run_dir)
         if resume:
             self._resume()
 
@@ -186,8 +183,6 @@ class Trainer:
         self.net.train()
         if self.config["train"]["freeze_bn"]:
             set_batchnorm_eval(self.net)
-        elif self.frozen_base:
-            set_batchnorm_eval(self.net.model.base)
 
     def compute_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         """Weighted losses of one batch (already on the device); keys of enabled losses only."""
@@ -293,7 +288,7 @@ class Trainer:
                                          "lower train.lr or check the data")
         if bar is not None:
             bar.close()
-        steps = max(1, min(self.iters_per_epoch, len(self.loader)))
+        steps = max(1, self.iters_per_epoch)
         seconds = time.perf_counter() - start
         result = {f"loss_{k}": v / steps for k, v in sums.items()}
         result.update({"seconds": seconds, "frames_per_s": frames / max(seconds, 1e-9),
@@ -312,8 +307,7 @@ class Trainer:
         consistency = TemporalConsistency(label_set.num_classes, flow_width=None,
                                           class_names=list(label_set.names))
         size = self.config["data"].get("val_resize") or self.config["data"].get("resize")
-        lookup = torch.tensor([c if 0 <= c < 256 else IGNORE_ID for c in self.meta["output_to_class"]],
-                              dtype=torch.uint8, device=self.device)
+        lookup = output_class_lookup(self.meta["output_to_class"], self.device)
         limit = self.config["train"].get("val_max_frames")
         model = self.net.model
         temporal = bool(getattr(model, "is_temporal", False))
