@@ -17,7 +17,6 @@ operator table for the attention. Random weights: times do not depend on their v
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import platform
 import shlex
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import engine as ENGINE_BENCH  # bench/engine.py: model configurations and checkpoint maker
 from bench_utils import median_ms
 from video_seg_ros.engine import SegmentationEngine
 from video_seg_ros.models.local_attention import local_attention
@@ -37,15 +37,6 @@ from video_seg_ros.models.memory import FUSION_VARIANTS, add_memory_to_checkpoin
 from video_seg_ros.tools.arguments import parse_size
 
 
-def _engine_bench():
-    # Reuse bench/engine.py's model configurations and checkpoint maker (one definition of each).
-    spec = importlib.util.spec_from_file_location("bench_engine", Path(__file__).with_name("engine.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ENGINE_BENCH = _engine_bench()
 
 
 def time_pair(base: SegmentationEngine, memory: SegmentationEngine, frames, warmup: int, repeats: int):

@@ -30,9 +30,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+import yaml
 
-from video_seg_ros.checkpoint import Checkpoint, Preprocessing
-from video_seg_ros.models import build_model
+from engine import make_checkpoint  # bench/engine.py
 from video_seg_ros.training.config import load_config
 from video_seg_ros.training.trainer import Trainer
 from video_seg_ros.tools.arguments import parse_size
@@ -50,10 +50,7 @@ CONFIGURATIONS = [
 
 
 def _random_teacher(path: Path) -> Path:
-    model = build_model("espnet", num_classes=20, p=2, q=8)
-    Checkpoint.for_label_set("espnet", {"num_classes": 20, "p": 2, "q": 8}, model.state_dict(),
-                             "cityscapes", Preprocessing(512, 1024)).save(path)
-    return path
+    return make_checkpoint("espnet", {"num_classes": 20, "p": 2, "q": 8}, 1024, 512).save(path)
 
 
 def main(argv=None) -> int:
@@ -99,7 +96,6 @@ def main(argv=None) -> int:
                       "data": {"train": [{"images": str(tmp / "images")}], "resize": [width, height]},
                       "train": {"device": args.device, "batch_size": args.batch, "epochs": 1}}
             config_path = tmp / "bench.yaml"
-            import yaml
 
             config_path.write_text(yaml.safe_dump(config))
             trainer = Trainer(load_config(config_path, overrides), progress=False)

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import pytest
 import torch
 
+from textures import textured
 from video_seg_ros.flow import DisFlow, occlusion_mask, warp_image, warp_labels, warp_tensor
-
-
-def textured(height: int, width: int, seed: int = 0) -> np.ndarray:
-    noise = np.random.default_rng(seed).random((height, width)).astype(np.float32)
-    return cv2.normalize(cv2.GaussianBlur(noise, (0, 0), 2.0), None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
 
 
 def constant_flow(height: int, width: int, dx: float, dy: float) -> np.ndarray:

@@ -35,26 +35,33 @@ class DisFlow:
 
     def __call__(self, frame_a: np.ndarray, frame_b: np.ndarray) -> np.ndarray:
         """Flow from ``frame_a`` to ``frame_b``: (H, W, 2) float32 at the frames' resolution."""
-        gray_a, gray_b = _to_gray(frame_a), _to_gray(frame_b)
+        gray_a, gray_b = to_gray(frame_a), to_gray(frame_b)
         if gray_a.shape != gray_b.shape:
             raise ValueError(f"frames differ in size: {gray_a.shape} vs {gray_b.shape}")
         height, width = gray_a.shape
-        factor = 1.0
-        if self.max_width and width > self.max_width:
-            factor = self.max_width / width
-            size = (self.max_width, max(8, round(height * factor)))
+        size = reduced_size(height, width, self.max_width)
+        if size is not None:
             gray_a = cv2.resize(gray_a, size, interpolation=cv2.INTER_AREA)
             gray_b = cv2.resize(gray_b, size, interpolation=cv2.INTER_AREA)
         flow = self._dis.calc(gray_a, gray_b, None)
-        if factor != 1.0:
-            flow = cv2.resize(flow, (width, height), interpolation=cv2.INTER_LINEAR) / factor
+        if size is not None:
+            flow = cv2.resize(flow, (width, height), interpolation=cv2.INTER_LINEAR) / (size[0] / width)
         return flow.astype(np.float32, copy=False)
 
 
-def _to_gray(frame: np.ndarray) -> np.ndarray:
+def reduced_size(height: int, width: int, max_width: int | None) -> tuple[int, int] | None:
+    """(width, height) to shrink a frame to for flow, or None when it is narrow enough already."""
+    if not max_width or width <= max_width:
+        return None
+    return max_width, max(8, round(height * max_width / width))
+
+
+def to_gray(frame: np.ndarray) -> np.ndarray:
+    """Grey image for flow from (H, W), (H, W, 3) or (H, W, 4) uint8."""
     if frame.ndim == 2:
         return np.ascontiguousarray(frame)
-    # Channel order does not matter for flow; RGB2GRAY weights are close enough either way.
+    # Channel order does not matter for flow; RGB2GRAY weights are close enough either way
+    # (OpenCV takes 4-channel input for it too).
     return cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
 
 

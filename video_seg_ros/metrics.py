@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from video_seg_ros.flow import DisFlow, occlusion_mask, warp_labels
+from video_seg_ros.flow import DisFlow, occlusion_mask, reduced_size, to_gray, warp_labels
 from video_seg_ros.labels import IGNORE_ID
 
 
@@ -311,14 +311,10 @@ class OnlineConsistency:
         return sample
 
     def _shrink(self, frame, labels):
-        if frame.ndim == 2:
-            grey = frame
-        else:  # channel order hardly matters for flow; accept 4-channel camera images too
-            grey = cv2.cvtColor(frame, cv2.COLOR_RGBA2GRAY if frame.shape[2] == 4 else cv2.COLOR_RGB2GRAY)
+        grey = to_gray(frame)
         labels = np.ascontiguousarray(labels, dtype=np.uint8)
-        height, width = grey.shape
-        if width > self.max_width:
-            size = (self.max_width, max(8, round(height * self.max_width / width)))
+        size = reduced_size(*grey.shape, self.max_width)
+        if size is not None:
             grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
             labels = cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST)
         return np.ascontiguousarray(grey), labels

@@ -39,7 +39,8 @@ Configuration (``Checkpoint.memory``; :class:`MemoryConfig` validates it): ``mem
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict, dataclass, fields
+import copy
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import torch
@@ -108,7 +109,7 @@ class MemoryState:
 
     def push(self, frame: TiledMemoryFrame) -> None:
         """Append the newest frame, dropping the oldest beyond ``capacity``."""
-        if self._frames and not self.accepts(frame.batch, frame.size, frame.device):
+        if not self.accepts(frame.batch, frame.size, frame.device):
             raise ValueError("memory frame differs in batch size, feature size or device from the stored ones; "
                              "call reset() before changing the input")
         self._frames.append(frame)
@@ -320,7 +321,6 @@ class MemoryAugmentedSegmenter(nn.Module):
         n, length = frames.shape[:2]
         past = frames[:, max(0, length - 1 - self.config.memory_length):length - 1]
         features, skips = self.base.encode(frames[:, -1])
-        memory = []
         if past.shape[1]:
             grad = torch.is_grad_enabled() and not self._base_frozen
             with torch.set_grad_enabled(grad):
@@ -344,8 +344,7 @@ def _mkldnn_enabled():
 
 def _detached(entry: TiledMemoryFrame) -> TiledMemoryFrame:
     # The streaming memory must not keep autograd graphs of past frames alive.
-    return TiledMemoryFrame(entry.keys.detach(), entry.values.detach(), entry.radius, entry.tile,
-                            entry.size, entry.batch)
+    return replace(entry, keys=entry.keys.detach(), values=entry.values.detach())
 
 
 def wrap_with_memory(base_model: nn.Module, config: dict[str, Any] | MemoryConfig | None) -> MemoryAugmentedSegmenter:
@@ -359,8 +358,6 @@ def add_memory_to_checkpoint(checkpoint, config: dict[str, Any] | None = None, s
     The base weights are kept; the memory layers are initialised (deterministically from ``seed``);
     with the default fusion the new model's output equals the base model's until it is trained.
     """
-    import copy
-
     from video_seg_ros.models import build_from_checkpoint
 
     if checkpoint.memory:
@@ -380,8 +377,6 @@ def add_memory_to_checkpoint(checkpoint, config: dict[str, Any] | None = None, s
 
 def strip_memory_from_checkpoint(checkpoint):
     """The base model of a memory checkpoint, as a per-frame checkpoint (memory disabled)."""
-    import copy
-
     if not checkpoint.memory:
         return checkpoint
     result = copy.copy(checkpoint)
@@ -395,8 +390,6 @@ def with_memory_settings(checkpoint, **overrides):
 
     These three change no weights: a longer memory or a wider window can be tried without retraining.
     """
-    import copy
-
     if not checkpoint.memory:
         raise ValueError("this checkpoint has no memory; add one with add_memory_to_checkpoint()")
     allowed = {"memory_length", "window", "tile"}
