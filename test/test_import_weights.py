@@ -135,11 +135,12 @@ def test_wrong_preset_or_q_is_rejected_with_advice(random_espnet_weights):
 def test_engine_input_equals_original_espnet_preprocessing(shared, random_espnet_weights):
     """sacmehta/ESPNet normalises the BGR float image, then resizes it, then divides by 255."""
     frame_bgr = cv2.imread(str(require_shared_file(shared, FRAME)))
-    pre = import_weights("espnet", "cityscapes", random_espnet_weights).preprocessing
+    checkpoint = import_weights("espnet", "cityscapes", random_espnet_weights)
+    pre = checkpoint.preprocessing
     original = frame_bgr.astype(np.float32)
     original = (original - np.float32(pre.mean)) / np.float32(pre.std)
     original = cv2.resize(original, (1024, 512)) / 255.0
-    engine = SegmentationEngine(import_weights("espnet", "cityscapes", random_espnet_weights), device="cpu")
+    engine = SegmentationEngine(checkpoint, device="cpu")
     ours = engine.preprocess([frame_bgr], channel_order="bgr")[0].permute(1, 2, 0).numpy()
     np.testing.assert_allclose(ours, original, atol=2e-6)
 

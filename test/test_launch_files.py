@@ -159,12 +159,15 @@ def test_every_launch_configuration_is_declared(path):
 
 def test_parameters_set_by_launch_files_are_node_parameters():
     parameters = _node_parameters()
+    checked = 0
     for path in LAUNCH_FILES:
         for call in _calls(_tree(path), "Node"):
             for item in getattr(_keyword(call, "parameters"), "elts", []):
                 if isinstance(item, ast.Dict):
                     names = {ast.literal_eval(key) for key in item.keys}
                     assert names <= parameters, f"{path.name} sets unknown parameters {names - parameters}"
+                    checked += 1
+    assert checked, "no Node(parameters=[{...}]) dict found in the launch files: the check above checked nothing"
 
 
 def test_included_launch_arguments_are_declared_by_the_included_file():

@@ -8,7 +8,7 @@ accuracy.
 from __future__ import annotations
 
 import json
-import subprocess
+import signal
 import sys
 import time
 from pathlib import Path
@@ -24,6 +24,7 @@ from ros_support import (NodeProcess, RosProbe, make_tiny_checkpoint, ros_enviro
                          write_params_file)
 
 from video_seg_ros.bags import read_images  # noqa: E402
+from video_seg_ros.processes import LoggedProcess  # noqa: E402
 from video_seg_ros.tools import demo, make_bag  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,18 +46,18 @@ def _bag(tmp_path: Path, count: int, rate: float = 10.0) -> Path:
     return bag
 
 
-def _start(module: str, args: list[str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", module, *args], env=ros_environment(),
-                            stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=str(REPO))
+def _start(module: str, args: list[str], log: Path) -> LoggedProcess:
+    return LoggedProcess([sys.executable, "-m", module, *args], log, env=ros_environment(), cwd=REPO)
 
 
-def _wait(process: subprocess.Popen, timeout: float, log: Path) -> int:
-    try:
-        return process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(5)
-        pytest.fail(f"{process.args[2]} did not finish in {timeout} s:\n{log.read_text()}")
+def _wait(process: LoggedProcess, timeout: float) -> int:
+    """The exit code; a process still running after ``timeout`` is stopped and fails the test."""
+    code = process.wait(timeout)
+    if code is None:
+        process.stop()
+        pytest.fail(f"{process.command[2]} did not finish in {timeout} s:\n{process.output()}")
+    process.stop()  # already exited: closes its log file
+    return code
 
 
 def test_player_publishes_every_frame_with_its_stamp_and_pixels_paced_by_the_bag(tmp_path):
@@ -73,7 +74,7 @@ def test_player_publishes_every_frame_with_its_stamp_and_pixels_paced_by_the_bag
         log = tmp_path / "player.log"
         player = _start("video_seg_ros.tools.play_bag", [str(bag), "--rate", "2", "--wait-for-subscribers", "20",
                                                          "--log", str(tmp_path / "play.json")], log)
-        assert _wait(player, 60, log) == 0, log.read_text()
+        assert _wait(player, 60) == 0, log.read_text()
         assert probe.wait_for(lambda: len(received) >= 6, 10), f"got {len(received)} of 6 frames"
     assert [r[0] for r in received] == [e.stamp_ns for e in expected]
     for (_, height, width, data), image in zip(received, expected):
@@ -102,12 +103,11 @@ def test_player_node_recorder_round_trip_loses_no_frame(tmp_path):
         time.sleep(0.5)
         player_log = tmp_path / "player.log"
         player = _start("video_seg_ros.tools.play_bag", [str(bag), "--wait-for-subscribers", "20"], player_log)
-        assert _wait(player, 60, player_log) == 0, player_log.read_text()
-        assert _wait(recorder, 90, recorder_log) == 0, recorder_log.read_text()
+        assert _wait(player, 60) == 0, player_log.read_text()
+        assert _wait(recorder, 90) == 0, recorder_log.read_text()
     finally:
         node_code = node.stop()
-        if recorder.poll() is None:
-            recorder.kill()
+        recorder.stop(signal.SIGKILL, timeout=5)
     assert node_code == 0, node.output()
 
     inputs = list(read_images(bag))
@@ -155,19 +155,19 @@ def test_player_and_recorder_reject_bad_arguments_with_a_clear_message(tmp_path)
     bag = _bag(tmp_path, 1)
     log = tmp_path / "player.log"
     player = _start("video_seg_ros.tools.play_bag", [str(bag), "--topic", "/no/such/topic"], log)
-    assert _wait(player, 60, log) == 2
+    assert _wait(player, 60) == 2
     assert "has no topic /no/such/topic" in log.read_text() and "/camera/image_raw" in log.read_text()
     log = tmp_path / "player_dir.log"
     player = _start("video_seg_ros.tools.play_bag", [str(tmp_path / "frames")], log)
-    assert _wait(player, 60, log) == 2
+    assert _wait(player, 60) == 2
     assert "not a rosbag2 folder" in log.read_text()
     log = tmp_path / "recorder.log"
     recorder = _start("video_seg_ros.tools.record", ["--count", "1"], log)
-    assert _wait(recorder, 60, log) == 2
+    assert _wait(recorder, 60) == 2
     assert "--bag" in log.read_text()
     log = tmp_path / "recorder_wait.log"
     recorder = _start("video_seg_ros.tools.record", ["--bag", str(tmp_path / "never"), "--wait", "1"], log)
-    assert _wait(recorder, 60, log) == 2
+    assert _wait(recorder, 60) == 2
     assert "no publisher on /video_seg_node/labels" in log.read_text()
     assert not (tmp_path / "never").exists()
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
@@ -191,8 +191,6 @@ def test_bag_type_hashes_match_the_installed_ros_messages(tmp_path):
 
 
 def test_player_loops_until_interrupted_and_still_writes_its_report(tmp_path):
-    import signal
-
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
@@ -205,8 +203,8 @@ def test_player_loops_until_interrupted_and_still_writes_its_report(tmp_path):
         player = _start("video_seg_ros.tools.play_bag", [str(bag), "--loop", "--wait-for-subscribers", "20",
                                                          "--log", str(tmp_path / "play.json")], log)
         assert probe.wait_for(lambda: len(received) >= 7, 60), log.read_text()
-        player.send_signal(signal.SIGINT)
-        assert _wait(player, 30, log) == 0, log.read_text()
+        player.process.send_signal(signal.SIGINT)
+        assert _wait(player, 30) == 0, log.read_text()
     stamps = [image.stamp_ns for image in read_images(bag)]
     assert received[:7] == (stamps * 3)[:7]  # the same three frames, in order, again and again
     report = json.loads((tmp_path / "play.json").read_text())

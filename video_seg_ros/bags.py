@@ -30,7 +30,8 @@ import yaml
 from rosbags.rosbag2 import Reader, ReaderError, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
-from video_seg_ros.image_encoding import compressed_fields, image_fields, image_to_array, message_to_frame
+from video_seg_ros.image_encoding import (FRAME_ENCODINGS, compressed_fields, image_fields, image_to_array,
+                                          message_to_frame)
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_IMAGE_TYPE = "sensor_msgs/msg/CompressedImage"
@@ -324,12 +325,16 @@ def default_image_topic(path: str | Path) -> str:
     return topics[0]
 
 
+#: Colour encodings message_to_frame converts; any other raw encoding (mono8, 16-bit...) is read as is.
+_COLOUR_ENCODINGS = tuple(e for e in FRAME_ENCODINGS if e != "mono8")
+
+
 def decode_image(message: RawMessage) -> BagImage:
     """Decode an Image/CompressedImage RawMessage (mono stays (H, W), colour is (H, W, 3))."""
     if message.msgtype not in IMAGE_TYPES:
         raise BagError(f"topic {message.topic} holds {message.msgtype}, not an image")
     msg = message.decode()
-    if message.msgtype == IMAGE_TYPE and msg.encoding not in ("rgb8", "bgr8", "rgba8", "bgra8"):
+    if message.msgtype == IMAGE_TYPE and msg.encoding not in _COLOUR_ENCODINGS:
         pixels, order = image_to_array(msg), "rgb"
     else:
         frame = message_to_frame(msg)

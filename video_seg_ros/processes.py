@@ -46,3 +46,24 @@ class LoggedProcess:
                 self.process.wait(5)
         self._log.close()
         return self.process.returncode
+
+
+def _interrupt(*_):
+    raise KeyboardInterrupt
+
+
+def install_stop_handlers() -> dict[int, object]:
+    """Make Ctrl-C (SIGINT) and SIGTERM raise KeyboardInterrupt in the main thread.
+
+    Python's own SIGINT handler is set explicitly: a process started in the background by a shell
+    inherits SIGINT as ignored. Returns the previous handlers for :func:`restore_handlers`.
+    """
+    return {signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
+            signal.SIGTERM: signal.signal(signal.SIGTERM, _interrupt)}
+
+
+def restore_handlers(previous: dict[int, object]) -> None:
+    """Put back the handlers :func:`install_stop_handlers` returned."""
+    for signum, handler in previous.items():
+        if handler is not None:  # None: the handler was not set from Python; nothing to restore
+            signal.signal(signum, handler)

@@ -18,18 +18,29 @@ PROFILE_ENV = "FASTDDS_DEFAULT_PROFILES_FILE"
 _LEGACY_PROFILE_ENV = "FASTRTPS_DEFAULT_PROFILES_FILE"
 
 
-def fastdds_profile_path() -> Path | None:
-    """The installed profile (ament share dir), else the one in this source checkout."""
+def config_candidates(name: str) -> list[Path]:
+    """Where ``config/<name>`` may be, in search order: the installed package (ament share dir),
+    this source checkout, then ``sys.prefix``/share (a pip-installed copy)."""
     candidates = []
     try:
         from ament_index_python.packages import get_package_share_directory
 
-        candidates.append(Path(get_package_share_directory("video_seg_ros")) / "config" / PROFILE_FILE_NAME)
+        candidates.append(Path(get_package_share_directory("video_seg_ros")) / "config" / name)
     except Exception:  # no ament_index, no AMENT_PREFIX_PATH (plain venv) or package not installed
         pass
-    candidates.append(Path(__file__).resolve().parents[2] / "config" / PROFILE_FILE_NAME)
-    candidates.append(Path(sys.prefix) / "share" / "video_seg_ros" / "config" / PROFILE_FILE_NAME)
-    return next((path for path in candidates if path.is_file()), None)
+    candidates.append(Path(__file__).resolve().parents[2] / "config" / name)
+    candidates.append(Path(sys.prefix) / "share" / "video_seg_ros" / "config" / name)
+    return candidates
+
+
+def config_path(name: str) -> Path | None:
+    """The first existing file of :func:`config_candidates`, or None."""
+    return next((path for path in config_candidates(name) if path.is_file()), None)
+
+
+def fastdds_profile_path() -> Path | None:
+    """The installed profile (ament share dir), else the one in this source checkout."""
+    return config_path(PROFILE_FILE_NAME)
 
 
 def large_image_environment(env: dict[str, str] | None = None) -> dict[str, str]:

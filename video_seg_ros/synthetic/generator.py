@@ -113,9 +113,14 @@ def sequence_seed(base_seed: int, index: int) -> int:
     return int(base_seed) * 1000 + int(index)
 
 
+def sequence_name(seed: int) -> str:
+    """``synth_<seed:06d>``: the Cityscapes-style sequence name (city_sequence) of ``seed``."""
+    return f"{CITY}_{int(seed):06d}"
+
+
 def frame_stem(seed: int, index: int) -> str:
     """``synth_<seed:06d>_<frame:06d>``: a Cityscapes-style key (city_sequence_frame)."""
-    return f"{CITY}_{int(seed):06d}_{int(index):06d}"
+    return f"{sequence_name(seed)}_{int(index):06d}"
 
 
 def write_sequence(out_dir: str | Path, seed: int, num_frames: int = 30, width: int = DEFAULT_SIZE[0],

@@ -51,8 +51,7 @@ class Facades:
 
     side: int                   # -1 left, +1 right
     offset: float               # |x| of the facade plane
-    starts: np.ndarray          # (S,) segment start z, sorted
-    ends: np.ndarray            # (S,) segment end z
+    starts: np.ndarray          # (S,) segment start z, sorted (a segment ends where the next starts)
     heights: np.ndarray         # (S,) metres; 0 for a gap
     kinds: np.ndarray           # (S,) trainId of the segment (building / wall / fence / 255 gap)
     colours: np.ndarray         # (S, 3) facade colour
@@ -160,13 +159,12 @@ def random_scene(seed: int, duration: float, width: int, height: int) -> Scene:
 
 
 def _random_facades(rng, side: int, offset: float, z_far: float) -> Facades:
-    starts, ends, heights, kinds = [], [], [], []
+    starts, heights, kinds = [], [], []
     z = -40.0
     while z < z_far:
         gap = rng.random() < 0.18
         length = rng.uniform(6, 14) if gap else rng.uniform(8, 30)
         starts.append(z)
-        ends.append(z + length)
         if gap:
             kind = rng.choice([255, TRAIN_ID["fence"], TRAIN_ID["wall"]], p=[0.5, 0.3, 0.2])
             heights.append(0.0 if kind == 255 else rng.uniform(1.0, 2.2))
@@ -182,7 +180,7 @@ def _random_facades(rng, side: int, offset: float, z_far: float) -> Facades:
     colours[kinds_array == TRAIN_ID["wall"]] = (150, 145, 135)
     return Facades(
         side=side, offset=offset + rng.uniform(0.0, 1.5),
-        starts=np.array(starts, np.float32), ends=np.array(ends, np.float32),
+        starts=np.array(starts, np.float32),
         heights=np.array(heights, np.float32), kinds=kinds_array,
         colours=colours.astype(np.float32),
         window_pitch=np.stack([rng.uniform(2.0, 3.5, count), rng.uniform(2.8, 3.6, count)], 1).astype(np.float32),

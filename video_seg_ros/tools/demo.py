@@ -34,20 +34,19 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-import video_seg_ros
 from video_seg_ros.bags import (BagError, bag_info, default_image_topic, frame_keys, read_images,
                                 read_messages)
-from video_seg_ros.checkpoint import CheckpointError, default_checkpoint_path, load_checkpoint
+from video_seg_ros.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint_path
 from video_seg_ros.engine import UPSAMPLE_MODES
 from video_seg_ros.frames import index_label_files, read_label
 from video_seg_ros.labels import LABEL_FORMATS, overlay, palette_lookup_table
 from video_seg_ros.metrics import ConfusionMatrix, TemporalConsistency
-from video_seg_ros.processes import LoggedProcess
-from video_seg_ros.ros.dds import ros_process_environment
+from video_seg_ros.processes import LoggedProcess, install_stop_handlers, restore_handlers
+from video_seg_ros.ros.dds import config_candidates, config_path, ros_process_environment
+from video_seg_ros.ros.pipeline import percentile
 from video_seg_ros.tools.make_bag import FrameSource, SourceFrame, open_source, write_bag
 from video_seg_ros.tools.arguments import parse_size
 
-PACKAGE_DIR = Path(video_seg_ros.__file__).resolve().parent
 NODE_NAME = "video_seg_node"
 MAX_NODE_QUEUE = 100  # the node's frame_queue_size range
 MAX_SECONDS_PER_FRAME = 15.0  # slowest node the demo waits for
@@ -67,22 +66,16 @@ class DemoInput:
 
 
 def config_file(name: str) -> Path:
-    """A file of the package's config/ folder (source checkout or installed share/)."""
-    candidates = [PACKAGE_DIR.parent / "config" / name]
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        candidates.append(Path(get_package_share_directory("video_seg_ros")) / "config" / name)
-    except Exception:  # not installed with colcon
-        pass
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise DemoError(f"config/{name} not found (looked in {', '.join(map(str, candidates))})")
+    """A file of the package's config/ folder (installed share/ or source checkout)."""
+    path = config_path(name)
+    if path is None:
+        raise DemoError(f"config/{name} not found (looked in {', '.join(map(str, config_candidates(name)))})")
+    return path
 
 
 def synthetic_input(out_dir: Path, frames: int, size: tuple[int, int], rate: float) -> DemoInput:
     from video_seg_ros.synthetic import DEMO_SEED, demo_sequence, frame_stem
+    from video_seg_ros.synthetic.generator import sequence_name
 
     labels: dict[str, np.ndarray] = {}
 
@@ -90,7 +83,7 @@ def synthetic_input(out_dir: Path, frames: int, size: tuple[int, int], rate: flo
         for frame in demo_sequence(num_frames=frames, width=size[0], height=size[1], fps=rate):
             key = frame_stem(DEMO_SEED, frame.index)
             labels[key] = frame.labels
-            yield SourceFrame(frame.rgb, f"synth_{DEMO_SEED:06d}", key)
+            yield SourceFrame(frame.rgb, sequence_name(DEMO_SEED), key)
 
     source = FrameSource(generate(), frames, rate, "synthetic demo sequence")
     bag = out_dir / "input_bag"
@@ -237,10 +230,6 @@ def _read_count(path: Path) -> int:
 
 
 # ---- scoring --------------------------------------------------------------------------------------
-def percentile(values: list[float], q: float) -> float | None:
-    return float(np.percentile(values, q)) if values else None
-
-
 def last_diagnostics(recorded: Path) -> dict[str, str]:
     """Key/values of the node's last segmentation status on /diagnostics."""
     values: dict[str, str] = {}
@@ -471,19 +460,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _interrupt(*_):
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     # Ctrl-C and SIGTERM stop the child processes before exiting (see run_pipeline's finally).
-    previous = (signal.signal(signal.SIGINT, signal.default_int_handler),
-                signal.signal(signal.SIGTERM, _interrupt))
+    previous = install_stop_handlers()
     try:
         return _run(argv)
     finally:
-        signal.signal(signal.SIGINT, previous[0])
-        signal.signal(signal.SIGTERM, previous[1])
+        restore_handlers(previous)
 
 
 def _run(argv: list[str] | None) -> int:
@@ -495,7 +478,7 @@ def _run(argv: list[str] | None) -> int:
             raise DemoError("--replay-hz and --rate must be positive")
         if args.labels is not None and args.images is None and args.bag is None:
             raise DemoError("--labels needs --images or --bag (the synthetic sample has its own labels)")
-        checkpoint_path = str(default_checkpoint_path()) if args.checkpoint == "default" else args.checkpoint
+        checkpoint_path = str(resolve_checkpoint_path(args.checkpoint))
         checkpoint = load_checkpoint(checkpoint_path)
         out_dir.mkdir(parents=True, exist_ok=True)
         if args.bag is not None:
@@ -504,18 +487,19 @@ def _run(argv: list[str] | None) -> int:
             demo_input = folder_input(out_dir, args.images, args.rate, args.frames, args.resize)
         else:
             demo_input = synthetic_input(out_dir, args.frames or SAMPLE_FRAMES, args.size, args.rate)
+        info = bag_info(demo_input.bag)
         if args.labels is not None:
-            info = bag_info(demo_input.bag)
             keys = [f["key"] for f in frame_keys(demo_input.bag)]
             if not keys:
                 raise DemoError(f"{demo_input.bag} does not record which file each frame came from "
                                 "(make it with video-seg-make-bag), so --labels cannot be matched")
-            first = next(read_images(demo_input.bag, default_image_topic(demo_input.bag)))
+            topic = default_image_topic(demo_input.bag)
+            first = next(read_images(demo_input.bag, topic))
             demo_input.labels = load_labels(keys, args.labels, args.label_format,
                                             (first.pixels.shape[1], first.pixels.shape[0]))
             print(f"[demo] {len(demo_input.labels)} of {len(keys)} frames have labels "
-                  f"({info['topics'].get(default_image_topic(demo_input.bag), {}).get('count')} in the bag)")
-        frames = bag_info(demo_input.bag)["message_count"]
+                  f"({info['topics'].get(topic, {}).get('count')} in the bag)")
+        frames = info["message_count"]
         params = node_parameters(out_dir, checkpoint_path, args.device, args.upsample, frames)
         domain_id = args.domain_id if args.domain_id is not None else random.SystemRandom().randint(100, 199)
         run = run_pipeline(demo_input, out_dir, params, args.replay_hz, domain_id, args.startup_timeout)

@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from video_seg_ros.frames import read_label
     from video_seg_ros.synthetic import contact_sheet, generate_sequence, sequence_seed, write_sequence
+    from video_seg_ros.synthetic.generator import sequence_name
 
     width, height = args.size
     seeds = [sequence_seed(args.seed, index) for index in range(args.sequences)]
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     counts = np.zeros(256, np.int64)
     label_dir = Path(args.out) / "gtFine" / args.split
     for label_path in sorted(label_dir.rglob("*_gtFine_labelTrainIds.png")):
-        if any(label_path.name.startswith(f"synth_{seed:06d}_") for seed in seeds):
+        if any(label_path.name.startswith(f"{sequence_name(seed)}_") for seed in seeds):
             counts += np.bincount(read_label(label_path, "trainids").ravel(), minlength=256)
     total = max(int(counts.sum()), 1)
     report = {

@@ -118,6 +118,13 @@ def camera_info_topic(image_topic: str) -> str:
     return f"{namespace}/camera_info"
 
 
+def _resized(pixels: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    """``pixels`` resized to ``size`` (W, H) with area interpolation; unchanged if None or already that size."""
+    if size is not None and (pixels.shape[1], pixels.shape[0]) != size:
+        return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
+    return pixels
+
+
 def write_bag(source: FrameSource, output: Path, *, topic: str = "/camera/image_raw",
               frame_id: str = "camera", rate: float = CITYSCAPES_RATE_HZ, encoding: str = "rgb8",
               compressed: bool = False, jpeg_quality: int = 95, resize: tuple[int, int] | None = None,
@@ -133,14 +140,12 @@ def write_bag(source: FrameSource, output: Path, *, topic: str = "/camera/image_
     image_topic = f"{topic}/compressed" if compressed else topic
     info_topic = camera_info_topic(topic) if camera_info else None
     calibration: CameraCalibration | None = None
-    frames_meta, previous_sequence, first_stamp = [], None, stamp
+    frames_meta, previous_sequence = [], None
     size = None
     with BagWriter(output, storage=storage, overwrite=overwrite) as bag:
         for frame in tqdm(source.frames, total=source.count, unit="frame", desc="make-bag",
                           disable=not progress):
-            pixels = frame.rgb
-            if resize is not None and (pixels.shape[1], pixels.shape[0]) != resize:
-                pixels = cv2.resize(pixels, resize, interpolation=cv2.INTER_AREA)
+            pixels = _resized(frame.rgb, resize)
             if size is None:
                 size = (pixels.shape[1], pixels.shape[0])
             if previous_sequence is not None:
@@ -153,7 +158,7 @@ def write_bag(source: FrameSource, output: Path, *, topic: str = "/camera/image_
                 message = image_message(ordered, encoding, stamp, frame_id)
             bag.write(image_topic, message, stamp)
             if info_topic:
-                if calibration is None or (calibration.width, calibration.height) != size:
+                if calibration is None:
                     calibration = _calibration(camera_info, *size)
                 bag.write(info_topic, calibration.message(stamp, frame_id), stamp)
             frames_meta.append({"stamp_ns": stamp, "sequence": frame.sequence, "key": frame.key})
@@ -163,7 +168,7 @@ def write_bag(source: FrameSource, output: Path, *, topic: str = "/camera/image_
         counts = dict(bag.counts)
     return {"bag": str(output), "storage": storage, "topics": counts, "frames": len(frames_meta),
             "width": size[0], "height": size[1], "rate_hz": rate,
-            "start_ns": first_stamp, "end_ns": frames_meta[-1]["stamp_ns"],
+            "start_ns": frames_meta[0]["stamp_ns"], "end_ns": frames_meta[-1]["stamp_ns"],
             "sequences": sorted({f["sequence"] for f in frames_meta})}
 
 
@@ -179,9 +184,7 @@ def verify_bag(bag: Path, source: FrameSource, topic: str, resize: tuple[int, in
     max_diff, stamps_ok, previous = 0, True, None
     images = read_images(bag, topic)
     for frame in tqdm(source.frames, total=source.count, unit="frame", desc="verify", disable=not progress):
-        expected = frame.rgb
-        if resize is not None and (expected.shape[1], expected.shape[0]) != resize:
-            expected = cv2.resize(expected, resize, interpolation=cv2.INTER_AREA)
+        expected = _resized(frame.rgb, resize)
         image = next(images, None)
         if image is None:
             break

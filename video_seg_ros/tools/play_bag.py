@@ -19,13 +19,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from video_seg_ros.bags import BagError, bag_info, cdr_stamp_ns, has_header, read_messages, restamp_cdr
+from video_seg_ros.processes import install_stop_handlers
 
 
 def message_class(msgtype: str):
@@ -155,10 +155,6 @@ class BagPlayer:
                                        "publish_ns": publish_ns})
 
 
-def _interrupt(*_):
-    raise KeyboardInterrupt
-
-
 def parse_remap(items: list[str] | None) -> dict[str, str]:
     remap = {}
     for item in items or []:
@@ -219,8 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     # between messages and the summary and --log are still written. Set explicitly: a process
     # started in the background by a shell inherits SIGINT as ignored.
     rclpy.init(args=["video-seg-play", *argv], signal_handler_options=SignalHandlerOptions.NO)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _interrupt)
+    install_stop_handlers()
     node = rclpy.create_node(args.node_name)
     player, code = None, 0
     try:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ import numpy as np
 
 from video_seg_ros.bags import (IMAGE_TYPES, STORAGES, BagError, BagWriter, RawMessage, cdr_stamp_ns,
                                 decode_image, has_header)
+from video_seg_ros.processes import install_stop_handlers
 
 #: output name -> topic suffix under the node's name
 NODE_OUTPUTS = ("labels", "color", "overlay", "confidence", "consistency")
@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the segmentation node's name with its namespace, e.g. /cam0/video_seg_node "
                              "(default video_seg_node); its outputs are <node>/labels etc.")
     parser.add_argument("--no-labels", action="store_true", help="do not record <node>/labels")
-    for name in ("color", "overlay", "confidence", "consistency"):
+    for name in NODE_OUTPUTS[1:]:
         parser.add_argument(f"--{name}", action="store_true", help=f"also record <node>/{name}")
     parser.add_argument("--topic", action="append", default=[], metavar="TOPIC",
                         help="also record this topic (any type); repeat for several")
@@ -160,10 +160,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _interrupt(*_):
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
@@ -178,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(remove_ros_args(["video-seg-record", *argv])[1:])
     names = [] if args.no_labels else ["labels"]
-    names += [n for n in ("color", "overlay", "confidence", "consistency") if getattr(args, n)]
+    names += [n for n in NODE_OUTPUTS[1:] if getattr(args, n)]
     topics = output_topics(args.node, names) + list(args.topic)
     if not topics:
         print("video-seg-record: error: no topic to record (--no-labels without --color/... or --topic)",
@@ -194,8 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     # Python's own handlers (set explicitly: a shell's background job inherits SIGINT as ignored),
     # so Ctrl-C / SIGTERM end the recording and the bag is still closed properly.
     rclpy.init(args=["video-seg-record", *argv], signal_handler_options=SignalHandlerOptions.NO)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _interrupt)
+    install_stop_handlers()
     node = rclpy.create_node("video_seg_recorder")
     executor = SingleThreadedExecutor()
     executor.add_node(node)
