@@ -14,7 +14,7 @@ setup(
         ("share/" + package_name, ["package.xml"]),
         ("share/" + package_name + "/launch", glob("launch/*.launch.py")),
         ("share/" + package_name + "/config", glob("config/*.yaml") + glob("config/*.xml")
-         + glob("config/*.rviz")),
+         + glob("config/*.rviz") + glob("config/*.json")),
         ("share/" + package_name + "/config/train", glob("config/train/*.yaml")),
     ],
     install_requires=["setuptools"],
@@ -27,6 +27,7 @@ setup(
     entry_points={
         "console_scripts": [
             "video_seg_node = video_seg_ros.ros.node:main",
+            "video_seg_lifecycle_node = video_seg_ros.ros.lifecycle_node:main",
             "video-seg-import = video_seg_ros.tools.import_weights:main",
             "video-seg-eval = video_seg_ros.tools.evaluate:main",
             "video-seg-make-bag = video_seg_ros.tools.make_bag:main",
@@ -35,6 +36,8 @@ setup(
             "video-seg-demo = video_seg_ros.tools.demo:main",
             "video-seg-generate = video_seg_ros.tools.generate:main",
             "video-seg-train = video_seg_ros.tools.train:main",
+            "video-seg-export = video_seg_ros.tools.export:main",
+            "video-seg-adapt = video_seg_ros.tools.adapt:main",
         ],
     },
 )

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import statistics
+import sys
 import time
+from pathlib import Path
+
+# Developer helpers shared with the tests (../shared lookup, tiny checkpoints) live in test/.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "test"))
+from shared_data import shared_dir  # noqa: E402,F401
 
 
 def median_ms(function, repeats: int) -> float:
@@ -14,3 +20,94 @@ def median_ms(function, repeats: int) -> float:
         function()
         times.append((time.perf_counter() - start) * 1000.0)
     return statistics.median(times)
+
+
+def alternating_medians(functions: dict, warmup: int, repeats: int) -> dict[str, float]:
+    """Median ms of each ``functions[name]()`` (which returns its own ms), taking turns.
+
+    Taking turns makes load changes on a shared machine hit every setting alike, so their ratios
+    stay meaningful even when the absolute times move.
+    """
+    for function in functions.values():
+        for _ in range(warmup):
+            function()
+    times: dict[str, list[float]] = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            times[name].append(function())
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+# ---- published checkpoints and real frames (../shared) ----------------------------------------
+#: Published weights the benchmarks run: name -> (arch, preset, path inside ../shared).
+PUBLISHED = {
+    "espnet-p2q8": ("espnet", "cityscapes", "weights/espnet/espnet_p_2_q_8.pth"),
+    "espnet-p2q5": ("espnet", "cityscapes", "weights/espnet/espnet_p_2_q_5.pth"),
+    "espnet-p2q3": ("espnet", "cityscapes", "weights/espnet/espnet_p_2_q_3.pth"),
+    "cgnet-camvid": ("cgnet", "camvid", "weights/cgnet/cgnet_m3n21_camvid_trainval.pth"),
+}
+#: Random-weight architectures (times only; labelled as such wherever they are printed).
+RANDOM = {
+    "random-pspnet18": ("pspnet18", {"num_classes": 19}),
+    "random-espnet-q8": ("espnet", {"num_classes": 20, "p": 2, "q": 8}),
+}
+#: The real 2048x1024 Cityscapes frame with ground truth.
+CITYSCAPES_FRAME = "data/cityscapes_val/leftImg8bit/frankfurt_000001_058914_leftImg8bit.png"
+
+
+def require_shared() -> Path:
+    """../shared (or $VIDEO_SEG_SHARED), or exit with what to do."""
+    root = shared_dir()
+    if root is None:
+        raise SystemExit("the verification data folder is missing: set VIDEO_SEG_SHARED or place ../shared "
+                         "beside the repository (the benchmarks run published weights on real frames)")
+    return root
+
+
+def make_checkpoint(arch: str, kwargs: dict, width: int, height: int):
+    """A random-init checkpoint of ``arch`` with model input ``width`` x ``height`` (Cityscapes classes)."""
+    from video_seg_ros.checkpoint import Checkpoint, Preprocessing
+    from video_seg_ros.models import build_model
+
+    model = build_model(arch, **kwargs)
+    return Checkpoint.for_label_set(arch, kwargs, model.state_dict(), "cityscapes",
+                                    Preprocessing(input_height=height, input_width=width),
+                                    source={"kind": "random weights (benchmark)"})
+
+
+def benchmark_checkpoint(name: str, size: tuple[int, int] | None = None):
+    """A published checkpoint (imported with the project's importer) or a random one, by name.
+
+    ``size`` (W, H) overrides the network input size (published ones keep their normalisation).
+    """
+    import dataclasses
+
+    if name in RANDOM:
+        arch, kwargs = RANDOM[name]
+        return make_checkpoint(arch, kwargs, *(size or (1024, 512)))
+    from video_seg_ros.tools.import_weights import import_weights
+
+    arch, preset, relative = PUBLISHED[name]
+    checkpoint = import_weights(arch, preset, require_shared() / relative)
+    if size is not None:
+        checkpoint.preprocessing = dataclasses.replace(checkpoint.preprocessing, input_width=size[0],
+                                                       input_height=size[1])
+    return checkpoint
+
+
+def machine_description() -> str:
+    """Load, CPU, thread count and library versions, for the header of every benchmark report."""
+    import os
+
+    import torch
+
+    from video_seg_ros.runtime import cpu_description
+
+    try:
+        import openvino
+        openvino_version = openvino.get_version().split("-")[0]
+    except ImportError:
+        openvino_version = "not installed"
+    load = " ".join(f"{value:.2f}" for value in os.getloadavg())
+    return (f"load average {load}; CPU {cpu_description()}, {os.cpu_count()} cores, torch threads "
+            f"{torch.get_num_threads()}; torch {torch.__version__}, openvino {openvino_version}")

@@ -20,7 +20,7 @@ import numpy as np
 from bench_utils import median_ms
 from video_seg_ros.frames import read_label, read_rgb
 from video_seg_ros.metrics import OnlineConsistency, TemporalConsistency
-from video_seg_ros.shared_data import shared_dir
+from bench_utils import shared_dir
 
 
 def load_pair(sequence: Path | None):

@@ -1,111 +1,188 @@
-"""Median model time per frame of each architecture through SegmentationEngine, on this machine.
+"""Engine speed per backend x precision on published weights and a real frame, against the unchanged path.
 
-Usage (from the repository root)::
+Usage (from the repository root; needs ../shared)::
 
-    python bench/engine.py                       # CPU: 1024x512 and 512x256, oneDNN off and on
-    python bench/engine.py --sizes 512x256 --repeats 10 --archs espnet-q3 pspnet18
-    python bench/engine.py --device cuda --json bench.json
+    python bench/engine.py                                  # ESPNet p2q8, torch and OpenVINO, CPU
+    python bench/engine.py --models espnet-p2q8 espnet-p2q3 --repeats 7 --json bench.json
+    python bench/engine.py --models espnet-p2q8 random-pspnet18   # random weights: labelled extra
 
-Time = preprocessing + network + argmax (``SegmentationResult.model_ms``) for a frame already at
-the model's input size, median over ``--repeats`` runs after ``--warmup`` runs. Random weights:
-the time does not depend on their values. Prints a Markdown table and the command that made it.
+For each model (published weights imported with ``video-seg-import``'s code, or ``random-*``) and each
+backend x precision that can run here (the others are listed with the reason they are refused),
+it times ``SegmentationEngine.segment`` on the real Cityscapes frame frankfurt_000001_058914:
+
+- ``network input``: the frame already at the network input size (1024x512 unless ``--size``):
+  normalisation + network + argmax;
+- ``camera frame``: the 2048x1024 frame itself: resize + normalisation + network + argmax +
+  upsampling to the frame size (the node's and the evaluator's work per frame);
+
+and the fraction of the camera frame's pixels whose label equals torch fp32's. The unchanged path
+(torch fp32, the architecture's oneDNN setting, denormals NOT flushed) runs first in a subprocess
+(the flush is per thread and never undone in this process), so the speed-ups are ratios of one run;
+its labels are compared with the flushed torch fp32 labels too. Settings take turns, medians of
+``--repeats`` after ``--warmup``. Prints the command, load, CPU, versions and a Markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shlex
-import statistics
+import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
+import cv2
 import numpy as np
-import torch
-from tqdm import tqdm
 
-from video_seg_ros.checkpoint import Checkpoint, Preprocessing
-from video_seg_ros.engine import SegmentationEngine
-from video_seg_ros.models import available_architectures, build_model
+from bench_utils import (CITYSCAPES_FRAME, PUBLISHED, RANDOM, alternating_medians, benchmark_checkpoint,
+                         machine_description, require_shared)
 from video_seg_ros.tools.arguments import parse_size
 
-# name -> (arch, builder kwargs)
-CONFIGS = {
-    "espnet-q3": ("espnet", {"num_classes": 20, "p": 2, "q": 3}),
-    "espnet-q8": ("espnet", {"num_classes": 20, "p": 2, "q": 8}),
-    "pspnet18": ("pspnet18", {"num_classes": 19}),
-    "cgnet": ("cgnet", {"num_classes": 19, "m": 3, "n": 21}),
-}
+PROG = "bench/engine.py"
+BACKENDS = ("torch", "openvino", "tensorrt")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
-def make_checkpoint(arch: str, kwargs: dict, width: int, height: int) -> Checkpoint:
-    model = build_model(arch, **kwargs)
-    return Checkpoint.for_label_set(arch, kwargs, model.state_dict(), "cityscapes",
-                                    Preprocessing(input_height=height, input_width=width))
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["espnet-p2q8"], choices=sorted({**PUBLISHED, **RANDOM}),
+                        help="published checkpoints (imported from ../shared/weights) or random-* extras")
+    parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
+    parser.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS)
+    parser.add_argument("--size", type=parse_size, default=(1024, 512), help="network input WIDTHxHEIGHT")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed runs of each setting first")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs; the median is reported")
+    parser.add_argument("--threads", type=int, default=None, help="torch (and OpenVINO) CPU threads")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the unflushed torch fp32 subprocess")
+    parser.add_argument("--cache-dir", default=None, help="conversion cache (default: the engine's)")
+    parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    parser.add_argument("--baseline-only", default=None, help=argparse.SUPPRESS)  # the subprocess's job
+    return parser
 
 
-def time_engines(engines: dict[str, SegmentationEngine], frame: np.ndarray, warmup: int,
-                 repeats: int) -> dict[str, float]:
-    """Median ms per setting; the settings take turns, so load changes on a shared machine hit
-    them alike and their ratio stays meaningful."""
-    for engine in engines.values():
-        for _ in range(warmup):
-            engine.segment(frame)
-    times: dict[str, list[float]] = {setting: [] for setting in engines}
-    for _ in range(repeats):
-        for setting, engine in engines.items():
-            times[setting].append(engine.segment(frame).model_ms)
-    return {setting: statistics.median(values) for setting, values in times.items()}
+def real_frames(size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The 2048x1024 BGR camera frame and the same frame at the network input size."""
+    camera = cv2.imread(str(require_shared() / CITYSCAPES_FRAME))
+    return camera, cv2.resize(camera, size, interpolation=cv2.INTER_AREA)
 
+
+def timed(engine, frame):
+    return lambda: engine.segment(frame, "bgr").model_ms
+
+
+def run_baseline(args) -> int:
+    """Subprocess: the unchanged path (torch fp32, oneDNN as the model prefers, no flush)."""
+    import torch
+
+    from video_seg_ros.engine import SegmentationEngine
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.baseline_only)
+    camera, small = real_frames(args.size)
+    report = {}
+    for name in args.models:
+        engine = SegmentationEngine(benchmark_checkpoint(name, args.size), device=args.device, backend="torch",
+                                    precision="fp32", flush_denormals=False)
+        medians = alternating_medians({"input": timed(engine, small), "camera": timed(engine, camera)},
+                                      args.warmup, args.repeats)
+        np.save(out.with_name(f"{name}.labels.npy"), engine.segment(camera, "bgr").labels)
+        report[name] = {**medians, "denormals_flushed": bool((torch.tensor([1e-40]) * 1.0).item() == 0.0)}
+    out.write_text(json.dumps(report))
+    return 0
+
+
+def baseline_subprocess(args, folder: Path) -> dict:
+    command = [sys.executable, str(Path(__file__).resolve()), "--models", *args.models, "--size",
+               f"{args.size[0]}x{args.size[1]}", "--device", args.device, "--warmup", str(args.warmup),
+               "--repeats", str(args.repeats), "--baseline-only", str(folder / "baseline.json")]
+    if args.threads:
+        command += ["--threads", str(args.threads)]
+    subprocess.run(command, check=True)
+    report = json.loads((folder / "baseline.json").read_text())
+    for name in report:
+        report[name]["labels"] = np.load(folder / f"{name}.labels.npy")
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--archs", nargs="+", default=None, choices=sorted(CONFIGS),
-                        help="configurations to time (default: every registered one)")
-    parser.add_argument("--sizes", nargs="+", type=parse_size, default=[(1024, 512), (512, 256)],
-                        help="model input sizes WIDTHxHEIGHT (default: 1024x512 512x256)")
-    parser.add_argument("--mkldnn", nargs="+", choices=["off", "on"], default=["off", "on"],
-                        help="CPU oneDNN settings to compare (ignored on CUDA)")
-    parser.add_argument("--device", default="cpu", help="auto, cpu or cuda[:N]")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed runs first")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs; the median is reported")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    if args.baseline_only:
+        return run_baseline(args)
+    command = shlex.join(["python", PROG, *(sys.argv[1:] if argv is None else argv)])
+    import torch
+
+    from video_seg_ros.backends import BackendError
+    from video_seg_ros.engine import SegmentationEngine
+    from video_seg_ros.runtime import PrecisionError
+
     if args.threads:
         torch.set_num_threads(args.threads)
-    registered = set(available_architectures())
-    names = args.archs or [n for n, (arch, _) in CONFIGS.items() if arch in registered]
-    missing = [n for n in names if CONFIGS[n][0] not in registered]
-    if missing:
-        parser.error(f"not implemented in this checkout: {', '.join(missing)}")
-    settings = args.mkldnn if args.device == "cpu" else ["-"]
-    jobs = [(n, s) for n in names for s in args.sizes]
-    rows = []
-    rng = np.random.default_rng(0)
-    for name, (width, height) in tqdm(jobs, desc="timing", unit="config"):
-        arch, kwargs = CONFIGS[name]
-        checkpoint = make_checkpoint(arch, kwargs, width, height)
-        engines = {m: SegmentationEngine(checkpoint, device=args.device,
-                                         cpu_mkldnn=(m == "on") if m != "-" else None) for m in settings}
-        preferred = getattr(next(iter(engines.values())).model, "prefers_mkldnn", True)
-        frame = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
-        for mkldnn, ms in time_engines(engines, frame, args.warmup, args.repeats).items():
-            rows.append({"model": name, "size": f"{width}x{height}", "mkldnn": mkldnn,
-                         "default": mkldnn == "-" or (mkldnn == "on") == preferred, "ms": round(ms, 1)})
-    command = shlex.join(["python", "bench/engine.py", *(sys.argv[1:] if argv is None else argv)])
-    device = args.device if args.device != "cpu" else f"cpu ({platform.processor() or platform.machine()}, " \
-                                                       f"{torch.get_num_threads()} threads)"
-    print(f"\n{command}\ndevice: {device}, torch {torch.__version__}, median of {args.repeats}\n")
-    print("| model | input | oneDNN | ms/frame | fps |\n|---|---|---|---|---|")
+    camera, small = real_frames(args.size)
+    with tempfile.TemporaryDirectory(prefix="bench_engine_") as tmp:
+        baseline = {} if args.no_baseline else baseline_subprocess(args, Path(tmp))
+    rows, refused = [], []
+    for name in args.models:
+        checkpoint = benchmark_checkpoint(name, args.size)
+        engines = {}
+        for backend in args.backends:
+            for precision in args.precisions:
+                try:
+                    engines[(backend, precision)] = SegmentationEngine(
+                        checkpoint, device=args.device, backend=backend, precision=precision,
+                        cache_dir=args.cache_dir)
+                except (BackendError, PrecisionError) as error:
+                    refused.append((name, backend, precision, str(error).splitlines()[0]))
+        auto = SegmentationEngine(checkpoint, device=args.device, cache_dir=args.cache_dir)
+        functions = {}
+        for key, engine in engines.items():
+            functions[(*key, "input")] = timed(engine, small)
+            functions[(*key, "camera")] = timed(engine, camera)
+        medians = alternating_medians(functions, args.warmup, args.repeats)
+        reference = engines.get(("torch", "fp32"))
+        reference_labels = reference.segment(camera, "bgr").labels if reference else None
+        base = baseline.get(name)
+        for (backend, precision), engine in engines.items():
+            labels = engine.segment(camera, "bgr").labels
+            row = {"model": name, "random_weights": name in RANDOM, "backend": backend, "precision": precision,
+                   "input_ms": medians[(backend, precision, "input")],
+                   "camera_ms": medians[(backend, precision, "camera")],
+                   "agreement_with_torch_fp32": None if reference_labels is None
+                   else float(np.mean(labels == reference_labels))}
+            if base:
+                row["speedup_input"] = base["input"] / row["input_ms"]
+                row["speedup_camera"] = base["camera"] / row["camera_ms"]
+            rows.append(row)
+        if base:
+            rows.append({"model": name, "random_weights": name in RANDOM, "backend": "torch (unchanged: no flush)",
+                         "precision": "fp32", "input_ms": base["input"], "camera_ms": base["camera"],
+                         "speedup_input": 1.0, "speedup_camera": 1.0, "denormals_flushed": base["denormals_flushed"],
+                         "agreement_with_torch_fp32": None if reference_labels is None
+                         else float(np.mean(base["labels"] == reference_labels))})
+        print(f"{name}: backend auto -> {auto.backend} {auto.precision}"
+              + (f" (fallback: {auto.fallback_reason})" if auto.fallback_reason else ""))
+    width, height = args.size
+    print(f"\n{command}\n{machine_description()}\ndevice {args.device}; real frame {Path(CITYSCAPES_FRAME).name} "
+          f"(2048x1024); median of {args.repeats} after {args.warmup} warm-up runs, settings taking turns\n")
+    print(f"| model | backend | precision | ms, {width}x{height} input | ms, 2048x1024 frame (pre+post) | "
+          "speed-up vs unchanged (input / frame) | labels = torch fp32 |")
+    print("|---|---|---|---|---|---|---|")
     for row in rows:
-        star = " (default)" if row["default"] and row["mkldnn"] != "-" else ""
-        print(f"| {row['model']} | {row['size']} | {row['mkldnn']}{star} | {row['ms']:.1f} | "
-              f"{1000.0 / row['ms']:.1f} |")
+        model = row["model"] + (" (random weights)" if row["random_weights"] else "")
+        speedup = (f"{row['speedup_input']:.2f}x / {row['speedup_camera']:.2f}x" if "speedup_input" in row else "-")
+        agreement = "-" if row["agreement_with_torch_fp32"] is None else f"{row['agreement_with_torch_fp32']:.4%}"
+        print(f"| {model} | {row['backend']} | {row['precision']} | {row['input_ms']:.1f} | "
+              f"{row['camera_ms']:.1f} | {speedup} | {agreement} |")
+    if refused:
+        print("\nRefused here:")
+        for name, backend, precision, reason in refused:
+            print(f"- {name} {backend} {precision}: {reason}")
     if args.json:
-        with open(args.json, "w") as stream:
-            json.dump({"command": command, "device": device, "rows": rows}, stream, indent=2)
+        Path(args.json).write_text(json.dumps({"command": command, "machine": machine_description(),
+                                               "rows": rows, "refused": refused}, indent=2))
     return 0
 
 

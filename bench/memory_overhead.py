@@ -1,42 +1,47 @@
-"""What the LMANet memory costs: median time per frame with and without it, and where it goes.
+"""What the LMANet memory costs: median time per frame with and without it, per backend, and where it goes.
 
-Usage (from the repository root)::
+Usage (from the repository root; needs ../shared)::
 
-    python bench/memory_overhead.py                          # ESPNet and PSP18, 1024x512, T=3, CPU
-    python bench/memory_overhead.py --windows 9 21 --repeats 7
-    python bench/memory_overhead.py --archs espnet-q8 --key-channels 8 --value-channels 16
+    python bench/memory_overhead.py                          # published ESPNet p2q8, 1024x512, T=3
+    python bench/memory_overhead.py --backends openvino --windows 9 21 --repeats 7
+    python bench/memory_overhead.py --models espnet-p2q8 random-pspnet18 --key-channels 8
 
-Both models run through :class:`~video_seg_ros.engine.SegmentationEngine` (preprocessing + network +
-argmax, ``model_ms``) on frames already at the input size; the memory model streams (``step``) with
-a full memory of T frames. Base and memory frames alternate, so load from other processes hits both
-alike. The breakdown times the memory's parts on the base's real 1/8 features: key/value convs and
-tiling of the new frame, query conv, local attention, fusion. ``--profile`` adds torch.profiler's
-operator table for the attention. Random weights: times do not depend on their values.
+The base is a published checkpoint imported from ../shared/weights (``random-*``: random weights,
+labelled); the memory model is that checkpoint plus a memory wrapper from
+``add_memory_to_checkpoint`` whose memory weights are UNTRAINED: small random values (the time
+does not depend on them; a fresh wrapper's zero gates would let OpenVINO fold layers away). Both run through
+:class:`~video_seg_ros.engine.SegmentationEngine` (preprocessing + network + argmax, ``model_ms``)
+on consecutive real Cityscapes sequence frames resized to the input size; the memory model
+streams with a full memory of T frames. Base and memory frames alternate, so load from other
+processes hits both alike. Each backend in ``--backends`` gets its own row (the ratio that matters
+is the one on the fastest backend; ``auto`` is OpenVINO on a CPU). The breakdown (torch backend)
+times the memory's parts on the base's real 1/8 features: key/value convs and tiling of the new
+frame, query conv, local attention, fusion. ``--profile`` adds torch.profiler's operator table.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shlex
 import statistics
 import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
 
-import engine as ENGINE_BENCH  # bench/engine.py: model configurations and checkpoint maker
-from bench_utils import median_ms
+from bench_utils import (PUBLISHED, RANDOM, benchmark_checkpoint, machine_description, median_ms,
+                         require_shared)
+from video_seg_ros.backends import BackendError
 from video_seg_ros.engine import SegmentationEngine
 from video_seg_ros.models.local_attention import local_attention
 from video_seg_ros.models.memory import FUSION_VARIANTS, add_memory_to_checkpoint
+from video_seg_ros.runtime import PrecisionError
 from video_seg_ros.tools.arguments import parse_size
-
-
 
 
 def time_pair(base: SegmentationEngine, memory: SegmentationEngine, frames, warmup: int, repeats: int):
@@ -84,10 +89,39 @@ def breakdown(memory: SegmentationEngine, frame: np.ndarray, repeats: int, profi
     return parts
 
 
+def untrained_memory(base_checkpoint, config: dict):
+    """``add_memory_to_checkpoint`` with small random memory weights (seed 0), still untrained.
+
+    A fresh wrapper's gate and projection convs are zero, which lets a graph compiler (OpenVINO)
+    fold part of the memory away; random weights keep every layer's work in the timing.
+    """
+    checkpoint = add_memory_to_checkpoint(base_checkpoint, config)
+    generator = torch.Generator().manual_seed(0)
+    checkpoint.state_dict = {
+        key: torch.randn(value.shape, generator=generator) * 0.05
+        if not key.startswith("base.") and value.is_floating_point() else value
+        for key, value in checkpoint.state_dict.items()}
+    return checkpoint
+
+
+def real_sequence(size: tuple[int, int], count: int = 8) -> tuple[list[np.ndarray], str]:
+    """Consecutive real Cityscapes frames (RGB) resized to the network input ``size`` (W, H)."""
+    from video_seg_ros.frames import list_frames, read_rgb
+
+    folder = require_shared() / "data" / "cityscapes_sequences"
+    records = list_frames(folder)[:count]
+    if not records:
+        raise SystemExit(f"no frames under {folder}")
+    return [cv2.resize(read_rgb(r.path), size, interpolation=cv2.INTER_AREA) for r in records], str(folder)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--archs", nargs="+", default=["espnet-q8", "pspnet18"], choices=sorted(ENGINE_BENCH.CONFIGS),
-                        help="base configurations (bench/engine.py names; default: espnet-q8 pspnet18)")
+    parser.add_argument("--models", nargs="+", default=["espnet-p2q8"], choices=sorted({**PUBLISHED, **RANDOM}),
+                        help="base checkpoints: published (imported from ../shared/weights) or random-* extras")
+    parser.add_argument("--backends", nargs="+", default=["torch", "openvino"],
+                        choices=["torch", "openvino", "tensorrt"],
+                        help="backends to time base and memory model on (default: torch openvino)")
     parser.add_argument("--size", type=parse_size, default=(1024, 512),
                         help="model input size WIDTHxHEIGHT (default 1024x512)")
     parser.add_argument("--memory-length", type=int, default=3, help="memory frames T (default 3)")
@@ -97,58 +131,66 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--value-channels", type=int, default=32, help="value channels (default 32)")
     parser.add_argument("--fusion", choices=FUSION_VARIANTS, default="residual-gated", help="fusion variant")
     parser.add_argument("--tile", type=int, default=8, help="attention tile size (default 8)")
-    parser.add_argument("--device", default="cpu", help="auto, cpu or cuda[:N] (default cpu)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed frames first (at least T+1)")
     parser.add_argument("--repeats", type=int, default=7, help="timed frames; medians are reported")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--cache-dir", default=None, help="conversion cache (default: the engine's)")
     parser.add_argument("--profile", action="store_true", help="print torch.profiler's table for the attention")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     width, height = args.size
-    rng = np.random.default_rng(0)
-    frames = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(4)]
+    frames, source = real_sequence(args.size)
     rows = []
-    jobs = [(name, window) for name in args.archs for window in args.windows]
-    for name, window in tqdm(jobs, desc="timing", unit="model"):
-        arch, kwargs = ENGINE_BENCH.CONFIGS[name]
-        base_checkpoint = ENGINE_BENCH.make_checkpoint(arch, kwargs, width, height)
+    jobs = [(name, window, backend) for name in args.models for window in args.windows for backend in args.backends]
+    for name, window, backend in tqdm(jobs, desc="timing", unit="model"):
+        base_checkpoint = benchmark_checkpoint(name, args.size)
         config = {"memory_length": args.memory_length, "window": window, "key_channels": args.key_channels,
                   "value_channels": args.value_channels, "fusion": args.fusion, "tile": args.tile}
-        base = SegmentationEngine(base_checkpoint, device=args.device)
-        memory = SegmentationEngine(add_memory_to_checkpoint(base_checkpoint, config), device=args.device)
+        try:
+            base = SegmentationEngine(base_checkpoint, device=args.device, backend=backend, cache_dir=args.cache_dir)
+            memory = SegmentationEngine(untrained_memory(base_checkpoint, config), device=args.device,
+                                        backend=backend, cache_dir=args.cache_dir)
+        except (BackendError, PrecisionError) as error:
+            tqdm.write(f"{name} window {window} {backend}: refused: {str(error).splitlines()[0]}")
+            continue
         timing = time_pair(base, memory, frames, args.warmup, args.repeats)
-        parts = breakdown(memory, frames[0], args.repeats, args.profile)
-        rows.append({"model": name, "window": window, **timing,
+        parts = breakdown(memory, frames[0], args.repeats, args.profile) if backend == "torch" else {}
+        rows.append({"model": name, "random_weights": name in RANDOM, "window": window, "backend": backend,
+                     "precision": base.precision, **timing,
                      "ratio": timing["memory_ms"] / timing["base_ms"],
                      "cpu_ratio": timing["memory_cpu_ms"] / timing["base_cpu_ms"], "parts_ms": parts,
-                     "memory_parameters": sum(p.numel() for p in memory.model.memory_parameters()),
-                     "cpu_mkldnn": base.cpu_mkldnn})
-        tqdm.write(f"{name} window {window}: base {timing['base_ms']:.1f} ms, with memory {timing['memory_ms']:.1f} ms "
-                   f"(ratio {rows[-1]['ratio']:.3f}; CPU time ratio {rows[-1]['cpu_ratio']:.3f}); parts {parts}")
+                     "memory_parameters": sum(p.numel() for p in memory.model.memory_parameters())})
+        tqdm.write(f"{name} window {window} {backend}: base {timing['base_ms']:.1f} ms, with memory "
+                   f"{timing['memory_ms']:.1f} ms (ratio {rows[-1]['ratio']:.3f}; CPU time ratio "
+                   f"{rows[-1]['cpu_ratio']:.3f})")
     command = shlex.join(["python", "bench/memory_overhead.py", *(sys.argv[1:] if argv is None else argv)])
-    device = str(base.device) if rows else args.device
-    print(f"\nMemory overhead, {width}x{height} input, T={args.memory_length}, keys {args.key_channels}, "
-          f"values {args.value_channels}, fusion {args.fusion}, device {device}, {torch.get_num_threads()} threads, "
-          f"{platform.processor() or platform.machine()}\n")
-    print("| model | window | base ms | with memory ms | ratio | base CPU ms | with memory CPU ms | CPU ratio | memory params |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"\n{command}\n{machine_description()}\nMemory overhead, {width}x{height} input, T={args.memory_length}, "
+          f"keys {args.key_channels}, values {args.value_channels}, fusion {args.fusion}, device {args.device}; "
+          f"real frames from {source}; memory weights UNTRAINED (add_memory_to_checkpoint, small random memory layers)\n")
+    print("| model | backend | precision | window | base ms | with memory ms | ratio | base CPU ms | "
+          "with memory CPU ms | CPU ratio | memory params |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row['model']} | {row['window']}x{row['window']} | {row['base_ms']:.1f} | {row['memory_ms']:.1f} | "
-              f"{row['ratio']:.3f} | {row['base_cpu_ms']:.1f} | {row['memory_cpu_ms']:.1f} | {row['cpu_ratio']:.3f} | "
-              f"{row['memory_parameters']:,} |")
-    print("\nWhere the memory's time goes (ms, medians; encoder for scale):\n")
-    part_names = [k for k in rows[0]["parts_ms"] if k != "feature map"] if rows else []
-    print("| model | window | features | " + " | ".join(part_names) + " |")
-    print("|---|---|---|" + "---|" * len(part_names))
-    for row in rows:
-        parts = row["parts_ms"]
-        print(f"| {row['model']} | {row['window']} | {parts['feature map']} | "
-              + " | ".join(f"{parts[k]:.1f}" for k in part_names) + " |")
-    print(f"\nCommand: {command}")
+        model = row["model"] + (" (random weights)" if row["random_weights"] else "")
+        print(f"| {model} | {row['backend']} | {row['precision']} | {row['window']}x{row['window']} | "
+              f"{row['base_ms']:.1f} | {row['memory_ms']:.1f} | {row['ratio']:.3f} | {row['base_cpu_ms']:.1f} | "
+              f"{row['memory_cpu_ms']:.1f} | {row['cpu_ratio']:.3f} | {row['memory_parameters']:,} |")
+    broken_down = [row for row in rows if row["parts_ms"]]
+    if broken_down:
+        print("\nWhere the memory's time goes, torch backend (ms, medians; encoder for scale):\n")
+        part_names = [k for k in broken_down[0]["parts_ms"] if k != "feature map"]
+        print("| model | window | features | " + " | ".join(part_names) + " |")
+        print("|---|---|---|" + "---|" * len(part_names))
+        for row in broken_down:
+            parts = row["parts_ms"]
+            print(f"| {row['model']} | {row['window']} | {parts['feature map']} | "
+                  + " | ".join(f"{parts[k]:.1f}" for k in part_names) + " |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"command": command, "rows": rows}, indent=2))
+        Path(args.json).write_text(json.dumps({"command": command, "machine": machine_description(),
+                                               "rows": rows}, indent=2))
     return 0
 
 

@@ -1,8 +1,10 @@
 """End-to-end latency of video_seg_node against the bare engine, and frames dropped at 5/10/30 Hz.
 
-Starts ``video_seg_node`` (or uses a running one with ``--no-start``), publishes full-resolution
-frames (2048x1024 Cityscapes sequence frames from ../shared when present, a synthetic pattern
-otherwise) and measures, for the same frames:
+Starts ``video_seg_node`` (or uses a running one with ``--no-start``) with the published ESPNet
+p2q8 Cityscapes weights (imported from ../shared/weights into a temporary checkpoint; or
+``--checkpoint``), the same ``--backend`` and ``--precision`` as the bare engine (node parameters
+``backend``/``precision``), publishes full-resolution frames (2048x1024 Cityscapes sequence frames
+from ../shared when present, a synthetic pattern otherwise) and measures, for the same frames:
 
 - end-to-end: ``publish(image)`` -> ``~/labels`` received, in this process (one frame in flight);
 - engine: ``SegmentationEngine.segment`` on the same frame in this process (in a worker thread,
@@ -13,17 +15,18 @@ reports frames received, processed and dropped (keep-latest queue) from the node
 
 Example::
 
-    video-seg-import --arch espnet --preset cityscapes --weights ../shared/weights/espnet/espnet_p_2_q_8.pth \\
-        --out /tmp/espnet_city.pt
-    python bench/node_latency.py --checkpoint /tmp/espnet_city.pt --frames 12 --json /tmp/node_latency.json
+    python bench/node_latency.py --frames 12 --json /tmp/node_latency.json          # backend auto
+    python bench/node_latency.py --backend torch --precision fp32 --frames 12
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -36,7 +39,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from video_seg_ros.backends import BACKENDS
 from video_seg_ros.engine import UPSAMPLE_MODES
+from video_seg_ros.runtime import PRECISIONS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TARGET_RATIO = 1.15
@@ -45,9 +50,14 @@ TARGET_RATIO = 1.15
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", default="default",
-                        help="checkpoint the node and the bare engine load ('default' = embedded model)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="checkpoint the node and the bare engine load (default: the published ESPNet "
+                             "p2q8 Cityscapes weights from ../shared, imported; 'default' = embedded model)")
     parser.add_argument("--device", default="cpu", help="auto, cpu or cuda[:N] (node and engine)")
+    parser.add_argument("--backend", default="auto", choices=BACKENDS,
+                        help="inference backend (node parameter 'backend', and the bare engine)")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="arithmetic precision (node parameter 'precision', and the bare engine)")
     parser.add_argument("--upsample", default="auto", choices=UPSAMPLE_MODES,
                         help="engine upsampling mode (node parameter 'upsample')")
     parser.add_argument("--frames", type=int, default=12,
@@ -71,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_frames(args) -> tuple[list[np.ndarray], str]:
     from video_seg_ros.frames import list_frames, read_rgb
-    from video_seg_ros.shared_data import shared_dir
+    from bench_utils import shared_dir
 
     root = Path(args.frames_dir) if args.frames_dir else None
     if root is None and shared_dir() is not None:
@@ -92,7 +102,8 @@ def start_node(args, env, log_path: Path) -> subprocess.Popen:
     command = [sys.executable, "-m", "video_seg_ros.ros.node", "--ros-args",
                "-r", f"__node:={args.node_name}", "-r", f"image:={args.topic}",
                "-p", f"checkpoint:={args.checkpoint}", "-p", f"device:={args.device}",
-               "-p", f"upsample:={args.upsample}", "-p", "diagnostics_period_s:=0.5",
+               "-p", f"upsample:={args.upsample}", "-p", f"backend:={args.backend}",
+               "-p", f"precision:={args.precision}", "-p", "diagnostics_period_s:=0.5",
                "-p", f"max_input_pixels:={max(args.width * args.height, 4)}"]
     with open(log_path, "wb") as log:  # a file, not a pipe: a full pipe would stall the node
         return subprocess.Popen(command, env=env, cwd=str(REPO_ROOT), stdout=log, stderr=subprocess.STDOUT)
@@ -142,6 +153,15 @@ def main(argv=None) -> int:
     from video_seg_ros.engine import SegmentationEngine
     from video_seg_ros.image_encoding import fill_image
 
+    if args.checkpoint is None:
+        from bench_utils import benchmark_checkpoint
+
+        # Kept until the process ends: the node reads it at start-up.
+        checkpoint_dir = tempfile.mkdtemp(prefix="node_latency_")
+        atexit.register(shutil.rmtree, checkpoint_dir, ignore_errors=True)
+        checkpoint = benchmark_checkpoint("espnet-p2q8")
+        args.checkpoint = str(checkpoint.save(Path(checkpoint_dir) / "espnet_p2q8_cityscapes.pt"))
+        print(f"published ESPNet p2q8 Cityscapes weights imported to {args.checkpoint}")
     frames, source = load_frames(args)
     print(f"frames: {len(frames)} x {args.width}x{args.height} from {source}; "
           f"Fast DDS profile: {env.get('FASTDDS_DEFAULT_PROFILES_FILE')}")
@@ -167,7 +187,7 @@ def main(argv=None) -> int:
 
     def on_diagnostics(msg):
         for status in msg.status:
-            if status.name.startswith(f"/{args.node_name}:"):
+            if status.name.lstrip("/").startswith(f"{args.node_name}:"):
                 diagnostics.append({kv.key: kv.value for kv in status.values})
 
     bench.create_subscription(Image, f"/{args.node_name}/labels", on_labels, 10)
@@ -197,9 +217,15 @@ def main(argv=None) -> int:
 
     report: dict = {"command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
                     "frames_source": source, "size": [args.width, args.height],
-                    "checkpoint": args.checkpoint, "device": args.device}
+                    "checkpoint": args.checkpoint, "device": args.device, "backend": args.backend,
+                    "precision": args.precision}
     try:
-        engine = SegmentationEngine(args.checkpoint, device=args.device, upsample=args.upsample)
+        engine = SegmentationEngine(args.checkpoint, device=args.device, upsample=args.upsample,
+                                    backend=args.backend, precision=args.precision)
+        report["engine"] = {"backend": engine.backend, "precision": engine.precision,
+                            "fallback_reason": engine.fallback_reason}
+        print(f"bare engine: backend {engine.backend}, precision {engine.precision}"
+              + (f" (auto fell back: {engine.fallback_reason})" if engine.fallback_reason else ""))
         if not wait_for(lambda: publisher.get_subscription_count() > 0, args.startup_timeout):
             raise SystemExit("video_seg_node did not subscribe in time")
         time.sleep(1.0)  # let the reverse (labels) connection settle too

@@ -2,16 +2,21 @@
 
 Usage (from the repository root)::
 
-    python bench/train_throughput.py                                   # ESPNet p=2 q=3, 512x256, CPU
+    python bench/train_throughput.py                  # published ESPNet p=2 q=3 + p=2 q=8 teacher, 512x256
+    python bench/train_throughput.py --student espnet-p2q8 --size 512x256 --batch 2 --phases  # native crops
     python bench/train_throughput.py --student runs/weights/espnet_p2_q3_cityscapes.pt \\
         --teacher runs/weights/espnet_p2_q8_cityscapes.pt --batch 4 --steps 5
-    python bench/train_throughput.py --device cuda --batch 16 --steps 20
+    python bench/train_throughput.py --student random-espnet-q8 --device cuda --batch 16 --steps 20
 
 Each configuration runs the trainer's own step (``Trainer.compute_losses`` + backward + optimiser
 step) on a fixed batch already on the device, so data loading and flow are left out (flow is
-cached on disk after the first epoch). "frames" are anchor frames t; every loss that needs the
-neighbour t+k runs the student on twice as many images. Without ``--teacher`` the distillation
-rows use a randomly initialised ESPNet p=2 q=8 teacher (time does not depend on weights).
+cached on disk after the first epoch; ``video-seg-train --profile N`` times a real step with its
+data). "frames" are anchor frames t; every loss that needs the neighbour t+k runs the student on
+twice as many images. Student and teacher are the published ESPNets from ../shared by default
+(imported on the fly): the time DOES depend on the weights, since trained weights drive
+activations into denormal floats (the trainer flushes them; issue 10). ``random-*`` names give
+random weights, labelled as such. ``--phases`` prints the trainer's per-phase table
+(student / teacher / each loss / backward / optimiser) for every row.
 On a shared CPU the wall time depends on the other processes; the table also gives the CPU seconds
 of this process per step (time.process_time), which the relative-cost column uses.
 Prints a Markdown table and the command that made it.
@@ -32,7 +37,7 @@ import numpy as np
 import torch
 import yaml
 
-from engine import make_checkpoint  # bench/engine.py
+from bench_utils import PUBLISHED, RANDOM, benchmark_checkpoint, machine_description
 from video_seg_ros.training.config import load_config
 from video_seg_ros.training.trainer import Trainer
 from video_seg_ros.tools.arguments import parse_size
@@ -49,15 +54,25 @@ CONFIGURATIONS = [
 ]
 
 
-def _random_teacher(path: Path) -> Path:
-    return make_checkpoint("espnet", {"num_classes": 20, "p": 2, "q": 8}, 1024, 512).save(path)
+def _checkpoint_file(name_or_path: str, path: Path) -> str:
+    """A checkpoint path as given, or a bench_utils name (published / random-*) saved at ``path``."""
+    if name_or_path in PUBLISHED or name_or_path in RANDOM:
+        benchmark_checkpoint(name_or_path).save(path)
+        return str(path)
+    return name_or_path
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--student", default=None,
-                        help="student checkpoint (project format); default: random ESPNet p=2 q=3")
-    parser.add_argument("--teacher", default=None, help="teacher checkpoint; default: random ESPNet p=2 q=8")
+    names = ", ".join(sorted(PUBLISHED) + sorted(RANDOM))
+    parser.add_argument("--student", default="espnet-p2q3",
+                        help=f"student: a checkpoint file or one of {names} (default espnet-p2q3, published)")
+    parser.add_argument("--teacher", default="espnet-p2q8",
+                        help="teacher: a checkpoint file or a name as for --student (default espnet-p2q8)")
+    parser.add_argument("--precision", default=None,
+                        help="train.precision (auto, fp32, bf16, fp16); default: the trainer's (fp32 on a CPU)")
+    parser.add_argument("--phases", action="store_true",
+                        help="also print the per-phase table (training/profiling.py) of every row")
     parser.add_argument("--size", type=parse_size, default=(512, 256),
                         help="training resolution WxH (default 512x256)")
     parser.add_argument("--batch", type=int, default=4, help="anchor frames per step (default 4)")
@@ -75,7 +90,8 @@ def main(argv=None) -> int:
         for t in range(2):
             cv2.imwrite(str(tmp / "images" / f"bench_{t:06d}.png"),
                         rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
-        teacher = args.teacher or str(_random_teacher(tmp / "teacher.pt"))
+        student = _checkpoint_file(args.student, tmp / "student.pt")
+        teacher = _checkpoint_file(args.teacher, tmp / "teacher.pt")
         batch = {
             "image": torch.rand(args.batch, 3, height, width),
             "neighbour": torch.rand(args.batch, 3, height, width),
@@ -87,9 +103,11 @@ def main(argv=None) -> int:
         for name, weights in CONFIGURATIONS:
             if args.only and not any(word in name for word in args.only):
                 continue
-            model = {"init": args.student} if args.student else {"arch": "espnet",
-                                                                 "kwargs": {"p": 2, "q": 3, "num_classes": 19}}
+            model = {"init": student}
             overrides = [f"losses.{loss}.weight={w}" for loss, w in weights.items()]
+            overrides.append("train.profile=true")
+            if args.precision:
+                overrides.append(f"train.precision={args.precision}")
             if any(loss.startswith("distill_") for loss in weights):
                 overrides.append(f"teacher.checkpoint={teacher}")
             config = {"run_dir": str(tmp / "run"), "model": model,
@@ -105,15 +123,20 @@ def main(argv=None) -> int:
             for step in range(args.warmup + args.steps):
                 start, cpu_start = time.perf_counter(), time.process_time()
                 total = sum(trainer.compute_losses(device_batch).values())
-                trainer.optimizer.zero_grad(set_to_none=True)
-                trainer.scaler.scale(total).backward()
-                trainer.scaler.step(trainer.optimizer)
-                trainer.scaler.update()
+                with trainer.profiler.phase("backward"):
+                    trainer.optimizer.zero_grad(set_to_none=True)
+                    trainer.scaler.scale(total).backward()
+                with trainer.profiler.phase("optimizer"):
+                    trainer.scaler.step(trainer.optimizer)
+                    trainer.scaler.update()
                 if trainer.device.type == "cuda":
                     torch.cuda.synchronize()
+                trainer.profiler.end_step(time.perf_counter() - start)
                 if step >= args.warmup:
                     times.append(time.perf_counter() - start)
                     cpu_times.append(time.process_time() - cpu_start)
+            if args.phases:
+                print(f"\n### {name}\n\n{trainer.profiler.table(skip_first=args.warmup)}", file=sys.stderr)
             step_s, cpu_s = statistics.median(times), statistics.median(cpu_times)
             rows.append((name, step_s, args.batch / step_s, cpu_s))
             print(f"{name}: {step_s * 1000:.0f} ms/step, {args.batch / step_s:.2f} frames/s, "
@@ -121,7 +144,7 @@ def main(argv=None) -> int:
 
     base_cpu = rows[0][3] if rows else 1.0
     print(f"\nTraining throughput at {width}x{height}, batch {args.batch}, device {args.device}, "
-          f"torch threads {torch.get_num_threads()}\n")
+          f"student {args.student}, teacher {args.teacher}; {machine_description()}\n")
     # On a shared CPU wall time depends on the other processes; CPU seconds of this process do
     # much less, so the relative cost column uses them.
     print("| configuration | wall ms / step | frames / s (wall) | CPU s / step | frames / CPU-s | "

@@ -7,7 +7,8 @@
 The bag (made with video-seg-make-bag or recorded with ros2 bag record) is played with
 ``ros2 bag play`` (``player:=video_seg_play`` uses the package's rclpy player instead, for installs
 without rosbag2) after ``delay`` seconds, so the node has loaded its model. The node is started by
-video_seg.launch.py; RViz2 opens config/video_seg.rviz (camera, colour and overlay images).
+video_seg.launch.py, which also opens RViz2 (``rviz:=true``) with config/video_seg.rviz rewritten
+for the node's namespace and name (camera, colour and overlay images).
 """
 
 from launch import LaunchDescription
@@ -20,7 +21,6 @@ from launch_ros.substitutions import FindPackageShare
 
 PACKAGE = "video_seg_ros"
 NODE_LAUNCH = "video_seg.launch.py"
-RVIZ_CONFIG = "video_seg.rviz"
 PARAMS_FILE = "video_seg.yaml"
 FASTDDS_PROFILE = "fastdds_large_images.xml"
 
@@ -45,6 +45,8 @@ def generate_launch_description():
         DeclareLaunchArgument("checkpoint", default_value="default",
                               description="checkpoint file ('default' = the embedded model)"),
         DeclareLaunchArgument("device", default_value="auto", description="auto | cpu | cuda | cuda:N"),
+        DeclareLaunchArgument("namespace", default_value="", description="namespace of the node"),
+        DeclareLaunchArgument("node_name", default_value="video_seg_node", description="node name"),
         DeclareLaunchArgument("rviz", default_value="false", description="open RViz2 with config/video_seg.rviz"),
     ]
     node = IncludeLaunchDescription(
@@ -54,6 +56,9 @@ def generate_launch_description():
             "params_file": LaunchConfiguration("params_file"),
             "checkpoint": LaunchConfiguration("checkpoint"),
             "device": LaunchConfiguration("device"),
+            "namespace": LaunchConfiguration("namespace"),
+            "node_name": LaunchConfiguration("node_name"),
+            "rviz": LaunchConfiguration("rviz"),
             # RViz shows ~/overlay, which the node renders only when asked to.
             "publish_overlay": LaunchConfiguration("rviz"),
         }.items(),
@@ -70,11 +75,8 @@ def generate_launch_description():
             condition=IfCondition(PythonExpression(["'", player, "' == 'ros2' and ", *loop_test]))))
         players.append(Node(
             package=PACKAGE, executable="video-seg-play", name="video_seg_player",
-            arguments=[bag, "--rate", rate, "--topic", image, *loop_args],
+            arguments=[bag, "--speed", rate, "--topic", image, *loop_args],
             additional_env=profile_env, output="screen",
             condition=IfCondition(PythonExpression(["'", player, "' == 'video_seg_play' and ", *loop_test]))))
-    rviz = Node(package="rviz2", executable="rviz2", name="rviz2",
-                arguments=["-d", PathJoinSubstitution([share, "config", RVIZ_CONFIG])],
-                additional_env=profile_env, output="screen", condition=IfCondition(LaunchConfiguration("rviz")))
     playback = TimerAction(period=LaunchConfiguration("delay"), actions=players)
-    return LaunchDescription(arguments + [node, rviz, playback])
+    return LaunchDescription(arguments + [node, playback])

@@ -1,10 +1,12 @@
-"""Shared fixtures: the ../shared verification data (skipped with a reason when absent)."""
+"""Shared fixtures: the ../shared verification data (skipped with a reason when absent) and the
+one tiny ESPNet checkpoint every test that needs "some model" uses."""
 
 from __future__ import annotations
 
 import pytest
 
-from video_seg_ros.shared_data import shared_dir
+from checkpoints import make_tiny_espnet_checkpoint
+from shared_data import shared_dir
 
 
 @pytest.fixture(scope="session")
@@ -22,3 +24,13 @@ def require_shared_file(shared, relative: str):
     if not path.exists():
         pytest.skip(f"{relative} is not in the shared data folder")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_espnet_checkpoint(tmp_path_factory):
+    """Path of a saved random-init ESPNet (p=2, q=3, 20 outputs, Cityscapes classes, input 64x32).
+
+    Built once per session; tests that need other settings call
+    ``checkpoints.make_tiny_espnet_checkpoint(path, size=..., ...)``.
+    """
+    return make_tiny_espnet_checkpoint(tmp_path_factory.mktemp("tiny_espnet") / "tiny_espnet.pt")

@@ -6,7 +6,9 @@
   child (:func:`ros_environment`), so full-size frames cross process boundaries.
 - :class:`RosProbe`: a test-side rclpy node in its own context, spun in a background thread, with
   helpers to publish, collect messages and call services.
-- :class:`NodeProcess`: ``video_seg_node`` started as its console script with a parameters file.
+- :class:`NodeProcess`: ``video_seg_node`` (or ``video_seg_lifecycle_node``) started as its
+  console script with a parameters file.
+- :func:`make_tiny_memory_checkpoint`: a tiny checkpoint whose memory visibly matters.
 
 Import this module only from tests that need rclpy: ``pytest.importorskip("rclpy")`` first.
 """
@@ -65,33 +67,45 @@ def write_params_file(path: Path, parameters: dict[str, Any], node_name: str = "
 
 def make_tiny_checkpoint(path: Path, num_classes: int = 20, size: tuple[int, int] = (64, 32),
                          seed: int = 0) -> Path:
-    """A small random-init ESPNet (p=2, q=3) Cityscapes-style checkpoint saved at ``path``.
+    """The tests' tiny random-init ESPNet (test/checkpoints.py) saved at ``path``; model input ``size`` (W, H)."""
+    from checkpoints import make_tiny_espnet_checkpoint
 
-    ``size`` is the model input (width, height); weights are random, so outputs are arbitrary but
-    deterministic: enough to test plumbing without the embedded model.
-    """
+    return make_tiny_espnet_checkpoint(path, num_classes=num_classes, size=size, seed=seed)
+
+
+def make_tiny_memory_checkpoint(path: Path, size: tuple[int, int] = (64, 32), seed: int = 1) -> Path:
+    """The tiny ESPNet with an LMANet memory (T=2) whose memory layers are random, so a camera's
+    earlier frames visibly change its labels (a fresh memory would leave them untouched)."""
     import torch
 
-    from video_seg_ros.checkpoint import Checkpoint, Preprocessing
-    from video_seg_ros.models import build_model
+    from checkpoints import tiny_espnet
+    from video_seg_ros.models.memory import add_memory_to_checkpoint
 
-    torch.manual_seed(seed)
-    model = build_model("espnet", p=2, q=3, num_classes=num_classes)
-    checkpoint = Checkpoint.for_label_set(
-        "espnet", {"p": 2, "q": 3, "num_classes": num_classes}, model.state_dict(), "cityscapes",
-        Preprocessing(input_height=size[1], input_width=size[0], channel_order="rgb",
-                      mean=[128.0] * 3, std=[64.0] * 3, scale=1.0),
-        source={"kind": "random-init test checkpoint"})
+    checkpoint = add_memory_to_checkpoint(tiny_espnet(size=size), {"memory_length": 2, "window": 5, "dropout": 0.0})
+    generator = torch.Generator().manual_seed(seed)
+    checkpoint.state_dict = {
+        key: torch.randn(value.shape, generator=generator) if not key.startswith("base.")
+        and value.is_floating_point() else value
+        for key, value in checkpoint.state_dict.items()}
     return checkpoint.save(path)
+
+
+def _console_script(name: str, module: str) -> list[str]:
+    script = Path(sys.executable).parent / name
+    if script.exists():
+        return [str(script)]
+    found = shutil.which(name)
+    return [found] if found else [sys.executable, "-m", module]
+
+
+def lifecycle_node_command() -> list[str]:
+    """The installed ``video_seg_lifecycle_node`` console script (else ``python -m``)."""
+    return _console_script("video_seg_lifecycle_node", "video_seg_ros.ros.lifecycle_node")
 
 
 def node_command() -> list[str]:
     """The installed ``video_seg_node`` console script, else ``python -m video_seg_ros.ros.node``."""
-    script = Path(sys.executable).parent / "video_seg_node"
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("video_seg_node")
-    return [found] if found else [sys.executable, "-m", "video_seg_ros.ros.node"]
+    return _console_script("video_seg_node", "video_seg_ros.ros.node")
 
 
 class NodeProcess(LoggedProcess):
@@ -105,11 +119,14 @@ class NodeProcess(LoggedProcess):
     """
 
     def __init__(self, params_file: Path, log_path: Path, remaps: dict[str, str] | None = None,
-                 name: str = "video_seg_node", command: list[str] | None = None):
+                 name: str = "video_seg_node", command: list[str] | None = None,
+                 parameters: dict[str, str] | None = None):
         self.name = name
         args = ["--ros-args", "--params-file", str(params_file), "-r", f"__node:={name}"]
         for source, target in (remaps or {}).items():
             args += ["-r", f"{source}:={target}"]
+        for key, value in (parameters or {}).items():  # -p name:=value (YAML syntax)
+            args += ["-p", f"{key}:={value}"]
         super().__init__((command or node_command()) + args, log_path, env=ros_environment(),
                          cwd=REPO_ROOT)
 
@@ -142,6 +159,8 @@ class RosProbe:
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self._lock = threading.Lock()
+        self._closing = False
+        self.spin_error: BaseException | None = None
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
 
@@ -150,8 +169,15 @@ class RosProbe:
 
         try:
             self.executor.spin()
-        except (ExternalShutdownException, Exception):  # context shut down at the end of the test
+        except ExternalShutdownException:
             pass
+        except Exception as error:  # a failing callback: kept, and raised by close() / call()
+            if not self._closing:
+                self.spin_error = error
+
+    def _check_spin(self):
+        if self.spin_error is not None:
+            raise RuntimeError(f"the probe's executor thread failed: {self.spin_error!r}") from self.spin_error
 
     def __enter__(self):
         return self
@@ -160,10 +186,12 @@ class RosProbe:
         self.close()
 
     def close(self):
+        self._closing = True
         self.executor.shutdown(timeout_sec=2.0)
         self.node.destroy_node()
         self._rclpy.try_shutdown(context=self.context)
         self._thread.join(timeout=5.0)
+        self._check_spin()
 
     def collect(self, msg_type, topic: str, qos=10, keep: Callable[[Any], Any] | None = None) -> list:
         """Subscribe and return the list messages (or ``keep(msg)``) are appended to."""
@@ -193,6 +221,7 @@ class RosProbe:
 
     def call(self, srv_type, name: str, request=None, timeout: float = 10.0):
         """Call a service and return its response (None on timeout)."""
+        self._check_spin()
         client = self.node.create_client(srv_type, name)
         if not client.wait_for_service(timeout_sec=timeout):
             return None
@@ -217,13 +246,17 @@ def image_message(pixels: np.ndarray, encoding: str, stamp_s: float, frame_id: s
     return msg
 
 
-def diagnostics_values(array_msg, name_contains: str = "segmentation") -> dict[str, str] | None:
-    """Key/values of the first status in a DiagnosticArray whose name contains ``name_contains``."""
+def diagnostics_values(array_msg, name_contains: str = "segmentation", name: str | None = None
+                       ) -> dict[str, str] | None:
+    """Key/values of the first status in a DiagnosticArray whose name is ``name`` (or contains
+    ``name_contains``), with ``_level``, ``_message``, ``_name`` and ``_hardware_id`` added."""
     for status in array_msg.status:
-        if name_contains in status.name:
+        if status.name == name if name is not None else name_contains in status.name:
             values = {kv.key: kv.value for kv in status.values}
             values["_level"] = int.from_bytes(status.level, "little") if isinstance(status.level, bytes) \
                 else int(status.level)
             values["_message"] = status.message
+            values["_name"] = status.name
+            values["_hardware_id"] = status.hardware_id
             return values
     return None

@@ -87,7 +87,7 @@ def test_bag_reads_back_pixel_for_pixel_with_monotonic_stamps(cityscapes_folder,
 
 def test_bgr8_bag_holds_bgr_pixels(cityscapes_folder, tmp_path):
     bag = tmp_path / "bgr"
-    assert _make([str(cityscapes_folder), "-o", str(bag), "--encoding", "bgr8", "--max-frames", "2"]) == 0
+    assert _make([str(cityscapes_folder), "-o", str(bag), "--encoding", "bgr8", "--limit", "2"]) == 0
     images = list(read_images(bag))
     first = read_rgb(list_frames(cityscapes_folder)[0].path)
     assert images[0].encoding == "bgr8" and images[0].channel_order == "bgr"
@@ -98,7 +98,7 @@ def test_bgr8_bag_holds_bgr_pixels(cityscapes_folder, tmp_path):
 def test_compressed_bag_decodes_close_to_the_frames_with_camera_info(cityscapes_folder, tmp_path):
     bag = tmp_path / "jpeg"
     assert _make([str(cityscapes_folder), "-o", str(bag), "--compressed", "--camera-info",
-                  "--resize", "64x40", "--topic", "/cam0/image_raw"]) == 0
+                  "--size", "64x40", "--topic", "/cam0/image_raw"]) == 0
     info = bag_info(bag)
     assert info["topics"]["/cam0/image_raw/compressed"] == {"type": "sensor_msgs/msg/CompressedImage", "count": 6}
     assert info["topics"]["/cam0/camera_info"] == {"type": CAMERA_INFO_TYPE, "count": 6}
@@ -126,7 +126,7 @@ def test_camera_info_from_calibration_yaml_is_scaled_to_the_output_size(cityscap
     }))
     bag = tmp_path / "calibrated"
     assert _make([str(cityscapes_folder), "-o", str(bag), "--camera-info", str(calibration),
-                  "--max-frames", "1"]) == 0  # frames are 48x32: half the calibrated size
+                  "--limit", "1"]) == 0  # frames are 48x32: half the calibrated size
     info = next(read_messages(bag, ["/camera/camera_info"])).decode()
     np.testing.assert_allclose(info.k, [50.0, 0, 24, 0, 50.0, 16, 0, 0, 1])
     np.testing.assert_allclose(info.d, [0.1, 0, 0, 0, 0])
@@ -151,7 +151,7 @@ def test_empty_input_is_an_error_and_leaves_no_bag(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     bag = tmp_path / "bag"
-    assert _make([str(empty), "-o", str(bag)]) == 2
+    assert _make([str(empty), "-o", str(bag)]) == 1
     assert "no images" in capsys.readouterr().err
     assert not bag.exists() and _no_leftovers(tmp_path)
 
@@ -160,25 +160,45 @@ def test_unreadable_frame_aborts_and_leaves_no_half_written_bag(cityscapes_folde
     broken = sorted((cityscapes_folder / "bochum").iterdir())[1]
     broken.write_bytes(b"not a png")
     bag = tmp_path / "bag"
-    assert _make([str(cityscapes_folder), "-o", str(bag)]) == 2
+    assert _make([str(cityscapes_folder), "-o", str(bag)]) == 1
     assert broken.name in capsys.readouterr().err
     assert not bag.exists() and _no_leftovers(tmp_path)
 
 
 def test_existing_output_is_kept_unless_overwrite(cityscapes_folder, tmp_path, capsys):
     bag = tmp_path / "bag"
-    assert _make([str(cityscapes_folder), "-o", str(bag), "--max-frames", "1"]) == 0
-    assert _make([str(cityscapes_folder), "-o", str(bag)]) == 2
+    assert _make([str(cityscapes_folder), "-o", str(bag), "--limit", "1"]) == 0
+    assert _make([str(cityscapes_folder), "-o", str(bag)]) == 1
     assert "--overwrite" in capsys.readouterr().err
     assert bag_info(bag)["message_count"] == 1
     assert _make([str(cityscapes_folder), "-o", str(bag), "--overwrite"]) == 0
     assert bag_info(bag)["message_count"] == 6 and _no_leftovers(tmp_path)
 
 
+def test_old_option_spellings_still_work_for_one_release_with_a_deprecation_line(cityscapes_folder, tmp_path,
+                                                                                  capsys):
+    bag = tmp_path / "bag"
+    assert _make([str(cityscapes_folder), "-o", str(bag), "--max-frames", "2", "--resize", "32x16"]) == 0
+    err = capsys.readouterr().err
+    assert "--max-frames is deprecated" in err and "use --limit" in err
+    assert "--resize is deprecated" in err and "use --size" in err
+    images = list(read_images(bag))
+    assert len(images) == 2 and images[0].pixels.shape[:2] == (16, 32)
+
+
+def test_usage_errors_exit_with_status_2(cityscapes_folder, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        _make([str(cityscapes_folder), "-o", str(tmp_path / "b"), "--jpeg-quality", "0"])
+    assert exit_info.value.code == 2
+    with pytest.raises(SystemExit) as exit_info:
+        _make([str(cityscapes_folder)])  # no -o/--output
+    assert exit_info.value.code == 2
+
+
 def test_missing_input_and_unknown_sequence_are_clear_errors(cityscapes_folder, tmp_path, capsys):
-    assert _make([str(tmp_path / "nowhere"), "-o", str(tmp_path / "a")]) == 2
+    assert _make([str(tmp_path / "nowhere"), "-o", str(tmp_path / "a")]) == 1
     assert "does not exist" in capsys.readouterr().err
-    assert _make([str(cityscapes_folder), "-o", str(tmp_path / "b"), "--sequence", "zurich_000001"]) == 2
+    assert _make([str(cityscapes_folder), "-o", str(tmp_path / "b"), "--sequence", "zurich_000001"]) == 1
     assert "aachen_000000" in capsys.readouterr().err  # lists the sequences that exist
 
 
@@ -215,7 +235,7 @@ def test_real_cityscapes_frames_survive_the_bag_exactly(shared, tmp_path):
     if not source.is_dir():
         pytest.skip("data/cityscapes_sequences is not in the shared data folder")
     bag = tmp_path / "cityscapes"
-    assert _make([str(source), "-o", str(bag), "--sequence", "aachen_000001", "--max-frames", "3",
+    assert _make([str(source), "-o", str(bag), "--sequence", "aachen_000001", "--limit", "3",
                   "--storage", "sqlite3"]) == 0
     records = [r for r in list_frames(source) if r.sequence == "aachen_000001"][:3]
     images = list(read_images(bag))

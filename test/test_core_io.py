@@ -185,3 +185,60 @@ def test_incomplete_and_future_checkpoints_are_explained(tmp_path):
     torch.save(data, tmp_path / "future.pt")
     with pytest.raises(CheckpointError, match="format version 99"):
         load_checkpoint(tmp_path / "future.pt")
+
+
+# ---- label files as users have them -------------------------------------------------------------
+def test_palette_png_labels_are_read_as_their_indices_not_their_colours(tmp_path):
+    from PIL import Image
+
+    ids = np.array([[0, 13, 255], [18, 2, 0]], np.uint8)
+    image = Image.fromarray(ids, mode="P")
+    image.putpalette([(7 * i) % 256 for i in range(768)])  # colours unrelated to the ids
+    image.save(tmp_path / "voc_style.png")
+    assert cv2.imread(str(tmp_path / "voc_style.png"), cv2.IMREAD_UNCHANGED).ndim == 3  # OpenCV expands it
+    np.testing.assert_array_equal(read_label(tmp_path / "voc_style.png", "trainids"), ids)
+    write_png(tmp_path / "camvid_ids.png", np.array([[3, 11]], np.uint8))
+    Image.open(tmp_path / "camvid_ids.png").convert("P").save(tmp_path / "camvid_p.png")
+    assert read_label(tmp_path / "camvid_p.png", "camvid").tolist() == [[3, IGNORE_ID]]
+
+
+def test_sixteen_bit_label_pngs_are_read_and_out_of_range_ids_refused(tmp_path):
+    write_png(tmp_path / "ids16.png", np.array([[7, 26, 0]], np.uint16))
+    assert cv2.imread(str(tmp_path / "ids16.png"), cv2.IMREAD_UNCHANGED).dtype == np.uint16
+    assert read_label(tmp_path / "ids16.png", "cityscapes-labelids").tolist() == [[0, 13, IGNORE_ID]]
+    write_png(tmp_path / "big16.png", np.array([[1000]], np.uint16))
+    with pytest.raises(ValueError, match="big16.png.*id 1000"):
+        read_label(tmp_path / "big16.png", "trainids")
+
+
+def test_cityscapes_color_labels_go_through_the_official_colour_table(tmp_path):
+    train_ids = np.array([[0, 13, 18], [255, 5, 10]], np.uint8)
+    rgb = colorize(train_ids, CITYSCAPES.palette_array())
+    rgb[1, 0] = (81, 0, 81)  # "ground": a Cityscapes class without a train id
+    write_png(tmp_path / "x_gtFine_color.png", np.ascontiguousarray(rgb[..., ::-1]))
+    expected = train_ids.copy()
+    expected[1, 0] = IGNORE_ID
+    np.testing.assert_array_equal(read_label(tmp_path / "x_gtFine_color.png", "cityscapes-color"), expected)
+    write_png(tmp_path / "x_gtFine_labelTrainIds.png", train_ids)
+    index = index_label_files(tmp_path, "cityscapes-color")
+    assert index["x"].name == "x_gtFine_color.png"
+    assert index_label_files(tmp_path, "trainids")["x"].name == "x_gtFine_labelTrainIds.png"
+
+
+def test_a_label_file_in_no_accepted_format_names_the_file_and_the_formats(tmp_path):
+    write_png(tmp_path / "rgb_label.png", np.zeros((2, 2, 3), np.uint8))
+    with pytest.raises(ValueError, match="rgb_label.png.*palette.*cityscapes-color"):
+        read_label(tmp_path / "rgb_label.png", "trainids")
+    write_png(tmp_path / "grey.png", np.zeros((2, 2), np.uint8))
+    with pytest.raises(ValueError, match="grey.png.*RGB"):
+        read_label(tmp_path / "grey.png", "cityscapes-color")
+
+
+def test_undecodable_frames_and_labels_raise_unreadable_image_error(tmp_path):
+    from video_seg_ros.frames import UnreadableImageError
+
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    for read in (read_rgb, lambda path: read_label(path, "trainids")):
+        with pytest.raises(UnreadableImageError, match="broken.png"):
+            read(broken)

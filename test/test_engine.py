@@ -1,12 +1,21 @@
-"""SegmentationEngine on a small random-init ESPNet: shapes, channel order, confidence, batching."""
+"""SegmentationEngine on a small random-init ESPNet: shapes, channel order, confidence, batching, the
+stream/model/release seams, and the denormal flush on the published ESPNet p2q8 (../shared)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
 import numpy as np
 import pytest
 import torch
 
-from video_seg_ros.checkpoint import Checkpoint, Preprocessing
+from conftest import require_shared_file
+from video_seg_ros.backends import BackendError
+from checkpoints import tiny_espnet
+from video_seg_ros.checkpoint import Checkpoint
 from video_seg_ros.engine import DeviceError, SegmentationEngine, resolve_device
 from video_seg_ros.labels import IGNORE_ID
 from video_seg_ros.models import build_model
@@ -15,15 +24,9 @@ NUM_OUTPUTS = 20  # 19 Cityscapes classes + the "background" channel published a
 
 
 def make_checkpoint(output_to_class=None) -> Checkpoint:
-    torch.manual_seed(0)
-    model = build_model("espnet", p=2, q=3, num_classes=NUM_OUTPUTS)
     # Per-channel statistics differ so that a channel swap changes the input tensor.
-    checkpoint = Checkpoint.for_label_set(
-        "espnet", {"p": 2, "q": 3, "num_classes": NUM_OUTPUTS}, model.state_dict(), "cityscapes",
-        Preprocessing(64, 128, "bgr", [70.0, 90.0, 110.0], [40.0, 50.0, 60.0], 1 / 255))
-    if output_to_class is not None:
-        checkpoint.output_to_class = output_to_class
-    return checkpoint
+    return tiny_espnet(size=(128, 64), channel_order="bgr", mean=(70.0, 90.0, 110.0), std=(40.0, 50.0, 60.0),
+                       scale=1 / 255, output_to_class=output_to_class)
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +125,73 @@ def test_engine_reports_model_name_and_classes(engine):
     assert engine.class_names[13] == "car"
     assert engine.palette_table[13].tolist() == [0, 0, 142]
     assert not engine.is_temporal
+
+
+# ---- engine seams: streams, reset, release, model= ---------------------------------------------
+def test_per_frame_streams_may_mix_frame_sizes_and_match_single_frames():
+    engine = SegmentationEngine(make_checkpoint(), device="cpu", backend="torch")
+    frames = [random_frame(40, 60, seed=5), random_frame(97, 180, seed=6), random_frame(64, 128, seed=7)]
+    together = engine.segment_batch(frames, streams=["left", "right", "rear"], with_confidence=True)
+    for frame, result in zip(frames, together):
+        alone = engine.segment(frame, with_confidence=True)
+        assert result.labels.shape == frame.shape[:2] and result.confidence.shape == frame.shape[:2]
+        assert (result.labels == alone.labels).mean() > 0.999
+        assert np.allclose(result.confidence, alone.confidence, atol=1e-4)
+
+
+def test_model_argument_runs_the_callers_module_and_keeps_its_training_mode():
+    checkpoint = make_checkpoint()
+    module = build_model("espnet", p=2, q=3, num_classes=NUM_OUTPUTS)
+    module.load_state_dict(checkpoint.state_dict)
+    module.train()
+    engine = SegmentationEngine(checkpoint, device="cpu", model=module)
+    assert engine.model is module and engine.backend == "torch"
+    assert "model=" in engine.fallback_reason  # auto would have converted a checkpoint's own model
+    frame = random_frame(64, 128, seed=8)
+    reference = SegmentationEngine(checkpoint, device="cpu", backend="torch").segment(frame, with_confidence=True)
+    result = engine.segment(frame, with_confidence=True)
+    assert module.training  # restored after the call, which ran in eval mode (BatchNorm statistics):
+    assert np.array_equal(result.labels, reference.labels)
+    with pytest.raises(BackendError, match="torch backend only"):
+        SegmentationEngine(checkpoint, device="cpu", model=module, backend="openvino")
+
+
+def test_release_frees_the_model_and_refuses_further_frames():
+    engine = SegmentationEngine(make_checkpoint(), device="cpu", backend="torch")
+    engine.segment(random_frame(32, 32))
+    engine.release()
+    assert engine.model is None
+    with pytest.raises(RuntimeError, match="released"):
+        engine.segment(random_frame(32, 32))
+
+
+def test_unknown_backend_is_refused_with_the_choices():
+    with pytest.raises(BackendError, match="unknown backend 'onnx'.*torch, openvino"):
+        SegmentationEngine(make_checkpoint(), device="cpu", backend="onnx")
+
+
+UNFLUSHED_RUN = """
+import sys, cv2, numpy as np, torch
+from video_seg_ros.engine import SegmentationEngine
+from video_seg_ros.tools.import_weights import import_weights
+engine = SegmentationEngine(import_weights("espnet", "cityscapes", sys.argv[1]), device="cpu", backend="torch",
+                            precision="fp32", flush_denormals=False)
+labels = engine.segment(cv2.imread(sys.argv[2]), "bgr").labels
+assert (torch.tensor([1e-40]) * 1.0).item() != 0.0, "denormals were flushed in the unflushed run"
+np.save(sys.argv[3], labels)
+"""
+
+
+def test_denormal_flush_keeps_every_label_of_published_espnet_p2q8_on_the_real_frame(shared, tmp_path):
+    """The flush makes the published weights fast on a CPU; it must not change one label."""
+    from video_seg_ros.tools.import_weights import import_weights
+
+    weights = require_shared_file(shared, "weights/espnet/espnet_p_2_q_8.pth")
+    frame_path = require_shared_file(shared, "data/cityscapes_val/leftImg8bit/frankfurt_000001_058914_leftImg8bit.png")
+    # The flush is per thread and sticks, so the unflushed run needs a process of its own.
+    subprocess.run([sys.executable, "-c", UNFLUSHED_RUN, str(weights), str(frame_path),
+                    str(tmp_path / "unflushed.npy")], check=True, timeout=900, cwd=Path(__file__).resolve().parents[1])
+    flushed = SegmentationEngine(import_weights("espnet", "cityscapes", weights), device="cpu", backend="torch",
+                                 precision="fp32").segment(cv2.imread(str(frame_path)), "bgr").labels
+    assert (torch.tensor([1e-40]) * 1.0).item() == 0.0
+    assert np.array_equal(flushed, np.load(tmp_path / "unflushed.npy"))

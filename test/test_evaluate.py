@@ -1,4 +1,4 @@
-"""video-seg-eval: the evaluate_folder library function and its CLI, on small synthetic folders."""
+"""video-seg-eval: the library evaluator (video_seg_ros.evaluation) and its CLI, on small folders."""
 
 from __future__ import annotations
 
@@ -9,21 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from test_engine import make_checkpoint
 from video_seg_ros.engine import SegmentationEngine
-from video_seg_ros.tools.evaluate import evaluate_folder, main
+from video_seg_ros.evaluation import EvaluationOptions, FrameFolder, evaluate_folder
+from video_seg_ros.metrics import TemporalConsistency
+from video_seg_ros.tools.evaluate import main
 
 HEIGHT, WIDTH = 72, 120
 
 
 @pytest.fixture(scope="module")
-def checkpoint_path(tmp_path_factory):
-    return make_checkpoint().save(tmp_path_factory.mktemp("ckpt") / "random_espnet.pt")
-
-
-@pytest.fixture(scope="module")
-def engine(checkpoint_path):
-    return SegmentationEngine(str(checkpoint_path), device="cpu")
+def engine(tiny_espnet_checkpoint):
+    return SegmentationEngine(str(tiny_espnet_checkpoint), device="cpu")
 
 
 def write_sequence_folder(root, frames_per_sequence=((0, 1, 2), (5, 7))):
@@ -42,16 +38,18 @@ def write_sequence_folder(root, frames_per_sequence=((0, 1, 2), (5, 7))):
     return root / "images", paths
 
 
+def rgb(path):
+    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+
+
 def test_predictions_used_as_labels_score_perfectly_and_pairs_respect_gaps(tmp_path, engine):
     images, paths = write_sequence_folder(tmp_path)
     labels_dir = tmp_path / "labels"
     labels_dir.mkdir()
     for path in paths[::2]:  # every other frame is labelled
-        frame = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
-        cv2.imwrite(str(labels_dir / path.name), engine.segment(frame).labels)
-    report = evaluate_folder(engine, images, labels=labels_dir, label_format="trainids",
-                             progress=False, save_overlays=tmp_path / "overlays",
-                             save_labels=tmp_path / "predictions")
+        cv2.imwrite(str(labels_dir / path.name), engine.segment(rgb(path)).labels)
+    report = evaluate_folder(engine, FrameFolder(images, labels_dir, "trainids"), progress=False,
+                             save_overlays=tmp_path / "overlays", save_labels=tmp_path / "predictions")
     assert report["frames"] == 5 and report["labelled_frames"] == 3
     assert report["miou"] == 1.0 and report["pixel_accuracy"] == 1.0
     assert len(report["per_class_iou"]) == 19
@@ -59,8 +57,14 @@ def test_predictions_used_as_labels_score_perfectly_and_pairs_respect_gaps(tmp_p
     assert report["tc_pairs"] == 2
     assert report["sequences"]["seqA"]["tc_pairs"] == 2
     assert report["sequences"]["seqB"] == {"frames": 2, "tc_pairs": 0, "tc": None}
-    assert 0.0 <= report["tc"] <= 1.0 and report["tc_settings"]["label_warp"] == "nearest"
-    assert 0.0 <= report["tc_pixel_agreement"] <= 1.0
+    # TC is exactly the dataset-level TC of the two seqA pairs, computed here by hand.
+    predictions = [engine.segment(rgb(path)).labels for path in paths[:3]]
+    expected = TemporalConsistency(19, flow_width=1024)
+    for t in (0, 1):
+        expected.update(rgb(paths[t]), rgb(paths[t + 1]), predictions[t], predictions[t + 1])
+    assert report["tc"] == round(expected.tc, 5)
+    assert report["tc_pixel_agreement"] == round(expected.matrix.pixel_accuracy, 5)
+    assert report["tc_settings"]["label_warp"] == "nearest"
     assert report["ms_per_frame"] > 0
     assert json.loads(json.dumps(report)) == report  # plain JSON, no NaN
     labelled = cv2.imread(str(tmp_path / "overlays" / "seqA_00000_overlay.png"))
@@ -83,52 +87,150 @@ def test_a_static_sequence_has_perfect_temporal_consistency(tmp_path, engine):
 
 def test_limit_and_frame_gap_options(tmp_path, engine):
     images, _ = write_sequence_folder(tmp_path)
-    assert evaluate_folder(engine, images, limit=2, progress=False)["frames"] == 2
+    assert evaluate_folder(engine, FrameFolder(images, limit=2), progress=False)["frames"] == 2
     # Allowing a step of 2 makes seqB's 5 -> 7 a pair as well.
-    assert evaluate_folder(engine, images, max_frame_gap=2, progress=False)["tc_pairs"] == 3
-    assert evaluate_folder(engine, images, tc=False, progress=False)["tc"] is None
+    assert evaluate_folder(engine, images, EvaluationOptions(max_frame_gap=2), progress=False)["tc_pairs"] == 3
+    report = evaluate_folder(engine, images, EvaluationOptions(tc=False), progress=False)
+    assert report["tc"] is None and report["tc_pairs"] == 0
+    with pytest.raises(ValueError, match="max_frame_gap"):
+        EvaluationOptions(max_frame_gap=0)
 
 
-def test_cli_writes_the_json_report_and_prints_a_summary(tmp_path, checkpoint_path, capsys):
+def test_cli_writes_the_json_report_and_prints_a_summary(tmp_path, tiny_espnet_checkpoint, capsys):
     images, _ = write_sequence_folder(tmp_path)
     out = tmp_path / "report" / "eval.json"
-    code = main(["--checkpoint", str(checkpoint_path), "--images", str(images), "--out", str(out),
-                 "--device", "cpu", "--quiet", "--markdown", str(tmp_path / "eval.md")])
+    code = main(["--checkpoint", str(tiny_espnet_checkpoint), "--images", str(images), "-o", str(out),
+                 "--device", "cpu", "--backend", "torch", "--precision", "fp32", "--quiet",
+                 "--markdown", str(tmp_path / "eval.md")])
     assert code == 0
     report = json.loads(out.read_text())
     assert report["frames"] == 5 and report["model"] == "espnet(p=2,q=3)"
     assert report["command"].startswith("video-seg-eval --checkpoint")
+    assert report["backend"] == "torch" and report["precision"] == "fp32"
     printed = capsys.readouterr().out
     assert "| frames | labelled | mIoU" in printed and str(out) in printed
     assert (tmp_path / "eval.md").read_text().startswith("## Evaluation of espnet")
 
 
-def test_cli_explains_a_wrong_label_format(tmp_path, checkpoint_path, capsys):
+def test_cli_keeps_the_old_out_spelling_for_one_release(tmp_path, tiny_espnet_checkpoint, capsys):
+    images, _ = write_sequence_folder(tmp_path, frames_per_sequence=((0,), ()))
+    out = tmp_path / "old.json"
+    assert main(["--checkpoint", str(tiny_espnet_checkpoint), "--images", str(images), "--out", str(out),
+                 "--quiet"]) == 0
+    assert json.loads(out.read_text())["frames"] == 1
+    assert "--out is deprecated" in capsys.readouterr().err
+
+
+def test_cli_explains_a_wrong_label_format(tmp_path, tiny_espnet_checkpoint, capsys):
     images, paths = write_sequence_folder(tmp_path, frames_per_sequence=((0,), ()))
     labels_dir = tmp_path / "labels"
     labels_dir.mkdir()
     cv2.imwrite(str(labels_dir / paths[0].name), np.full((HEIGHT, WIDTH), 26, np.uint8))  # a labelId
-    code = main(["--checkpoint", str(checkpoint_path), "--images", str(images), "--labels",
-                 str(labels_dir), "--out", str(tmp_path / "r.json"), "--quiet"])
-    assert code == 2
-    assert "--label-format" in capsys.readouterr().err
-    assert main(["--checkpoint", str(checkpoint_path), "--images", str(images), "--labels",
-                 str(labels_dir), "--label-format", "cityscapes-labelids", "--out",
+    code = main(["--checkpoint", str(tiny_espnet_checkpoint), "--images", str(images), "--labels",
+                 str(labels_dir), "-o", str(tmp_path / "r.json"), "--quiet"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "--label-format" in err and paths[0].name in err
+    assert main(["--checkpoint", str(tiny_espnet_checkpoint), "--images", str(images), "--labels",
+                 str(labels_dir), "--label-format", "cityscapes-labelids", "-o",
                  str(tmp_path / "r.json"), "--quiet"]) == 0
     assert json.loads((tmp_path / "r.json").read_text())["labelled_frames"] == 1
 
 
-def test_cli_errors_for_missing_inputs_say_what_to_do(tmp_path, checkpoint_path, capsys):
+def test_cli_errors_for_missing_inputs_say_what_to_do(tmp_path, tiny_espnet_checkpoint, capsys):
     images, _ = write_sequence_folder(tmp_path, frames_per_sequence=((0,), ()))
-    assert main(["--checkpoint", str(tmp_path / "none.pt"), "--images", str(images)]) == 2
+    assert main(["--checkpoint", str(tmp_path / "none.pt"), "--images", str(images)]) == 1
     assert "video-seg-import" in capsys.readouterr().err
-    assert main(["--checkpoint", str(checkpoint_path), "--images", str(tmp_path / "nothing")]) == 2
+    assert main(["--checkpoint", str(tiny_espnet_checkpoint), "--images", str(tmp_path / "nothing")]) == 1
     assert "image folder not found" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
-    assert main(["--checkpoint", str(checkpoint_path), "--images", str(tmp_path / "empty")]) == 2
+    assert main(["--checkpoint", str(tiny_espnet_checkpoint), "--images", str(tmp_path / "empty")]) == 1
     assert "no images" in capsys.readouterr().err
     if not torch.cuda.is_available():
-        assert main(["--checkpoint", str(checkpoint_path), "--images", str(images),
-                     "--device", "cuda"]) == 2
+        assert main(["--checkpoint", str(tiny_espnet_checkpoint), "--images", str(images),
+                     "--device", "cuda"]) == 1
         assert "no CUDA device" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # usage errors: status 2
+        main(["--images", str(images), "--limit", "0"])
+    assert exit_info.value.code == 2
 
+
+def test_an_unreadable_frame_stops_the_run_unless_skipped(tmp_path, tiny_espnet_checkpoint, capsys):
+    images, paths = write_sequence_folder(tmp_path)
+    paths[1].write_bytes(b"not a png")
+    arguments = ["--checkpoint", str(tiny_espnet_checkpoint), "--images", str(images), "--quiet",
+                 "-o", str(tmp_path / "r.json")]
+    assert main(arguments) == 1
+    assert paths[1].name in capsys.readouterr().err
+    assert main([*arguments, "--skip-unreadable"]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["frames"] == 4 and [s["file"] for s in report["skipped"]] == [str(paths[1])]
+    # seqA 0 -> 2 is now a gap: no pair crosses the skipped frame.
+    assert report["sequences"]["seqA"]["tc_pairs"] == 0
+    assert paths[1].name in capsys.readouterr().out
+
+
+# ---- label files as users have them -------------------------------------------------------------
+def _camvid_snippet(shared, root, count=3):
+    """The first ``count`` CamVid val frames and labels, copied as frames, mode-L and palette PNGs."""
+    from PIL import Image
+
+    frames = sorted((shared / "data/camvid/val").glob("*.png"))[:count]
+    if len(frames) < count:
+        pytest.skip("../shared/data/camvid/val has too few frames")
+    for kind in ("images", "labels_l", "labels_p"):
+        (root / kind).mkdir(parents=True)
+    for frame in frames:
+        label_file = shared / "data/camvid/valannot" / frame.name
+        if not label_file.is_file():
+            pytest.skip(f"{label_file} is missing")
+        small = cv2.resize(cv2.imread(str(frame)), (120, 90), interpolation=cv2.INTER_AREA)
+        cv2.imwrite(str(root / "images" / frame.name), small)
+        ids = cv2.resize(cv2.imread(str(label_file), cv2.IMREAD_UNCHANGED), (120, 90),
+                         interpolation=cv2.INTER_NEAREST)
+        Image.fromarray(ids, mode="L").save(root / "labels_l" / frame.name)
+        palette_image = Image.fromarray(ids, mode="P")
+        palette_image.putpalette([value for i in range(256) for value in (i * 37 % 256, i * 91 % 256, i)])
+        palette_image.save(root / "labels_p" / frame.name)
+    return frames
+
+
+def test_palette_png_labels_give_the_same_figures_as_the_same_labels_in_mode_l(tmp_path, shared,
+                                                                                 tiny_espnet_checkpoint):
+    frames = _camvid_snippet(shared, tmp_path)
+    assert cv2.imread(str(tmp_path / "labels_p" / frames[0].name), cv2.IMREAD_UNCHANGED).ndim == 3
+    reports = {}
+    for kind in ("labels_l", "labels_p"):
+        out = tmp_path / f"{kind}.json"
+        assert main(["--checkpoint", str(tiny_espnet_checkpoint), "--images", str(tmp_path / "images"),
+                     "--labels", str(tmp_path / kind), "--label-format", "camvid", "--max-frame-gap", "2",
+                     "--quiet", "-o", str(out)]) == 0
+        reports[kind] = json.loads(out.read_text())
+    mode_l, palette = reports["labels_l"], reports["labels_p"]
+    assert mode_l["labelled_frames"] == palette["labelled_frames"] == len(frames)
+    assert mode_l["tc_pairs"] == len(frames) - 1  # CamVid val frames are 2 numbers apart
+    for key in ("miou", "pixel_accuracy", "per_class_iou", "tc", "tc_per_class"):
+        assert palette[key] == mode_l[key], key
+
+
+def test_sixteen_bit_and_cityscapes_color_labels_give_the_same_figures_as_train_ids(tmp_path, engine):
+    from video_seg_ros.labels import CITYSCAPES, colorize
+
+    images, paths = write_sequence_folder(tmp_path, frames_per_sequence=((0, 1), ()))
+    for kind in ("ids8", "ids16", "colour"):
+        (tmp_path / kind).mkdir()
+    rng = np.random.default_rng(4)
+    for path in paths:
+        ids = rng.integers(0, 19, (HEIGHT, WIDTH)).astype(np.uint8)
+        ids[:4] = 255
+        key = path.stem
+        cv2.imwrite(str(tmp_path / "ids8" / f"{key}.png"), ids)
+        cv2.imwrite(str(tmp_path / "ids16" / f"{key}.png"), ids.astype(np.uint16))
+        colour = colorize(ids, CITYSCAPES.palette_array())
+        cv2.imwrite(str(tmp_path / "colour" / f"{key}_gtFine_color.png"), colour[..., ::-1].copy())
+    reports = [evaluate_folder(engine, FrameFolder(images, tmp_path / kind, label_format), progress=False)
+               for kind, label_format in (("ids8", "trainids"), ("ids16", "trainids"),
+                                          ("colour", "cityscapes-color"))]
+    assert reports[0]["labelled_frames"] == 2 and reports[0]["miou"] is not None
+    for report in reports[1:]:
+        assert (report["miou"], report["per_class_iou"]) == (reports[0]["miou"], reports[0]["per_class_iou"])

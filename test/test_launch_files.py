@@ -2,8 +2,9 @@
 
 launch / launch_ros are not installable here, so the files are read as Python syntax trees: every
 executable, parameter file, launch file and RViz config they name must exist in the package (and be
-installed by setup.py), every LaunchConfiguration must be declared, every parameter they set must be
-one the node declares, and the RViz displays must show the node's real topics. The launch files
+installed by setup.py), every launch argument they read must be declared, every parameter they set
+must be one the node declares, and the RViz / Foxglove views must show the node's real topics, for
+the default names and rewritten for another namespace and several cameras. The launch files
 themselves run in test/test_video_seg_launch.py on a ROS 2 install.
 """
 
@@ -86,12 +87,12 @@ def _declared_arguments(tree: ast.AST) -> dict[str, str | None]:
 
 
 def _node_parameters() -> set[str]:
-    tree = _tree(REPO / "video_seg_ros" / "ros" / "node.py")
+    tree = _tree(REPO / "video_seg_ros" / "ros" / "parameters.py")
     for node in tree.body:
         target = getattr(node, "target", None) or (node.targets[0] if isinstance(node, ast.Assign) else None)
         if isinstance(target, ast.Name) and target.id == "PARAMETERS":
             return {ast.literal_eval(key) for key in node.value.keys}
-    raise AssertionError("PARAMETERS not found in video_seg_ros/ros/node.py")
+    raise AssertionError("PARAMETERS not found in video_seg_ros/ros/parameters.py")
 
 
 def _node_name() -> str:
@@ -117,7 +118,7 @@ def test_launch_file_parses_and_defines_generate_launch_description(path):
 def test_every_executable_a_launch_file_starts_exists(path):
     tree, constants = _tree(path), _constants(_tree(path))
     scripts = _console_scripts()
-    nodes = _calls(tree, "Node")
+    nodes = _calls(tree, "Node") + _calls(tree, "LifecycleNode")
     assert nodes, f"{path.name} starts no Node"
     for call in nodes:
         package = _string(_keyword(call, "package"), constants)
@@ -154,6 +155,10 @@ def test_every_launch_configuration_is_declared(path):
     tree = _tree(path)
     declared = set(_declared_arguments(tree))
     used = {ast.literal_eval(call.args[0]) for call in _calls(tree, "LaunchConfiguration")}
+    # video_seg.launch.py reads them as text in an OpaqueFunction: value = context.launch_configurations
+    used |= {node.slice.value for node in ast.walk(tree) if isinstance(node, ast.Subscript)
+             and isinstance(node.value, ast.Name) and node.value.id == "value"
+             and isinstance(node.slice, ast.Constant)}
     assert used - declared == set(), f"{path.name} reads undeclared launch arguments {used - declared}"
 
 
@@ -161,13 +166,19 @@ def test_parameters_set_by_launch_files_are_node_parameters():
     parameters = _node_parameters()
     checked = 0
     for path in LAUNCH_FILES:
-        for call in _calls(_tree(path), "Node"):
-            for item in getattr(_keyword(call, "parameters"), "elts", []):
-                if isinstance(item, ast.Dict):
-                    names = {ast.literal_eval(key) for key in item.keys}
-                    assert names <= parameters, f"{path.name} sets unknown parameters {names - parameters}"
-                    checked += 1
-    assert checked, "no Node(parameters=[{...}]) dict found in the launch files: the check above checked nothing"
+        tree = _tree(path)
+        dicts = [item for call in _calls(tree, "Node") + _calls(tree, "LifecycleNode")
+                 for item in getattr(_keyword(call, "parameters"), "elts", []) if isinstance(item, ast.Dict)]
+        # video_seg.launch.py builds them as `overrides = {...}` and `overrides["cameras"] = ...`
+        dicts += [node.value for node in ast.walk(tree) if isinstance(node, ast.Assign)
+                  and getattr(node.targets[0], "id", None) == "overrides" and isinstance(node.value, ast.Dict)]
+        names = {ast.literal_eval(key) for item in dicts for key in item.keys}
+        names |= {node.targets[0].slice.value for node in ast.walk(tree) if isinstance(node, ast.Assign)
+                  and isinstance(node.targets[0], ast.Subscript)
+                  and getattr(node.targets[0].value, "id", None) == "overrides"}
+        assert names <= parameters, f"{path.name} sets unknown parameters {names - parameters}"
+        checked += len(names)
+    assert checked, "no parameter set by the launch files was found: the check above checked nothing"
 
 
 def test_included_launch_arguments_are_declared_by_the_included_file():
@@ -193,13 +204,49 @@ def test_params_file_is_valid_ros2_yaml_with_node_parameters_only():
     assert set(values) <= _node_parameters()
 
 
-def test_rviz_config_shows_the_camera_and_the_nodes_image_topics():
-    config = yaml.safe_load((REPO / "config" / "video_seg.rviz").read_text())
-    displays = config["Visualization Manager"]["Displays"]
-    topics = {d["Topic"]["Value"] for d in displays if d["Class"] == "rviz_default_plugins/Image"}
+def _rviz_topics(text: str) -> set[str]:
+    displays = yaml.safe_load(text)["Visualization Manager"]["Displays"]
+    return {d["Topic"]["Value"] for d in displays if d["Class"] == "rviz_default_plugins/Image"}
+
+
+def _foxglove_topics(text: str) -> set[str]:
+    import json
+
+    panels = json.loads(text)["configById"]
+    return ({p["imageMode"]["imageTopic"] for k, p in panels.items() if k.startswith("Image!")}
+            | {path["value"] for path in panels["Plot!consistency"]["paths"]})
+
+
+def test_rviz_config_and_foxglove_layout_show_the_camera_and_the_nodes_topics():
+    rviz = (REPO / "config" / "video_seg.rviz").read_text()
+    foxglove = (REPO / "config" / "foxglove_layout.json").read_text()
     camera = _declared_arguments(_tree(REPO / "launch" / "video_seg.launch.py"))["image"]
     node = _node_name()
-    assert topics == {camera, f"/{node}/color", f"/{node}/overlay"}
-    node_source = (REPO / "video_seg_ros" / "ros" / "node.py").read_text()
-    for suffix in ("color", "overlay"):
-        assert f'"~/{suffix}"' in node_source, f"the node no longer publishes ~/{suffix}"
+    assert _rviz_topics(rviz) == {camera, f"/{node}/color", f"/{node}/overlay"}
+    assert _foxglove_topics(foxglove) == {camera, f"/{node}/color", f"/{node}/overlay", f"/{node}/consistency.data"}
+    for suffix in ("color", "overlay", "consistency"):  # the node publishes camera.private(output)
+        assert f'"{suffix}"' in (REPO / "video_seg_ros" / "ros" / "node.py").read_text(), suffix
+
+
+def test_views_follow_the_launch_files_namespace_node_name_and_cameras():
+    from video_seg_ros.ros.views import camera_topics, foxglove_layout, node_path, rviz_config
+
+    rviz = (REPO / "config" / "video_seg.rviz").read_text()
+    foxglove = (REPO / "config" / "foxglove_layout.json").read_text()
+    default = camera_topics(node_path("", _node_name()), [])
+    assert _rviz_topics(rviz_config(rviz, default)) == _rviz_topics(rviz)
+    assert foxglove_layout(foxglove, default) == foxglove  # the shipped file is the generated default
+    topics = camera_topics(node_path("car", "seg"), ["front", "left"], ["/cams/front/raw", "/cams/left/raw"])
+    expected = {"/cams/front/raw", "/cams/left/raw"} | {f"/car/seg/{c}/{s}" for c in ("front", "left")
+                                                         for s in ("color", "overlay")}
+    assert _rviz_topics(rviz_config(rviz, topics)) == expected
+    assert _foxglove_topics(foxglove_layout(foxglove, topics)) == expected | {
+        "/car/seg/front/consistency.data", "/car/seg/left/consistency.data"}
+    assert camera_topics("/car/seg", ["front"])["front"] == ("/car/front/image", "/car/seg/front")
+
+
+def test_launch_file_offers_cameras_and_lifecycle_arguments():
+    declared = _declared_arguments(_tree(REPO / "launch" / "video_seg.launch.py"))
+    assert {"cameras", "image_topics", "lifecycle", "autostart", "rviz", "backend", "precision"} <= set(declared)
+    assert declared["lifecycle"] == "false" and declared["cameras"] == ""
+    assert {"video_seg_node", "video_seg_lifecycle_node"} <= _console_scripts()

@@ -7,9 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from video_seg_ros.checkpoint import Checkpoint, Preprocessing, load_checkpoint
+from checkpoints import tiny_espnet
+from video_seg_ros.checkpoint import Checkpoint, load_checkpoint
 from video_seg_ros.engine import SegmentationEngine
-from video_seg_ros.models import build_from_checkpoint, build_model
+from video_seg_ros.models import build_from_checkpoint
 from video_seg_ros.models.local_attention import (dense_local_attention, local_attention, local_window_attention,
                                                   tile_memory_frame)
 from video_seg_ros.models.memory import (MemoryAugmentedSegmenter, MemoryConfig, MemoryState,
@@ -260,12 +261,8 @@ def test_memory_config_errors_say_what_is_wrong():
 @pytest.fixture(scope="module")
 def espnet_checkpoint() -> Checkpoint:
     """A small random-weight ESPNet (p=1, q=1) base checkpoint, built once for this module."""
-    torch.manual_seed(0)
-    model = build_model("espnet", p=1, q=1, num_classes=20).eval()
-    return Checkpoint.for_label_set(
-        "espnet", {"p": 1, "q": 1, "num_classes": 20}, model.state_dict(), "cityscapes",
-        Preprocessing(input_height=64, input_width=96, channel_order="bgr",
-                      mean=[72.4, 82.9, 73.2], std=[45.3, 46.2, 44.9], scale=1 / 255))
+    return tiny_espnet(p=1, q=1, size=(96, 64), channel_order="bgr", mean=(72.4, 82.9, 73.2),
+                       std=(45.3, 46.2, 44.9), scale=1 / 255)
 
 
 def _trained_looking_memory(checkpoint: Checkpoint) -> Checkpoint:

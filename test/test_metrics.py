@@ -71,7 +71,7 @@ def test_accuracy_is_accumulated_over_the_dataset_not_averaged_per_frame():
 
 
 def test_target_id_outside_the_classes_names_the_label_format():
-    with pytest.raises(ValueError, match="label-format"):
+    with pytest.raises(ValueError, match="label format"):
         ConfusionMatrix(19).update(np.zeros((2, 2), np.uint8), np.full((2, 2), 26, np.uint8))
 
 

@@ -13,8 +13,9 @@ ARCHITECTURES = [
     ("espnet", {"num_classes": 12, "p": 2, "q": 8, "decoder_skip_channels": 19}),
     ("pspnet18", {"num_classes": 19}),
     ("cgnet", {"num_classes": 11, "m": 2, "n": 3}),
+    ("dicenet", {"num_classes": 20, "width_scale": 0.5}),
 ]
-IDS = ["espnet-city-q3", "espnet-camvid-q8", "pspnet18", "cgnet-m2n3"]
+IDS = ["espnet-city-q3", "espnet-camvid-q8", "pspnet18", "cgnet-m2n3", "dicenet-s0.5"]
 
 
 _BUILT: dict[str, torch.nn.Module] = {}
@@ -30,7 +31,7 @@ def _model(arch, kwargs):
 
 
 def test_every_model_builder_is_registered():
-    assert {"espnet", "pspnet18", "cgnet"} <= set(available_architectures())
+    assert {"espnet", "pspnet18", "cgnet", "dicenet"} <= set(available_architectures())
 
 
 @pytest.mark.parametrize(("arch", "kwargs"), ARCHITECTURES, ids=IDS)

@@ -7,12 +7,12 @@ import threading
 import numpy as np
 import pytest
 
-from ros_support import make_tiny_checkpoint
 from video_seg_ros.engine import SegmentationEngine
 from video_seg_ros.image_encoding import Frame
 from video_seg_ros.labels import CITYSCAPES, IGNORE_ID, colorize
 from video_seg_ros.metrics import OnlineConsistency
-from video_seg_ros.ros.pipeline import FrameQueue, OutputRequest, ResetPolicy, StreamPipeline, StreamStats
+from video_seg_ros.ros.pipeline import (FrameQueue, OutputRequest, ResetPolicy, StreamPipeline, StreamStats,
+                                        segment_streams)
 
 
 def test_keep_latest_queue_replaces_the_waiting_frame_and_counts_the_drop():
@@ -41,6 +41,21 @@ def test_queue_close_wakes_a_waiting_consumer():
     assert not consumer.is_alive() and result == [None]
     with pytest.raises(ValueError):
         FrameQueue(capacity=0)
+
+
+def test_queue_keeps_one_keep_latest_slot_per_camera_and_hands_out_one_frame_of_each():
+    queue = FrameQueue(capacity=1)
+    assert queue.put("front 1", "front") == 0
+    assert queue.put("left 1", "left") == 0  # another camera: nothing dropped
+    assert queue.put("front 2", "front") == 1
+    assert queue.get_batch(timeout=0.1) == [("front", "front 2"), ("left", "left 1")]
+    assert queue.get_batch(timeout=0.01) == []
+    buffered = FrameQueue(capacity=3)
+    for i in range(2):
+        buffered.put(f"front {i}", "front")
+    buffered.put("left 0", "left")
+    assert buffered.get_batch(0.01) == [("front", "front 0"), ("left", "left 0")]  # a camera's frames in order
+    assert buffered.clear() == 1 and len(buffered) == 0
 
 
 def test_dropped_items_pass_their_knowledge_to_the_successor():
@@ -81,12 +96,15 @@ def test_stats_percentiles_fps_and_new_rejections():
         stats.on_received(dropped=1 if i % 2 else 0)
         stats.on_processed(latency_ms=10.0 + i, model_ms=5.0, done_at=100.0 + 0.1 * i)
     stats.on_rejected("bad_length", "data has 3 bytes")
+    stats.on_skipped()
     first = stats.snapshot(now=101.0)
     assert (first["received"], first["processed"], first["dropped"], first["rejected"]) == (10, 10, 5, 1)
+    assert (first["skipped"], first["new_skipped"], first["new_received"], first["new_processed"]) == (1, 1, 10, 10)
     assert first["latency_p50_ms"] == pytest.approx(14.5)
     assert first["fps"] == pytest.approx(10.0)
-    assert first["new_rejections"] == 1 and first["rejected_by_reason"] == {"bad_length": 1}
-    assert stats.snapshot(now=101.0)["new_rejections"] == 0  # WARN clears once the bad input stops
+    assert first["new_rejected"] == 1 and first["rejected_by_reason"] == {"bad_length": 1}
+    second = stats.snapshot(now=101.0)
+    assert second["new_rejected"] == second["new_received"] == 0  # WARN clears once the bad input stops
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -101,9 +119,8 @@ def single_torch_thread():
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    path = make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
-    return SegmentationEngine(str(path), device="cpu")
+def engine(tiny_espnet_checkpoint):
+    return SegmentationEngine(str(tiny_espnet_checkpoint), device="cpu", backend="torch")
 
 
 def _frame(seed=0, size=(40, 64), encoding="rgb8"):
@@ -152,7 +169,7 @@ def test_pipeline_consistency_is_measured_every_stride_frames(engine):
         samples.append(pipeline.measure(frame, result.labels))
     measured = [s for s in samples if s is not None]
     assert len(measured) == 2  # frames 2 and 4
-    assert all(s.tc == pytest.approx(1.0) for s in measured if s.tc is not None)  # static scene
+    assert [s.tc for s in measured] == [pytest.approx(1.0)] * 2  # static scene: identical labels
     pipeline.reset()
     assert consistency.pairs == 0
 
@@ -171,19 +188,10 @@ def test_large_image_profile_is_found_and_a_user_profile_wins():
 @pytest.fixture(scope="module")
 def memory_engine(tmp_path_factory):
     """A tiny ESPNet with an LMANet memory whose layers are random, so memory visibly matters."""
-    import torch
+    from ros_support import make_tiny_memory_checkpoint
 
-    from video_seg_ros.checkpoint import load_checkpoint
-    from video_seg_ros.models.memory import add_memory_to_checkpoint
-
-    base = load_checkpoint(make_tiny_checkpoint(tmp_path_factory.mktemp("mem") / "tiny.pt"))
-    checkpoint = add_memory_to_checkpoint(base, {"memory_length": 2, "window": 5, "dropout": 0.0})
-    generator = torch.Generator().manual_seed(1)
-    checkpoint.state_dict = {
-        key: torch.randn(value.shape, generator=generator) if not key.startswith("base.")
-        and value.is_floating_point() else value
-        for key, value in checkpoint.state_dict.items()}
-    engine = SegmentationEngine(checkpoint, device="cpu")
+    path = make_tiny_memory_checkpoint(tmp_path_factory.mktemp("mem") / "memory.pt")
+    engine = SegmentationEngine(str(path), device="cpu", backend="torch")
     assert engine.is_temporal
     return engine
 
@@ -211,3 +219,34 @@ def test_temporal_state_switch_and_reset_control_the_model_memory(memory_engine)
         pipeline.segment(previous, 3.0 + 0.1 * i)
     pipeline.request_reset("service", "test")
     assert np.array_equal(pipeline.segment(current, 3.2).labels, without_memory)
+
+
+def test_cameras_batched_together_keep_their_own_memory_resets_and_tc(memory_engine):
+    """segment_streams: one batch of two cameras gives each the labels it would get alone."""
+    previous, current = _frame(seed=20), _frame(seed=21)
+    other = [_frame(seed=30 + i, size=(24, 48)) for i in range(3)]  # another camera, another size
+
+    def camera(name):
+        return StreamPipeline(memory_engine, consistency=OnlineConsistency(len(CITYSCAPES.names), max_width=64),
+                              stream=name)
+
+    memory_engine.reset()
+    alone = camera("alone")
+    for i in range(2):
+        alone.segment(previous, 1.0 + 0.1 * i)
+    expected = alone.segment(current, 1.2).labels
+    fresh = camera("fresh").segment(current, 1.0).labels
+    assert not np.array_equal(expected, fresh), "memory has no effect: the test would prove nothing"
+
+    front, left = camera("front"), camera("left")
+    for i in range(2):
+        results = segment_streams([(front, previous, 1.0 + 0.1 * i, None, None),
+                                   (left, other[i], 5.0 + 0.1 * i, None, None)])
+        assert [r.labels.shape for r in results] == [(40, 64), (24, 48)]
+    left.request_reset("service", "test")  # a reset of left ...
+    last = segment_streams([(front, current, 1.2, None, None), (left, other[2], 4.0, None, None)])
+    assert np.array_equal(last[0].labels, expected)  # ... and left's frames never reached front's memory
+    assert last[0].reset is None and last[1].reset == ("service", "test")
+    assert (front.frames_since_reset, left.frames_since_reset) == (3, 1)
+    with pytest.raises(ValueError, match="one frame per stream"):
+        segment_streams([(front, current, 1.3, None, None), (front, current, 1.4, None, None)])

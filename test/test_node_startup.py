@@ -1,6 +1,10 @@
-"""video_seg_node refuses unusable configurations at start-up: one clear line, non-zero exit."""
+"""video_seg_node refuses unusable configurations at start-up (one clear line on stderr, the same
+reason on the ROS logger, non-zero exit) and exits cleanly on SIGINT / SIGTERM."""
 
 from __future__ import annotations
+
+import signal
+import time
 
 import pytest
 
@@ -8,7 +12,7 @@ pytest.importorskip("rclpy", reason="ROS 2 rclpy is not installed")
 
 from ros_support import NodeProcess, make_tiny_checkpoint, write_params_file  # noqa: E402
 
-EXIT_TIMEOUT = 120.0
+EXIT_TIMEOUT = 240.0  # torch import alone takes a minute on a loaded 2-core machine
 
 
 @pytest.fixture(scope="module")
@@ -24,14 +28,30 @@ def failed_starts(tmp_path_factory):
         "missing_checkpoint": {"checkpoint": str(tmp / "does_not_exist.pt")},
         "unreadable_checkpoint": {"checkpoint": str(not_a_checkpoint)},
         "bad_qos": {"checkpoint": checkpoint, "input_qos": "fastest"},
+        "bad_transport": {"checkpoint": checkpoint, "image_transport": "theora"},
+        "bad_precision": {"checkpoint": checkpoint, "precision": "int3"},
+        "bad_camera_name": {"checkpoint": checkpoint, "cameras": ["front", "front left"]},
         "alpha_out_of_range": {"checkpoint": checkpoint, "overlay_alpha": 3.0},
     }
     if not torch.cuda.is_available():
         cases["cuda_without_cuda"] = {"checkpoint": checkpoint, "device": "cuda"}
-    processes = {name: NodeProcess(write_params_file(tmp / f"{name}.yaml", params), tmp / f"{name}.log",
-                                   name=f"startup_{name}")
+    processes = {name: NodeProcess(write_params_file(tmp / f"{name}.yaml", {"backend": "torch", **params}),
+                                   tmp / f"{name}.log", name=f"startup_{name}")
                  for name, params in cases.items()}
-    return {name: (process.wait_exit(EXIT_TIMEOUT), process.output()) for name, process in processes.items()}
+    # Two good nodes in the same batch, for the shutdown signals.
+    good = write_params_file(tmp / "good.yaml", {"checkpoint": checkpoint, "device": "cpu", "backend": "torch"})
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        processes[sig.name] = NodeProcess(good, tmp / f"{sig.name}.log", name=f"startup_{sig.name.lower()}")
+    outcomes = {}
+    for name, process in processes.items():
+        if name.startswith("SIG"):
+            deadline = time.monotonic() + EXIT_TIMEOUT
+            while "ready" not in process.output() and process.alive() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            outcomes[name] = (process.stop(getattr(signal, name), timeout=60.0), process.output())
+        else:
+            outcomes[name] = (process.wait_exit(EXIT_TIMEOUT), process.output())
+    return outcomes
 
 
 def _error_lines(output: str) -> list[str]:
@@ -42,6 +62,9 @@ def _error_lines(output: str) -> list[str]:
     ("missing_checkpoint", "checkpoint not found"),
     ("unreadable_checkpoint", "could not read checkpoint"),
     ("bad_qos", "input_qos must be one of"),
+    ("bad_transport", "image_transport must be one of raw, compressed"),
+    ("bad_precision", "precision must be one of"),
+    ("bad_camera_name", "camera name 'front left'"),
     ("alpha_out_of_range", "overlay_alpha"),
     ("cuda_without_cuda", "no CUDA device"),
 ])
@@ -53,6 +76,16 @@ def test_bad_configuration_exits_non_zero_with_one_clear_line(failed_starts, cas
     lines = _error_lines(output)
     assert len(lines) == 1 and expected in lines[0], output
     assert "Traceback" not in output
+    reason = lines[0].split("video_seg_node: error: ", 1)[1]
+    logged = [line for line in output.splitlines() if line.startswith("[ERROR]") and line.endswith(reason)]
+    assert len(logged) == 1, f"the reason did not go to the ROS logger (/rosout):\n{output}"
+
+
+@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
+def test_a_running_node_exits_cleanly_on_sigint_and_sigterm(failed_starts, name):
+    code, output = failed_starts[name]
+    assert "ready" in output, output
+    assert code == 0 and "Traceback" not in output, output
 
 
 def test_shipped_parameters_file_sets_every_parameter_to_its_declared_default():
@@ -64,6 +97,7 @@ def test_shipped_parameters_file_sets_every_parameter_to_its_declared_default():
 
     config = Path(__file__).resolve().parents[1] / "config" / "video_seg.yaml"
     values = yaml.safe_load(config.read_text())["/**"]["ros__parameters"]
-    assert set(values) == set(PARAMETERS)
-    for name, spec in PARAMETERS.items():
+    current = {name: spec for name, spec in PARAMETERS.items() if not spec.deprecated}
+    assert set(values) == set(current)  # deprecated ones are left out of the shipped file
+    for name, spec in current.items():
         assert values[name] == spec.default and type(values[name]) is type(spec.default), name

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import signal
 import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -20,10 +19,12 @@ import pytest
 pytest.importorskip("rclpy", reason="rclpy is not installed: the replay tests need ROS 2 "
                                       "(pip wheels or a sourced install)")
 
-from ros_support import (NodeProcess, RosProbe, make_tiny_checkpoint, ros_environment,  # noqa: E402
-                         write_params_file)
+from checkpoints import make_tiny_espnet_checkpoint  # noqa: E402
+from ros_support import NodeProcess, RosProbe, ros_environment, write_params_file  # noqa: E402
 
 from video_seg_ros.bags import read_images  # noqa: E402
+from video_seg_ros.engine import SegmentationEngine  # noqa: E402
+from video_seg_ros.evaluation import EvalFrame, bag_frames, evaluate_recording  # noqa: E402
 from video_seg_ros.processes import LoggedProcess  # noqa: E402
 from video_seg_ros.tools import demo, make_bag  # noqa: E402
 
@@ -72,7 +73,8 @@ def test_player_publishes_every_frame_with_its_stamp_and_pixels_paced_by_the_bag
                                  keep=lambda m: (m.header.stamp.sec * 10**9 + m.header.stamp.nanosec,
                                                  m.height, m.width, bytes(m.data)))
         log = tmp_path / "player.log"
-        player = _start("video_seg_ros.tools.play_bag", [str(bag), "--rate", "2", "--wait-for-subscribers", "20",
+        # --rate is in Hz: the 10 Hz bag played at 20 Hz, i.e. twice as fast.
+        player = _start("video_seg_ros.tools.play_bag", [str(bag), "--rate", "20", "--wait-for-subscribers", "20",
                                                          "--log", str(tmp_path / "play.json")], log)
         assert _wait(player, 60) == 0, log.read_text()
         assert probe.wait_for(lambda: len(received) >= 6, 10), f"got {len(received)} of 6 frames"
@@ -82,6 +84,7 @@ def test_player_publishes_every_frame_with_its_stamp_and_pixels_paced_by_the_bag
         assert data == image.pixels.tobytes()
     report = json.loads((tmp_path / "play.json").read_text())
     assert report["published"] == {"/camera/image_raw": 6}
+    assert report["speed"] == pytest.approx(2.0)
     publish_gaps = np.diff([m["publish_ns"] for m in report["messages"]]) / 1e6
     assert (publish_gaps > 35).all(), publish_gaps  # 100 ms apart in the bag, played twice as fast
 
@@ -90,17 +93,17 @@ def test_player_node_recorder_round_trip_loses_no_frame(tmp_path):
     frames = 8
     bag = _bag(tmp_path, frames)
     params = write_params_file(tmp_path / "params.yaml", {
-        "checkpoint": str(make_tiny_checkpoint(tmp_path / "tiny.pt")), "device": "cpu",
+        "checkpoint": str(make_tiny_espnet_checkpoint(tmp_path / "tiny.pt")), "device": "cpu",
         "input_qos": "reliable", "frame_queue_size": 50, "consistency_stride": 1})
     ready, recorded, pngs = tmp_path / "ready", tmp_path / "recorded", tmp_path / "pngs"
     recorder_log = tmp_path / "recorder.log"
     recorder = _start("video_seg_ros.tools.record", [
-        "--bag", str(recorded), "--png", str(pngs), "--color", "--consistency", "--count", str(frames),
-        "--timeout", "120", "--ready-file", str(ready), "--report", str(tmp_path / "record.json")], recorder_log)
+        "-o", str(recorded), "--png", str(pngs), "--color", "--consistency", "--limit", str(frames),
+        "--timeout", "120", "--wait", "90", "--ready-file", str(ready), "--report", str(tmp_path / "record.json")], recorder_log)
     node = NodeProcess(params, tmp_path / "node.log", remaps={"image": "/camera/image_raw"})
     try:
+        # The ready file appears once every subscription reported its DDS match with the node.
         assert RosProbe.wait_for(ready.exists, 90), f"recorder never matched the node:\n{node.output()}"
-        time.sleep(0.5)
         player_log = tmp_path / "player.log"
         player = _start("video_seg_ros.tools.play_bag", [str(bag), "--wait-for-subscribers", "20"], player_log)
         assert _wait(player, 60) == 0, player_log.read_text()
@@ -128,18 +131,26 @@ def test_player_node_recorder_round_trip_loses_no_frame(tmp_path):
 
 
 def test_demo_replays_the_sample_through_the_node_and_writes_its_reports(tmp_path, capsys):
-    checkpoint = make_tiny_checkpoint(tmp_path / "tiny.pt")
+    checkpoint = make_tiny_espnet_checkpoint(tmp_path / "tiny.pt")
     out = tmp_path / "demo"
-    code = demo.main(["--checkpoint", str(checkpoint), "--frames", "6", "--size", "64x32",
-                      "--replay-hz", "10", "--output", str(out)])
+    code = demo.main(["--checkpoint", str(checkpoint), "--limit", "6", "--size", "64x32",
+                      "--replay-hz", "10", "-o", str(out), "--quiet"])
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "6/6 segmented, 0 lost" in printed
     summary = json.loads((out / "summary.json").read_text())
     results = summary["results"]
     assert results["frames_lost"] == 0 and results["frames_segmented"] == 6
-    assert results["tc_pairs"] == 5 and 0.0 <= results["tc"] <= 1.0
-    assert results["labelled_frames"] == 6 and 0.0 <= results["miou"] <= 1.0
+    # The ROS round trip changes no label: the figures equal the in-process engine's on the same
+    # frames, scored by the same evaluator.
+    engine = SegmentationEngine(str(checkpoint), device="cpu")
+    frames = list(bag_frames(out / "input_bag", "/camera/image_raw", None))
+    predictions = {stamp: engine.segment(frame.rgb).labels for stamp, frame in frames}
+    sample_labels = _sample_labels(6, (64, 32))
+    expected = evaluate_recording(((s, EvalFrame(f.rgb, f.key, f.sequence, f.number, sample_labels[f.key]))
+                                   for s, f in frames), predictions, engine.class_names)
+    assert results["tc_pairs"] == 5 and results["tc"] == round(expected.tc, 5)
+    assert results["labelled_frames"] == 6 and results["miou"] == round(expected.miou, 5)
     assert results["latency_ms"]["p50"] > 0
     assert summary["exit_codes"] == {"player": 0, "node": 0, "recorder": 0}
     video = cv2.VideoCapture(str(out / "overlay.mp4"))
@@ -151,23 +162,35 @@ def test_demo_replays_the_sample_through_the_node_and_writes_its_reports(tmp_pat
     assert "TC over time" in (out / "summary.md").read_text()
 
 
+def _sample_labels(count: int, size: tuple[int, int]) -> dict:
+    """Frame key -> labels of the demo's synthetic sample (as the demo generates it at 17 Hz)."""
+    from video_seg_ros.synthetic import DEMO_SEED, demo_sequence, frame_stem
+
+    return {frame_stem(DEMO_SEED, frame.index): frame.labels
+            for frame in demo_sequence(num_frames=count, width=size[0], height=size[1], fps=17.0)}
+
+
 def test_player_and_recorder_reject_bad_arguments_with_a_clear_message(tmp_path):
     bag = _bag(tmp_path, 1)
     log = tmp_path / "player.log"
     player = _start("video_seg_ros.tools.play_bag", [str(bag), "--topic", "/no/such/topic"], log)
-    assert _wait(player, 60) == 2
+    assert _wait(player, 60) == 1  # run-time failure
     assert "has no topic /no/such/topic" in log.read_text() and "/camera/image_raw" in log.read_text()
     log = tmp_path / "player_dir.log"
     player = _start("video_seg_ros.tools.play_bag", [str(tmp_path / "frames")], log)
-    assert _wait(player, 60) == 2
+    assert _wait(player, 60) == 1
     assert "not a rosbag2 folder" in log.read_text()
+    log = tmp_path / "player_usage.log"
+    player = _start("video_seg_ros.tools.play_bag", [str(bag), "--speed", "0"], log)
+    assert _wait(player, 60) == 2  # usage error
+    assert "must be positive" in log.read_text()
     log = tmp_path / "recorder.log"
-    recorder = _start("video_seg_ros.tools.record", ["--count", "1"], log)
+    recorder = _start("video_seg_ros.tools.record", ["--limit", "1"], log)
     assert _wait(recorder, 60) == 2
-    assert "--bag" in log.read_text()
+    assert "-o/--output" in log.read_text()
     log = tmp_path / "recorder_wait.log"
-    recorder = _start("video_seg_ros.tools.record", ["--bag", str(tmp_path / "never"), "--wait", "1"], log)
-    assert _wait(recorder, 60) == 2
+    recorder = _start("video_seg_ros.tools.record", ["-o", str(tmp_path / "never"), "--wait", "1"], log)
+    assert _wait(recorder, 60) == 1
     assert "no publisher on /video_seg_node/labels" in log.read_text()
     assert not (tmp_path / "never").exists()
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]

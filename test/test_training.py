@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 import cv2
@@ -211,13 +212,13 @@ def test_train_cli_writes_a_loadable_checkpoint_and_resume_continues(tmp_path, s
 
 
 def test_train_cli_reports_a_bad_config_without_a_traceback(tmp_path, capsys):
-    assert train_main(["--config", str(tmp_path / "missing.yaml")]) == 2
+    assert train_main(["--config", str(tmp_path / "missing.yaml")]) == 1  # run-time failure
     assert "config file not found" in capsys.readouterr().err
 
 
 def test_resume_without_an_earlier_run_says_what_to_do(tmp_path, sequences, capsys):
     config_path = write_config(tmp_path / "tiny.yaml", tiny_config(sequences, tmp_path / "fresh"))
-    assert train_main(["--config", str(config_path), "--no-progress", "--resume"]) == 2
+    assert train_main(["--config", str(config_path), "--quiet", "--resume"]) == 1
     assert "start without --resume" in capsys.readouterr().err
 
 
@@ -303,3 +304,194 @@ def test_teacher_of_another_label_set_is_rejected_naming_the_missing_class(tmp_p
     student_meta = {"label_set": "cityscapes", "output_to_class": output_to_class_for("cityscapes", 19)}
     with pytest.raises(ValueError, match="no output for class id 11"):
         build_teacher({"teacher": {"checkpoint": str(teacher)}}, student_meta)
+
+
+# ---- config values, precision, flow-cache reuse, profiling ------------------------------------------
+@pytest.mark.parametrize("override, message", [
+    ("train.val_every=-1", r"train.val_every must be an integer >= 0 \(epochs between validations; 0 = never"),
+    ("train.save_every=-2", r"train.save_every must be an integer >= 0"),
+    ("train.epochs=0", r"train.epochs must be an integer >= 1"),
+    ("train.batch_size=true", r"train.batch_size must be an integer >= 1 .*got True"),
+    ("train.log_every=0", r"train.log_every must be an integer >= 1"),
+    ("train.max_iters_per_epoch=0", r"train.max_iters_per_epoch must be an integer >= 1 or null"),
+    ("train.max_iters=2.5", r"train.max_iters must be an integer >= 1 or null"),
+    ("train.precision=fp8", r"train.precision must be null or one of auto, fp32, bf16, fp16"),
+])
+def test_bad_integer_and_precision_values_are_refused_when_the_config_is_read(tmp_path, sequences, override,
+                                                                             message):
+    path = write_config(tmp_path / "c.yaml", tiny_config(sequences, tmp_path / "run"))
+    with pytest.raises(ConfigError, match=message):
+        load_config(path, [override])
+
+
+def test_val_every_0_never_validates_and_best_is_the_last_checkpoint(tmp_path, sequences):
+    run_dir = tmp_path / "run"
+    config = tiny_config(sequences, run_dir)
+    config["train"].update({"epochs": 2, "val_every": 0, "save_every": 0, "max_iters_per_epoch": 1})
+    assert train_main(["--config", str(write_config(tmp_path / "c.yaml", config)), "--quiet"]) == 0
+    rows = _read_csv(run_dir / "metrics.csv")
+    assert [r["epoch"] for r in rows] == ["1", "2"] and all(r["val_miou"] == "" for r in rows)
+    last, best = load_checkpoint(run_dir / "last.pt"), load_checkpoint(run_dir / "best.pt")
+    assert last.training["epoch"] == best.training["epoch"] == 2
+    assert all(torch.equal(last.state_dict[k], best.state_dict[k]) for k in last.state_dict)
+
+
+def test_max_iters_ends_the_run_inside_an_epoch(tmp_path, sequences):
+    from video_seg_ros.training.trainer import Trainer
+
+    config = load_config(write_config(tmp_path / "c.yaml", tiny_config(sequences, tmp_path / "run")),
+                         ["train.epochs=5", "train.max_iters=2", "train.val_every=0"])
+    trainer = Trainer(config, progress=False)
+    assert trainer.iters_per_epoch == 3 and trainer.total_iters == 2
+    trainer.fit()
+    assert trainer.iteration == 2 and trainer.epoch == 1
+
+
+def test_trainer_flushes_denormals_and_refuses_emulated_bf16_naming_the_cpu(tmp_path, sequences):
+    from video_seg_ros.runtime import PrecisionError, cpu_has_native_bf16, flush_denormals
+    from video_seg_ros.training.trainer import Trainer
+
+    path = write_config(tmp_path / "c.yaml", tiny_config(sequences, tmp_path / "run"))
+    if not flush_denormals(False):
+        pytest.skip("this CPU cannot flush denormals (no DAZ/FTZ)")
+    assert torch.tensor([1e-40]).mul(1.0).item() != 0.0
+    try:
+        trainer = Trainer(load_config(path, ["train.precision=fp32"]), progress=False)
+    finally:
+        denormal_after = torch.tensor([1e-40]).mul(1.0).item()
+        flush_denormals(True)
+    assert denormal_after == 0.0  # a denormal float32 reads as zero: the trainer switched the flush on
+    assert trainer.precision == "fp32" and not trainer.use_amp
+    if cpu_has_native_bf16():
+        assert Trainer(load_config(path, ["train.precision=bf16"]), progress=False).amp_dtype == torch.bfloat16
+    else:
+        with pytest.raises(PrecisionError, match="needs a CPU with native bf16.*Use 'fp32' or 'auto'"):
+            Trainer(load_config(path, ["train.precision=bf16"]), progress=False)
+    old_style = Trainer(load_config(path, ["train.amp=true"]), progress=False)  # amp is CUDA-only
+    assert old_style.precision == "fp32"
+
+
+def test_a_second_dataset_over_the_same_frames_reads_the_flow_cache_instead_of_computing(tmp_path, sequences):
+    from video_seg_ros.training.datasets import build_training_dataset
+    from video_seg_ros.training.flow_cache import bytes_per_pair
+
+    config = load_config(write_config(tmp_path / "c.yaml", tiny_config(sequences, tmp_path / "run")),
+                         [f"data.flow.cache_dir={tmp_path / 'flow'}", "data.max_gap=1", "data.direction=forward"])
+    first = build_training_dataset(config, tmp_path / "run")
+    for index in range(len(first)):
+        first[index]
+    cache = first.datasets[0].flow_cache
+    assert cache.misses == 6 and cache.hits == 0  # seqa: 6 anchors, each with its (forward) neighbour
+    files, size = cache.disk_usage()
+    assert files == 6 and size == 6 * bytes_per_pair(WIDTH, HEIGHT)  # one float16 file per (t, t+k) pair
+    second = build_training_dataset(config, tmp_path / "other_run")  # another run, same cache_dir
+    for index in range(len(second)):
+        second[index]
+    again = second.datasets[0].flow_cache
+    assert (again.misses, again.hits) == (0, 6)
+    assert again.disk_usage() == (files, size)
+
+
+def test_profile_flag_prints_where_the_step_time_goes_without_touching_the_run(tmp_path, sequences, capsys):
+    run_dir = tmp_path / "run"
+    config = tiny_config(sequences, run_dir)
+    config["data"]["flow"] = {"cache_dir": str(tmp_path / "flow")}
+    assert train_main(["--config", str(write_config(tmp_path / "c.yaml", config)), "--quiet",
+                       "--profile", "3"]) == 0
+    out = capsys.readouterr().out
+    for phase in ("| data |", "| data.read |", "| data.flow_compute |", "| student |", "| loss.temporal |",
+                  "| backward |", "| optimizer |", "| step |"):
+        assert phase in out, phase
+    assert "flow cache" in out and (run_dir / "profile" / "profile.md").read_text() in out
+    assert not (run_dir / "last.pt").exists()  # profiling writes into run_dir/profile only
+    steps = _read_csv(run_dir / "profile" / "steps.csv")
+    assert len(steps) == 3 and float(steps[0]["s_student"]) > 0 and float(steps[0]["step_s"]) > 0
+
+
+# ---- every recipe in config/train loads and trains two steps ----------------------------------------
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = sorted((REPO / "config" / "train").glob("*.yaml"))
+
+#: Checkpoints the recipes name that ``video-seg-import`` makes from ../shared/weights (the recipes'
+#: comments and docs/training.md give the commands): file name -> (arch, weights inside ../shared).
+IMPORTED_FROM_SHARED = {
+    "espnet_p2_q3_cityscapes.pt": ("espnet", "weights/espnet/espnet_p_2_q_3.pth"),
+    "espnet_p2_q8_cityscapes.pt": ("espnet", "weights/espnet/espnet_p_2_q_8.pth"),
+    "dicenet_s1.75_cityscapes.pt": ("dicenet", "weights/dicenet/dicenet_s_1.75_city_1024x512.pth"),
+}
+
+
+def _recipe_run_dirs() -> dict[Path, Path]:
+    """run_dir -> recipe, to recognise a recipe that starts from another recipe's output."""
+    run_dirs = {}
+    for recipe in RECIPES:
+        run_dir = (yaml.safe_load(recipe.read_text()) or {}).get("run_dir")
+        if run_dir:
+            run_dirs[(REPO / run_dir).resolve()] = recipe
+    return run_dirs
+
+
+def _recipe_checkpoint(reference: str, imports: Path) -> Path:
+    """The checkpoint a recipe names, or what stands in for it when it has not been made yet."""
+    path = Path(reference) if Path(reference).is_absolute() else REPO / reference
+    if path.is_file():
+        return path
+    if path.name in IMPORTED_FROM_SHARED:
+        from shared_data import shared_dir
+        from video_seg_ros.tools.import_weights import main as import_main
+
+        arch, weights = IMPORTED_FROM_SHARED[path.name]
+        shared = shared_dir()
+        if shared is None or not (shared / weights).is_file():
+            pytest.skip(f"{reference} is absent and is video-seg-import's output of ../shared/{weights}, "
+                        "which is not here (a fresh clone has no ../shared)")
+        out = imports / path.name
+        if not out.is_file():
+            assert import_main(["--arch", arch, "--preset", "cityscapes", "--weights", str(shared / weights),
+                                "--out", str(out)]) == 0
+        return out
+    producer = _recipe_run_dirs().get(path.parent.resolve())
+    if producer is not None and path.name in ("last.pt", "best.pt"):
+        # A training output of another recipe (e.g. the memory template's frozen ETC model): its
+        # starting checkpoint has the same architecture and stands in for it here.
+        init = (yaml.safe_load(producer.read_text())["model"] or {}).get("init")
+        assert init, f"{producer.name} makes {reference} but starts from no checkpoint"
+        return _recipe_checkpoint(init, imports)
+    pytest.fail(f"{reference} does not exist, and neither ../shared nor another recipe makes it")
+
+
+@pytest.fixture(scope="module")
+def imported_weights(tmp_path_factory):
+    return tmp_path_factory.mktemp("imported")
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
+def test_every_recipe_config_loads_and_trains_two_steps_on_tiny_frames(recipe, tmp_path, sequences,
+                                                                       imported_weights):
+    from video_seg_ros.training.config import config_from_dict
+    from video_seg_ros.training.trainer import Trainer
+
+    config = load_config(recipe)  # the recipe as written: keys and values valid
+    if config["model"].get("init"):
+        config["model"]["init"] = str(_recipe_checkpoint(config["model"]["init"], imported_weights))
+    if (config.get("teacher") or {}).get("checkpoint"):
+        config["teacher"]["checkpoint"] = str(_recipe_checkpoint(config["teacher"]["checkpoint"], imported_weights))
+    if (config.get("teacher") or {}).get("input_size"):
+        config["teacher"]["input_size"] = [2 * WIDTH, 2 * HEIGHT]
+    # Only the data and the budget shrink; model, teacher, memory, losses and precision stay.
+    config["run_dir"] = str(tmp_path / "run")
+    config["data"].update({
+        "train": [{"type": "folder", "images": str(sequences / "images"), "labels": str(sequences / "labels"),
+                   "label_format": "trainids"}],
+        "val": [], "resize": [WIDTH, HEIGHT], "val_resize": None, "workers": 0,
+        "crop": [48, 32] if config["data"]["crop"] else None,
+        "flow": dict(config["data"]["flow"], cache_dir=str(tmp_path / "flow")),
+    })
+    config["train"].update({"max_iters": 2, "max_iters_per_epoch": None, "batch_size": 2, "val_every": 0,
+                            "device": "cpu", "log_every": 1})
+    trainer = Trainer(config_from_dict(config), progress=False)
+    trainer.fit()
+    assert trainer.iteration == 2 and (tmp_path / "run" / "last.pt").is_file()
+    enabled = {name for name, spec in config["losses"].items() if spec["weight"]}
+    assert {row["iteration"] for row in trainer.step_log} == {1, 2}
+    assert enabled <= set(trainer.step_log[-1]) and all(math.isfinite(row["total"]) for row in trainer.step_log)

@@ -1,9 +1,11 @@
-"""launch_testing: launch/video_seg.launch.py starts a node that segments frames and exits cleanly.
+"""launch_testing: launch/video_seg.launch.py starts a single-camera node and a two-camera node
+that segment frames and exit cleanly.
 
 Needs a ROS 2 install with launch, launch_ros and launch_testing (``colcon test`` or
 ``launch_test test/test_video_seg_launch.py``; plain pytest also runs it through the
 launch_testing pytest plugin). Without them, this module is skipped with that reason; the same
-behaviour is covered on pip-only machines by the rclpy process tests (test_replay_roundtrip.py).
+behaviour is covered on pip-only machines by the rclpy process tests (test_node_ros.py,
+test_node_multi_camera.py, test_node_lifecycle.py, test_replay_roundtrip.py).
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ INPUT_TOPIC = "/launch_test/image_raw"
 NAMESPACE = "launch_test"
 LABELS_TOPIC = f"/{NAMESPACE}/video_seg_node/labels"
 FRAME_SIZE = (96, 64)  # width, height
+MULTI_NAMESPACE = "launch_multi"
+#: camera -> (input topic given by image_topics, frame size)
+MULTI_CAMERAS = {"front": ("/launch_multi_in/front", (96, 64)), "left": ("/launch_multi_in/left", (64, 48))}
 
 
 @pytest.mark.launch_test
@@ -48,7 +53,12 @@ def generate_test_description():
         PythonLaunchDescriptionSource(str(LAUNCH_FILE)),
         launch_arguments={"image": INPUT_TOPIC, "namespace": NAMESPACE, "checkpoint": str(checkpoint),
                           "device": "cpu"}.items())
-    return launch.LaunchDescription([node_launch, launch_testing.actions.ReadyToTest()]), {}
+    multi_launch = launch.actions.IncludeLaunchDescription(
+        PythonLaunchDescriptionSource(str(LAUNCH_FILE)),
+        launch_arguments={"namespace": MULTI_NAMESPACE, "checkpoint": str(checkpoint), "device": "cpu",
+                          "cameras": "[" + ",".join(MULTI_CAMERAS) + "]",
+                          "image_topics": "[" + ",".join(t for t, _ in MULTI_CAMERAS.values()) + "]"}.items())
+    return launch.LaunchDescription([node_launch, multi_launch, launch_testing.actions.ReadyToTest()]), {}
 
 
 class TestNodeSegmentsFrames(unittest.TestCase):
@@ -97,10 +107,34 @@ class TestNodeSegmentsFrames(unittest.TestCase):
                         if kv.key == "processed" and kv.value.isdigit())
         self.assertGreaterEqual(processed, 1)
 
+    def test_one_process_serves_two_cameras_each_with_its_own_header_and_size(self):
+        labels = {camera: [] for camera in MULTI_CAMERAS}
+        publishers = {}
+        for camera, (topic, _) in MULTI_CAMERAS.items():
+            self.probe.create_subscription(
+                Image, f"/{MULTI_NAMESPACE}/video_seg_node/{camera}/labels", labels[camera].append,
+                QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+            publishers[camera] = self.probe.create_publisher(Image, topic, 10)
+        rng = np.random.default_rng(1)
+        deadline = time.monotonic() + 120.0
+        count = 0
+        while time.monotonic() < deadline and not all(len(v) >= 2 for v in labels.values()):
+            count += 1
+            for camera, (_, (width, height)) in MULTI_CAMERAS.items():
+                if publishers[camera].get_subscription_count() > 0:
+                    frame = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+                    publishers[camera].publish(image_message(frame, "rgb8", 1000.0 + count * 0.1, frame_id=camera))
+            rclpy.spin_once(self.probe, timeout_sec=0.1)
+        for camera, (_, size) in MULTI_CAMERAS.items():
+            self.assertGreaterEqual(len(labels[camera]), 2, f"no labels for camera {camera}")
+            for message in labels[camera]:
+                self.assertEqual(message.header.frame_id, camera)
+                self.assertEqual((message.width, message.height), size)
+
 
 @launch_testing.post_shutdown_test()
 class TestShutdown(unittest.TestCase):
-    def test_node_exits_cleanly(self, proc_info):
-        # SIGINT at shutdown: rclpy's handler turns it into a normal exit (0); -2 = killed by SIGINT.
-        launch_testing.asserts.assertExitCodes(proc_info, allowable_exit_codes=[0, -2])
+    def test_nodes_exit_cleanly(self, proc_info):
+        # launch stops them with SIGINT, which the node turns into a normal exit: status 0 only.
+        launch_testing.asserts.assertExitCodes(proc_info, allowable_exit_codes=[0])
 

@@ -172,8 +172,8 @@ class BagWriter:
 
     def __enter__(self) -> BagWriter:
         if self.path.exists() and not self.overwrite:
-            raise BagError(f"{self.path} exists already; choose another output path or pass "
-                           "--overwrite to replace it")
+            raise BagError(f"{self.path} exists already; choose another output path or allow "
+                           "overwriting it")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Same parent as the destination, so the final rename is atomic and never crosses devices.
         self._staging = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.partial-", dir=self.path.parent))
@@ -321,7 +321,7 @@ def default_image_topic(path: str | Path) -> str:
     topics = image_topics(path)
     if len(topics) != 1:
         raise BagError(f"bag {path} has {len(topics)} image topics ({', '.join(topics) or 'none'}); "
-                       "name the one to use with --topic")
+                       "name the image topic to use")
     return topics[0]
 
 
@@ -394,3 +394,133 @@ __all__ = [
     "frame_keys", "has_header", "image_message", "image_topics", "ns_to_stamp", "read_images",
     "read_messages", "restamp_cdr", "stamp_to_ns", "typestore",
 ]
+
+
+# ---- frames -> bag ------------------------------------------------------------------------------
+#: Stamps of frames without a natural rate are 1/17 s apart, the Cityscapes camera rate.
+CITYSCAPES_RATE_HZ = 17.0
+
+
+def camera_info_topic(image_topic: str) -> str:
+    """/camera/image_raw -> /camera/camera_info (the image_transport convention)."""
+    namespace = image_topic.rsplit("/", 1)[0]
+    return f"{namespace}/camera_info"
+
+
+def _resized(pixels: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    """``pixels`` resized to ``size`` (W, H) with area interpolation; unchanged if None or already that size."""
+    if size is not None and (pixels.shape[1], pixels.shape[0]) != size:
+        import cv2
+
+        return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
+    return pixels
+
+
+def write_bag(source, output: Path, *, topic: str = "/camera/image_raw", frame_id: str = "camera",
+              rate: float = CITYSCAPES_RATE_HZ, encoding: str = "rgb8", compressed: bool = False,
+              jpeg_quality: int = 95, resize: tuple[int, int] | None = None,
+              camera_info: str | None = None, storage: str = "mcap", start_time_ns: int | None = None,
+              sequence_gap: float = 1.0, overwrite: bool = False, progress: bool = True) -> dict:
+    """Write a :class:`video_seg_ros.sources.FrameSource` into a new bag at ``output``.
+
+    Each header stamp equals the message's receive time in the bag, starting at ``start_time_ns``
+    (default: now) and ``1/rate`` apart; a new sequence starts ``sequence_gap`` seconds after the
+    previous one ended. ``camera_info`` ("uncalibrated" or a camera_calibration YAML) adds
+    CameraInfo messages with the same stamps. The frame list (stamp, sequence, file key) goes into
+    metadata.yaml under :data:`FRAMES_KEY`. Returns a summary dict (topics, counts, stamps).
+    """
+    import time
+
+    from tqdm import tqdm
+
+    if rate <= 0:
+        raise BagError(f"the frame rate must be positive, got {rate}")
+    if encoding not in ("rgb8", "bgr8"):
+        raise BagError(f"encoding must be rgb8 or bgr8, got {encoding!r}")
+    if not 1 <= jpeg_quality <= 100:
+        raise BagError(f"JPEG quality must be 1..100, got {jpeg_quality}")
+    period_ns = round(1e9 / rate)
+    stamp = time.time_ns() if start_time_ns is None else int(start_time_ns)
+    image_topic = f"{topic}/compressed" if compressed else topic
+    info_topic = camera_info_topic(topic) if camera_info else None
+    calibration: CameraCalibration | None = None
+    frames_meta, previous_sequence = [], None
+    size = None
+    with BagWriter(output, storage=storage, overwrite=overwrite) as bag:
+        for frame in tqdm(source.frames, total=source.count, unit="frame", desc="make-bag",
+                          disable=not progress):
+            pixels = _resized(frame.rgb, resize)
+            if size is None:
+                size = (pixels.shape[1], pixels.shape[0])
+            if previous_sequence is not None:
+                stamp += period_ns + (round(sequence_gap * 1e9) if frame.sequence != previous_sequence else 0)
+            previous_sequence = frame.sequence
+            if compressed:
+                message = compressed_message(pixels, "rgb", stamp, frame_id, jpeg_quality)
+            else:
+                ordered = pixels if encoding == "rgb8" else np.ascontiguousarray(pixels[..., ::-1])
+                message = image_message(ordered, encoding, stamp, frame_id)
+            bag.write(image_topic, message, stamp)
+            if info_topic:
+                if calibration is None:
+                    calibration = _calibration(camera_info, *size)
+                bag.write(info_topic, calibration.message(stamp, frame_id), stamp)
+            frames_meta.append({"stamp_ns": stamp, "sequence": frame.sequence, "key": frame.key})
+        if not frames_meta:
+            raise BagError(f"{source.description}: no frames could be read")
+        bag.set_custom_data(FRAMES_KEY, frames_meta)
+        counts = dict(bag.counts)
+    return {"bag": str(output), "storage": storage, "topics": counts, "frames": len(frames_meta),
+            "width": size[0], "height": size[1], "rate_hz": rate,
+            "start_ns": frames_meta[0]["stamp_ns"], "end_ns": frames_meta[-1]["stamp_ns"],
+            "sequences": sorted({f["sequence"] for f in frames_meta})}
+
+
+def verify_bag(bag: Path, source, topic: str, resize: tuple[int, int] | None = None,
+               progress: bool = True) -> dict:
+    """Read ``bag`` back and compare every image with its source frame.
+
+    Returns frames compared, frames identical pixel for pixel, the largest absolute difference and
+    whether stamps equal receive times and increase strictly (JPEG frames are never identical;
+    their largest difference shows the compression loss).
+    """
+    from tqdm import tqdm
+
+    compared = identical = 0
+    max_diff, stamps_ok, previous = 0, True, None
+    images = read_images(bag, topic)
+    for frame in tqdm(source.frames, total=source.count, unit="frame", desc="verify", disable=not progress):
+        expected = _resized(frame.rgb, resize)
+        image = next(images, None)
+        if image is None:
+            break
+        got = image.rgb()
+        compared += 1
+        if got.shape != expected.shape:
+            max_diff = 255
+            continue
+        diff = int(np.abs(got.astype(np.int16) - expected.astype(np.int16)).max())
+        identical += diff == 0
+        max_diff = max(max_diff, diff)
+        stamps_ok &= image.stamp_ns == image.timestamp_ns and (previous is None or image.stamp_ns > previous)
+        previous = image.stamp_ns
+    extra = sum(1 for _ in images)
+    return {"frames_compared": compared, "frames_identical": identical, "max_abs_diff": max_diff,
+            "extra_messages": extra, "stamps_monotonic_and_equal_receive_time": bool(stamps_ok)}
+
+
+def _calibration(camera_info: str, width: int, height: int) -> CameraCalibration:
+    if camera_info == "uncalibrated":
+        return CameraCalibration.uncalibrated(width, height)
+    calibration = CameraCalibration.from_yaml(camera_info)
+    if (calibration.width, calibration.height) != (width, height):
+        calibration = calibration.scaled(width, height)
+    return calibration
+
+
+def topic_rate_hz(path: str | Path, topic: str) -> float | None:
+    """Recording rate of ``topic`` in Hz from the median stamp interval (sequence gaps do not count)."""
+    stamps = [f["stamp_ns"] for f in frame_keys(path)] or [m.timestamp_ns for m in read_messages(path, [topic])]
+    intervals = np.diff(stamps)
+    intervals = intervals[intervals > 0]
+    return 1e9 / float(np.median(intervals)) if intervals.size else None

@@ -1,22 +1,37 @@
 """Inference engine: uint8 frames in, class-id maps (and confidences) out. No ROS here.
 
 The node, the evaluator, the demo and the benchmarks all call :class:`SegmentationEngine`, so the
-preprocessing a checkpoint declares is applied in exactly one place.
+preprocessing a checkpoint declares is applied in exactly one place, whichever backend
+(:mod:`video_seg_ros.backends`: torch, OpenVINO, TensorRT) runs the network.
+
+On a CPU the engine flushes denormal floats to zero (:func:`video_seg_ros.runtime.flush_denormals`)
+in every thread that runs a model: published weights drive activations into denormals, which made
+ESPNet p2q8 take seconds per frame; the labels on the shared Cityscapes frames stay identical.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+import warnings
+from collections import defaultdict
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from video_seg_ros import runtime
+from video_seg_ros.backends import AUTO_CPU_BACKEND, BACKENDS, BackendError
 from video_seg_ros.checkpoint import Checkpoint, load_checkpoint, output_class_lookup
 from video_seg_ros.labels import palette_lookup_table
 from video_seg_ros.models import build_from_checkpoint
+from video_seg_ros.runtime import PrecisionError, resolve_precision  # noqa: F401 (PrecisionError re-exported)
+
+LOG = logging.getLogger(__name__)
 
 _CV2_INTERPOLATION = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "nearest": cv2.INTER_NEAREST}
 
@@ -62,36 +77,77 @@ class SegmentationResult:
     model_ms: float                    # preprocessing + network + postprocessing, milliseconds
 
 
+#: The stream key of frames given without ``streams=`` (and of :meth:`SegmentationEngine.segment`).
+DEFAULT_STREAM = None
+
+
 class SegmentationEngine:
     """Runs a checkpoint's model on frames, one at a time (streaming) or in batches.
 
     Args:
         checkpoint: a :class:`Checkpoint` or a path (``None``/"default" = embedded model).
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
-        fp16: autocast to float16 on CUDA; ``None`` means "on when the device is CUDA".
+        precision: ``fp32`` (always the exact path), ``bf16`` (CPUs with native bf16 - AMX or
+            AVX512-BF16 - and CUDA; refused where it would be emulated), ``fp16`` (CUDA), or
+            ``auto``: fp16 on CUDA, bf16 on a CPU with native bf16, fp32 elsewhere.
+            :class:`~video_seg_ros.runtime.PrecisionError` says what to use instead.
+        backend: ``torch``, ``openvino`` (CPU), ``tensorrt`` (CUDA, needs the tensorrt wheel) or
+            ``auto``: OpenVINO on the CPU when it is installed and converts the model, else torch
+            (``fallback_reason`` says why, also logged); torch on CUDA. An explicitly requested
+            backend that cannot run the model raises :class:`~video_seg_ros.backends.BackendError`.
         upsample: ``"logits"`` resizes class scores bilinearly to the frame size before the
             argmax (best boundaries); ``"labels"`` takes the argmax at model resolution and
             resizes the ids nearest-neighbour (cheaper on large frames on a CPU); ``"auto"``
             picks logits on CUDA and labels on the CPU.
-        cpu_mkldnn: use oneDNN convolutions on the CPU; ``None`` takes the architecture's
-            measured preference (attribute ``prefers_mkldnn`` of the model, default True).
+        cpu_mkldnn: torch backend: use oneDNN convolutions on the CPU; ``None`` takes the
+            architecture's measured preference (attribute ``prefers_mkldnn``, default True).
+        fp16: deprecated alias: True = ``precision='fp16'`` on CUDA (fp32 on the CPU), False = fp32.
+        model: an ``nn.Module`` to run instead of building one from the checkpoint (e.g. the
+            model being trained; the checkpoint still gives preprocessing and classes). Torch
+            backend only; it must be on the engine's device; its train/eval mode is restored
+            after every call.
+        cache_dir: where converted models are cached (default ``$XDG_CACHE_HOME/video_seg_ros``
+            or ``~/.cache/video_seg_ros``).
+        flush_denormals: flush denormal floats on the CPU (default True); False only to measure
+            the unflushed path (the setting is per thread and process-wide in effect).
     """
 
     def __init__(self, checkpoint: Checkpoint | str | None = None, device: str = "auto",
-                 fp16: bool | None = None, upsample: str = "auto",
-                 cpu_mkldnn: bool | None = None):
+                 precision: str = "auto", backend: str = "auto", upsample: str = "auto",
+                 cpu_mkldnn: bool | None = None, fp16: bool | None = None, model: nn.Module | None = None,
+                 cache_dir: str | None = None, flush_denormals: bool = True):
         if not isinstance(checkpoint, Checkpoint):
             checkpoint = load_checkpoint(checkpoint)
         if upsample not in UPSAMPLE_MODES:
             raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {upsample!r}")
+        backend = (backend or "auto").strip().lower()
+        if backend not in BACKENDS:
+            raise BackendError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}.")
         self.checkpoint = checkpoint
         self.device = resolve_device(device)
+        if fp16 is not None:
+            warnings.warn("SegmentationEngine(fp16=...) is deprecated; use precision='fp16' or 'fp32'",
+                          DeprecationWarning, stacklevel=2)
+            if (precision or "auto") == "auto":
+                precision = "fp16" if fp16 and self.device.type == "cuda" else "fp32"
+        self.precision = resolve_precision(precision, self.device)
         if upsample == "auto":
             upsample = "logits" if self.device.type == "cuda" else "labels"
-        self.fp16 = (self.device.type == "cuda") if fp16 is None else bool(fp16 and self.device.type == "cuda")
         self.upsample = upsample
-        self.model = build_from_checkpoint(checkpoint).eval().to(self.device)
-        base = getattr(self.model, "base", self.model)
+        self._flush = bool(flush_denormals) and self.device.type == "cpu"
+        if self._flush:
+            runtime.flush_denormals()  # this thread; segment_batch repeats it in whichever thread calls it
+        if model is not None and backend not in ("auto", "torch"):
+            raise BackendError(f"model= runs on the torch backend only, not {backend!r}; pass the "
+                               "checkpoint alone to convert its model, or use backend 'torch'.")
+        owned = model is None
+        if owned:
+            model = build_from_checkpoint(checkpoint).eval().to(self.device)
+        else:
+            _check_model_device(model, self.device)
+        self.model = model
+        self._temporal = bool(getattr(model, "is_temporal", False))
+        base = getattr(model, "base", model)
         self.cpu_mkldnn = getattr(base, "prefers_mkldnn", True) if cpu_mkldnn is None else cpu_mkldnn
         pre = checkpoint.preprocessing
         self._input_size = (pre.input_width, pre.input_height)
@@ -102,6 +158,64 @@ class SegmentationEngine:
         self._factor = (pre.scale / std).to(self.device).view(1, 3, 1, 1)
         self._output_to_class = output_class_lookup(checkpoint.output_to_class, self.device)
         self.palette_table = palette_lookup_table(checkpoint.palette)
+        self.fallback_reason: str | None = None
+        self._cache_dir = cache_dir
+        self._runner = self._make_runner(backend, owned)
+        self.backend = self._runner.name
+        self._memories: dict[Hashable, object] = {}
+
+    # ---- backend choice ------------------------------------------------------------------------
+    def _make_runner(self, backend: str, owned: bool):
+        from video_seg_ros.backends.torch_backend import TorchRunner
+
+        def torch_runner():
+            return TorchRunner(self.model, self.device, self.precision, self.cpu_mkldnn, owned=owned)
+
+        if backend == "torch":
+            return torch_runner()
+        if backend == "openvino":
+            return self._openvino_runner()
+        if backend == "tensorrt":
+            return self._tensorrt_runner()
+        # auto
+        if self.device.type == "cuda":
+            return torch_runner()
+        if not owned:
+            # Expected (the trainer validates its own module): not worth a warning.
+            self._fall_back("a model object was passed (model=); only the torch backend runs it", logging.INFO)
+            return torch_runner()
+        if AUTO_CPU_BACKEND == "openvino":
+            try:
+                return self._openvino_runner()
+            except BackendError as error:
+                self._fall_back(str(error))
+            except Exception as error:  # auto must still start: anything OpenVINO raises means torch
+                self._fall_back(f"OpenVINO failed: {type(error).__name__}: {str(error).strip()[:300]}")
+        return torch_runner()
+
+    def _fall_back(self, reason: str, level: int = logging.WARNING) -> None:
+        self.fallback_reason = reason
+        LOG.log(level, "backend auto: running %s with torch: %s", self.model_name, reason)
+
+    def _fingerprint_extra(self) -> tuple:
+        cp = self.checkpoint
+        return (cp.arch, sorted(cp.arch_kwargs.items()), sorted((cp.memory or {}).items()))
+
+    def _openvino_runner(self):
+        from video_seg_ros.backends.openvino_backend import OpenVinoRunner
+
+        if self.device.type != "cpu":
+            raise BackendError(f"backend 'openvino' runs on the CPU here; device is {self.device}. "
+                               "Use device 'cpu', or backend 'torch'/'tensorrt' on CUDA.")
+        return OpenVinoRunner(self.model, self._input_size, self.precision, cache_dir=self._cache_dir,
+                              threads=torch.get_num_threads(), flush_denormals=self._flush,
+                              fingerprint_extra=self._fingerprint_extra())
+
+    def _tensorrt_runner(self):
+        from video_seg_ros.backends.tensorrt_backend import TensorRtRunner
+
+        return TensorRtRunner(self.model, self._input_size, self.precision, self.device,
+                              cache_dir=self._cache_dir, fingerprint_extra=self._fingerprint_extra())
 
     # ---- properties the node and the tools report ---------------------------------------------
     @property
@@ -114,12 +228,41 @@ class SegmentationEngine:
 
     @property
     def is_temporal(self) -> bool:
-        return bool(getattr(self.model, "is_temporal", False))
+        return self._temporal
 
-    def reset(self) -> None:
-        """Forget all temporal state (memory frames); a no-op for per-frame models."""
-        if self.is_temporal:
-            self.model.reset_state()
+    @property
+    def fp16(self) -> bool:
+        """Deprecated: ``precision == 'fp16'``."""
+        return self.precision == "fp16"
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """The network input (width, height) every frame is resized to."""
+        return self._input_size
+
+    def reset(self, stream: Hashable | None = None) -> None:
+        """Forget temporal state: of one stream, or of all (``stream=None``); a no-op for per-frame models."""
+        if not self.is_temporal or self._runner is None:
+            return
+        if stream is None:
+            for memory in self._memories.values():
+                memory.reset()
+            if self.backend == "torch":
+                self.model.reset_state()  # the default stream's memory is the module's own
+            default = self._memories.get(DEFAULT_STREAM)
+            self._memories = {} if default is None else {DEFAULT_STREAM: default}
+        elif stream in self._memories:
+            self._memories[stream].reset()
+
+    def release(self) -> None:
+        """Free the model and every stream's state (the engine cannot segment afterwards)."""
+        if self._runner is not None:
+            self._runner.release()
+        self._runner = None
+        self._memories.clear()
+        self.model = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     # ---- inference ---------------------------------------------------------------------------
     def segment(self, frame: np.ndarray, channel_order: str = "rgb",
@@ -128,44 +271,99 @@ class SegmentationEngine:
         return self.segment_batch([frame], channel_order, with_confidence)[0]
 
     def segment_batch(self, frames: list[np.ndarray], channel_order: str = "rgb",
-                      with_confidence: bool = False) -> list[SegmentationResult]:
-        """Segment frames of one size together; a temporal model sees them as consecutive frames."""
+                      with_confidence: bool = False,
+                      streams: Sequence[Hashable] | None = None) -> list[SegmentationResult]:
+        """Segment frames together.
+
+        Without ``streams`` the frames must have one size, and a temporal model sees them as
+        consecutive frames of the default stream. With ``streams`` (one key per frame, e.g. camera
+        names) each stream has its own memory; frames may differ in size (each is resized to the
+        network input and its result comes back at its own size), and frames of different streams
+        run as one batch (several frames of one stream: in order).
+        """
         if not frames:
             return []
-        size = frames[0].shape[:2]
+        if self._runner is None:
+            raise RuntimeError("this SegmentationEngine was released; create a new one")
         for frame in frames:
             _check_frame(frame)
-            if frame.shape[:2] != size:
-                raise ValueError("all frames of a batch must have the same size")
+        if streams is None:
+            if any(frame.shape[:2] != frames[0].shape[:2] for frame in frames):
+                raise ValueError("all frames of a batch must have the same size (pass streams= to mix "
+                                 "cameras of different sizes)")
+            streams = [DEFAULT_STREAM] * len(frames)
+        elif len(streams) != len(frames):
+            raise ValueError(f"streams must give one key per frame: {len(streams)} keys for {len(frames)} frames")
         start = time.perf_counter()
+        if self._flush:
+            runtime.flush_denormals()  # per thread (the node segments in a worker thread); cheap when repeated
         batch = self._preprocess(frames, channel_order)
-        with torch.inference_mode(), self._backend_context():
-            if self.is_temporal:
-                logits = torch.cat([self.model.step(batch[i:i + 1]) for i in range(len(frames))])
-            else:
-                logits = self.model(batch)
-            labels, confidence = self._postprocess(logits.float(), size, with_confidence)
-        labels_np = labels.cpu().numpy()
-        confidence_np = confidence.cpu().numpy() if confidence is not None else None
+        logits = self._infer(batch, list(streams))
+        sizes = [frame.shape[:2] for frame in frames]
+        results: list[SegmentationResult | None] = [None] * len(frames)
+        by_size = defaultdict(list)
+        for index, size in enumerate(sizes):
+            by_size[size].append(index)
+        with torch.inference_mode():
+            for size, indices in by_size.items():
+                group = logits if len(indices) == len(frames) else logits[indices]
+                labels, confidence = self._postprocess(group.float(), size, with_confidence)
+                labels_np = labels.cpu().numpy()
+                confidence_np = confidence.cpu().numpy() if confidence is not None else None
+                for j, i in enumerate(indices):
+                    results[i] = SegmentationResult(labels_np[j], None if confidence_np is None else confidence_np[j],
+                                                    0.0)
         elapsed_ms = (time.perf_counter() - start) * 1000.0 / len(frames)
-        return [SegmentationResult(labels_np[i], None if confidence_np is None else confidence_np[i],
-                                   elapsed_ms) for i in range(len(frames))]
+        for result in results:
+            result.model_ms = elapsed_ms
+        return results
 
     def preprocess(self, frames: list[np.ndarray], channel_order: str = "rgb") -> torch.Tensor:
         """Frames -> the normalised (N, 3, h, w) float tensor the model takes, on the device."""
         return self._preprocess(frames, channel_order)
 
     # ---- internals ---------------------------------------------------------------------------
+    def _infer(self, batch: torch.Tensor, streams: list[Hashable]) -> torch.Tensor:
+        if not self.is_temporal:
+            return self._runner.run(batch)
+        # A stream's frames must run one after the other; different streams run together. Wave k
+        # holds every stream's k-th frame of this call.
+        occurrence: dict[Hashable, int] = defaultdict(int)
+        waves: dict[int, list[int]] = defaultdict(list)
+        for index, stream in enumerate(streams):
+            waves[occurrence[stream]].append(index)
+            occurrence[stream] += 1
+        if len(waves) == 1:
+            return self._runner.run(batch, [self._memory(stream) for stream in streams])
+        logits: list[torch.Tensor | None] = [None] * len(streams)
+        for indices in waves.values():
+            memories = [self._memory(streams[i]) for i in indices]
+            part = batch[indices[0]:indices[0] + 1] if len(indices) == 1 else batch[indices]
+            out = self._runner.run(part, memories)
+            for j, i in enumerate(indices):
+                logits[i] = out[j]
+        return torch.stack(logits)
+
+    def _memory(self, stream: Hashable):
+        memory = self._memories.get(stream)
+        if memory is None:
+            if self.backend == "torch":
+                memory = self._runner.new_memory(default=stream is DEFAULT_STREAM)
+            else:
+                memory = self._runner.new_memory()
+            self._memories[stream] = memory
+        return memory
+
     def _preprocess(self, frames, channel_order):
         if channel_order not in ("rgb", "bgr"):
             raise ValueError("channel_order must be 'rgb' or 'bgr'")
         width, height = self._input_size
-        if frames[0].shape[:2] != (height, width):
-            # Resize in float, as the source repositories do: rounding resized pixels to uint8
-            # moves ESPNet's logits by up to 0.7 (its normalised inputs span only about +-0.02).
-            frames = [cv2.resize(frame.astype(np.float32), (width, height),
-                                 interpolation=self._interpolation) for frame in frames]
-        host = torch.from_numpy(np.stack(frames))  # (N, h, w, 3) uint8, or float32 when resized
+        # Resize in float, as the source repositories do: rounding resized pixels to uint8
+        # moves ESPNet's logits by up to 0.7 (its normalised inputs span only about +-0.02).
+        resized = [frame if frame.shape[:2] == (height, width) else
+                   cv2.resize(frame.astype(np.float32), (width, height), interpolation=self._interpolation)
+                   for frame in frames]
+        host = torch.from_numpy(np.stack(resized))  # (N, h, w, 3) uint8, or float32 when any was resized
         if channel_order != self._channel_order:
             host = host.flip(-1)
         if self.device.type == "cuda":
@@ -177,7 +375,7 @@ class SegmentationEngine:
         if self.upsample == "logits" and logits.shape[-2:] != size:
             logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         scores, index = logits.max(dim=1)
-        labels = self._output_to_class[index]
+        labels = self._output_to_class[index.to(self._output_to_class.device)]
         confidence = None
         if with_confidence:
             # max softmax = 1 / sum(exp(l - max l)), without materialising the softmax.
@@ -190,12 +388,17 @@ class SegmentationEngine:
         return labels, confidence
 
     def _backend_context(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.float16, enabled=self.fp16)
-        # Only toggle oneDNN: the flags' default allow_tf32=True makes torch warn about Intel GPUs
-        # on every CPU-only build.
-        return torch.backends.mkldnn.flags(enabled=self.cpu_mkldnn, deterministic=None,
-                                           allow_tf32=None, fp32_precision=None)
+        """The torch backend's autocast/oneDNN settings (benchmarks time model parts under them)."""
+        from video_seg_ros.backends.torch_backend import TorchRunner
+
+        return TorchRunner(self.model, self.device, self.precision, self.cpu_mkldnn).context()
+
+
+def _check_model_device(model: nn.Module, device: torch.device) -> None:
+    parameter = next(model.parameters(), None)
+    if parameter is not None and parameter.device.type != device.type:
+        raise ValueError(f"model= is on {parameter.device} but the engine runs on {device}; move it "
+                         "with model.to(...) or pass the matching device.")
 
 
 def _check_frame(frame: np.ndarray) -> None:

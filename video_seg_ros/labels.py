@@ -75,8 +75,34 @@ CITYSCAPES_LABELID_TO_TRAINID = np.full(256, IGNORE_ID, dtype=np.uint8)
 for _label_id, _train_id in _CITYSCAPES_LABEL_TO_TRAIN.items():
     CITYSCAPES_LABELID_TO_TRAINID[_label_id] = _train_id
 
-#: The label-file formats the tools accept.
-LABEL_FORMATS = ("trainids", "cityscapes-labelids", "camvid")
+#: The label-file formats the tools accept: class ids stored as train ids, as official Cityscapes
+#: labelIds, as CamVid ids (11 = unlabelled), or Cityscapes ``*_gtFine_color.png`` colour images.
+LABEL_FORMATS = ("trainids", "cityscapes-labelids", "camvid", "cityscapes-color")
+#: Formats whose files hold one class id per pixel (single-channel, 16-bit or palette PNG).
+ID_LABEL_FORMATS = ("trainids", "cityscapes-labelids", "camvid")
+
+
+def _colour_keys(rgb: np.ndarray) -> np.ndarray:
+    rgb = rgb.astype(np.int64)
+    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+
+
+# Cityscapes gtFine_color -> trainId through the official colours of cityscapesScripts' labels.py.
+# Two colours are shared there: polegroup uses pole's (153, 153, 153) and license plate uses car's
+# (0, 0, 142); both read as that train class. Every colour of a class without a trainId (ground,
+# parking, rail track, caravan, ...) and black read as IGNORE_ID.
+_CITYSCAPES_COLOUR_KEYS = _colour_keys(np.asarray(CITYSCAPES.palette, dtype=np.uint8))
+_CITYSCAPES_COLOUR_ORDER = np.argsort(_CITYSCAPES_COLOUR_KEYS)
+
+
+def cityscapes_color_to_trainids(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) RGB uint8 Cityscapes colour labels -> (H, W) uint8 train ids (IGNORE_ID elsewhere)."""
+    keys = _colour_keys(rgb[..., :3])
+    sorted_keys = _CITYSCAPES_COLOUR_KEYS[_CITYSCAPES_COLOUR_ORDER]
+    position = np.clip(np.searchsorted(sorted_keys, keys), 0, len(sorted_keys) - 1)
+    found = sorted_keys[position] == keys
+    train_ids = _CITYSCAPES_COLOUR_ORDER[position].astype(np.uint8)
+    return np.where(found, train_ids, np.uint8(IGNORE_ID)).astype(np.uint8)
 
 
 def palette_lookup_table(palette) -> np.ndarray:
@@ -91,12 +117,23 @@ def convert_label_image(label: np.ndarray, label_format: str) -> np.ndarray:
     """Turn a label image read from disk into train ids (uint8, IGNORE_ID = unlabelled).
 
     Args:
-        label: (H, W) integer array as stored in the file.
+        label: (H, W) integer array of ids as stored in the file (8 or 16 bit), or (H, W, 3) RGB
+            for ``cityscapes-color``.
         label_format: one of :data:`LABEL_FORMATS`.
     """
     label = np.asarray(label)
+    if label_format == "cityscapes-color":
+        if label.ndim != 3 or label.shape[2] < 3:
+            raise ValueError(f"cityscapes-color labels must be RGB images, got shape {label.shape}")
+        return cityscapes_color_to_trainids(label)
     if label.ndim != 2:
         raise ValueError(f"label image must be single-channel (H, W), got shape {label.shape}")
+    if label.dtype != np.uint8:
+        # 16-bit label files: ids above 255 cannot be class ids of any label set here.
+        if label.size and (label.min() < 0 or label.max() > 255):
+            bad = label.max() if label.max() > 255 else label.min()
+            raise ValueError(f"label image holds id {int(bad)}, outside 0..255")
+        label = label.astype(np.uint8)
     if label_format == "trainids":
         return label.astype(np.uint8, copy=False)
     if label_format == "cityscapes-labelids":

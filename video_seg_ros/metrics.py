@@ -99,7 +99,7 @@ class ConfusionMatrix:
             raise ValueError(
                 f"target contains id {bad}, but there are {self.num_classes} classes (0.."
                 f"{self.num_classes - 1}) plus ignore id {ignore}; check the label format "
-                "(e.g. --label-format cityscapes-labelids for *_labelIds.png files)")
+                "(e.g. cityscapes-labelids for *_labelIds.png files)")
         predicted_ids = prediction[keep].astype(np.int64)
         outside = (predicted_ids < 0) | (predicted_ids >= self.num_classes)
         predicted_ids[outside] = self.num_classes

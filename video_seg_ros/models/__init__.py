@@ -61,4 +61,4 @@ def build_from_checkpoint(checkpoint, strict: bool = True) -> nn.Module:
 def _import_model_modules() -> None:
     # Importing registers the builders; done lazily so `import video_seg_ros` stays light
     # (pspnet pulls in torchvision).
-    from video_seg_ros.models import cgnet, espnet, pspnet  # noqa: F401
+    from video_seg_ros.models import cgnet, dicenet, espnet, pspnet  # noqa: F401

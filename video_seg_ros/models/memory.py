@@ -31,6 +31,13 @@ Fusion variants (``fusion`` in the config):
   inputs, a 3x3 conv each (to C channels) multiplied by sigmoid gates from 3x3 convs over the
   concatenation, then BatchNorm + ReLU. Costs four C-channel 3x3 convs; needs training from scratch.
 
+Explicit state (:meth:`MemoryAugmentedSegmenter.step_with_state`, for exported graphs: ONNX,
+OpenVINO, TensorRT): the memory travels as tensors instead of living in the module, so an engine
+can keep one per camera. ``keys`` (N, T, tiles, S, K+1) and ``values`` (N, T, tiles, S, V) are the
+T stored frames in the tiled layout of :func:`~video_seg_ros.models.local_attention.tile_memory_frame`
+(oldest first, newest last), ``valid`` (N, T) marks the slots that hold a frame (1) or not (0). An
+empty memory (all ``valid`` 0) attends to the current frame, exactly like :meth:`step` after a reset.
+
 Configuration (``Checkpoint.memory``; :class:`MemoryConfig` validates it): ``memory_length`` T,
 ``window`` (odd, feature pixels), ``key_channels``, ``value_channels``, ``fusion``, ``dropout``,
 ``tile`` (attention tile size, a speed setting only).
@@ -47,7 +54,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from video_seg_ros.models.local_attention import TiledMemoryFrame, check_window, local_attention, tile_memory_frame
+from video_seg_ros.models.local_attention import (MASKED_SCORE, TiledMemoryFrame, check_window, local_attention,
+                                                  tile_memory_frame)
 
 FUSION_VARIANTS = ("residual-gated", "paper")
 
@@ -304,6 +312,57 @@ class MemoryAugmentedSegmenter(nn.Module):
         self.state.push(_detached(entry))
         return logits
 
+    # ---- explicit state (exported graphs) ----------------------------------------------------
+    def explicit_state_shapes(self, feature_size: tuple[int, int], batch: int = 1) -> dict[str, tuple[int, ...]]:
+        """Shapes of ``keys``, ``values`` and ``valid`` for features of ``feature_size`` (h, w)."""
+        radius, tile = check_window(self.config.window), self.config.tile
+        h, w = feature_size
+        tiles = -(-h // tile) * -(-w // tile)
+        side = (tile + 2 * radius) ** 2
+        t = self.config.memory_length
+        return {"keys": (batch, t, tiles, side, self.config.key_channels + 1),
+                "values": (batch, t, tiles, side, self.config.value_channels),
+                "valid": (batch, t)}
+
+    def empty_explicit_state(self, feature_size: tuple[int, int], batch: int = 1,
+                             device=None, dtype=torch.float32) -> tuple[Tensor, Tensor, Tensor]:
+        """An empty memory as ``(keys, values, valid)`` tensors (see the module docstring)."""
+        shapes = self.explicit_state_shapes(feature_size, batch)
+        return tuple(torch.zeros(shapes[name], device=device, dtype=dtype) for name in ("keys", "values", "valid"))
+
+    def step_with_state(self, x: Tensor, keys: Tensor, values: Tensor, valid: Tensor):
+        """:meth:`step` with the memory as tensors: ``-> (logits, keys, values, valid)`` after this frame.
+
+        No Python branch depends on the values, so a traced graph (ONNX export) handles any number
+        of stored frames, 0 included. Invalid slots get :data:`MASKED_SCORE` on the frame-mask
+        channel of their keys, so their softmax weights are exactly zero, as if they were absent.
+        """
+        features, skips = self.base.encode(x)
+        with self._memory_context(features.device):
+            entry = tile_memory_frame_static(self.memory_key(features), self.memory_value(features),
+                                             self.config.window, self.config.tile)
+        n, slots = valid.shape
+        new_keys = entry.keys.view(n, 1, *keys.shape[2:])
+        new_values = entry.values.view(n, 1, *values.shape[2:])
+        # An empty memory attends to the current frame (as step() does): it goes in the newest slot.
+        empty = (valid.sum(dim=1) == 0).view(n, 1)
+        last_valid = torch.where(empty, torch.ones_like(valid[:, -1:]), valid[:, -1:])
+        slot_valid = torch.cat([valid[:, :-1], last_valid], dim=1)
+        use_current = empty.view(n, 1, 1, 1, 1)
+        slot_keys = torch.cat([keys[:, :-1], torch.where(use_current, new_keys, keys[:, -1:])], dim=1)
+        slot_values = torch.cat([values[:, :-1], torch.where(use_current, new_values, values[:, -1:])], dim=1)
+        slot_mask = slot_keys[..., -1:] + (1.0 - slot_valid).view(n, slots, 1, 1, 1).to(keys.dtype) * MASKED_SCORE
+        slot_keys = torch.cat([slot_keys[..., :-1], slot_mask], dim=-1)
+        memory = [TiledMemoryFrame(keys=slot_keys[:, t].reshape(entry.keys.shape),
+                                   values=slot_values[:, t].reshape(entry.values.shape),
+                                   radius=entry.radius, tile=entry.tile, size=entry.size, batch=n)
+                  for t in range(slots)]
+        logits = self.base.decode(self.read_and_fuse(features, memory), skips, x.shape[-2:])
+        next_keys = torch.cat([keys[:, 1:], new_keys.to(keys.dtype)], dim=1)
+        next_values = torch.cat([values[:, 1:], new_values.to(values.dtype)], dim=1)
+        next_valid = torch.cat([valid[:, 1:], torch.ones_like(valid[:, :1])], dim=1)
+        return logits, next_keys, next_values, next_valid
+
     def forward(self, x: Tensor) -> Tensor:
         """One frame (N, 3, H, W) with an empty memory -> logits (N, classes, H, W)."""
         features, skips = self.base.encode(x)
@@ -330,6 +389,40 @@ class MemoryAugmentedSegmenter(nn.Module):
         else:
             memory = [self.memory_entry(features)]
         return self.base.decode(self.read_and_fuse(features, memory), skips, frames.shape[-2:])
+
+
+def tile_memory_frame_static(key: Tensor, value: Tensor, window: int, tile: int = 8) -> TiledMemoryFrame:
+    """:func:`~video_seg_ros.models.local_attention.tile_memory_frame` with the tile layout as a
+    constant gather index, so that an ONNX export sees static shapes.
+
+    The exporter cannot convert ``Tensor.unfold`` after a pad whose widths it traced from tensor
+    shapes; here every size is a Python int (fixed at export), and one ``index_select`` copies the
+    same elements in the same order (``test_export.py`` checks both are equal).
+    """
+    radius = check_window(window)
+    n, k_channels, h, w = (int(size) for size in key.shape)
+    hp, wp = -(-h // tile) * tile, -(-w // tile) * tile
+    pad = (radius, radius + wp - w, radius, radius + hp - h)
+    frame_mask = F.pad(key.new_zeros(n, 1, h, w), pad, value=MASKED_SCORE)
+    stacked = torch.cat([F.pad(key, pad), frame_mask, F.pad(value, pad)], dim=1)
+    index = _tile_index(hp // tile, wp // tile, tile, radius, stacked.device)
+    side = tile + 2 * radius
+    tiles = stacked.flatten(2).index_select(2, index).view(n, stacked.shape[1], -1, side * side)
+    tiles = tiles.permute(0, 2, 3, 1).reshape(-1, side * side, stacked.shape[1])
+    return TiledMemoryFrame(keys=tiles[..., :k_channels + 1].contiguous(),
+                            values=tiles[..., k_channels + 1:].contiguous(),
+                            radius=radius, tile=tile, size=(h, w), batch=n)
+
+
+def _tile_index(rows: int, cols: int, tile: int, radius: int, device) -> Tensor:
+    """Flat positions in the padded map of every tile's ``side x side`` block, tile by tile."""
+    side = tile + 2 * radius
+    width = cols * tile + 2 * radius
+    block = torch.arange(side, device=device)
+    block = block.view(side, 1) * width + block.view(1, side)          # (side, side)
+    starts = torch.arange(rows, device=device).view(rows, 1) * (tile * width) \
+        + torch.arange(cols, device=device).view(1, cols) * tile       # (rows, cols)
+    return (starts.view(-1, 1) + block.view(1, -1)).reshape(-1)
 
 
 @contextlib.contextmanager

@@ -10,32 +10,13 @@ participant is created. The node, the bag tools and the benchmarks call
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
+
+from video_seg_ros.config_files import config_candidates, config_path  # noqa: F401 (re-exported)
 
 PROFILE_FILE_NAME = "fastdds_large_images.xml"
 PROFILE_ENV = "FASTDDS_DEFAULT_PROFILES_FILE"
 _LEGACY_PROFILE_ENV = "FASTRTPS_DEFAULT_PROFILES_FILE"
-
-
-def config_candidates(name: str) -> list[Path]:
-    """Where ``config/<name>`` may be, in search order: the installed package (ament share dir),
-    this source checkout, then ``sys.prefix``/share (a pip-installed copy)."""
-    candidates = []
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        candidates.append(Path(get_package_share_directory("video_seg_ros")) / "config" / name)
-    except Exception:  # no ament_index, no AMENT_PREFIX_PATH (plain venv) or package not installed
-        pass
-    candidates.append(Path(__file__).resolve().parents[2] / "config" / name)
-    candidates.append(Path(sys.prefix) / "share" / "video_seg_ros" / "config" / name)
-    return candidates
-
-
-def config_path(name: str) -> Path | None:
-    """The first existing file of :func:`config_candidates`, or None."""
-    return next((path for path in config_candidates(name) if path.is_file()), None)
 
 
 def fastdds_profile_path() -> Path | None:
@@ -60,13 +41,13 @@ def use_large_image_profile() -> str | None:
 
 
 def ros_process_environment(domain_id: int, env: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment for a child ROS process: a private domain, Fast DDS with the profile, unbuffered
-    output, and this package importable (a source checkout as well as an installed copy)."""
+    """Environment for a child ROS process: a private domain, Fast DDS with the profile and
+    unbuffered output. The package must be importable by the child as it is installed (a colcon
+    workspace's setup script, or ``pip install -e .`` in a checkout); nothing is added to
+    PYTHONPATH here."""
     env = large_image_environment(env)
     env["ROS_DOMAIN_ID"] = str(domain_id)
     env.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
     env["PYTHONUNBUFFERED"] = "1"
-    package_parent = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
     env.pop("ROS_LOCALHOST_ONLY", None)  # deprecated; the domain id isolates the processes
     return env

@@ -10,23 +10,26 @@ import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Hashable
 
 import numpy as np
 
 from video_seg_ros.engine import SegmentationEngine
 from video_seg_ros.image_encoding import Frame
 from video_seg_ros.labels import colorize, overlay
+from video_seg_ros.stats import percentile  # noqa: F401 (re-exported for older imports)
 
 
 class FrameQueue:
-    """Bounded hand-over from the DDS callback to the worker thread; never blocks the producer.
+    """Bounded hand-over from the DDS callbacks to the worker thread; never blocks the producer.
 
-    With ``capacity=1`` (keep-latest) a new frame replaces the one still waiting, so the worker
-    always takes the newest frame and latency does not grow when frames arrive faster than they
-    are processed. With a larger capacity the oldest waiting frame is dropped when full.
-    ``on_drop(dropped, successor)`` (called under the queue's lock) lets the next waiting item
-    inherit what the dropped one knew, e.g. the input gap before it.
+    One queue of ``capacity`` items per stream (camera), all under one lock, so a single worker
+    can wait for "a frame from any camera". With ``capacity=1`` (keep-latest) a new frame replaces
+    the one of the same stream still waiting, so the worker always takes the newest frame and
+    latency does not grow when frames arrive faster than they are processed. With a larger
+    capacity the oldest waiting frame of that stream is dropped when full.
+    ``on_drop(dropped, successor)`` (called under the queue's lock) lets the next waiting item of
+    the stream inherit what the dropped one knew, e.g. the input gap before it.
     """
 
     def __init__(self, capacity: int = 1, on_drop: Callable[[Any, Any], None] | None = None):
@@ -34,31 +37,48 @@ class FrameQueue:
             raise ValueError("capacity must be at least 1")
         self.capacity = capacity
         self._on_drop = on_drop
-        self._items: deque = deque()
+        self._items: dict[Hashable, deque] = {}
         self._condition = threading.Condition()
         self._closed = False
 
-    def put(self, item: Any) -> int:
-        """Add ``item``; returns how many waiting items were dropped to make room (0 or 1)."""
+    def put(self, item: Any, stream: Hashable = None) -> int:
+        """Add ``item`` to ``stream``; returns how many waiting items were dropped to make room (0 or 1)."""
         with self._condition:
+            items = self._items.setdefault(stream, deque())
             dropped = 0
-            if len(self._items) >= self.capacity:
-                oldest = self._items.popleft()
+            if len(items) >= self.capacity:
+                oldest = items.popleft()
                 dropped = 1
                 if self._on_drop is not None:
-                    self._on_drop(oldest, self._items[0] if self._items else item)
-            self._items.append(item)
+                    self._on_drop(oldest, items[0] if items else item)
+            items.append(item)
             self._condition.notify()
             return dropped
 
     def get(self, timeout: float | None = None) -> Any | None:
-        """The oldest waiting item, or None on timeout or after :meth:`close`."""
+        """The oldest waiting item of the first stream that has one, or None on timeout or after :meth:`close`."""
+        batch = self.get_batch(timeout, max_items=1)
+        return batch[0][1] if batch else None
+
+    def get_batch(self, timeout: float | None = None, max_items: int | None = None) -> list[tuple[Hashable, Any]]:
+        """``(stream, item)`` for the oldest waiting item of every stream that has one (a stream's
+        frames must be segmented one after the other, so one per stream); [] on timeout or after
+        :meth:`close`."""
         with self._condition:
-            if not self._items and not self._closed:
+            if not self._closed and not any(self._items.values()):
                 self._condition.wait(timeout)
-            if self._closed or not self._items:
-                return None
-            return self._items.popleft()
+            if self._closed:
+                return []
+            batch = [(stream, items.popleft()) for stream, items in self._items.items() if items]
+            return batch[:max_items] if max_items else batch
+
+    def clear(self) -> int:
+        """Drop every waiting item (e.g. on lifecycle deactivate); returns how many were dropped."""
+        with self._condition:
+            count = sum(len(items) for items in self._items.values())
+            for items in self._items.values():
+                items.clear()
+            return count
 
     def close(self) -> None:
         with self._condition:
@@ -68,7 +88,7 @@ class FrameQueue:
 
     def __len__(self) -> int:
         with self._condition:
-            return len(self._items)
+            return sum(len(items) for items in self._items.values())
 
 
 class ResetPolicy:
@@ -109,32 +129,39 @@ class ResetPolicy:
         self._last = None
 
 
-def percentile(values, q: float) -> float | None:
-    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if len(values) else None
-
-
 class StreamStats:
-    """Thread-safe counters and latency windows for diagnostics."""
+    """Thread-safe counters and latency windows of one camera stream, for diagnostics."""
 
     def __init__(self, window: int = 300, fps_window_s: float = 5.0):
         self._lock = threading.Lock()
         self.received = 0
         self.processed = 0
         self.dropped = 0
+        self.skipped = 0  # not segmented because nobody subscribed to any output
         self.rejected: Counter[str] = Counter()
         self.resets: Counter[str] = Counter()
         self.last_reset_reason = ""
         self.last_reject_reason = ""
+        self.last_received_at: float | None = None  # time.monotonic() of the newest frame
         self._latency_ms: deque[float] = deque(maxlen=window)
         self._model_ms: deque[float] = deque(maxlen=window)
         self._done_at: deque[float] = deque(maxlen=window)
         self._fps_window_s = fps_window_s
-        self._rejected_at_snapshot = 0
+        self._at_snapshot = {"rejected": 0, "received": 0, "processed": 0, "skipped": 0}
 
-    def on_received(self, dropped: int = 0) -> None:
+    def on_received(self, dropped: int = 0, received_at: float | None = None) -> None:
         with self._lock:
             self.received += 1
             self.dropped += dropped
+            self.last_received_at = time.monotonic() if received_at is None else received_at
+
+    def on_dropped(self, count: int) -> None:
+        with self._lock:
+            self.dropped += count
+
+    def on_skipped(self) -> None:
+        with self._lock:
+            self.skipped += 1
 
     def on_rejected(self, reason: str, message: str) -> None:
         with self._lock:
@@ -154,30 +181,33 @@ class StreamStats:
             self._done_at.append(time.monotonic() if done_at is None else done_at)
 
     def snapshot(self, now: float | None = None) -> dict[str, Any]:
-        """All figures at once; ``new_rejections`` counts rejections since the previous snapshot."""
+        """All figures at once; ``new_*`` count what happened since the previous snapshot."""
         now = time.monotonic() if now is None else now
         with self._lock:
             recent = [t for t in self._done_at if now - t <= self._fps_window_s]
             fps = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 and recent[-1] > recent[0] else 0.0
-            total_rejected = sum(self.rejected.values())
+            totals = {"rejected": sum(self.rejected.values()), "received": self.received,
+                      "processed": self.processed, "skipped": self.skipped}
             snapshot = {
                 "received": self.received,
                 "processed": self.processed,
                 "dropped": self.dropped,
-                "rejected": total_rejected,
+                "skipped": self.skipped,
+                "rejected": totals["rejected"],
                 "rejected_by_reason": dict(self.rejected),
                 "last_reject_reason": self.last_reject_reason,
-                "new_rejections": total_rejected - self._rejected_at_snapshot,
+                **{f"new_{key}": value - self._at_snapshot[key] for key, value in totals.items()},
                 "resets": sum(self.resets.values()),
                 "resets_by_reason": dict(self.resets),
                 "last_reset_reason": self.last_reset_reason,
+                "seconds_since_frame": None if self.last_received_at is None else now - self.last_received_at,
                 "fps": fps,
                 "latency_p50_ms": percentile(self._latency_ms, 50),
                 "latency_p95_ms": percentile(self._latency_ms, 95),
                 "model_p50_ms": percentile(self._model_ms, 50),
                 "model_p95_ms": percentile(self._model_ms, 95),
             }
-            self._rejected_at_snapshot = total_rejected
+            self._at_snapshot = totals
             return snapshot
 
 
@@ -201,45 +231,60 @@ class StreamResult:
 
 
 class StreamPipeline:
-    """One camera stream through one engine: reset policy, temporal-state switch, outputs, TC.
+    """One camera stream through a (possibly shared) engine: reset policy, temporal-state switch,
+    outputs, TC.
+
+    ``stream`` is the key of this camera's temporal memory in the engine (``None``: the engine's
+    default stream, the single-camera case). Several pipelines on one engine are segmented as one
+    batch by :func:`segment_streams`, each frame with its own stream's memory.
 
     Not thread-safe by itself: the node calls it from its single worker thread; :meth:`request_reset`
     may be called from any thread and takes effect before the next frame.
     """
 
     def __init__(self, engine: SegmentationEngine, reset_gap_s: float = 1.0,
-                 temporal_state: bool = True, consistency=None):
+                 temporal_state: bool = True, consistency=None, stream: Hashable = None):
         self.engine = engine
+        self.stream = stream
         self.policy = ResetPolicy(reset_gap_s)
         self.temporal_state = temporal_state
         self.consistency = consistency  # an OnlineConsistency or None
+        #: Frames this stream's temporal state has seen since it was last cleared (diagnostics).
+        self.frames_since_reset = 0
         self._pending_reset: tuple[str, str] | None = None
 
     def request_reset(self, key: str, message: str) -> None:
         self._pending_reset = (key, message)
 
     def reset(self) -> None:
-        """Clear the model's memory and the running consistency metric."""
-        self.engine.reset()
+        """Clear this stream's model memory and running consistency metric (not other streams')."""
+        self._reset_memory()
         if self.consistency is not None:
             self.consistency.reset()
 
-    def segment(self, frame: Frame, stamp_s: float, request: OutputRequest | None = None,
-                input_gap_s: float | None = None) -> StreamResult:
-        """Segment one decoded frame; resets state first when the policy or a request says so.
+    def _reset_memory(self) -> None:
+        if self.stream is None:
+            self.engine.reset()
+        else:
+            self.engine.reset(self.stream)
+        self.frames_since_reset = 0
 
-        ``input_gap_s``: see :class:`ResetPolicy`.
-        """
-        request = request or OutputRequest()
+    def prepare(self, frame: Frame, stamp_s: float, input_gap_s: float | None = None) -> tuple[str, str] | None:
+        """Apply the reset policy (and pending requests) before ``frame`` is segmented; returns
+        why the state was cleared, or None. ``input_gap_s``: see :class:`ResetPolicy`."""
         requested, self._pending_reset = self._pending_reset, None
         from_policy = self.policy.check(stamp_s, frame.pixels.shape[:2], frame.encoding, input_gap_s)
         reason = requested or from_policy
         if reason is not None:
             self.reset()
         elif self.engine.is_temporal and not self.temporal_state:
-            self.engine.reset()  # memory switched off: every frame starts from scratch
-        result = self.engine.segment(frame.pixels, frame.channel_order, with_confidence=request.confidence)
-        return StreamResult(result.labels, result.model_ms, result.confidence, reason)
+            self._reset_memory()  # memory switched off: every frame starts from scratch
+        return reason
+
+    def segment(self, frame: Frame, stamp_s: float, request: OutputRequest | None = None,
+                input_gap_s: float | None = None) -> StreamResult:
+        """Segment one decoded frame; resets state first when the policy or a request says so."""
+        return segment_streams([(self, frame, stamp_s, request, input_gap_s)])[0]
 
     def render(self, frame: Frame, result: StreamResult, request: OutputRequest) -> None:
         """Colour / overlay views of ``result`` (RGB), stored in ``result.extras``."""
@@ -255,3 +300,39 @@ class StreamPipeline:
         if self.consistency is None:
             return None
         return self.consistency.update(frame.pixels, labels)
+
+
+def segment_streams(items) -> list[StreamResult]:
+    """Segment one frame of each of several streams of one engine as one batch.
+
+    ``items``: ``(pipeline, frame, stamp_s, request, input_gap_s)`` tuples, at most one per stream
+    (a stream's frames are consecutive in time, so they cannot share a batch). Each pipeline's
+    reset policy runs first; the engine keeps each stream's temporal memory apart
+    (``segment_batch(..., streams=...)``); frames may differ in size.
+    """
+    if not items:
+        return []
+    pipelines = [item[0] for item in items]
+    engine = pipelines[0].engine
+    if any(p.engine is not engine for p in pipelines):
+        raise ValueError("segment_streams needs pipelines of one engine")
+    streams = [p.stream for p in pipelines]
+    if len(set(streams)) != len(streams):
+        raise ValueError("segment_streams takes at most one frame per stream")
+    resets = [p.prepare(frame, stamp, gap) for p, frame, stamp, _, gap in items]
+    frames = [item[1] for item in items]
+    orders = {frame.channel_order for frame in frames}
+    order = orders.pop() if len(orders) == 1 else "rgb"
+    pixels = [frame.pixels if frame.channel_order == order else np.ascontiguousarray(frame.rgb())
+              for frame in frames]
+    with_confidence = any(item[3] is not None and item[3].confidence for item in items)
+    if streams == [None]:  # one camera: the engine's default stream, exactly as before
+        outputs = engine.segment_batch(pixels, order, with_confidence=with_confidence)
+    else:
+        outputs = engine.segment_batch(pixels, order, with_confidence=with_confidence, streams=streams)
+    results = []
+    for pipeline, (_, _, _, request, _), output, reset in zip(pipelines, items, outputs, resets):
+        pipeline.frames_since_reset += 1
+        wanted = request is not None and request.confidence
+        results.append(StreamResult(output.labels, output.model_ms, output.confidence if wanted else None, reset))
+    return results

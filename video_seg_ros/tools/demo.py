@@ -13,7 +13,7 @@ model, so it runs on a fresh machine with nothing but the repository. Real data:
         --labels ../shared/data/cityscapes_sequences --label-format cityscapes-labelids
     video-seg-demo --checkpoint espnet_city.pt --bag bags/cityscapes --replay-hz 5
 
-It prints a summary (frames, lost frames, fps, latency, TC, mIoU) and writes into ``--output``:
+It prints a summary (frames, lost frames, fps, latency, TC, mIoU) and writes into ``-o/--output``:
 ``summary.json``, ``summary.md``, ``overlay.mp4`` (labels over the frames), ``tc_over_time.png``
 (per-frame temporal consistency), the input and recorded bags and the processes' logs.
 """
@@ -35,17 +35,20 @@ import yaml
 from tqdm import tqdm
 
 from video_seg_ros.bags import (BagError, bag_info, default_image_topic, frame_keys, read_images,
-                                read_messages)
+                                read_messages, topic_rate_hz, write_bag)
 from video_seg_ros.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint_path
-from video_seg_ros.engine import UPSAMPLE_MODES
+from video_seg_ros.config_files import config_file
+from video_seg_ros.evaluation import EvaluationOptions, bag_frames, evaluate_recording, percent
 from video_seg_ros.frames import index_label_files, read_label
 from video_seg_ros.labels import LABEL_FORMATS, overlay, palette_lookup_table
-from video_seg_ros.metrics import ConfusionMatrix, TemporalConsistency
 from video_seg_ros.processes import LoggedProcess, install_stop_handlers, restore_handlers
-from video_seg_ros.ros.dds import config_candidates, config_path, ros_process_environment
-from video_seg_ros.ros.pipeline import percentile
-from video_seg_ros.tools.make_bag import FrameSource, SourceFrame, open_source, write_bag
-from video_seg_ros.tools.arguments import parse_size
+from video_seg_ros.ros.dds import ros_process_environment
+from video_seg_ros.sources import FrameSource, SourceFrame, open_source
+from video_seg_ros.stats import percentile
+from video_seg_ros.tools.arguments import (EXIT_INTERRUPTED, add_deprecated_alias, add_engine_arguments,
+                                           add_limit_argument, add_output_argument, add_quiet_argument,
+                                           command_line, fail, non_negative_int, parse_arguments, usage_error,
+                                           parse_size, positive_float)
 
 NODE_NAME = "video_seg_node"
 MAX_NODE_QUEUE = 100  # the node's frame_queue_size range
@@ -65,15 +68,8 @@ class DemoInput:
     description: str
 
 
-def config_file(name: str) -> Path:
-    """A file of the package's config/ folder (installed share/ or source checkout)."""
-    path = config_path(name)
-    if path is None:
-        raise DemoError(f"config/{name} not found (looked in {', '.join(map(str, config_candidates(name)))})")
-    return path
-
-
-def synthetic_input(out_dir: Path, frames: int, size: tuple[int, int], rate: float) -> DemoInput:
+def synthetic_input(out_dir: Path, frames: int, size: tuple[int, int], rate: float,
+                    progress: bool = True) -> DemoInput:
     from video_seg_ros.synthetic import DEMO_SEED, demo_sequence, frame_stem
     from video_seg_ros.synthetic.generator import sequence_name
 
@@ -89,35 +85,29 @@ def synthetic_input(out_dir: Path, frames: int, size: tuple[int, int], rate: flo
     bag = out_dir / "input_bag"
     print(f"[demo] generating the sample sequence (seed {DEMO_SEED}, {frames} frames "
           f"{size[0]}x{size[1]}) into {bag}", flush=True)
-    write_bag(source, bag, rate=rate, overwrite=True)
+    write_bag(source, bag, rate=rate, overwrite=True, progress=progress)
     return DemoInput(bag, labels, f"synthetic sequence (seed {DEMO_SEED}), {frames} frames {size[0]}x{size[1]}")
 
 
-def folder_input(out_dir: Path, images: Path, rate: float, max_frames: int | None,
-                 resize: tuple[int, int] | None) -> DemoInput:
+def folder_input(out_dir: Path, images: Path, rate: float, limit: int | None,
+                 resize: tuple[int, int] | None, progress: bool = True) -> DemoInput:
     bag = out_dir / "input_bag"
-    source = open_source(images, None, max_frames)
+    source = open_source(images, None, limit)
     print(f"[demo] writing {source.description} into {bag}", flush=True)
-    write_bag(source, bag, rate=rate, resize=resize, overwrite=True)
+    write_bag(source, bag, rate=rate, resize=resize, overwrite=True, progress=progress)
     return DemoInput(bag, {}, source.description)
 
 
-def load_labels(keys: list[str], labels_root: Path, label_format: str,
-                size: tuple[int, int] | None) -> dict[str, np.ndarray]:
-    """Label maps for the frames that have one (resized nearest-neighbour to the bag's frame size)."""
+def load_labels(keys: list[str], labels_root: Path, label_format: str) -> dict[str, np.ndarray]:
+    """Label maps for the frames that have one, at their own resolution (the evaluator compares
+    predictions at the label's size, as video-seg-eval does)."""
     index = index_label_files(labels_root, label_format)
-    labels = {}
-    for key in keys:
-        if key in index:
-            label = read_label(index[key], label_format)
-            if size is not None and (label.shape[1], label.shape[0]) != size:
-                label = cv2.resize(label, size, interpolation=cv2.INTER_NEAREST)
-            labels[key] = label
-    return labels
+    return {key: read_label(index[key], label_format) for key in keys if key in index}
 
 
 # ---- processes ------------------------------------------------------------------------------------
-def node_parameters(out_dir: Path, checkpoint: str, device: str, upsample: str, frames: int) -> Path:
+def node_parameters(out_dir: Path, checkpoint: str, device: str, upsample: str, frames: int,
+                    backend: str = "auto", precision: str = "auto") -> Path:
     """config/video_seg.yaml with the replay settings: reliable input, a queue that drops nothing.
 
     The node's queue holds at most 100 frames; a longer bag loses none as long as the node keeps
@@ -126,6 +116,7 @@ def node_parameters(out_dir: Path, checkpoint: str, device: str, upsample: str, 
     params = yaml.safe_load(config_file("video_seg.yaml").read_text())
     values = params["/**"]["ros__parameters"]
     values.update({"checkpoint": checkpoint, "device": device, "upsample": upsample,
+                   "backend": backend, "precision": precision,
                    "input_qos": "reliable", "frame_queue_size": min(max(frames, 1), MAX_NODE_QUEUE),
                    "publish_color": False, "publish_overlay": False, "consistency_metric": True,
                    "consistency_stride": 1})
@@ -134,21 +125,13 @@ def node_parameters(out_dir: Path, checkpoint: str, device: str, upsample: str, 
     return path
 
 
-def frame_rate(bag: Path, topic: str) -> float | None:
-    """Recording rate of ``topic`` in Hz from the median stamp interval (sequence gaps do not count)."""
-    stamps = [f["stamp_ns"] for f in frame_keys(bag)] or [m.timestamp_ns for m in read_messages(bag, [topic])]
-    intervals = np.diff(stamps)
-    intervals = intervals[intervals > 0]
-    return 1e9 / float(np.median(intervals)) if intervals.size else None
-
-
 def run_pipeline(demo_input: DemoInput, out_dir: Path, params: Path, replay_hz: float,
-                 domain_id: int, startup_timeout: float) -> dict:
+                 domain_id: int, startup_timeout: float, progress: bool = True) -> dict:
     """Start recorder, node and player; wait for the recording; stop everything; return the logs."""
     info = bag_info(demo_input.bag)
     topic = default_image_topic(demo_input.bag)
     frames = info["topics"][topic]["count"]
-    bag_hz = frame_rate(demo_input.bag, topic) or replay_hz
+    bag_hz = topic_rate_hz(demo_input.bag, topic) or replay_hz
     rate_factor = replay_hz / bag_hz
     env = ros_process_environment(domain_id)
     logs = out_dir / "logs"
@@ -168,7 +151,7 @@ def run_pipeline(demo_input: DemoInput, out_dir: Path, params: Path, replay_hz: 
     try:
         recorder = LoggedProcess([
             python, "-m", "video_seg_ros.tools.record", "--node", NODE_NAME, "--consistency",
-            "--topic", "/diagnostics", "--bag", str(recorded), "--overwrite", "--count", str(frames),
+            "--topic", "/diagnostics", "--output", str(recorded), "--overwrite", "--limit", str(frames),
             # Generous: on a busy CPU frames queue in the node; the idle timeout ends a stalled run.
             "--wait", str(startup_timeout),
             "--timeout", str(startup_timeout + playback_s + 60 + frames * MAX_SECONDS_PER_FRAME),
@@ -192,11 +175,11 @@ def run_pipeline(demo_input: DemoInput, out_dir: Path, params: Path, replay_hz: 
         time.sleep(0.5)  # the node's publishers see the recorder's subscriptions too
         player = LoggedProcess([
             python, "-m", "video_seg_ros.tools.play_bag", str(demo_input.bag), "--topic", topic,
-            "--rate", f"{rate_factor:.6f}", "--wait-for-subscribers", "30",
+            "--speed", f"{rate_factor:.6f}", "--wait-for-subscribers", "30",
             "--log", str(logs / "player.json")], logs / "player.log", env)
         processes.append(player)
         print(f"[demo] replaying {frames} frames at {replay_hz:g} Hz ({playback_s:.0f} s)", flush=True)
-        with tqdm(total=frames, unit="frame", desc="segmented") as bar:
+        with tqdm(total=frames, unit="frame", desc="segmented", disable=not progress) as bar:
             # The recorder stops itself (count, idle or total timeout).
             while recorder.alive() and node.alive():
                 bar.n = _read_count(progress)
@@ -244,54 +227,54 @@ def last_diagnostics(recorded: Path) -> dict[str, str]:
 
 
 def score(demo_input: DemoInput, run: dict, out_dir: Path, checkpoint, video_width: int,
-          tc_width: int) -> dict:
-    """Latency, losses, mIoU and TC from the recorded labels; writes overlay.mp4 and the TC plot."""
+          options: EvaluationOptions, progress: bool = True) -> dict:
+    """Latency, losses, mIoU and TC from the recorded labels; writes overlay.mp4 and the TC plot.
+
+    Accuracy and TC come from :func:`video_seg_ros.evaluation.evaluate_recording`, the evaluator
+    video-seg-eval and training use, so the figures are comparable with theirs.
+    """
     recorded = run["recorded_bag"]
     publish_by_stamp = {m["stamp_ns"]: m["publish_ns"] for m in run["player"]["messages"]}
-    keys = {f["stamp_ns"]: f for f in frame_keys(demo_input.bag)}
     labels_topic = f"/{NODE_NAME}/labels"
-    predictions = {image.stamp_ns: (image.pixels, image.timestamp_ns)
-                   for image in read_images(recorded, labels_topic)}
-    latencies = [(rx - publish_by_stamp[s]) / 1e6 for s, (_, rx) in predictions.items() if s in publish_by_stamp]
+    predictions, receive_ns = {}, {}
+    for image in read_images(recorded, labels_topic):
+        predictions[image.stamp_ns] = image.pixels
+        receive_ns[image.stamp_ns] = image.timestamp_ns
+    latencies = [(rx - publish_by_stamp[s]) / 1e6 for s, rx in receive_ns.items() if s in publish_by_stamp]
     published = len(publish_by_stamp)
     lost = len(set(publish_by_stamp) - set(predictions))
-    receive = sorted(rx for _, rx in predictions.values())
+    receive = sorted(receive_ns.values())
     output_fps = (len(receive) - 1) / ((receive[-1] - receive[0]) / 1e9) if len(receive) > 1 else None
 
-    num_classes = len(checkpoint.class_names)
     palette = palette_lookup_table(checkpoint.palette)
-    accuracy = ConfusionMatrix(num_classes, list(checkpoint.class_names))
-    consistency = TemporalConsistency(num_classes, flow_width=tc_width)
     per_frame: list[dict] = []
-    previous = None  # (sequence, rgb, labels)
     writer, video_path = None, out_dir / "overlay.mp4"
     fps = run["bag_hz"]
-    images = read_images(demo_input.bag, run["topic"])  # one frame in memory at a time
-    for index, image in enumerate(tqdm(images, total=published, unit="frame", desc="score")):
-        meta = keys.get(image.stamp_ns, {"key": str(index), "sequence": ""})
-        rgb = image.rgb()
-        prediction = predictions.get(image.stamp_ns)
-        row = {"index": index, "stamp_ns": image.stamp_ns, "key": meta["key"], "sequence": meta["sequence"],
-               "received": prediction is not None, "tc": None, "pixel_accuracy": None}
-        if prediction is None:
-            previous = None
-            per_frame.append(row)
-            continue
-        labels = prediction[0]
-        if meta["key"] in demo_input.labels:
-            target = demo_input.labels[meta["key"]]
-            frame_matrix = ConfusionMatrix(num_classes).update(labels, target)
-            accuracy += frame_matrix
-            row["pixel_accuracy"] = frame_matrix.pixel_accuracy
-        if previous is not None and previous[0] == meta["sequence"]:
-            row["tc"] = consistency.update(previous[1], rgb, previous[2], labels)
-        previous = (meta["sequence"], rgb, labels)
-        per_frame.append(row)
-        writer = _write_video_frame(writer, video_path, overlay(rgb, labels, palette), row, fps, video_width)
-    if writer is not None:
-        writer.release()
-    plot_path = _plot_tc(per_frame, consistency.tc, out_dir / "tc_over_time.png")
+    bar = tqdm(total=published, unit="frame", desc="score", disable=not progress)
+
+    def on_frame(frame, prediction, row):
+        nonlocal writer
+        entry = {"index": len(per_frame), "key": frame.key, "sequence": frame.sequence,
+                 "received": prediction is not None, "tc": row.get("tc_from_previous"),
+                 "pixel_accuracy": row.get("pixel_accuracy")}
+        per_frame.append(entry)
+        if prediction is not None:
+            writer = _write_video_frame(writer, video_path, overlay(frame.rgb, prediction, palette), entry,
+                                        fps, video_width)
+        bar.update(1)
+
+    try:
+        # One frame in memory at a time.
+        evaluator = evaluate_recording(bag_frames(demo_input.bag, run["topic"], demo_input.labels), predictions,
+                                       list(checkpoint.class_names), options, on_frame)
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.release()
+    plot_path = _plot_tc(per_frame, evaluator.tc, out_dir / "tc_over_time.png")
     diagnostics = last_diagnostics(recorded)
+    figures = evaluator.summary()
+    labelled = figures["labelled_frames"]
     return {
         "frames_published": published, "frames_segmented": len(predictions), "frames_lost": lost,
         "output_fps": output_fps,
@@ -301,11 +284,10 @@ def score(demo_input: DemoInput, run: dict, out_dir: Path, checkpoint, video_wid
         "node_model_ms_p50": _float(diagnostics.get("model_p50_ms")),
         "node_device": diagnostics.get("device"),
         "node_dropped": _int(diagnostics.get("dropped")), "node_rejected": _int(diagnostics.get("rejected")),
-        "tc": consistency.tc, "tc_pairs": consistency.pairs,
-        "miou": accuracy.miou if accuracy.total else None,
-        "pixel_accuracy": accuracy.pixel_accuracy if accuracy.total else None,
-        "labelled_frames": sum(1 for r in per_frame if r["pixel_accuracy"] is not None),
-        "per_class_iou": accuracy.per_class_iou() if accuracy.total else None,
+        "tc": figures["tc"], "tc_pairs": figures["tc_pairs"], "tc_settings": figures["tc_settings"],
+        "miou": figures["miou"], "pixel_accuracy": figures["pixel_accuracy"],
+        "labelled_frames": labelled,
+        "per_class_iou": figures["per_class_iou"] if labelled else None,
         "per_frame": per_frame,
         "files": {"video": str(video_path) if writer is not None else None, "tc_plot": str(plot_path)},
     }
@@ -395,8 +377,8 @@ def summary_lines(summary: dict) -> list[str]:
         f"model {_fmt(s['node_model_ms_p50'], 1, ' ms')} p50 per frame in the node",
         f"latency     publish -> labels received: p50 {_fmt(lat['p50'], 1, ' ms')}, "
         f"p95 {_fmt(lat['p95'], 1, ' ms')}, max {_fmt(lat['max'], 1, ' ms')}",
-        f"TC          {_fmt(s['tc'])} over {s['tc_pairs']} consecutive pairs",
-        f"mIoU        {_fmt(s['miou'])} (pixel accuracy {_fmt(s['pixel_accuracy'])}) over "
+        f"TC          {percent(s['tc'])} over {s['tc_pairs']} consecutive pairs",
+        f"mIoU        {percent(s['miou'])} (pixel accuracy {percent(s['pixel_accuracy'])}) over "
         f"{s['labelled_frames']} labelled frames",
         f"outputs     {summary['output']}: summary.json, summary.md, overlay.mp4, tc_over_time.png",
         f"took        {summary['wall_s']:.0f} s",
@@ -405,7 +387,7 @@ def summary_lines(summary: dict) -> list[str]:
 
 def write_markdown(summary: dict, path: Path) -> None:
     s = summary["results"]
-    rows = "\n".join(f"| {name} | {_fmt(value)} |" for name, value in (s["per_class_iou"] or {}).items())
+    rows = "\n".join(f"| {name} | {percent(value)} |" for name, value in (s["per_class_iou"] or {}).items())
     text = ["# video_seg_ros demo", "", "```", *summary_lines(summary), "```", "",
             f"Command: `{summary['command']}`", "", "![TC over time](tc_over_time.png)", ""]
     if rows:
@@ -414,8 +396,12 @@ def write_markdown(summary: dict, path: Path) -> None:
 
 
 # ---- command line ---------------------------------------------------------------------------------
+PROG = "video-seg-demo"
+DEFAULT_SAMPLE_SIZE = (512, 256)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="video-seg-demo", description=__doc__,
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default="default",
                         help="checkpoint file for the node ('default' = the embedded model)")
@@ -430,33 +416,34 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder of label images for --images/--bag frames (matched by file name)")
     parser.add_argument("--label-format", choices=LABEL_FORMATS, default="trainids",
                         help="pixel meaning of --labels images (default trainids)")
-    parser.add_argument("--frames", type=int, default=None,
-                        help=f"synthetic sample: number of frames (default {SAMPLE_FRAMES}); with "
-                             "--images: at most this many frames (default all)")
-    parser.add_argument("--size", type=parse_size, default=(512, 256), metavar="WxH",
-                        help="synthetic sample: frame size (default 512x256)")
-    parser.add_argument("--resize", type=parse_size, default=None, metavar="WxH",
-                        help="--images: resize frames to W x H before replay")
-    parser.add_argument("--rate", type=float, default=17.0,
+    add_limit_argument(parser, f"at most N frames: the synthetic sample's length (default {SAMPLE_FRAMES}), "
+                               "or the first N frames of --images (default all)", old=("--frames",))
+    parser.add_argument("--size", type=parse_size, default=None, metavar="WxH",
+                        help="frame size: of the synthetic sample (default 512x256), or --images "
+                             "frames are resized to it (default: as they are)")
+    add_deprecated_alias(parser, "--resize", "--size", "size", type=parse_size, metavar="WxH")
+    parser.add_argument("--rate", type=positive_float, default=17.0,
                         help="recording rate of the frames in Hz (stamps in the bag; default 17, "
                              "Cityscapes)")
-    parser.add_argument("--replay-hz", type=float, default=5.0,
+    parser.add_argument("--replay-hz", type=positive_float, default=5.0,
                         help="frames per second the player sends to the node (default 5)")
-    parser.add_argument("--device", default="auto",
-                        help="node device: auto (default: CUDA if present, else CPU), cpu or cuda[:N]")
-    parser.add_argument("--upsample", choices=UPSAMPLE_MODES, default="auto",
-                        help="node upsampling mode (default auto: logits on CUDA, labels on a CPU)")
-    parser.add_argument("--output", type=Path, default=Path("outputs/demo"),
-                        help="output folder (default outputs/demo; replaced files are overwritten)")
-    parser.add_argument("--video-width", type=int, default=1024,
+    add_engine_arguments(parser, "node")
+    add_output_argument(parser, "output folder (default outputs/demo; replaced files are overwritten)",
+                        default=Path("outputs/demo"))
+    parser.add_argument("--video-width", type=non_negative_int, default=1024,
                         help="frames wider than this are downscaled in overlay.mp4 (default 1024)")
-    parser.add_argument("--tc-width", type=int, default=1024,
-                        help="optical flow for TC is computed at most this wide (default 1024)")
-    parser.add_argument("--startup-timeout", type=float, default=120.0,
+    parser.add_argument("--tc-width", type=non_negative_int, default=1024,
+                        help="optical flow for TC is computed at most this wide; 0 = full "
+                             "resolution (default 1024, as video-seg-eval's --flow-width)")
+    parser.add_argument("--max-frame-gap", type=int, default=1,
+                        help="largest frame-number step that still counts as consecutive for TC "
+                             "(default 1, as video-seg-eval)")
+    parser.add_argument("--startup-timeout", type=positive_float, default=120.0,
                         help="seconds to wait for the node to load its model (default 120)")
     parser.add_argument("--domain-id", type=int, default=None,
                         help="ROS_DOMAIN_ID of the pipeline (default: random in 100..199, so it does "
                              "not disturb other ROS processes)")
+    add_quiet_argument(parser, "no progress bars")
     return parser
 
 
@@ -470,48 +457,52 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(argv: list[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parse_arguments(parser, argv)
+    if args.labels is not None and args.images is None and args.bag is None:
+        return usage_error(parser, "--labels needs --images or --bag (the synthetic sample has its own labels)")
+    if args.max_frame_gap < 1:
+        return usage_error(parser, "--max-frame-gap must be at least 1")
     started = time.monotonic()
     out_dir = args.output
+    progress = not args.quiet
     try:
-        if args.replay_hz <= 0 or args.rate <= 0:
-            raise DemoError("--replay-hz and --rate must be positive")
-        if args.labels is not None and args.images is None and args.bag is None:
-            raise DemoError("--labels needs --images or --bag (the synthetic sample has its own labels)")
+        options = EvaluationOptions(max_frame_gap=args.max_frame_gap, flow_width=args.tc_width or None)
         checkpoint_path = str(resolve_checkpoint_path(args.checkpoint))
         checkpoint = load_checkpoint(checkpoint_path)
         out_dir.mkdir(parents=True, exist_ok=True)
         if args.bag is not None:
             demo_input = DemoInput(args.bag, {}, f"bag {args.bag}")
         elif args.images is not None:
-            demo_input = folder_input(out_dir, args.images, args.rate, args.frames, args.resize)
+            demo_input = folder_input(out_dir, args.images, args.rate, args.limit, args.size, progress)
         else:
-            demo_input = synthetic_input(out_dir, args.frames or SAMPLE_FRAMES, args.size, args.rate)
+            demo_input = synthetic_input(out_dir, args.limit or SAMPLE_FRAMES, args.size or DEFAULT_SAMPLE_SIZE,
+                                         args.rate, progress)
         info = bag_info(demo_input.bag)
         if args.labels is not None:
             keys = [f["key"] for f in frame_keys(demo_input.bag)]
             if not keys:
                 raise DemoError(f"{demo_input.bag} does not record which file each frame came from "
-                                "(make it with video-seg-make-bag), so --labels cannot be matched")
+                                "(make it with video-seg-make-bag), so its frames cannot be matched "
+                                "with label files")
             topic = default_image_topic(demo_input.bag)
-            first = next(read_images(demo_input.bag, topic))
-            demo_input.labels = load_labels(keys, args.labels, args.label_format,
-                                            (first.pixels.shape[1], first.pixels.shape[0]))
+            demo_input.labels = load_labels(keys, args.labels, args.label_format)
             print(f"[demo] {len(demo_input.labels)} of {len(keys)} frames have labels "
                   f"({info['topics'].get(topic, {}).get('count')} in the bag)")
         frames = info["message_count"]
-        params = node_parameters(out_dir, checkpoint_path, args.device, args.upsample, frames)
+        params = node_parameters(out_dir, checkpoint_path, args.device, args.upsample, frames,
+                                 args.backend, args.precision)
         domain_id = args.domain_id if args.domain_id is not None else random.SystemRandom().randint(100, 199)
-        run = run_pipeline(demo_input, out_dir, params, args.replay_hz, domain_id, args.startup_timeout)
-        results = score(demo_input, run, out_dir, checkpoint, args.video_width, args.tc_width)
+        run = run_pipeline(demo_input, out_dir, params, args.replay_hz, domain_id, args.startup_timeout,
+                           progress)
+        results = score(demo_input, run, out_dir, checkpoint, args.video_width, options, progress)
     except (DemoError, BagError, CheckpointError, FileNotFoundError, ValueError) as error:
-        print(f"video-seg-demo: error: {error}", file=sys.stderr)
-        return 1
+        return fail(PROG, error)
     except KeyboardInterrupt:
-        print("video-seg-demo: interrupted", file=sys.stderr)
-        return 130
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     summary = {
-        "command": " ".join(["video-seg-demo", *(sys.argv[1:] if argv is None else argv)]),
+        "command": command_line(PROG, argv),
         "input": demo_input.description, "checkpoint": checkpoint_path, "model": checkpoint.model_name,
         "device": results["node_device"] or args.device, "replay_hz": args.replay_hz,
         "domain_id": domain_id,

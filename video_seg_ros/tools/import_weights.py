@@ -3,7 +3,7 @@
 Example::
 
     video-seg-import --arch espnet --preset cityscapes \\
-        --weights ../shared/weights/espnet/espnet_p_2_q_8.pth --out outputs/espnet_city.pt
+        --weights ../shared/weights/espnet/espnet_p_2_q_8.pth -o outputs/espnet_city.pt
 
 The checkpoint records the architecture and its arguments (read from the weights' shapes), the
 label set, palette, the output channel -> class id mapping (extra background/void channels -> 255),
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,9 @@ import torch
 
 from video_seg_ros.checkpoint import Checkpoint, Preprocessing, file_sha256
 from video_seg_ros.models import build_model
+from video_seg_ros.tools.arguments import (add_output_argument, add_quiet_argument, command_line, fail,
+                                           parse_arguments)
+from video_seg_ros.models.dicenet import dicenet_arguments
 
 
 class WeightsImportError(RuntimeError):
@@ -56,6 +58,12 @@ _ESPNET_CAMVID_STD = [72.12571015, 72.69074534, 69.90434816]
 # no std division; evaluated at CamVid's 480x360.
 _CGNET_CAMVID_MEAN_RGB = [105.65775299072266, 103.329833984375, 99.62540435791016]
 
+# DiCENet, sacmehta/EdgeNets test_segmentation.py: PIL RGB, bilinear resize to 1024x512,
+# to_tensor (/255), then ImageNet mean/std; written here on the 0..255 scale. PIL's bilinear
+# downscaling is antialiased; the engine's cv2 'linear' is the closest it offers (docs/models.md).
+_EDGENETS_MEAN_RGB = [123.675, 116.28, 103.53]
+_EDGENETS_STD_RGB = [58.395, 57.12, 57.375]
+
 PRESETS: dict[tuple[str, str], Preset] = {
     ("espnet", "cityscapes"): Preset(
         label_set="cityscapes", num_classes=20,
@@ -76,6 +84,12 @@ PRESETS: dict[tuple[str, str], Preset] = {
                                     mean=_CGNET_CAMVID_MEAN_RGB, std=[1.0, 1.0, 1.0], scale=1.0,
                                     interpolation="linear"),
         note="wutianyiRosun/CGNet CamVid evaluation preprocessing (RGB, 0..255 minus mean, no std)"),
+    ("dicenet", "cityscapes"): Preset(
+        label_set="cityscapes", num_classes=20,
+        preprocessing=Preprocessing(input_height=512, input_width=1024, channel_order="rgb",
+                                    mean=_EDGENETS_MEAN_RGB, std=_EDGENETS_STD_RGB, scale=1.0,
+                                    interpolation="linear"),
+        note="sacmehta/EdgeNets test_segmentation.py preprocessing (RGB, ImageNet mean/std, 1024x512); channel 19 = background"),
 }
 
 
@@ -125,7 +139,7 @@ def check_keys(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], what
 
 
 def espnet_arguments(state_dict: dict[str, torch.Tensor], p: int | None = None,
-                     q: int | None = None) -> dict[str, int]:
+                     q: int | None = None, **_unused) -> dict[str, int]:
     """ESPNet builder arguments read from a published state_dict's key names and shapes."""
     def blocks(level):
         indices = {int(m.group(1)) for k in state_dict
@@ -161,18 +175,27 @@ def cgnet_arguments(state_dict: dict[str, torch.Tensor], **_unused) -> dict[str,
             "m": blocks(2) + 1, "n": blocks(3) + 1}
 
 
-ARCH_ARGUMENTS = {"espnet": espnet_arguments, "cgnet": cgnet_arguments}
+def _dicenet_arguments(state_dict: dict[str, torch.Tensor], width_scale: float | None = None,
+                       **_unused) -> dict:
+    try:
+        return dicenet_arguments(state_dict, width_scale)
+    except ValueError as error:
+        raise WeightsImportError(str(error)) from None
+
+
+ARCH_ARGUMENTS = {"espnet": espnet_arguments, "cgnet": cgnet_arguments, "dicenet": _dicenet_arguments}
 
 
 def import_weights(arch: str, preset_name: str, weights: str | Path, p: int | None = None,
-                   q: int | None = None, command: str | None = None) -> Checkpoint:
+                   q: int | None = None, command: str | None = None,
+                   width_scale: float | None = None) -> Checkpoint:
     """Convert published weights to a :class:`Checkpoint` (validated: every key used, none missing)."""
     if (arch, preset_name) not in PRESETS:
         known = ", ".join(f"{a}/{s}" for a, s in PRESETS)
         raise WeightsImportError(f"no preset for --arch {arch} --preset {preset_name}; known: {known}")
     preset = PRESETS[(arch, preset_name)]
     state_dict = read_state_dict(weights)
-    arch_kwargs = ARCH_ARGUMENTS[arch](state_dict, p=p, q=q)
+    arch_kwargs = ARCH_ARGUMENTS[arch](state_dict, p=p, q=q, width_scale=width_scale)
     if arch_kwargs["num_classes"] != preset.num_classes:
         raise WeightsImportError(f"the weights have {arch_kwargs['num_classes']} output classes, but preset "
                            f"{preset_name} expects {preset.num_classes}; use the matching --preset.")
@@ -194,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "architecture + labels + the source's exact preprocessing).",
         epilog="presets: " + "; ".join(f"--arch {a} --preset {s}: {p.note}" for (a, s), p in PRESETS.items())
                + ". Example: video-seg-import --arch espnet --preset cityscapes --weights "
-                 "../shared/weights/espnet/espnet_p_2_q_8.pth --out outputs/espnet_city.pt")
+                 "../shared/weights/espnet/espnet_p_2_q_8.pth -o outputs/espnet_city.pt")
     parser.add_argument("--arch", required=True, choices=sorted({a for a, _ in PRESETS}),
                         help="architecture of the published weights")
     parser.add_argument("--preset", required=True, choices=sorted({s for _, s in PRESETS}),
@@ -202,36 +225,39 @@ def build_parser() -> argparse.ArgumentParser:
                              "input size and normalisation of the source repository")
     parser.add_argument("--weights", required=True, help="published .pth file: a plain state_dict, or a dict holding it under "
                              "'model' or 'state_dict' (as CGNet's)")
-    parser.add_argument("--out", required=True, help="checkpoint file to write (.pt)")
+    add_output_argument(parser, "checkpoint file to write (.pt)", required=True, old=("--out",))
+    add_quiet_argument(parser, "print only errors")
     parser.add_argument("--p", type=int, default=None,
                         help="ESPNet blocks at 1/4 resolution; read from the weights when omitted, "
                              "checked against them when given")
     parser.add_argument("--q", type=int, default=None,
                         help="ESPNet blocks at 1/8 resolution (3, 5 or 8 published); read from the "
                              "weights when omitted, checked against them when given")
+    parser.add_argument("--width-scale", type=float, default=None,
+                        help="DiCENet width scale s (e.g. 1.0 or 1.75, as in the weight file's name); "
+                             "read from the weights when omitted, checked against them when given")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    command = shlex.join(["video-seg-import", *(sys.argv[1:] if argv is None else argv)])
+    args = parse_arguments(build_parser(), argv)
+    command = command_line("video-seg-import", argv)
     try:
         checkpoint = import_weights(args.arch, args.preset, args.weights, p=args.p, q=args.q,
+                                    width_scale=args.width_scale,
                                     command=command)
     except WeightsImportError as error:
-        print(f"video-seg-import: error: {error}", file=sys.stderr)
-        return 2
+        return fail("video-seg-import", error)
     try:
-        out = checkpoint.save(args.out)
+        out = checkpoint.save(args.output)
     except OSError as error:
-        print(f"video-seg-import: error: cannot write {args.out}: {error.strerror or error}. "
-              "Choose a writable --out path.", file=sys.stderr)
-        return 2
+        return fail("video-seg-import", f"cannot write {args.output}: {error.strerror or error}. "
+                                        "Choose a writable -o/--output path.")
     pre = checkpoint.preprocessing
-    print(f"wrote {out}: {checkpoint.model_name}, {checkpoint.label_set} "
-          f"({len(checkpoint.class_names)} classes, outputs -> {checkpoint.output_to_class}), "
-          f"input {pre.input_width}x{pre.input_height} {pre.channel_order.upper()}")
+    if not args.quiet:
+        print(f"wrote {out}: {checkpoint.model_name}, {checkpoint.label_set} "
+              f"({len(checkpoint.class_names)} classes, outputs -> {checkpoint.output_to_class}), "
+              f"input {pre.input_width}x{pre.input_height} {pre.channel_order.upper()}")
     return 0
 
 

@@ -10,9 +10,10 @@ A config has these sections (see ``config/train/*.yaml`` for complete examples):
     data:     {train: [...datasets], val: [...datasets], resize, crop, scale_range, hflip,
                mode: pair|clip, max_gap, clip_length, flow: {...}, workers}
     train:    {epochs, batch_size, optimizer, lr, momentum, weight_decay, poly_power, amp,
-               freeze_bn, val_every, save_every, max_iters_per_epoch, device, log_every}
+               precision, freeze_bn, val_every, save_every, max_iters_per_epoch, max_iters,
+               device, log_every, profile}
     losses:   {ce, temporal, distill_pixel, distill_pairwise, distill_cross_frame,
-               distill_temporal}: each {weight: w, ...}; weight 0 switches a loss off.
+               distill_temporal, pseudo_label}: each {weight: w, ...}; weight 0 switches a loss off.
 
 Overrides on the command line use dotted keys: ``train.epochs=3 losses.temporal.weight=0.4``;
 values are parsed as YAML (``true``, ``[512, 256]``, ``null``).
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from video_seg_ros.runtime import PRECISIONS
 
 DEFAULTS: dict[str, Any] = {
     "run_dir": "runs/train",
@@ -63,13 +66,18 @@ DEFAULTS: dict[str, Any] = {
         "momentum": 0.9,
         "weight_decay": 1e-4,
         "poly_power": 0.9,
-        "amp": True,             # only takes effect on CUDA
+        "amp": True,             # float16 autocast on CUDA when train.precision is null
+        # null: fp16 on CUDA if train.amp, else fp32 (the behaviour before this key existed);
+        # auto|fp32|bf16|fp16: video_seg_ros.runtime.resolve_precision (bf16 needs a CPU with native bf16).
+        "precision": None,
         "freeze_bn": False,      # BatchNorm layers in eval mode (small batches, exact DDP parity)
-        "val_every": 1,
-        "save_every": 1,
+        "val_every": 1,          # epochs between validations; 0 = never validate during training
+        "save_every": 1,         # epochs between last.pt saves; 0 = only at the end (and on a new best)
         "max_iters_per_epoch": None,
+        "max_iters": None,       # total step budget over all epochs (stops the run early); null = none
         "device": "auto",
         "log_every": 10,
+        "profile": False,        # per-phase seconds of every step in steps.csv (see training/profiling.py)
         "val_max_frames": None,  # per validation sequence; None = all
         "find_unused_parameters": False,  # DDP: needed only if some parameters get no gradient
     },
@@ -80,7 +88,27 @@ DEFAULTS: dict[str, Any] = {
         "distill_pairwise": {"weight": 0.0, "grid": [16, 32], "neighbour_weight": 0.4},
         "distill_cross_frame": {"weight": 0.0, "grid": [16, 32]},
         "distill_temporal": {"weight": 0.0, "grid": [8, 16], "hidden": 4, "seed": 0},
+        # Cross-entropy on the teacher's confident pixels (label-free adaptation): targets are the
+        # teacher's argmax where its max softmax >= confidence, ignored elsewhere.
+        "pseudo_label": {"weight": 0.0, "confidence": 0.9, "neighbour_weight": 0.0},
     },
+}
+
+#: Integer settings: key -> (smallest allowed value, may be null, what the value means).
+_INTEGER_KEYS = {
+    "seed": (0, False, "the random seed"),
+    "train.epochs": (1, False, "passes over the training data"),
+    "train.batch_size": (1, False, "samples per step (per process under DDP)"),
+    "train.val_every": (0, False, "epochs between validations; 0 = never validate during training"),
+    "train.save_every": (0, False, "epochs between last.pt saves; 0 = only at the end and on a new best"),
+    "train.log_every": (1, False, "steps between steps.csv rows"),
+    "train.max_iters_per_epoch": (1, True, "a cap on the steps of one epoch; null = the whole data"),
+    "train.max_iters": (1, True, "the total step budget; null = epochs x steps per epoch"),
+    "train.val_max_frames": (1, True, "frames per validation sequence; null = all"),
+    "data.workers": (0, False, "data-loader worker processes; 0 = load in the training process"),
+    "data.max_gap": (1, False, "the largest frame step k of a neighbour t+k"),
+    "data.clip_length": (1, False, "frames per clip (memory training)"),
+    "data.clip_stride": (1, False, "frame step inside a clip"),
 }
 
 _FREE_FORM = {"model.kwargs", "model.preprocessing", "memory", "teacher", "data.train", "data.val"}
@@ -141,7 +169,36 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     return config
 
 
+def _lookup(config: dict, dotted: str):
+    node = config
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def _check_integers(config: dict) -> None:
+    for key, (minimum, nullable, meaning) in _INTEGER_KEYS.items():
+        value = _lookup(config, key)
+        allowed = f"an integer >= {minimum}" + (" or null" if nullable else "")
+        if value is None and nullable:
+            continue
+        # bool is an int subclass in Python; 'true' for a count is a mistake, not 1.
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ConfigError(f"{key} must be {allowed} ({meaning}); got {value!r}")
+
+
+def config_from_dict(user: dict, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """Like :func:`load_config` for a config built in code (e.g. by video-seg-adapt)."""
+    config = _merge(DEFAULTS, user)
+    for override in overrides:
+        apply_override(config, override)
+    config = _merge(DEFAULTS, config)
+    validate(config)
+    return config
+
+
 def validate(config: dict) -> None:
+    _check_integers(config)
     model = config["model"]
     if not model.get("arch") and not model.get("init"):
         raise ConfigError("model.arch or model.init must be set (an architecture name or a checkpoint)")
@@ -165,10 +222,16 @@ def validate(config: dict) -> None:
     train = config["train"]
     if train["optimizer"] not in ("sgd", "adam", "adamw"):
         raise ConfigError("train.optimizer must be sgd, adam or adamw")
-    if int(train["batch_size"]) < 1 or int(train["epochs"]) < 1:
-        raise ConfigError("train.batch_size and train.epochs must be at least 1")
+    precision = train["precision"]
+    if precision is not None and str(precision).lower() not in PRECISIONS:
+        raise ConfigError(f"train.precision must be null or one of {', '.join(PRECISIONS)}; got {precision!r}")
+    if not isinstance(train["amp"], bool):
+        raise ConfigError(f"train.amp must be true or false; got {train['amp']!r}")
+    if not 0.0 <= float(config["losses"]["pseudo_label"]["confidence"]) <= 1.0:
+        raise ConfigError("losses.pseudo_label.confidence must be a probability in [0, 1]")
     losses = config["losses"]
-    distill = [name for name in losses if name.startswith("distill_") and losses[name]["weight"]]
+    distill = [name for name in losses if (name.startswith("distill_") or name == "pseudo_label")
+               and losses[name]["weight"]]
     if distill and not config.get("teacher"):
         raise ConfigError(f"losses {', '.join(distill)} need a teacher: set teacher.checkpoint")
     if data["mode"] == "clip" and any(losses[n]["weight"] for n in losses if n != "ce"):

@@ -18,6 +18,8 @@ every process and data-loader worker: DDP and single-process runs see identical 
 
 from __future__ import annotations
 
+import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,6 +155,7 @@ class SequenceSampleDataset(Dataset):
         self.flow_cache = flow_cache
         self.seed = seed
         self.epoch = 0
+        self.profiler = None  # a training.profiling.StepProfiler (set by the trainer with workers: 0)
         labelled_only = entry.get("labelled_only", True)
         self.anchors: list[tuple[str, int]] = []
         for name, frames in self.sequences.items():
@@ -169,6 +172,22 @@ class SequenceSampleDataset(Dataset):
     def __len__(self) -> int:
         return len(self.anchors)
 
+    def _phase(self, name: str):
+        return self.profiler.phase(name) if self.profiler is not None else nullcontext()
+
+    def _flow(self, anchor: SequenceFrame, other: SequenceFrame, anchor_image, other_image) -> np.ndarray:
+        if not self.flow_cache:
+            return np.zeros(anchor_image.shape[:2] + (2,), np.float32)
+        if self.profiler is None:
+            return self.flow_cache.get(anchor.record.path, other.record.path, anchor_image, other_image)
+        misses, start = self.flow_cache.misses, time.perf_counter()
+        flow = self.flow_cache.get(anchor.record.path, other.record.path, anchor_image, other_image)
+        computed = self.flow_cache.misses > misses
+        # A cache read and a computation differ by orders of magnitude: keep them apart.
+        self.profiler.add("data.flow_compute" if computed else "data.flow", time.perf_counter() - start)
+        self.profiler.count("flow computed" if computed else "flow read from cache")
+        return flow
+
     def _neighbour_index(self, length: int, index: int, rng: np.random.Generator) -> int:
         if length == 1:
             return index
@@ -184,9 +203,10 @@ class SequenceSampleDataset(Dataset):
         frames = self.sequences[name]
         rng = np.random.default_rng([self.seed, self.epoch, item])
         anchor = frames[index]
-        anchor_image = read_frame(anchor.record.path, self.resize)
-        size = (anchor_image.shape[1], anchor_image.shape[0])
-        label = read_label_resized(anchor, size)
+        with self._phase("data.read"):
+            anchor_image = read_frame(anchor.record.path, self.resize)
+            size = (anchor_image.shape[1], anchor_image.shape[0])
+            label = read_label_resized(anchor, size)
         if label is None:
             label = np.full(anchor_image.shape[:2], IGNORE_ID, np.uint8)
         valid = np.ones(anchor_image.shape[:2], np.uint8)
@@ -194,15 +214,17 @@ class SequenceSampleDataset(Dataset):
             sample = AlignedSample([anchor_image], label, [], valid)
         elif self.mode == "pair":
             other = frames[self._neighbour_index(len(frames), index, rng)]
-            other_image = read_frame(other.record.path, size)
-            flow = (self.flow_cache.get(anchor.record.path, other.record.path, anchor_image, other_image)
-                    if self.flow_cache else np.zeros(anchor_image.shape[:2] + (2,), np.float32))
+            with self._phase("data.read"):
+                other_image = read_frame(other.record.path, size)
+            flow = self._flow(anchor, other, anchor_image, other_image)
             sample = AlignedSample([anchor_image, other_image], label, [flow], valid)
         else:
             indices = [max(0, index - self.clip_stride * step) for step in range(self.clip_length - 1, -1, -1)]
-            images = [read_frame(frames[i].record.path, size) for i in indices[:-1]] + [anchor_image]
+            with self._phase("data.read"):
+                images = [read_frame(frames[i].record.path, size) for i in indices[:-1]] + [anchor_image]
             sample = AlignedSample(images, label, [], valid)
-        sample = self.augment(sample, rng)
+        with self._phase("data.augment"):
+            sample = self.augment(sample, rng)
         out = {"label": torch.from_numpy(sample.label.astype(np.int64)),
                "valid": torch.from_numpy(sample.valid.astype(np.float32)).unsqueeze(0)}
         if self.mode == "pair":

@@ -55,6 +55,11 @@ def _file_identity(path: Path) -> str:
     return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
+def bytes_per_pair(width: int, height: int) -> int:
+    """Disk bytes of one cached flow (float16, 2 channels) plus the .npy header."""
+    return width * height * 2 * 2 + 128
+
+
 def build_flow_cache(flow_settings: dict, run_dir: Path) -> "FlowCache":
     """The cache a run uses: ``flow.cache_dir`` when set, else ``<run_dir>/flow_cache``."""
     return FlowCache(make_flow_estimator(dict(flow_settings)),
@@ -64,9 +69,10 @@ def build_flow_cache(flow_settings: dict, run_dir: Path) -> "FlowCache":
 class FlowCache:
     """Flow between two frame files at a given size, read from ``cache_dir`` or computed and stored.
 
-    Files are float16 ``.npy`` (half the disk of float32; sub-pixel error is far below DIS's own).
-    Writes are atomic (unique temporary name + rename), so DDP ranks and data-loader workers can
-    share one cache folder.
+    Files are float16 ``.npy`` (half the disk of float32; sub-pixel error is far below DIS's own):
+    4 bytes per pixel, so 2 MiB per frame pair at 1024x512 (:func:`bytes_per_pair`). Writes are
+    atomic (unique temporary name + rename), so DDP ranks and data-loader workers can share one
+    cache folder, and several runs over the same frames at the same size reuse each other's files.
     """
 
     def __init__(self, estimator: FlowEstimator, cache_dir: str | Path | None):
@@ -74,6 +80,13 @@ class FlowCache:
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.hits = 0
         self.misses = 0
+
+    def disk_usage(self) -> tuple[int, int]:
+        """(files, bytes) of the flow files in the cache folder."""
+        if self.cache_dir is None or not self.cache_dir.is_dir():
+            return 0, 0
+        sizes = [f.stat().st_size for f in self.cache_dir.glob("*/*.npy")]
+        return len(sizes), sum(sizes)
 
     def key(self, path_a: Path, path_b: Path, size: tuple[int, int]) -> str:
         text = f"{_file_identity(path_a)}|{_file_identity(path_b)}|{size[0]}x{size[1]}|{self.estimator.settings}"

@@ -161,3 +161,32 @@ class TemporalDistillationLoss(nn.Module):
 
     def forward(self, student_sequence: list[torch.Tensor], teacher_sequence: list[torch.Tensor]) -> torch.Tensor:
         return F.mse_loss(self._embed(student_sequence), self._embed(teacher_sequence))
+
+
+def confident_pseudo_labels(teacher_logits: torch.Tensor, confidence: float,
+                            channels: torch.Tensor | None = None,
+                            valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Teacher logits (N, C, h, w) -> (N, h, w) int64 targets: the argmax where the teacher's max
+    softmax probability is >= ``confidence``, ``IGNORE_ID`` elsewhere.
+
+    ``channels`` maps the teacher's channel j to the student channel ``channels[j]`` (teacher and
+    student may order or count classes differently); ``valid`` (N, 1, H, W), 1 on real pixels,
+    marks crop padding as ignored (resized nearest to the logits' size).
+    """
+    with torch.no_grad():
+        probabilities = torch.softmax(teacher_logits.float(), dim=1)
+        top, index = probabilities.max(1)
+        if channels is not None:
+            index = channels[index]
+        keep = top >= confidence
+        if valid is not None:
+            keep &= F.interpolate(valid.float(), size=index.shape[-2:], mode="nearest")[:, 0] > 0.5
+        return torch.where(keep, index, torch.full_like(index, IGNORE_ID))
+
+
+def pseudo_label_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, confidence: float,
+                      channels: torch.Tensor | None = None, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy of the student on the teacher's confident pixels (self-training on unlabelled
+    video, as in UDA-VSS); 0 when no pixel is confident. Gradient: student only."""
+    targets = confident_pseudo_labels(teacher_logits, confidence, channels, valid)
+    return cross_entropy_loss(student_logits, targets)

@@ -25,22 +25,35 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from video_seg_ros.checkpoint import Checkpoint, load_checkpoint, output_class_lookup
+from video_seg_ros.checkpoint import Checkpoint, load_checkpoint
 from video_seg_ros.engine import resolve_device
-from video_seg_ros.labels import LABEL_SETS
+from video_seg_ros.runtime import autocast_dtype, flush_denormals, resolve_precision
 from video_seg_ros.training import losses as L
-from video_seg_ros.training.datasets import (build_training_dataset, build_validation_sequences, read_frame,
-                                             read_label_resized, to_tensor_image)
+from video_seg_ros.training.datasets import build_training_dataset, build_validation_sequences
 from video_seg_ros.training.distributed import DistributedContext, init_distributed, shutdown_distributed
 from video_seg_ros.training.flow_cache import build_flow_cache
 from video_seg_ros.training.modeling import SegmenterWithFeatures, build_student, build_teacher, set_batchnorm_eval
+from video_seg_ros.training.profiling import StepProfiler
 
-LOSS_NAMES = ("ce", "temporal", "distill_pixel", "distill_pairwise", "distill_cross_frame", "distill_temporal")
+LOSS_NAMES = ("ce", "temporal", "distill_pixel", "distill_pairwise", "distill_cross_frame", "distill_temporal",
+              "pseudo_label")
 
 
 def _plain(value):
     """Config -> JSON-safe plain types (checkpoints are read with weights_only=True)."""
     return json.loads(json.dumps(value, default=str))
+
+
+def resolve_training_precision(train_cfg: dict, device: torch.device) -> str:
+    """``train.precision`` (or, when it is null, the older ``train.amp`` switch) -> fp32|bf16|fp16.
+
+    null keeps the behaviour from before the key existed: fp16 autocast on CUDA when ``train.amp``,
+    fp32 everywhere else. Raises runtime.PrecisionError (a ValueError) for a precision the device
+    cannot run well, e.g. bf16 on a CPU without native bf16.
+    """
+    if train_cfg.get("precision") is None:
+        return "fp16" if train_cfg.get("amp", True) and device.type == "cuda" else "fp32"
+    return resolve_precision(str(train_cfg["precision"]), device)
 
 
 def poly_factor(iteration: int, total: int, power: float) -> float:
@@ -53,7 +66,11 @@ class Trainer:
         self.config = config
         self.run_dir = Path(config["run_dir"]).expanduser()
         train_cfg = config["train"]
+        # Published weights drive activations into denormal floats, which the CPU computes 10x
+        # slower (about 5x on a whole native-scale step); every process flushes them to zero.
+        flush_denormals()
         device = resolve_device(train_cfg["device"])
+        self.precision = resolve_training_precision(train_cfg, device)
         self.ctx: DistributedContext = init_distributed(device.type)
         if self.ctx.enabled and device.type == "cuda":
             device = torch.device("cuda", self.ctx.local_rank)
@@ -69,13 +86,14 @@ class Trainer:
         self.weights = weights
         clip_mode = config["data"]["mode"] == "clip"
         self.clip_mode = clip_mode
-        self.needs_teacher = any(weights[n] for n in LOSS_NAMES if n.startswith("distill_"))
+        self.needs_teacher = any(weights[n] for n in LOSS_NAMES if n.startswith("distill_") or n == "pseudo_label")
         self.needs_features = any(weights[n] for n in ("distill_pairwise", "distill_cross_frame", "distill_temporal"))
         losses_cfg = config["losses"]
         self.needs_neighbour = not clip_mode and bool(
             weights["temporal"] or weights["distill_cross_frame"] or weights["distill_temporal"]
             or (weights["distill_pixel"] and losses_cfg["distill_pixel"]["neighbour_weight"])
-            or (weights["distill_pairwise"] and losses_cfg["distill_pairwise"]["neighbour_weight"]))
+            or (weights["distill_pairwise"] and losses_cfg["distill_pairwise"]["neighbour_weight"])
+            or (weights["pseudo_label"] and losses_cfg["pseudo_label"]["neighbour_weight"]))
 
         student, self.meta = build_student(config)
         self.net = SegmenterWithFeatures(student, self.meta["preprocessing"]).to(device)
@@ -87,6 +105,7 @@ class Trainer:
         if self.needs_teacher:
             teacher, teacher_pre, self.student_channels, self.teacher_channels = build_teacher(config, self.meta)
             self.teacher = SegmenterWithFeatures(teacher, teacher_pre).to(device).eval()
+            self.pseudo_label_channels = torch.tensor(self.student_channels, dtype=torch.long, device=device)
         self.temporal_distill = L.TemporalDistillationLoss(
             losses_cfg["distill_temporal"]["grid"], losses_cfg["distill_temporal"]["hidden"],
             losses_cfg["distill_temporal"]["seed"]).to(device)
@@ -103,6 +122,12 @@ class Trainer:
         cap = train_cfg.get("max_iters_per_epoch")
         self.iters_per_epoch = min(len(self.loader), int(cap)) if cap else len(self.loader)
         self.total_iters = self.iters_per_epoch * int(train_cfg["epochs"])
+        if train_cfg.get("max_iters"):
+            self.total_iters = min(self.total_iters, int(train_cfg["max_iters"]))
+        self.profiler = StepProfiler(bool(train_cfg.get("profile")), device)
+        if self.profiler.enabled and int(config["data"]["workers"]) == 0:
+            for part in self.dataset.datasets:
+                part.profiler = self.profiler
 
         params = [p for p in self.net.parameters() if p.requires_grad]
         if not params:
@@ -118,8 +143,11 @@ class Trainer:
         power = float(train_cfg["poly_power"])
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda it: poly_factor(it, self.total_iters, power))
-        self.use_amp = bool(train_cfg["amp"]) and device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        # use_amp: autocast on (fp16 on CUDA, bf16 on CUDA or a CPU with native bf16); only fp16
+        # needs the gradient scaler (bf16 has fp32's exponent range).
+        self.amp_dtype = autocast_dtype(self.precision)
+        self.use_amp = self.amp_dtype is not None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16" and device.type == "cuda")
         self.model = self.net
         if self.ctx.enabled:
             self.model = DistributedDataParallel(
@@ -177,6 +205,11 @@ class Trainer:
         self.epoch, self.iteration = int(state["epoch"]), int(state["iteration"])
         self.best_miou = float(state["best_miou"])
         self.history = list(state.get("history") or [])
+        steps_file = self.run_dir / "steps.csv"
+        if steps_file.is_file():  # keep the per-step log of the steps before the resume
+            with open(steps_file, newline="") as stream:
+                self.step_log = [{k: int(v) if k == "iteration" else float(v) for k, v in row.items() if v != ""}
+                                 for row in csv.DictReader(stream) if int(row["iteration"]) <= self.iteration]
 
     # ---- one training step ---------------------------------------------------------------------
     def _train_mode(self) -> None:
@@ -184,30 +217,38 @@ class Trainer:
         if self.config["train"]["freeze_bn"]:
             set_batchnorm_eval(self.net)
 
+    def autocast(self):
+        """The autocast context of this run's precision (a no-op for fp32)."""
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp)
+
     def compute_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         """Weighted losses of one batch (already on the device); keys of enabled losses only."""
         w, cfg = self.weights, self.config["losses"]
+        phase = self.profiler.phase
         label = batch["label"]
         out: dict[str, torch.Tensor] = {}
         if self.clip_mode:
-            with torch.autocast(self.device.type, enabled=self.use_amp):
+            with phase("student"), self.autocast():
                 logits, _ = self.model(batch["clip"])
-            out["ce"] = w["ce"] * L.cross_entropy_loss(logits, label)
+            with phase("loss.ce"):
+                out["ce"] = w["ce"] * L.cross_entropy_loss(logits, label)
             return out
         image = batch["image"]
         inputs = torch.cat([image, batch["neighbour"]]) if self.needs_neighbour else image
-        with torch.autocast(self.device.type, enabled=self.use_amp):
+        with phase("student"), self.autocast():
             all_logits, all_features = self.model(inputs, with_features=self.needs_features)
         n = image.shape[0]
         logits, logits_n = all_logits[:n], all_logits[n:]
         features = all_features[:n] if all_features is not None else None
         features_n = all_features[n:] if all_features is not None else None
         if w["ce"]:
-            out["ce"] = w["ce"] * L.cross_entropy_loss(logits, label)
+            with phase("loss.ce"):
+                out["ce"] = w["ce"] * L.cross_entropy_loss(logits, label)
         if w["temporal"]:
-            out["temporal"] = w["temporal"] * L.temporal_loss(
-                logits, logits_n, image, batch["neighbour"], batch["flow"], batch["valid"],
-                detach_neighbour=bool(cfg["temporal"]["detach_neighbour"]))
+            with phase("loss.temporal"):
+                out["temporal"] = w["temporal"] * L.temporal_loss(
+                    logits, logits_n, image, batch["neighbour"], batch["flow"], batch["valid"],
+                    detach_neighbour=bool(cfg["temporal"]["detach_neighbour"]))
         if self.teacher is not None:
             teacher_inputs = inputs
             if self.teacher_size is not None and tuple(inputs.shape[-2:]) != self.teacher_size:
@@ -215,32 +256,47 @@ class Trainer:
                 # compared at its resolution and its features pooled to the same affinity grid.
                 teacher_inputs = torch.nn.functional.interpolate(inputs, size=self.teacher_size,
                                                                  mode="bilinear", align_corners=False)
-            with torch.no_grad(), torch.autocast(self.device.type, enabled=self.use_amp):
+            with phase("teacher"), torch.no_grad(), self.autocast():
                 t_logits_all, t_features_all = self.teacher(teacher_inputs, with_features=self.needs_features)
             t_logits_all = t_logits_all[:, self.teacher_channels].float()
             t_logits, t_logits_n = t_logits_all[:n], t_logits_all[n:]
             t_feat = t_features_all[:n] if t_features_all is not None else None
             t_feat_n = t_features_all[n:] if t_features_all is not None else None
+            if w["pseudo_label"]:
+                with phase("loss.pseudo_label"):
+                    c = cfg["pseudo_label"]
+                    valid = batch["valid"]
+                    loss = L.pseudo_label_loss(logits, t_logits, float(c["confidence"]),
+                                               self.pseudo_label_channels, valid)
+                    if self.needs_neighbour and c["neighbour_weight"]:
+                        loss = loss + c["neighbour_weight"] * L.pseudo_label_loss(
+                            logits_n, t_logits_n, float(c["confidence"]), self.pseudo_label_channels, valid)
+                    out["pseudo_label"] = w["pseudo_label"] * loss
             if w["distill_pixel"]:
-                c = cfg["distill_pixel"]
-                shared = self.student_channels
-                loss = L.pixel_distillation_loss(logits[:, shared], t_logits, c["temperature"])
-                if self.needs_neighbour and c["neighbour_weight"]:
-                    loss = loss + c["neighbour_weight"] * L.pixel_distillation_loss(
-                        logits_n[:, shared], t_logits_n, c["temperature"])
-                out["distill_pixel"] = w["distill_pixel"] * loss
+                with phase("loss.distill_pixel"):
+                    c = cfg["distill_pixel"]
+                    shared = self.student_channels
+                    loss = L.pixel_distillation_loss(logits[:, shared], t_logits, c["temperature"])
+                    if self.needs_neighbour and c["neighbour_weight"]:
+                        loss = loss + c["neighbour_weight"] * L.pixel_distillation_loss(
+                            logits_n[:, shared], t_logits_n, c["temperature"])
+                    out["distill_pixel"] = w["distill_pixel"] * loss
             if w["distill_pairwise"]:
-                c = cfg["distill_pairwise"]
-                loss = L.pairwise_distillation_loss(features, t_feat, c["grid"])
-                if self.needs_neighbour and c["neighbour_weight"]:
-                    loss = loss + c["neighbour_weight"] * L.pairwise_distillation_loss(features_n, t_feat_n, c["grid"])
-                out["distill_pairwise"] = w["distill_pairwise"] * loss
+                with phase("loss.distill_pairwise"):
+                    c = cfg["distill_pairwise"]
+                    loss = L.pairwise_distillation_loss(features, t_feat, c["grid"])
+                    if self.needs_neighbour and c["neighbour_weight"]:
+                        loss = loss + c["neighbour_weight"] * L.pairwise_distillation_loss(
+                            features_n, t_feat_n, c["grid"])
+                    out["distill_pairwise"] = w["distill_pairwise"] * loss
             if w["distill_cross_frame"]:
-                out["distill_cross_frame"] = w["distill_cross_frame"] * L.cross_frame_distillation_loss(
-                    features, features_n, t_feat, t_feat_n, cfg["distill_cross_frame"]["grid"])
+                with phase("loss.distill_cross_frame"):
+                    out["distill_cross_frame"] = w["distill_cross_frame"] * L.cross_frame_distillation_loss(
+                        features, features_n, t_feat, t_feat_n, cfg["distill_cross_frame"]["grid"])
             if w["distill_temporal"]:
-                out["distill_temporal"] = w["distill_temporal"] * self.temporal_distill(
-                    [features, features_n], [t_feat, t_feat_n])
+                with phase("loss.distill_temporal"):
+                    out["distill_temporal"] = w["distill_temporal"] * self.temporal_distill(
+                        [features, features_n], [t_feat, t_feat_n])
         return out
 
     def _to_device(self, batch: dict) -> dict:
@@ -257,20 +313,35 @@ class Trainer:
         if self.progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=self.iters_per_epoch, desc=f"epoch {self.epoch + 1}/{self.config['train']['epochs']}",
+        # train.max_iters may end the run inside an epoch.
+        steps_now = max(0, min(self.iters_per_epoch, self.total_iters - self.iteration))
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=steps_now, desc=f"epoch {self.epoch + 1}/{self.config['train']['epochs']}",
                        leave=False, dynamic_ncols=True)
-        log_every = max(1, int(self.config["train"]["log_every"]))
-        for step, batch in enumerate(self.loader):
-            if step >= self.iters_per_epoch:
+        log_every = int(self.config["train"]["log_every"])
+        phase = self.profiler.phase
+        batches = iter(self.loader)
+        step = -1
+        for step in range(steps_now):
+            step_start = time.perf_counter()
+            batch = next(batches, None)
+            data_s = time.perf_counter() - step_start
+            if batch is None:
                 break
-            batch = self._to_device(batch)
+            self.profiler.add("data", data_s)
+            with phase("to_device"):
+                batch = self._to_device(batch)
             parts = self.compute_losses(batch)
             total = sum(parts.values())
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(total).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
+            with phase("backward"):
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(total).backward()
+            with phase("optimizer"):
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.scheduler.step()
             self.iteration += 1
             frames += batch["label"].shape[0] * self.ctx.world_size
             values = torch.stack([total.detach().float()] + [v.detach().float() for v in parts.values()])
@@ -278,8 +349,11 @@ class Trainer:
             record = dict(zip(["total"] + list(parts), values))
             for key, value in record.items():
                 sums[key] = sums.get(key, 0.0) + value
-            if step % log_every == 0 or step == self.iters_per_epoch - 1:
-                self.step_log.append({"iteration": self.iteration, **record})
+            timings = {"step_s": time.perf_counter() - step_start, "data_s": data_s}
+            phases = self.profiler.end_step(timings["step_s"])
+            if step % log_every == 0 or step == steps_now - 1:
+                self.step_log.append({"iteration": self.iteration, **record, **timings,
+                                      **{f"s_{k}": v for k, v in phases.items() if k != "step"}})
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{record['total']:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
@@ -288,7 +362,7 @@ class Trainer:
                                          "lower train.lr or check the data")
         if bar is not None:
             bar.close()
-        steps = max(1, self.iters_per_epoch)
+        steps = max(1, step + 1)
         seconds = time.perf_counter() - start
         result = {f"loss_{k}": v / steps for k, v in sums.items()}
         result.update({"seconds": seconds, "frames_per_s": frames / max(seconds, 1e-9),
@@ -298,40 +372,35 @@ class Trainer:
     # ---- validation -----------------------------------------------------------------------------
     @torch.no_grad()
     def validate(self) -> dict:
-        """mIoU over labelled validation frames and TC over consecutive predictions (rank 0)."""
-        from video_seg_ros.metrics import ConfusionMatrix, TemporalConsistency
+        """mIoU over labelled validation frames and TC over consecutive predictions (rank 0).
+
+        The model runs through :class:`~video_seg_ros.engine.SegmentationEngine` (the checkpoint's
+        own preprocessing, as the node and video-seg-eval run it) on the frames as they are on
+        disk, and :func:`video_seg_ros.evaluation.evaluate` scores them: the figures equal what
+        ``video-seg-eval`` reports for the saved checkpoint on the same frames. Fractions 0..1.
+        """
+        from video_seg_ros.engine import SegmentationEngine
+        from video_seg_ros.evaluation import EvalFrame, evaluate
+        from video_seg_ros.frames import read_label, read_rgb
+
+        limit = self.config["train"].get("val_max_frames")
+
+        def frames():
+            for name, items in self.val_sequences.items():
+                for item in items[: int(limit) if limit else None]:
+                    label = (read_label(item.label_path, item.label_format)
+                             if item.label_path is not None else None)
+                    yield EvalFrame(read_rgb(item.record.path), item.record.key, name, item.record.frame,
+                                    label, None if item.label_path is None else str(item.label_path))
 
         self.net.eval()
-        label_set = LABEL_SETS[self.meta["label_set"]]
-        confusion = ConfusionMatrix(label_set.num_classes, list(label_set.names))
-        consistency = TemporalConsistency(label_set.num_classes, flow_width=None,
-                                          class_names=list(label_set.names))
-        size = self.config["data"].get("val_resize") or self.config["data"].get("resize")
-        lookup = output_class_lookup(self.meta["output_to_class"], self.device)
-        limit = self.config["train"].get("val_max_frames")
-        model = self.net.model
-        temporal = bool(getattr(model, "is_temporal", False))
-        for frames in self.val_sequences.values():
-            if temporal:
-                model.reset_state()
-            previous = None
-            for item in frames[: int(limit) if limit else None]:
-                image = read_frame(item.record.path, size)
-                x = self.net.normalize(to_tensor_image(image)[None].to(self.device))
-                with torch.autocast(self.device.type, enabled=self.use_amp):
-                    logits = model.step(x) if temporal else model(x)
-                prediction = lookup[logits.argmax(1)[0]].cpu().numpy()
-                label = read_label_resized(item, (image.shape[1], image.shape[0]))
-                if label is not None:
-                    confusion.update(prediction, label)
-                if previous is not None:
-                    flow = self.val_flow.get(previous[0], item.record.path, previous[1], image)
-                    consistency.update_with_flow(previous[2], prediction, flow)
-                previous = (item.record.path, image, prediction)
-        self._train_mode()
-        miou, tc = confusion.miou, consistency.tc
-        return {"val_miou": None if miou is None else 100.0 * miou,
-                "val_tc": None if tc is None else 100.0 * tc}
+        try:
+            engine = SegmentationEngine(self._checkpoint(None), device=str(self.device), backend="torch",
+                                        precision=self.precision, model=self.net.model)
+            evaluator = evaluate(engine, frames())
+        finally:
+            self._train_mode()
+        return {"val_miou": evaluator.miou, "val_tc": evaluator.tc}
 
     # ---- logs ---------------------------------------------------------------------------------
     def write_logs(self) -> None:
@@ -356,13 +425,16 @@ class Trainer:
     def fit(self) -> list[dict]:
         train_cfg = self.config["train"]
         epochs = int(train_cfg["epochs"])
+        val_every, save_every = int(train_cfg["val_every"]), int(train_cfg["save_every"])
         try:
-            while self.epoch < epochs:
+            while self.epoch < epochs and self.iteration < self.total_iters:
                 result = self.train_epoch()
                 self.epoch += 1
+                final = self.epoch == epochs or self.iteration >= self.total_iters
                 row = {"epoch": self.epoch, "iteration": self.iteration, **result}
-                validate_now = self.val_sequences and (self.epoch % int(train_cfg["val_every"]) == 0
-                                                       or self.epoch == epochs)
+                # val_every 0: never validate here (figures then come from video-seg-eval).
+                validate_now = bool(self.val_sequences) and val_every > 0 and (
+                    self.epoch % val_every == 0 or final)
                 if validate_now and self.ctx.is_main:
                     row.update(self.validate())
                 self.ctx.barrier()
@@ -370,8 +442,10 @@ class Trainer:
                 best = row.get("val_miou") is not None and row["val_miou"] > self.best_miou
                 if best:
                     self.best_miou = row["val_miou"]
-                if self.epoch % int(train_cfg["save_every"]) == 0 or self.epoch == epochs or best:
-                    self.save({k: row.get(k) for k in ("val_miou", "val_tc")}, best)
+                # Without any validated mIoU there is nothing to rank by: best.pt is the last model.
+                never_validated = not any(r.get("val_miou") is not None for r in self.history)
+                if (save_every and self.epoch % save_every == 0) or final or best:
+                    self.save({k: row.get(k) for k in ("val_miou", "val_tc")}, best or never_validated)
                 self.write_logs()
                 if self.ctx.is_main:
                     shown = ", ".join(f"{k}={v:.4g}" for k, v in row.items()
@@ -405,7 +479,7 @@ def plot_history(history: list[dict], path: Path) -> None:
             ax_val.plot(*zip(*points), marker="o", label=name)
             plotted = True
     ax_val.set_xlabel("epoch")
-    ax_val.set_ylabel("% (validation)")
+    ax_val.set_ylabel("validation (fraction 0..1)")
     if plotted:
         ax_val.legend(fontsize=8)
     else:

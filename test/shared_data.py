@@ -1,4 +1,7 @@
-"""Locating the verification data folder (``../shared``) that sits beside a developer checkout."""
+"""Locating the verification data folder (``../shared``) beside a developer checkout.
+
+A developer helper for the tests and benchmarks (bench/ imports it too), not part of the package.
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,40 @@
+"""The one way tests (and benchmarks) build a tiny random-init ESPNet checkpoint.
+
+Random weights give arbitrary but deterministic outputs: enough to test plumbing, shapes and
+agreement between code paths without the embedded model. ``test/conftest.py`` exposes it as the
+``tiny_espnet_checkpoint`` fixture; scripts import :func:`make_tiny_espnet_checkpoint`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from video_seg_ros.checkpoint import Checkpoint, Preprocessing
+from video_seg_ros.models import build_model
+
+#: 19 Cityscapes classes + the "background" channel published as 255, like ESPNet's Cityscapes weights.
+NUM_OUTPUTS = 20
+
+
+def tiny_espnet(num_classes: int = NUM_OUTPUTS, size: tuple[int, int] = (64, 32), seed: int = 0,
+                p: int = 2, q: int = 3, channel_order: str = "rgb", mean=(128.0, 128.0, 128.0),
+                std=(64.0, 64.0, 64.0), scale: float = 1.0,
+                output_to_class: list[int] | None = None) -> Checkpoint:
+    """A random-init ESPNet ``Checkpoint`` (Cityscapes label set) with model input ``size`` (W, H)."""
+    torch.manual_seed(seed)
+    model = build_model("espnet", p=p, q=q, num_classes=num_classes).eval()
+    checkpoint = Checkpoint.for_label_set(
+        "espnet", {"p": p, "q": q, "num_classes": num_classes}, model.state_dict(), "cityscapes",
+        Preprocessing(input_height=size[1], input_width=size[0], channel_order=channel_order,
+                      mean=list(mean), std=list(std), scale=scale),
+        source={"kind": "random-init test checkpoint"})
+    if output_to_class is not None:
+        checkpoint.output_to_class = list(output_to_class)
+    return checkpoint
+
+
+def make_tiny_espnet_checkpoint(path: str | Path, **settings) -> Path:
+    """:func:`tiny_espnet` saved at ``path`` (settings as there); returns the path written."""
+    return tiny_espnet(**settings).save(path)

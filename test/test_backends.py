@@ -1,0 +1,283 @@
+"""Backends behind SegmentationEngine: denormal flush, precision refusal, OpenVINO against torch
+(published weights, memory models, streams), start-up errors and fallback, TensorRT (CUDA only).
+
+OpenVINO conversions are cached in one temporary folder per test session; models are small
+(128x64, or ESPNet p2q3 at 512x256) so that the conversions stay short on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from checkpoints import tiny_espnet
+from conftest import require_shared_file
+from video_seg_ros import runtime
+from video_seg_ros.backends import BackendError
+from video_seg_ros.checkpoint import Checkpoint, Preprocessing
+from video_seg_ros.engine import SegmentationEngine
+from video_seg_ros.models import register
+from video_seg_ros.models.memory import add_memory_to_checkpoint
+from video_seg_ros.runtime import PrecisionError
+
+openvino = pytest.importorskip("openvino", reason="openvino is not installed (requirements.txt pins it)")
+
+FRAME = "data/cityscapes_val/leftImg8bit/frankfurt_000001_058914_leftImg8bit.png"
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("conversion_cache")
+
+
+def trained_looking_memory(seed: int = 1) -> Checkpoint:
+    """A tiny ESPNet + memory whose memory layers have random weights, so the memory changes outputs."""
+    checkpoint = add_memory_to_checkpoint(tiny_espnet(size=(128, 64)),
+                                          {"memory_length": 2, "window": 5, "dropout": 0.0})
+    generator = torch.Generator().manual_seed(seed)
+    checkpoint.state_dict = {
+        key: torch.randn(value.shape, generator=generator) * 2.0
+        if not key.startswith("base.") and value.is_floating_point() else value
+        for key, value in checkpoint.state_dict.items()}
+    return checkpoint
+
+
+def frames(count: int, height: int = 64, width: int = 128, seed: int = 0) -> list[np.ndarray]:
+    """Unrelated noise frames: a memory of them changes the outputs much more than a smooth video."""
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(count)]
+
+
+@pytest.fixture(scope="module")
+def memory_checkpoint():
+    return trained_looking_memory()
+
+
+@pytest.fixture(scope="module", params=["torch", "openvino"])
+def memory_engine(request, memory_checkpoint, cache_dir):
+    return SegmentationEngine(memory_checkpoint, device="cpu", backend=request.param, cache_dir=cache_dir)
+
+
+# ---- denormals --------------------------------------------------------------------------------
+def denormals_survive() -> bool:
+    """Whether this thread (and its OpenMP team: the tensor is large enough to be split) keeps denormals."""
+    big = torch.full((1 << 20,), 3e-39)
+    return bool((torch.tensor([1e-40]) * 1.0).item() != 0.0) or bool(((big * 1.0) != 0).any())
+
+
+@pytest.fixture
+def unflushed():
+    """This thread with denormals computed (skips where the CPU cannot flush them); flushed after."""
+    if not runtime.flush_denormals(False):
+        pytest.skip("this CPU cannot flush denormals (no DAZ/FTZ)")
+    yield
+    runtime.flush_denormals(True)
+
+
+def test_engine_creation_flushes_denormals_in_the_thread_and_its_openmp_team(unflushed):
+    assert denormals_survive()
+    SegmentationEngine(tiny_espnet(), device="cpu", backend="torch")
+    assert not denormals_survive()
+
+
+def test_segmenting_in_a_worker_thread_flushes_denormals_there(unflushed):
+    engine = SegmentationEngine(tiny_espnet(), device="cpu", backend="torch")
+    seen = {}
+
+    def worker():
+        runtime.flush_denormals(False)
+        seen["before"] = denormals_survive()
+        engine.segment(frames(1, 32, 64)[0])
+        seen["after"] = denormals_survive()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert seen == {"before": True, "after": False}
+
+
+def test_engine_can_leave_denormals_alone_for_measuring_the_unflushed_path(unflushed):
+    engine = SegmentationEngine(tiny_espnet(), device="cpu", backend="torch", flush_denormals=False)
+    engine.segment(frames(1, 32, 64)[0])
+    assert denormals_survive()
+
+
+# ---- precision ----------------------------------------------------------------------------------
+@pytest.mark.skipif(runtime.cpu_has_native_bf16(), reason="this CPU computes bf16 natively")
+def test_bf16_is_refused_on_a_cpu_without_native_bf16_and_auto_means_fp32():
+    with pytest.raises(PrecisionError, match=r"native bf16 \(AMX-BF16 or AVX512-BF16\).*emulated.*'fp32' or 'auto'"):
+        SegmentationEngine(tiny_espnet(), device="cpu", precision="bf16")
+    engine = SegmentationEngine(tiny_espnet(), device="cpu", backend="torch")
+    assert engine.precision == "fp32"
+
+
+def test_fp16_on_the_cpu_is_refused_and_the_old_fp16_flag_still_works():
+    with pytest.raises(PrecisionError, match="CUDA only"):
+        SegmentationEngine(tiny_espnet(), device="cpu", precision="fp16")
+    with pytest.warns(DeprecationWarning, match="precision="):
+        engine = SegmentationEngine(tiny_espnet(), device="cpu", backend="torch", fp16=True)
+    assert engine.precision == "fp32" and not engine.fp16  # fp16 was always ignored on the CPU
+
+
+# ---- OpenVINO against torch ---------------------------------------------------------------------
+def test_openvino_gives_the_torch_labels_for_published_espnet_on_a_real_frame(shared, cache_dir):
+    from video_seg_ros.tools.import_weights import import_weights
+
+    weights = require_shared_file(shared, "weights/espnet/espnet_p_2_q_3.pth")
+    checkpoint = import_weights("espnet", "cityscapes", weights)
+    checkpoint.preprocessing = dataclasses.replace(checkpoint.preprocessing, input_width=512, input_height=256)
+    frame = cv2.imread(str(require_shared_file(shared, FRAME)))
+    reference = SegmentationEngine(checkpoint, device="cpu", backend="torch", precision="fp32")
+    converted = SegmentationEngine(checkpoint, device="cpu", backend="openvino", precision="fp32", cache_dir=cache_dir)
+    assert converted.backend == "openvino" and converted.precision == "fp32"
+    a = reference.segment(frame, "bgr", with_confidence=True)
+    b = converted.segment(frame, "bgr", with_confidence=True)
+    assert b.labels.shape == (1024, 2048)
+    assert np.mean(a.labels == b.labels) >= 0.9999
+    assert np.abs(a.confidence - b.confidence).max() < 1e-3
+
+
+def test_openvino_memory_model_follows_torch_over_a_sequence_with_a_reset(memory_checkpoint, cache_dir):
+    reference = SegmentationEngine(memory_checkpoint, device="cpu", backend="torch")
+    converted = SegmentationEngine(memory_checkpoint, device="cpu", backend="openvino", cache_dir=cache_dir)
+    assert converted.backend == "openvino" and converted.is_temporal
+    sequence = frames(5)
+    outputs = []
+    for i, frame in enumerate(sequence):
+        if i == 3:
+            reference.reset()
+            converted.reset()
+        a, b = reference.segment(frame, with_confidence=True), converted.segment(frame, with_confidence=True)
+        # A random tiny model has near-ties (logits almost equal) everywhere: the strict check is the
+        # confidence; a label may flip at a tie (1 of 8192 pixels seen).
+        assert np.abs(a.confidence - b.confidence).max() < 1e-4, f"frame {i}"
+        assert np.mean(a.labels == b.labels) >= 0.999, f"frame {i}"
+        outputs.append(b.labels)
+    # The memory matters (so the comparison above covers it) and the reset really empties it.
+    fresh = SegmentationEngine(memory_checkpoint, device="cpu", backend="openvino", cache_dir=cache_dir)
+    assert np.mean(fresh.segment(sequence[2]).labels != outputs[2]) > 0.05  # frames 0-1 in memory changed frame 2
+    assert np.mean(fresh.segment(sequence[3]).labels != outputs[3]) > 0.05  # frame 2 in memory, vs none
+    fresh.reset()
+    assert np.array_equal(fresh.segment(sequence[3]).labels, outputs[3])
+
+
+def test_openvino_conversion_is_cached_per_model_and_input_size(tmp_path):
+    checkpoint = tiny_espnet(size=(64, 32))
+    first = SegmentationEngine(checkpoint, device="cpu", backend="openvino", cache_dir=tmp_path)
+    entries = list((tmp_path / "openvino").iterdir())
+    assert len(entries) == 1 and (entries[0] / "model.xml").is_file() and (entries[0] / "info.json").is_file()
+    second = SegmentationEngine(checkpoint, device="cpu", backend="openvino", cache_dir=tmp_path)
+    assert second._runner.cache_path == first._runner.cache_path
+    assert len(list((tmp_path / "openvino").iterdir())) == 1  # found, not converted again
+    other = dataclasses.replace(checkpoint, preprocessing=dataclasses.replace(checkpoint.preprocessing, input_width=32))
+    SegmentationEngine(other, device="cpu", backend="openvino", cache_dir=tmp_path)
+    assert len(list((tmp_path / "openvino").iterdir())) == 2
+    frame = frames(1, 32, 64)[0]
+    assert np.array_equal(first.segment(frame).labels, second.segment(frame).labels)
+
+
+# ---- streams ------------------------------------------------------------------------------------
+def test_a_frame_of_one_stream_never_changes_another_streams_memory(memory_engine, memory_checkpoint):
+    camera_a, camera_b = frames(3, seed=1), frames(3, seed=2)
+    alone = SegmentationEngine(memory_checkpoint, device="cpu", backend="torch")
+    expected_b = [alone.segment(frame, with_confidence=True).confidence for frame in camera_b]
+    memory_engine.reset()
+    interleaved = []
+    for frame_a, frame_b in zip(camera_a, camera_b):
+        memory_engine.segment_batch([frame_a], streams=["a"])
+        interleaved.append(memory_engine.segment_batch([frame_b], streams=["b"], with_confidence=True)[0].confidence)
+    for got, want in zip(interleaved, expected_b):
+        assert np.allclose(got, want, atol=1e-5)
+    # ... and one batch holding both cameras' frames gives the same as separate calls.
+    memory_engine.reset()
+    together = memory_engine.segment_batch([camera_a[0], camera_b[0], camera_a[1], camera_b[1], camera_b[2]],
+                                           streams=["a", "b", "a", "b", "b"], with_confidence=True)
+    for got, want in zip([together[1], together[3], together[4]], expected_b):
+        assert np.allclose(got.confidence, want, atol=1e-5)
+
+
+def test_resetting_one_stream_leaves_the_others_memory(memory_engine, memory_checkpoint):
+    camera = frames(3, seed=3)
+    memory_engine.reset()
+    for frame in camera[:2]:
+        memory_engine.segment_batch([frame, frame], streams=["kept", "reset"])
+    memory_engine.reset(stream="reset")
+    kept, reset = memory_engine.segment_batch([camera[2], camera[2]], streams=["kept", "reset"], with_confidence=True)
+    alone = SegmentationEngine(memory_checkpoint, device="cpu", backend="torch")
+    after_reset = alone.segment(camera[2], with_confidence=True).confidence
+    assert np.allclose(reset.confidence, after_reset, atol=1e-5)
+    assert not np.allclose(kept.confidence, after_reset, atol=1e-3)
+
+
+def test_streams_of_different_frame_sizes_come_back_at_their_own_sizes(memory_engine):
+    small, large = frames(1, 48, 100, seed=4)[0], frames(1, 130, 260, seed=5)[0]
+    results = memory_engine.segment_batch([small, large], streams=["front", "rear"], with_confidence=True)
+    assert results[0].labels.shape == (48, 100) and results[1].labels.shape == (130, 260)
+    assert results[1].confidence.shape == (130, 260)
+    with pytest.raises(ValueError, match="one key per frame"):
+        memory_engine.segment_batch([small, large], streams=["front"])
+
+
+# ---- start-up errors and fallback ---------------------------------------------------------------
+class ScaledErfcSegmenter(nn.Module):
+    """A 1x1 conv followed by erfcx, an operator ONNX has no form for (so no backend can convert it)."""
+
+    def __init__(self, num_classes: int = 20):
+        super().__init__()
+        self.classifier = nn.Conv2d(3, num_classes, 1)
+
+    def forward(self, x):
+        return torch.special.erfcx(self.classifier(x))
+
+
+@register("test-erfcx")
+def _erfcx_segmenter(num_classes: int = 20) -> nn.Module:
+    return ScaledErfcSegmenter(num_classes)
+
+
+def unconvertible_checkpoint() -> Checkpoint:
+    model = ScaledErfcSegmenter()
+    return Checkpoint.for_label_set("test-erfcx", {"num_classes": 20}, model.state_dict(), "cityscapes",
+                                    Preprocessing(input_height=32, input_width=64))
+
+
+def test_openvino_requested_for_a_model_it_cannot_convert_fails_at_start_up(tmp_path):
+    with pytest.raises(BackendError, match=r"could not be exported to ONNX.*erfcx"):
+        SegmentationEngine(unconvertible_checkpoint(), device="cpu", backend="openvino", cache_dir=tmp_path)
+
+
+def test_auto_falls_back_to_torch_and_says_why(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="video_seg_ros.engine"):
+        engine = SegmentationEngine(unconvertible_checkpoint(), device="cpu", backend="auto", cache_dir=tmp_path)
+    assert engine.backend == "torch"
+    assert "erfcx" in engine.fallback_reason
+    assert any("erfcx" in record.getMessage() and "torch" in record.getMessage() for record in caplog.records)
+    assert engine.segment(frames(1, 32, 64)[0]).labels.shape == (32, 64)
+
+
+def test_auto_picks_openvino_on_the_cpu_when_it_converts(cache_dir):
+    engine = SegmentationEngine(tiny_espnet(), device="cpu", cache_dir=cache_dir)
+    assert engine.backend == "openvino" and engine.fallback_reason is None
+
+
+# ---- TensorRT -----------------------------------------------------------------------------------
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="TensorRT needs a CUDA device; this machine has none")
+def test_tensorrt_gives_the_torch_labels(tmp_path):
+    pytest.importorskip("tensorrt", reason="the tensorrt wheel is not installed")
+    checkpoint = tiny_espnet(size=(128, 64))
+    reference = SegmentationEngine(checkpoint, device="cuda", backend="torch", precision="fp32")
+    built = SegmentationEngine(checkpoint, device="cuda", backend="tensorrt", precision="fp32", cache_dir=tmp_path)
+    for frame in frames(2):
+        assert np.mean(reference.segment(frame).labels == built.segment(frame).labels) >= 0.9999
+
+
+def test_tensorrt_on_the_cpu_is_refused_with_a_clear_message():
+    with pytest.raises(BackendError, match="CUDA devices only"):
+        SegmentationEngine(tiny_espnet(), device="cpu", backend="tensorrt")

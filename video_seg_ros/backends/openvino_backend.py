@@ -1,0 +1,195 @@
+"""OpenVINO backend: the exported ONNX graph (:mod:`.onnx_export`) converted and compiled for the CPU.
+
+Conversion (export, ``openvino.convert_model``, IR written with fp32 weights) runs once per model
+and is cached under ``<cache_dir>/openvino/<key>/`` (default cache dir
+:func:`~video_seg_ros.backends.default_cache_dir`); the key covers the weights and model settings,
+the input size, the precision, the graph version and the OpenVINO and PyTorch versions, so a
+changed checkpoint never finds a stale model. The newest :data:`CACHE_ENTRIES` conversions are kept.
+
+Compiled for ``CPU`` with ``INFERENCE_PRECISION_HINT`` f32 (``fp32``: OpenVINO's exact path; it
+would pick bf16 by itself on AMX CPUs) or bf16, the latency hint with one stream, as many threads
+as PyTorch uses, and denormals flushed like the torch backend.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from video_seg_ros.backends import BackendError, default_cache_dir, model_fingerprint
+from video_seg_ros.backends.onnx_export import (GRAPH_VERSION, IMAGE, LOGITS, STATE_INPUTS, STATE_OUTPUTS,
+                                                export_onnx, is_temporal)
+
+LOG = logging.getLogger(__name__)
+
+#: Conversions kept in the cache (least recently used ones are deleted beyond this).
+CACHE_ENTRIES = 32
+
+_PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
+
+
+def import_openvino():
+    """The ``openvino`` module, or :class:`BackendError` saying how to install it."""
+    try:
+        import openvino
+    except ImportError as error:
+        raise BackendError("OpenVINO is not installed: `pip install openvino==2026.4.1` (pinned in "
+                           "requirements.txt), or use backend 'torch'.") from error
+    return openvino
+
+
+class ExplicitMemory:
+    """One stream's memory for a graph with explicit state: the three ``memory_*`` arrays."""
+
+    def __init__(self, shapes: list[tuple[int, ...]]):
+        self.arrays = [np.zeros(shape, np.float32) for shape in shapes]
+
+    def reset(self) -> None:
+        self.arrays[-1][...] = 0.0  # valid = 0: the stored keys/values are then never read
+
+    def __len__(self) -> int:
+        return int(self.arrays[-1].sum())
+
+
+class OpenVinoRunner:
+    """Runs a model through OpenVINO on the CPU (see the module docstring).
+
+    ``model`` is the eval-mode torch module (CPU); ``input_size`` (W, H) the network input.
+    Raises :class:`BackendError` when OpenVINO is missing or cannot convert or compile the model.
+    """
+
+    name = "openvino"
+
+    def __init__(self, model: nn.Module, input_size: tuple[int, int], precision: str = "fp32",
+                 cache_dir: str | os.PathLike | None = None, threads: int | None = None,
+                 flush_denormals: bool = True, fingerprint_extra: tuple = ()):
+        if precision not in _PRECISION_HINTS:
+            raise BackendError(f"the OpenVINO backend runs fp32 or bf16, not {precision!r}")
+        ov = import_openvino()
+        self._ov = ov
+        self.temporal = is_temporal(model)
+        self.input_size = tuple(input_size)
+        self.precision = precision
+        key = model_fingerprint(model, tuple(input_size), precision, GRAPH_VERSION, ov.get_version(),
+                                torch.__version__, *fingerprint_extra)[:32]
+        root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.cache_path = root / "openvino" / key
+        self._core = ov.Core()
+        self._ov_model = self._load_or_convert(model)
+        self._config = {
+            "INFERENCE_PRECISION_HINT": _PRECISION_HINTS[precision],
+            "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": 1,
+            "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()),
+            "CPU_DENORMALS_OPTIMIZATION": bool(flush_denormals),
+        }
+        self._requests: dict[int, object] = {}
+        if self.temporal:
+            self._state_shapes = [tuple(self._ov_model.input(name).get_shape()) for name in STATE_INPUTS]
+        try:
+            self._request(1)  # compile now: a model OpenVINO cannot compile fails at start-up
+        except RuntimeError as error:
+            raise BackendError(f"OpenVINO could not compile the converted model: {str(error)[:300]}") from error
+
+    # ---- conversion cache --------------------------------------------------------------------
+    def _load_or_convert(self, model: nn.Module):
+        xml = self.cache_path / "model.xml"
+        if xml.is_file() and (self.cache_path / "model.bin").is_file():
+            try:
+                ov_model = self._core.read_model(str(xml))
+                os.utime(self.cache_path / "info.json", None)  # most recently used
+                return ov_model
+            except (RuntimeError, OSError) as error:
+                LOG.warning("ignoring unreadable OpenVINO cache entry %s (%s); converting again",
+                            self.cache_path, error)
+        with tempfile.TemporaryDirectory(prefix="video_seg_ov_") as tmp:
+            onnx_path = export_onnx(model, self.input_size, Path(tmp) / "model.onnx",
+                                    dynamic_batch=not self.temporal)
+            try:
+                ov_model = self._ov.convert_model(str(onnx_path))
+            except Exception as error:  # OpenVINO raises its own exception types
+                raise BackendError(f"OpenVINO could not convert the exported model: "
+                                   f"{type(error).__name__}: {str(error).strip()[:300]}") from error
+            self._store(ov_model)
+        return ov_model
+
+    def _store(self, ov_model) -> None:
+        """Write the IR atomically (temporary folder + rename); a read-only cache is only logged."""
+        parent = self.cache_path.parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=parent))
+            # fp32 weights in the IR: the precision is chosen when compiling, not here.
+            self._ov.save_model(ov_model, str(staging / "model.xml"), compress_to_fp16=False)
+            (staging / "info.json").write_text(json.dumps({
+                "input_size": list(self.input_size), "precision": self.precision, "temporal": self.temporal,
+                "openvino": self._ov.get_version(), "torch": torch.__version__, "graph_version": GRAPH_VERSION,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
+            try:
+                os.replace(staging, self.cache_path)
+            except OSError:  # another process stored the same conversion first
+                shutil.rmtree(staging, ignore_errors=True)
+            _prune(parent, CACHE_ENTRIES)
+        except OSError as error:
+            LOG.warning("could not write the OpenVINO conversion cache %s (%s); converting again next time",
+                        parent, error)
+
+    # ---- inference ---------------------------------------------------------------------------
+    def _request(self, batch: int):
+        request = self._requests.get(batch)
+        if request is None:
+            ov_model = self._ov_model
+            if not self.temporal and ov_model.input(IMAGE).get_partial_shape()[0].is_dynamic:
+                ov_model = ov_model.clone()
+                width, height = self.input_size
+                ov_model.reshape({IMAGE: [batch, 3, height, width]})  # static shapes compile best
+            compiled = self._core.compile_model(ov_model, "CPU", self._config)
+            request = self._requests[batch] = compiled.create_infer_request()
+        return request
+
+    def new_memory(self) -> ExplicitMemory:
+        return ExplicitMemory(self._state_shapes)
+
+    def run(self, batch: torch.Tensor, memories: list[ExplicitMemory] | None = None) -> torch.Tensor:
+        """Logits (N, C, h, w) of a normalised CPU batch; temporal models update ``memories``."""
+        image = batch.detach().contiguous().numpy()
+        if not self.temporal:
+            outputs = self._request(len(image)).infer({IMAGE: image})
+            return torch.from_numpy(outputs[LOGITS])
+        # The memory graph is exported for one frame (static shapes): one request per stream.
+        logits = []
+        request = self._request(1)
+        for i, memory in enumerate(memories):
+            inputs = {IMAGE: image[i:i + 1], **dict(zip(STATE_INPUTS, memory.arrays))}
+            outputs = request.infer(inputs)
+            memory.arrays = [outputs[name] for name in STATE_OUTPUTS]
+            logits.append(torch.from_numpy(outputs[LOGITS]))
+        return torch.cat(logits)
+
+    def release(self) -> None:
+        self._requests.clear()
+        self._ov_model = None
+
+
+def _prune(folder: Path, keep: int) -> None:
+    entries = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    if len(entries) <= keep:
+        return
+
+    def last_used(path: Path) -> float:
+        try:
+            return (path / "info.json").stat().st_mtime
+        except OSError:
+            return 0.0
+
+    for stale in sorted(entries, key=last_used)[:-keep]:
+        shutil.rmtree(stale, ignore_errors=True)

@@ -1,0 +1,159 @@
+"""CPU/GPU numeric settings shared by inference and training: denormal flush and precision.
+
+Published weights drive some activations into denormal floats, which x86 CPUs compute one to
+two orders of magnitude slower than normal floats; flushing them to zero does not change a label
+on the shared Cityscapes frames (see docs/models.md) and is switched on wherever the project runs
+a model on a CPU. No ROS here.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import platform
+import threading
+from pathlib import Path
+
+import torch
+
+#: What a user may ask for. ``auto``: fp16 on CUDA, bf16 on a CPU that computes bf16 natively
+#: (AMX-BF16 or AVX512-BF16), fp32 elsewhere. ``fp32`` is always the exact path.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+class PrecisionError(ValueError):
+    """The requested precision cannot run (well) on the chosen device."""
+
+
+_flushed_threads = threading.local()
+
+
+def flush_denormals(enabled: bool = True) -> bool:
+    """Treat denormal floats as zero in this thread's CPU math and in its OpenMP team.
+
+    Returns True where the CPU supports it (x86 with DAZ). The flag is per thread (MXCSR):
+    ``torch.set_flush_denormal`` sets it for the calling thread only, and threads inherit it only
+    when they are created afterwards, so an OpenMP team that already ran a parallel op would go
+    on computing half of every tensor with denormals. The calling thread's team is therefore
+    given the same floating-point environment here (one tiny parallel region). Cheap when
+    repeated in the same thread: :class:`~video_seg_ros.engine.SegmentationEngine` calls it in
+    every thread that runs a model.
+    """
+    if getattr(_flushed_threads, "enabled", None) is enabled:
+        return bool(_flushed_threads.supported)
+    supported = bool(torch.set_flush_denormal(enabled))
+    if supported:
+        _copy_float_environment_to_openmp_team(torch.get_num_threads())
+    _flushed_threads.enabled, _flushed_threads.supported = enabled, supported
+    return supported
+
+
+def _copy_float_environment_to_openmp_team(num_threads: int) -> bool:
+    """Run ``fesetenv(<this thread's environment>)`` on every thread of the calling thread's
+    OpenMP team (the one PyTorch's CPU ops use); False where no OpenMP runtime is loaded."""
+    openmp = _openmp_library()
+    libm = _libm()
+    if openmp is None or libm is None or num_threads < 1:
+        return False
+    environment = ctypes.create_string_buffer(512)  # >= sizeof(fenv_t) on every libc
+    if libm.fegetenv(environment) != 0:
+        return False
+    # GOMP_parallel(fn, data, num_threads, flags) runs fn(data) on each thread of the team; every
+    # OpenMP runtime PyTorch ships with (GNU, LLVM, Intel) exports this GNU entry point.
+    openmp.GOMP_parallel(ctypes.cast(libm.fesetenv, ctypes.c_void_p), environment,
+                         ctypes.c_uint(num_threads), ctypes.c_uint(0))
+    return True
+
+
+@functools.lru_cache(maxsize=1)
+def _openmp_library():
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = sorted({line.split()[-1] for line in maps if ".so" in line})
+    except OSError:
+        return None
+    for path in paths:
+        name = Path(path).name
+        if name.startswith(("libgomp", "libiomp", "libomp")):
+            try:
+                library = ctypes.CDLL(path)
+                library.GOMP_parallel.restype = None
+                return library
+            except (OSError, AttributeError):
+                continue
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def _libm():
+    name = ctypes.util.find_library("m")
+    try:
+        return ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags of /proc/cpuinfo (empty where there is no such file)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU has bf16 arithmetic (AMX-BF16 or AVX512-BF16); elsewhere bf16 is emulated."""
+    flags = cpu_flags()
+    if flags:
+        return bool(flags & {"amx_bf16", "avx512_bf16"})
+    mkldnn_check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    try:
+        return bool(mkldnn_check()) if mkldnn_check is not None else False
+    except RuntimeError:
+        return False
+
+
+def cpu_description() -> str:
+    """A short description of the CPU for logs and reports (model name and bf16 support)."""
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name} ({'native' if cpu_has_native_bf16() else 'no native'} bf16)"
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``/``fp32``/``bf16``/``fp16`` -> the precision that will run on ``device``.
+
+    Raises :class:`PrecisionError` with what to do instead when the request cannot run well.
+    """
+    precision = (precision or "auto").strip().lower()
+    if precision not in PRECISIONS:
+        raise PrecisionError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}.")
+    if device.type == "cuda":
+        return "fp16" if precision == "auto" else precision
+    if precision == "auto":
+        return "bf16" if cpu_has_native_bf16() else "fp32"
+    if precision == "fp16":
+        raise PrecisionError("precision 'fp16' runs on CUDA only; on the CPU use 'fp32', or 'bf16' "
+                             "on a CPU with AMX-BF16/AVX512-BF16.")
+    if precision == "bf16" and not cpu_has_native_bf16():
+        raise PrecisionError(f"precision 'bf16' needs a CPU with native bf16 (AMX-BF16 or "
+                             f"AVX512-BF16); this one is {cpu_description()}, where bf16 would be "
+                             "emulated and slower than fp32. Use 'fp32' or 'auto'.")
+    return precision
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of a resolved precision (None = plain fp32)."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
