@@ -228,6 +228,7 @@ def run(mode: str, count: int, frames, checkpoint: str, args, probe: Probe, env)
                      if (camera, *key) in probe.arrivals]
         per_camera[camera] = {
             "published": len(sent[camera]), "answered": len(latencies),
+            "answered_including_warmup": sum(1 for key in probe.arrivals if key[0] == camera),
             "fps": len(latencies) / args.seconds,
             "latency_p50_ms": float(np.percentile(latencies, 50)) if latencies else None,
             "latency_p95_ms": float(np.percentile(latencies, 95)) if latencies else None}
@@ -237,7 +238,8 @@ def run(mode: str, count: int, frames, checkpoint: str, args, probe: Probe, env)
           f"resident memory {total_mb:.0f} MB ({', '.join(f'{m:.0f}' for m in memory.values() if m)} MB)")
     for camera, figures in per_camera.items():
         p50, p95 = figures["latency_p50_ms"], figures["latency_p95_ms"]
-        print(f"    {camera}: {figures['answered']}/{figures['published']} answered, {figures['fps']:.2f} fps, "
+        print(f"    {camera}: {figures['answered']}/{figures['published']} answered "
+              f"({figures['answered_including_warmup']} with the warm-up), {figures['fps']:.2f} fps, "
               f"latency p50 {p50 if p50 is None else f'{p50:.0f}'} ms, p95 {p95 if p95 is None else f'{p95:.0f}'} ms")
     return {"mode": mode, "cameras": count, "processes": len(processes), "total_fps": total_fps,
             "resident_mb": memory, "total_resident_mb": total_mb, "per_camera": per_camera}

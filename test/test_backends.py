@@ -281,3 +281,9 @@ def test_tensorrt_gives_the_torch_labels(tmp_path):
 def test_tensorrt_on_the_cpu_is_refused_with_a_clear_message():
     with pytest.raises(BackendError, match="CUDA devices only"):
         SegmentationEngine(tiny_espnet(), device="cpu", backend="tensorrt")
+
+
+def test_auto_keeps_memory_models_on_torch_and_says_why(memory_checkpoint, cache_dir):
+    engine = SegmentationEngine(memory_checkpoint, device="cpu", backend="auto", cache_dir=cache_dir)
+    assert engine.backend == "torch" and engine.is_temporal
+    assert "memory" in engine.fallback_reason and "openvino" in engine.fallback_reason

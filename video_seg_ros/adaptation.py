@@ -71,7 +71,7 @@ class AdaptationSettings:
     distill_weight: float = 1.0
     pseudo_label_weight: float = 1.0
     max_gap: int = 3
-    freeze_bn: bool = False
+    freeze_bn: bool = True
 
     def check(self) -> None:
         if self.steps < 1:

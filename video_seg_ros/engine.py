@@ -184,7 +184,13 @@ class SegmentationEngine:
             # Expected (the trainer validates its own module): not worth a warning.
             self._fall_back("a model object was passed (model=); only the torch backend runs it", logging.INFO)
             return torch_runner()
-        if AUTO_CPU_BACKEND == "openvino":
+        if AUTO_CPU_BACKEND == "openvino" and getattr(self.model, "is_temporal", False):
+            # Exporting the memory graph crashed the node's worker thread with SIGFPE inside
+            # torch.onnx.export (not yet understood); auto must never take the node down, so memory
+            # models stay on torch unless OpenVINO is asked for explicitly.
+            self._fall_back("memory (temporal) models run on torch under backend auto; "
+                            "ask for backend 'openvino' explicitly to convert them", logging.INFO)
+        elif AUTO_CPU_BACKEND == "openvino":
             try:
                 return self._openvino_runner()
             except BackendError as error:

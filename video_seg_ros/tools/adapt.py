@@ -65,8 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--distill-weight", type=float, default=1.0, help="weight of the pixel-wise KL to the teacher")
     parser.add_argument("--pseudo-label-weight", type=float, default=1.0,
                         help="weight of the cross-entropy on the teacher's confident pixels")
-    parser.add_argument("--freeze-bn", action="store_true",
-                        help="keep BatchNorm statistics fixed (default: they adapt to the camera)")
+    # Measured on aachen_000002 (docs/training.md): with batch statistics of 2 crops adapting, the
+    # held-out mIoU fell 1.2 points and TC 4.8; with them fixed, +0.1 mIoU and -0.6 TC.
+    parser.add_argument("--adapt-bn", dest="freeze_bn", action="store_false",
+                        help="let BatchNorm statistics adapt to the camera (default: fixed, which "
+                             "kept accuracy on the measured drive; small batches make them noisy)")
+    parser.add_argument("--freeze-bn", dest="freeze_bn", action="store_true",
+                        help="keep BatchNorm statistics fixed (the default; kept for old scripts)")
     parser.add_argument("--label-set", choices=sorted(LABEL_SETS), default=None,
                         help="refuse a checkpoint of another label set")
     parser.add_argument("--seed", type=int, default=0, help="random seed (sampling, crops, flips)")
