@@ -17,17 +17,12 @@ configures and activates it automatically unless ``autostart:=false``.
 
 from __future__ import annotations
 
-import gc
 import sys
 
 import rclpy
-from rclpy.executors import ExternalShutdownException
-from rclpy.signals import SignalHandlerOptions
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
-from video_seg_ros.processes import install_stop_handlers
-from video_seg_ros.ros.dds import use_large_image_profile
-from video_seg_ros.ros.node import NODE_NAME, SegmenterMixin, StartupError
+from video_seg_ros.ros.node import NODE_NAME, SegmenterMixin, StartupError, run_node
 
 EXECUTABLE = "video_seg_lifecycle_node"
 
@@ -97,33 +92,18 @@ class VideoSegLifecycleNode(SegmenterMixin, LifecycleNode):
         return super().destroy_node()
 
 
+def _spin_until_shutdown(node: VideoSegLifecycleNode) -> None:
+    """Spin until the shutdown transition, then let its service response go out."""
+    executor = rclpy.executors.SingleThreadedExecutor()
+    executor.add_node(node)
+    while rclpy.ok() and not node.exit_requested:
+        executor.spin_once(timeout_sec=0.1)
+    for _ in range(5):
+        executor.spin_once(timeout_sec=0.05)
+
+
 def main(args=None) -> int:
-    use_large_image_profile()  # before the first DDS participant; a user-set profile wins
-    # Python's own handlers, not rclpy's: SIGTERM (launch, systemd) then leaves spin() as Ctrl-C
-    # does; with rclpy's handler a SIGTERM left the process hanging at exit. Set explicitly: a
-    # process started in the background by a shell inherits SIGINT as ignored.
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    install_stop_handlers()
-    node = None
-    try:
-        node = VideoSegLifecycleNode()
-        gc.freeze()  # see video_seg_ros.ros.node.main (the model, built later, is not frozen)
-        executor = rclpy.executors.SingleThreadedExecutor()
-        executor.add_node(node)
-        while rclpy.ok() and not node.exit_requested:
-            executor.spin_once(timeout_sec=0.1)
-        for _ in range(5):  # let the shutdown transition's response go out
-            executor.spin_once(timeout_sec=0.05)
-    except StartupError as error:
-        print(f"{EXECUTABLE}: error: {error}", file=sys.stderr, flush=True)
-        return 1
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass  # Ctrl-C / SIGTERM (KeyboardInterrupt) / context shut down: a normal exit
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(VideoSegLifecycleNode, _spin_until_shutdown, EXECUTABLE, args)
 
 
 if __name__ == "__main__":

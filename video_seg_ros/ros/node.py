@@ -564,7 +564,8 @@ def _load_cv_bridge():
         return None
 
 
-def main(args=None) -> int:
+def run_node(make_node, spin, executable: str, args=None) -> int:
+    """The body of every node executable: init, build, spin, clean exit; 1 on a start-up error."""
     use_large_image_profile()  # before the first DDS participant; a user-set profile wins
     # Python's own handlers, not rclpy's: SIGTERM (launch, systemd) then leaves spin() as Ctrl-C
     # does; with rclpy's handler a SIGTERM left the process hanging at exit. Set explicitly: a
@@ -573,14 +574,14 @@ def main(args=None) -> int:
     install_stop_handlers()
     node = None
     try:
-        node = VideoSegNode()
+        node = make_node()
         # The model and libraries are loaded for good: keep the collector from scanning them again,
         # during the run and in the interpreter's final collection (which took tens of seconds
         # after Ctrl-C on a loaded 2-core machine).
         gc.freeze()
-        rclpy.spin(node)
+        spin(node)
     except StartupError as error:
-        print(f"{NODE_NAME}: error: {error}", file=sys.stderr, flush=True)
+        print(f"{executable}: error: {error}", file=sys.stderr, flush=True)
         return 1
     except (KeyboardInterrupt, ExternalShutdownException):
         pass  # Ctrl-C / SIGTERM (KeyboardInterrupt) / context shut down: a normal exit
@@ -589,6 +590,10 @@ def main(args=None) -> int:
             node.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+def main(args=None) -> int:
+    return run_node(VideoSegNode, rclpy.spin, NODE_NAME, args)
 
 
 if __name__ == "__main__":
