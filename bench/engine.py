@@ -162,8 +162,11 @@ def main(argv: list[str] | None = None) -> int:
                          "speedup_input": 1.0, "speedup_camera": 1.0, "denormals_flushed": base["denormals_flushed"],
                          "agreement_with_torch_fp32": None if reference_labels is None
                          else float(np.mean(base["labels"] == reference_labels))})
-        print(f"{name}: backend auto -> {auto.backend} {auto.precision}"
-              + (f" (fallback: {auto.fallback_reason})" if auto.fallback_reason else ""))
+        print(f"{name}: backend auto -> {auto.backend} {auto.precision} ({auto.precision_decision.reason})"
+              + (f" (backend fallback: {auto.fallback_reason})" if auto.fallback_reason else ""))
+        for (backend, precision), engine in engines.items():
+            if engine.precision_decision.agreement is not None:
+                print(f"  gate, {backend} {precision}: {engine.precision_decision.reason}")
     width, height = args.size
     print(f"\n{command}\n{machine_description()}\ndevice {args.device}; real frame {Path(CITYSCAPES_FRAME).name} "
           f"(2048x1024); median of {args.repeats} after {args.warmup} warm-up runs, settings taking turns\n")

@@ -38,3 +38,15 @@ def tiny_espnet(num_classes: int = NUM_OUTPUTS, size: tuple[int, int] = (64, 32)
 def make_tiny_espnet_checkpoint(path: str | Path, **settings) -> Path:
     """:func:`tiny_espnet` saved at ``path`` (settings as there); returns the path written."""
     return tiny_espnet(**settings).save(path)
+
+
+def near_tie_espnet(size: tuple[int, int] = (64, 32), gap: float = 1e-3) -> Checkpoint:
+    """:func:`tiny_espnet` whose classes score almost alike everywhere (the classifier's outputs
+    differ by a relative ``gap``): fp32 keeps one argmax, bf16's 8-bit mantissa (a relative
+    error near 4e-3) flips many, so this model fails the precision gate by construction."""
+    checkpoint = tiny_espnet(size=size)
+    weight = checkpoint.state_dict["classifier.weight"]  # (in, out, 2, 2): ConvTranspose2d
+    generator = torch.Generator().manual_seed(3)
+    spread = 1.0 + gap * torch.randn((1, weight.shape[1], 1, 1), generator=generator)
+    checkpoint.state_dict = {**checkpoint.state_dict, "classifier.weight": weight[:, :1] * spread}
+    return checkpoint

@@ -3,6 +3,8 @@ one tiny ESPNet checkpoint every test that needs "some model" uses."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from checkpoints import make_tiny_espnet_checkpoint
@@ -34,3 +36,16 @@ def tiny_espnet_checkpoint(tmp_path_factory):
     ``checkpoints.make_tiny_espnet_checkpoint(path, size=..., ...)``.
     """
     return make_tiny_espnet_checkpoint(tmp_path_factory.mktemp("tiny_espnet") / "tiny_espnet.pt")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_conversion_cache(tmp_path_factory):
+    """Engines built without ``cache_dir`` (also in node processes, which inherit the variable)
+    cache conversions and precision decisions in a session folder, never in the user's ~/.cache."""
+    previous = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg_cache"))
+    yield
+    if previous is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = previous

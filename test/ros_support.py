@@ -116,18 +116,19 @@ class NodeProcess(LoggedProcess):
         log_path: where stdout+stderr are written (read it with :meth:`output`).
         remaps: ``{"image": "/camera/image"}`` -> ``-r image:=/camera/image``.
         name: node name (``-r __node:=name``), so topics are ``/<name>/labels`` etc.
+        env: extra environment variables of the node process (e.g. the bf16 probe's answer).
     """
 
     def __init__(self, params_file: Path, log_path: Path, remaps: dict[str, str] | None = None,
                  name: str = "video_seg_node", command: list[str] | None = None,
-                 parameters: dict[str, str] | None = None):
+                 parameters: dict[str, str] | None = None, env: dict[str, str] | None = None):
         self.name = name
         args = ["--ros-args", "--params-file", str(params_file), "-r", f"__node:={name}"]
         for source, target in (remaps or {}).items():
             args += ["-r", f"{source}:={target}"]
         for key, value in (parameters or {}).items():  # -p name:=value (YAML syntax)
             args += ["-p", f"{key}:={value}"]
-        super().__init__((command or node_command()) + args, log_path, env=ros_environment(),
+        super().__init__((command or node_command()) + args, log_path, env={**ros_environment(), **(env or {})},
                          cwd=REPO_ROOT)
 
     def topic(self, suffix: str) -> str:

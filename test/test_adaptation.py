@@ -99,7 +99,7 @@ def test_adaptation_on_a_bag_writes_an_engine_checkpoint_holds_out_the_tail_and_
     assert adapted.source["holdout_frames"] == [8, 9] and adapted.source["tool"] == "video-seg-adapt"
     original = load_checkpoint(checkpoint)
     assert any(not torch.equal(adapted.state_dict[k], original.state_dict[k]) for k in original.state_dict)
-    engine = SegmentationEngine(adapted, device="cpu")
+    engine = SegmentationEngine(adapted, device="cpu", precision="fp32")
     assert engine.segment(frames[9]).labels.shape == (HEIGHT, WIDTH)
 
     assert report["training"]["steps"] == 2 and report["tc_pairs"] == 1

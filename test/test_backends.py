@@ -8,6 +8,7 @@ OpenVINO conversions are cached in one temporary folder per test session; models
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import threading
 
@@ -17,7 +18,7 @@ import pytest
 import torch
 from torch import nn
 
-from checkpoints import tiny_espnet
+from checkpoints import near_tie_espnet, tiny_espnet
 from conftest import require_shared_file
 from video_seg_ros import runtime
 from video_seg_ros.backends import BackendError
@@ -62,7 +63,8 @@ def memory_checkpoint():
 
 @pytest.fixture(scope="module", params=["torch", "openvino"])
 def memory_engine(request, memory_checkpoint, cache_dir):
-    return SegmentationEngine(memory_checkpoint, device="cpu", backend=request.param, cache_dir=cache_dir)
+    return SegmentationEngine(memory_checkpoint, device="cpu", backend=request.param, precision="fp32",
+                              cache_dir=cache_dir)
 
 
 # ---- denormals --------------------------------------------------------------------------------
@@ -110,12 +112,95 @@ def test_engine_can_leave_denormals_alone_for_measuring_the_unflushed_path(unflu
 
 
 # ---- precision ----------------------------------------------------------------------------------
-@pytest.mark.skipif(runtime.cpu_has_native_bf16(), reason="this CPU computes bf16 natively")
-def test_bf16_is_refused_on_a_cpu_without_native_bf16_and_auto_means_fp32():
+@pytest.fixture(params=[False, True], ids=["no-native-bf16", "native-bf16"])
+def bf16_probe(request, monkeypatch):
+    """The CPU-capability probe answering no / yes (what ``auto`` decides on), on any CPU."""
+    monkeypatch.setenv(runtime.NATIVE_BF16_ENV, "1" if request.param else "0")
+    return request.param
+
+
+def test_bf16_is_refused_on_a_cpu_without_native_bf16_and_auto_means_fp32(monkeypatch, tmp_path):
+    monkeypatch.setenv(runtime.NATIVE_BF16_ENV, "0")
     with pytest.raises(PrecisionError, match=r"native bf16 \(AMX-BF16 or AVX512-BF16\).*emulated.*'fp32' or 'auto'"):
         SegmentationEngine(tiny_espnet(), device="cpu", precision="bf16")
-    engine = SegmentationEngine(tiny_espnet(), device="cpu", backend="torch")
+    engine = SegmentationEngine(tiny_espnet(), device="cpu", backend="torch", cache_dir=tmp_path)
     assert engine.precision == "fp32"
+    assert engine.precision_decision.reason.startswith("auto: fp32 on ") and "no native bf16" in engine.describe()["cpu"]
+    assert not (tmp_path / "precision").exists()  # nothing to gate
+
+
+def test_auto_keeps_bf16_only_where_it_passes_the_gate_and_says_so(monkeypatch, tmp_path):
+    monkeypatch.setenv(runtime.NATIVE_BF16_ENV, "1")
+    kept = SegmentationEngine(tiny_espnet(size=(128, 64)), device="cpu", backend="torch", cache_dir=tmp_path,
+                              min_agreement=0.9)
+    assert kept.precision == "bf16" and kept.precision_decision.fallback is None
+    assert kept.precision_decision.agreement >= 0.9 and "calibration frames" in kept.precision_decision.reason
+    # bf16 is asserted by agreement with fp32, never by equality.
+    exact = SegmentationEngine(tiny_espnet(size=(128, 64)), device="cpu", backend="torch", precision="fp32")
+    for frame in frames(2):
+        a, b = exact.segment(frame, with_confidence=True), kept.segment(frame, with_confidence=True)
+        assert np.mean(a.labels == b.labels) >= 0.9
+        assert np.abs(a.confidence - b.confidence).max() < 0.05
+
+    refused = SegmentationEngine(near_tie_espnet(size=(128, 64)), device="cpu", backend="torch", cache_dir=tmp_path)
+    decision = refused.precision_decision
+    assert refused.precision == "fp32" and decision.requested == "auto"
+    assert decision.agreement < 0.9 and "below the 99.0% gate; running fp32" in decision.fallback
+    assert refused.describe()["precision_fallback"] == decision.fallback
+
+
+def test_an_explicit_bf16_below_the_gate_still_runs_and_warns(monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv(runtime.NATIVE_BF16_ENV, "1")
+    with caplog.at_level(logging.WARNING, logger="video_seg_ros.precision"):
+        engine = SegmentationEngine(near_tie_espnet(), device="cpu", backend="torch", precision="bf16",
+                                    cache_dir=tmp_path)
+    assert engine.precision == "bf16" and engine.precision_decision.fallback is None
+    assert any("below the 99.0% gate" in record.getMessage() for record in caplog.records)
+    assert engine.segment(frames(1, 32, 64)[0]).labels.shape == (32, 64)
+
+
+def test_the_gate_decision_is_cached_and_read_back(monkeypatch, tmp_path):
+    monkeypatch.setenv(runtime.NATIVE_BF16_ENV, "1")
+    first = SegmentationEngine(tiny_espnet(), device="cpu", backend="torch", cache_dir=tmp_path, min_agreement=0.5)
+    (entry,) = (tmp_path / "precision").iterdir()
+    assert json.loads(entry.read_text())["agreement"] == pytest.approx(first.precision_decision.agreement)
+    # A second engine reads the stored figure instead of measuring (the edited figure proves it).
+    entry.write_text(json.dumps({"agreement": 0.25, "precision": "bf16", "frames": 4}))
+    second = SegmentationEngine(tiny_espnet(), device="cpu", backend="torch", cache_dir=tmp_path, min_agreement=0.5)
+    assert second.precision == "fp32" and "25.00%" in second.precision_decision.fallback
+
+
+def test_a_model_without_a_bf16_kernel_runs_fp32_under_auto_and_never_raises(bf16_probe, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        engine = SegmentationEngine(unconvertible_checkpoint(), device="cpu", backend="auto", cache_dir=tmp_path)
+    assert (engine.backend, engine.precision) == ("torch", "fp32")
+    if bf16_probe:  # fp32 chosen at construction, with the reason logged and reported
+        assert "erfcx" in engine.precision_decision.fallback and "running fp32" in engine.precision_decision.fallback
+        assert any("bf16 cannot run this model" in record.getMessage() for record in caplog.records)
+    else:
+        assert engine.precision_decision.fallback is None
+    for frame in frames(3, 32, 64):
+        assert engine.segment(frame).labels.shape == (32, 64)
+
+
+def test_an_explicit_bf16_that_cannot_run_the_model_fails_at_start_up(monkeypatch, tmp_path):
+    monkeypatch.setenv(runtime.NATIVE_BF16_ENV, "1")
+    with pytest.raises(PrecisionError, match=r"'bf16' cannot run this model here.*erfcx.*'fp32' or 'auto'"):
+        SegmentationEngine(unconvertible_checkpoint(), device="cpu", backend="torch", precision="bf16",
+                           cache_dir=tmp_path)
+
+
+def test_openvino_bf16_agrees_with_fp32_and_shares_the_fp32_conversion(monkeypatch, cache_dir):
+    monkeypatch.setenv(runtime.NATIVE_BF16_ENV, "1")
+    checkpoint = tiny_espnet(size=(128, 64))
+    exact = SegmentationEngine(checkpoint, device="cpu", backend="openvino", precision="fp32", cache_dir=cache_dir)
+    reduced = SegmentationEngine(checkpoint, device="cpu", backend="openvino", precision="bf16", cache_dir=cache_dir)
+    assert reduced._runner.cache_path == exact._runner.cache_path  # one IR, precision chosen when compiling
+    assert reduced.precision == "bf16" and reduced.precision_decision.agreement is not None
+    for frame in frames(2):
+        a, b = exact.segment(frame, with_confidence=True), reduced.segment(frame, with_confidence=True)
+        assert np.mean(a.labels == b.labels) >= 0.95
+        assert np.abs(a.confidence - b.confidence).max() < 0.05
 
 
 def test_fp16_on_the_cpu_is_refused_and_the_old_fp16_flag_still_works():
@@ -145,8 +230,9 @@ def test_openvino_gives_the_torch_labels_for_published_espnet_on_a_real_frame(sh
 
 
 def test_openvino_memory_model_follows_torch_over_a_sequence_with_a_reset(memory_checkpoint, cache_dir):
-    reference = SegmentationEngine(memory_checkpoint, device="cpu", backend="torch")
-    converted = SegmentationEngine(memory_checkpoint, device="cpu", backend="openvino", cache_dir=cache_dir)
+    reference = SegmentationEngine(memory_checkpoint, device="cpu", backend="torch", precision="fp32")
+    converted = SegmentationEngine(memory_checkpoint, device="cpu", backend="openvino", precision="fp32",
+                                   cache_dir=cache_dir)
     assert converted.backend == "openvino" and converted.is_temporal
     sequence = frames(5)
     outputs = []
@@ -161,7 +247,8 @@ def test_openvino_memory_model_follows_torch_over_a_sequence_with_a_reset(memory
         assert np.mean(a.labels == b.labels) >= 0.999, f"frame {i}"
         outputs.append(b.labels)
     # The memory matters (so the comparison above covers it) and the reset really empties it.
-    fresh = SegmentationEngine(memory_checkpoint, device="cpu", backend="openvino", cache_dir=cache_dir)
+    fresh = SegmentationEngine(memory_checkpoint, device="cpu", backend="openvino", precision="fp32",
+                               cache_dir=cache_dir)
     assert np.mean(fresh.segment(sequence[2]).labels != outputs[2]) > 0.05  # frames 0-1 in memory changed frame 2
     assert np.mean(fresh.segment(sequence[3]).labels != outputs[3]) > 0.05  # frame 2 in memory, vs none
     fresh.reset()
@@ -170,14 +257,14 @@ def test_openvino_memory_model_follows_torch_over_a_sequence_with_a_reset(memory
 
 def test_openvino_conversion_is_cached_per_model_and_input_size(tmp_path):
     checkpoint = tiny_espnet(size=(64, 32))
-    first = SegmentationEngine(checkpoint, device="cpu", backend="openvino", cache_dir=tmp_path)
+    first = SegmentationEngine(checkpoint, device="cpu", backend="openvino", precision="fp32", cache_dir=tmp_path)
     entries = list((tmp_path / "openvino").iterdir())
     assert len(entries) == 1 and (entries[0] / "model.xml").is_file() and (entries[0] / "info.json").is_file()
-    second = SegmentationEngine(checkpoint, device="cpu", backend="openvino", cache_dir=tmp_path)
+    second = SegmentationEngine(checkpoint, device="cpu", backend="openvino", precision="fp32", cache_dir=tmp_path)
     assert second._runner.cache_path == first._runner.cache_path
     assert len(list((tmp_path / "openvino").iterdir())) == 1  # found, not converted again
     other = dataclasses.replace(checkpoint, preprocessing=dataclasses.replace(checkpoint.preprocessing, input_width=32))
-    SegmentationEngine(other, device="cpu", backend="openvino", cache_dir=tmp_path)
+    SegmentationEngine(other, device="cpu", backend="openvino", precision="fp32", cache_dir=tmp_path)
     assert len(list((tmp_path / "openvino").iterdir())) == 2
     frame = frames(1, 32, 64)[0]
     assert np.array_equal(first.segment(frame).labels, second.segment(frame).labels)
@@ -186,7 +273,7 @@ def test_openvino_conversion_is_cached_per_model_and_input_size(tmp_path):
 # ---- streams ------------------------------------------------------------------------------------
 def test_a_frame_of_one_stream_never_changes_another_streams_memory(memory_engine, memory_checkpoint):
     camera_a, camera_b = frames(3, seed=1), frames(3, seed=2)
-    alone = SegmentationEngine(memory_checkpoint, device="cpu", backend="torch")
+    alone = SegmentationEngine(memory_checkpoint, device="cpu", backend="torch", precision="fp32")
     expected_b = [alone.segment(frame, with_confidence=True).confidence for frame in camera_b]
     memory_engine.reset()
     interleaved = []
@@ -210,7 +297,7 @@ def test_resetting_one_stream_leaves_the_others_memory(memory_engine, memory_che
         memory_engine.segment_batch([frame, frame], streams=["kept", "reset"])
     memory_engine.reset(stream="reset")
     kept, reset = memory_engine.segment_batch([camera[2], camera[2]], streams=["kept", "reset"], with_confidence=True)
-    alone = SegmentationEngine(memory_checkpoint, device="cpu", backend="torch")
+    alone = SegmentationEngine(memory_checkpoint, device="cpu", backend="torch", precision="fp32")
     after_reset = alone.segment(camera[2], with_confidence=True).confidence
     assert np.allclose(reset.confidence, after_reset, atol=1e-5)
     assert not np.allclose(kept.confidence, after_reset, atol=1e-3)

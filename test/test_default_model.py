@@ -30,7 +30,7 @@ def test_default_checkpoint_loads_and_is_small_enough_for_git():
 
 
 def test_default_model_beats_majority_class_by_a_wide_margin_on_an_unseen_street():
-    engine = SegmentationEngine(None, device="cpu")
+    engine = SegmentationEngine(None, device="cpu", precision="fp32")
     model = ConfusionMatrix(CITYSCAPES.num_classes)
     for frame in generate_sequence(UNSEEN_SEED, 3, 512, 256, with_flow=False):
         model.update(engine.segment(frame.rgb).labels, frame.labels)
@@ -44,7 +44,7 @@ def test_default_model_beats_majority_class_by_a_wide_margin_on_an_unseen_street
 def test_true_flow_evaluation_scores_the_default_model_on_generated_streets():
     from video_seg_ros.synthetic.evaluation import evaluate_on_synthetic
 
-    report = evaluate_on_synthetic(SegmentationEngine(None, device="cpu"), [UNSEEN_SEED], num_frames=3)
+    report = evaluate_on_synthetic(SegmentationEngine(None, device="cpu", precision="fp32"), [UNSEEN_SEED], num_frames=3)
     baseline = majority_class_scores([UNSEEN_SEED], num_frames=3)
     assert report["frames"] == 3 and baseline["class"] == "road"
     assert report["miou"] > 3 * baseline["miou"]

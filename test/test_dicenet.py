@@ -65,7 +65,7 @@ def test_imported_dicenet_segments_the_real_cityscapes_frame_as_published(shared
     checkpoint = import_weights("dicenet", "cityscapes", require_shared_file(shared, f"weights/dicenet/{file_name}"))
     frame_rgb = read_rgb(require_shared_file(shared, FRAME))
     truth = read_label(require_shared_file(shared, GROUND_TRUTH), "trainids")
-    result = SegmentationEngine(checkpoint, device="cpu").segment(frame_rgb, channel_order="rgb")
+    result = SegmentationEngine(checkpoint, device="cpu", precision="fp32").segment(frame_rgb, channel_order="rgb")
     assert result.labels.shape == truth.shape
     assert 0.918 <= ConfusionMatrix(19).update(result.labels, truth).pixel_accuracy <= 0.949
 
@@ -77,7 +77,7 @@ def test_engine_input_equals_edgenets_normalisation(shared, random_dicenet_weigh
     pixels = np.asarray(frame)
     mean, std = np.float32([0.485, 0.456, 0.406]), np.float32([0.229, 0.224, 0.225])
     original = (pixels.astype(np.float32) / 255.0 - mean) / std
-    engine = SegmentationEngine(import_weights("dicenet", "cityscapes", random_dicenet_weights), device="cpu")
+    engine = SegmentationEngine(import_weights("dicenet", "cityscapes", random_dicenet_weights), device="cpu", precision="fp32")
     ours = engine.preprocess([pixels], channel_order="rgb")
     np.testing.assert_allclose(ours[0].permute(1, 2, 0).numpy(), original, atol=1e-5)
     assert torch.equal(engine.preprocess([pixels[..., ::-1].copy()], channel_order="bgr"), ours)

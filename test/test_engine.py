@@ -31,7 +31,7 @@ def make_checkpoint(output_to_class=None) -> Checkpoint:
 
 @pytest.fixture(scope="module")
 def engine():
-    return SegmentationEngine(make_checkpoint(), device="cpu")
+    return SegmentationEngine(make_checkpoint(), device="cpu", precision="fp32")
 
 
 def random_frame(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -47,7 +47,7 @@ def test_labels_come_back_at_the_input_resolution_as_uint8(engine, size):
 
 
 def test_upsampling_labels_instead_of_logits_keeps_the_resolution():
-    engine = SegmentationEngine(make_checkpoint(), device="cpu", upsample="labels")
+    engine = SegmentationEngine(make_checkpoint(), device="cpu", precision="fp32", upsample="labels")
     assert engine.segment(random_frame(45, 77)).labels.shape == (45, 77)
 
 
@@ -90,7 +90,7 @@ def test_batch_gives_the_same_result_as_streaming_for_a_per_frame_model(engine):
 
 
 def test_output_channels_are_mapped_to_published_ids():
-    engine = SegmentationEngine(make_checkpoint(output_to_class=[5] * 19 + [IGNORE_ID]), device="cpu")
+    engine = SegmentationEngine(make_checkpoint(output_to_class=[5] * 19 + [IGNORE_ID]), device="cpu", precision="fp32")
     labels = engine.segment(random_frame(32, 32, seed=3)).labels
     assert set(np.unique(labels)) <= {5, IGNORE_ID}
 
@@ -129,7 +129,7 @@ def test_engine_reports_model_name_and_classes(engine):
 
 # ---- engine seams: streams, reset, release, model= ---------------------------------------------
 def test_per_frame_streams_may_mix_frame_sizes_and_match_single_frames():
-    engine = SegmentationEngine(make_checkpoint(), device="cpu", backend="torch")
+    engine = SegmentationEngine(make_checkpoint(), device="cpu", precision="fp32", backend="torch")
     frames = [random_frame(40, 60, seed=5), random_frame(97, 180, seed=6), random_frame(64, 128, seed=7)]
     together = engine.segment_batch(frames, streams=["left", "right", "rear"], with_confidence=True)
     for frame, result in zip(frames, together):
@@ -144,20 +144,20 @@ def test_model_argument_runs_the_callers_module_and_keeps_its_training_mode():
     module = build_model("espnet", p=2, q=3, num_classes=NUM_OUTPUTS)
     module.load_state_dict(checkpoint.state_dict)
     module.train()
-    engine = SegmentationEngine(checkpoint, device="cpu", model=module)
+    engine = SegmentationEngine(checkpoint, device="cpu", precision="fp32", model=module)
     assert engine.model is module and engine.backend == "torch"
     assert "model=" in engine.fallback_reason  # auto would have converted a checkpoint's own model
     frame = random_frame(64, 128, seed=8)
-    reference = SegmentationEngine(checkpoint, device="cpu", backend="torch").segment(frame, with_confidence=True)
+    reference = SegmentationEngine(checkpoint, device="cpu", precision="fp32", backend="torch").segment(frame, with_confidence=True)
     result = engine.segment(frame, with_confidence=True)
     assert module.training  # restored after the call, which ran in eval mode (BatchNorm statistics):
     assert np.array_equal(result.labels, reference.labels)
     with pytest.raises(BackendError, match="torch backend only"):
-        SegmentationEngine(checkpoint, device="cpu", model=module, backend="openvino")
+        SegmentationEngine(checkpoint, device="cpu", precision="fp32", model=module, backend="openvino")
 
 
 def test_release_frees_the_model_and_refuses_further_frames():
-    engine = SegmentationEngine(make_checkpoint(), device="cpu", backend="torch")
+    engine = SegmentationEngine(make_checkpoint(), device="cpu", precision="fp32", backend="torch")
     engine.segment(random_frame(32, 32))
     engine.release()
     assert engine.model is None
@@ -167,7 +167,7 @@ def test_release_frees_the_model_and_refuses_further_frames():
 
 def test_unknown_backend_is_refused_with_the_choices():
     with pytest.raises(BackendError, match="unknown backend 'onnx'.*torch, openvino"):
-        SegmentationEngine(make_checkpoint(), device="cpu", backend="onnx")
+        SegmentationEngine(make_checkpoint(), device="cpu", precision="fp32", backend="onnx")
 
 
 UNFLUSHED_RUN = """

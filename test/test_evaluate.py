@@ -19,7 +19,7 @@ HEIGHT, WIDTH = 72, 120
 
 @pytest.fixture(scope="module")
 def engine(tiny_espnet_checkpoint):
-    return SegmentationEngine(str(tiny_espnet_checkpoint), device="cpu")
+    return SegmentationEngine(str(tiny_espnet_checkpoint), device="cpu", precision="fp32")
 
 
 def write_sequence_folder(root, frames_per_sequence=((0, 1, 2), (5, 7))):

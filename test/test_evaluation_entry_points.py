@@ -9,6 +9,8 @@ same folder as ``data.val`` with the same checkpoint as ``model.init``.
 
 from __future__ import annotations
 
+import json
+
 import cv2
 import numpy as np
 import pytest
@@ -18,7 +20,9 @@ from video_seg_ros.checkpoint import load_checkpoint
 from video_seg_ros.engine import SegmentationEngine
 from video_seg_ros.evaluation import EvaluationOptions, FrameFolder, evaluate_folder
 from video_seg_ros.sources import open_source
+from video_seg_ros import runtime
 from video_seg_ros.tools import demo
+from video_seg_ros.tools import evaluate as evaluate_tool
 
 HEIGHT, WIDTH = 64, 96
 SEQUENCES = {"seqa": (0, 1, 2, 3), "seqb": (10, 11, 13)}  # seqb: 11 -> 13 is a gap
@@ -45,11 +49,34 @@ def snippet(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module", params=["0", "1"], ids=["no-native-bf16", "native-bf16"])
+def bf16_probe(request):
+    """Every test of this module runs with the CPU probe answering no, then yes: the figures of
+    every entry point must not depend on the CPU that made them."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(runtime.NATIVE_BF16_ENV, request.param)
+        yield request.param == "1"
+
+
 @pytest.fixture(scope="module")
-def eval_report(snippet, tiny_espnet_checkpoint):
-    engine = SegmentationEngine(str(tiny_espnet_checkpoint), device="cpu", backend="torch")
-    return evaluate_folder(engine, FrameFolder(snippet / "images", snippet / "labels", "trainids"),
-                           EvaluationOptions(), progress=False)
+def eval_report(bf16_probe, snippet, tiny_espnet_checkpoint, tmp_path_factory):
+    """The report of ``video-seg-eval`` itself, with its default precision."""
+    output = tmp_path_factory.mktemp("eval") / "report.json"
+    assert evaluate_tool.main(["--checkpoint", str(tiny_espnet_checkpoint), "--images", str(snippet / "images"),
+                               "--labels", str(snippet / "labels"), "--label-format", "trainids",
+                               "--device", "cpu", "--backend", "torch", "-o", str(output), "-q"]) == 0
+    report = json.loads(output.read_text())
+    assert report["precision"] == "fp32" and report["cpu"].endswith(
+        "(native bf16)" if bf16_probe else "(no native bf16)")
+    return report
+
+
+def test_the_library_evaluator_gives_the_reports_figures(eval_report, snippet, tiny_espnet_checkpoint):
+    engine = SegmentationEngine(str(tiny_espnet_checkpoint), device="cpu", backend="torch",
+                                precision=runtime.EVALUATION_PRECISION)
+    report = evaluate_folder(engine, FrameFolder(snippet / "images", snippet / "labels", "trainids"),
+                             EvaluationOptions(), progress=False)
+    assert (report["miou"], report["tc"]) == (eval_report["miou"], eval_report["tc"])
 
 
 def test_the_evaluator_pairs_only_consecutive_frames_of_a_sequence(eval_report):
@@ -66,7 +93,7 @@ def test_demo_scoring_gives_the_same_miou_and_tc_as_video_seg_eval(snippet, tiny
     input_bag = tmp_path / "input_bag"
     write_bag(open_source(snippet / "images"), input_bag, rate=10.0, progress=False)
     # What the node would publish: the engine's labels, stamped like their input frames.
-    engine = SegmentationEngine(checkpoint, device="cpu", backend="torch")
+    engine = SegmentationEngine(checkpoint, device="cpu", backend="torch", precision=runtime.EVALUATION_PRECISION)
     recorded = tmp_path / "recorded_bag"
     messages = []
     with BagWriter(recorded) as bag:

@@ -140,7 +140,7 @@ def test_engine_input_equals_original_espnet_preprocessing(shared, random_espnet
     original = frame_bgr.astype(np.float32)
     original = (original - np.float32(pre.mean)) / np.float32(pre.std)
     original = cv2.resize(original, (1024, 512)) / 255.0
-    engine = SegmentationEngine(checkpoint, device="cpu")
+    engine = SegmentationEngine(checkpoint, device="cpu", precision="fp32")
     ours = engine.preprocess([frame_bgr], channel_order="bgr")[0].permute(1, 2, 0).numpy()
     np.testing.assert_allclose(ours, original, atol=2e-6)
 
@@ -150,7 +150,7 @@ def test_imported_espnet_p2q8_segments_the_real_cityscapes_frame_as_published(sh
     checkpoint = import_weights("espnet", "cityscapes", require_shared_file(shared, "weights/espnet/espnet_p_2_q_8.pth"))
     frame_bgr = cv2.imread(str(require_shared_file(shared, FRAME)))
     truth = read_label(require_shared_file(shared, GROUND_TRUTH), "trainids")
-    result = SegmentationEngine(checkpoint, device="cpu").segment(frame_bgr, channel_order="bgr")
+    result = SegmentationEngine(checkpoint, device="cpu", precision="fp32").segment(frame_bgr, channel_order="bgr")
     assert result.labels.shape == truth.shape and result.labels.dtype == np.uint8
     scores = ConfusionMatrix(19).update(result.labels, truth)
     assert 0.92 <= scores.pixel_accuracy <= 0.95
@@ -166,5 +166,5 @@ def test_imported_camvid_models_segment_a_real_camvid_frame(shared, arch, weight
     checkpoint = import_weights(arch, "camvid", require_shared_file(shared, weights))
     frame_rgb = read_rgb(require_shared_file(shared, "data/camvid/val/0016E5_07959.png"))
     truth = read_label(require_shared_file(shared, "data/camvid/valannot/0016E5_07959.png"), "camvid")
-    result = SegmentationEngine(checkpoint, device="cpu").segment(frame_rgb, channel_order="rgb")
+    result = SegmentationEngine(checkpoint, device="cpu", precision="fp32").segment(frame_rgb, channel_order="rgb")
     assert ConfusionMatrix(11).update(result.labels, truth).pixel_accuracy >= minimum_accuracy

@@ -285,7 +285,8 @@ def test_memory_checkpoint_round_trip_gives_identical_streaming_outputs(tmp_path
     path = checkpoint.save(tmp_path / "memory.pt")
     loaded = load_checkpoint(path)
     assert loaded.memory == checkpoint.memory and loaded.model_name.endswith("+memory")
-    before, after = SegmentationEngine(checkpoint, device="cpu"), SegmentationEngine(loaded, device="cpu")
+    before, after = SegmentationEngine(checkpoint, device="cpu", precision="fp32"), SegmentationEngine(
+        loaded, device="cpu", precision="fp32")
     assert after.is_temporal
     frames = _video()
     out_before = [before.segment(f, with_confidence=True) for f in frames]
@@ -304,8 +305,8 @@ def test_base_checkpoint_loads_and_untrained_memory_matches_it(espnet_checkpoint
     with_memory = add_memory_to_checkpoint(base_checkpoint)
     assert base_checkpoint.memory is None and with_memory.memory == MemoryConfig().to_dict()
     frames = _video(3)
-    base_engine = SegmentationEngine(base_checkpoint, device="cpu")
-    memory_engine = SegmentationEngine(with_memory, device="cpu")
+    base_engine = SegmentationEngine(base_checkpoint, device="cpu", precision="fp32")
+    memory_engine = SegmentationEngine(with_memory, device="cpu", precision="fp32")
     for frame in frames:
         a, b = base_engine.segment(frame, with_confidence=True), memory_engine.segment(frame, with_confidence=True)
         assert np.array_equal(a.labels, b.labels)

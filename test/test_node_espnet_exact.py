@@ -31,12 +31,13 @@ def test_published_labels_equal_the_engine_output_for_a_real_cityscapes_frame(sh
     checkpoint = import_weights("espnet", "cityscapes", weights)
     checkpoint_path = checkpoint.save(tmp_path / "espnet_city.pt")
     params = write_params_file(tmp_path / "params.yaml", {
-        "checkpoint": str(checkpoint_path), "device": "cpu", "backend": "torch", "input_qos": "reliable",
+        "checkpoint": str(checkpoint_path), "device": "cpu", "backend": "torch", "precision": "fp32",
+        "input_qos": "reliable",
         "frame_queue_size": 2, "consistency_metric": False, "publish_color": False})
     node = NodeProcess(params, tmp_path / "node.log", remaps={"image": "/exact_cam/image"}, name="seg_exact")
     try:
         frame = read_rgb(frame_path)  # (1024, 2048, 3) RGB
-        expected = SegmentationEngine(checkpoint, device="cpu", backend="torch").segment(frame, "rgb").labels
+        expected = SegmentationEngine(checkpoint, device="cpu", precision="fp32", backend="torch").segment(frame, "rgb").labels
         with RosProbe("exact_probe") as probe:
             received = probe.collect(Image, node.topic("labels"))
             publisher = probe.publisher(Image, "/exact_cam/image", 2)

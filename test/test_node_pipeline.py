@@ -120,7 +120,7 @@ def single_torch_thread():
 
 @pytest.fixture(scope="module")
 def engine(tiny_espnet_checkpoint):
-    return SegmentationEngine(str(tiny_espnet_checkpoint), device="cpu", backend="torch")
+    return SegmentationEngine(str(tiny_espnet_checkpoint), device="cpu", precision="fp32", backend="torch")
 
 
 def _frame(seed=0, size=(40, 64), encoding="rgb8"):
@@ -191,7 +191,7 @@ def memory_engine(tmp_path_factory):
     from ros_support import make_tiny_memory_checkpoint
 
     path = make_tiny_memory_checkpoint(tmp_path_factory.mktemp("mem") / "memory.pt")
-    engine = SegmentationEngine(str(path), device="cpu", backend="torch")
+    engine = SegmentationEngine(str(path), device="cpu", precision="fp32", backend="torch")
     assert engine.is_temporal
     return engine
 

@@ -38,6 +38,7 @@ from shared_data import shared_dir  # noqa: E402
 from video_seg_ros.frames import list_frames, read_rgb  # noqa: E402
 from video_seg_ros.image_encoding import compressed_fields, image_fields  # noqa: E402
 from video_seg_ros.labels import CITYSCAPES, IGNORE_ID, colorize  # noqa: E402
+from video_seg_ros.runtime import NATIVE_BF16_ENV  # noqa: E402
 
 FRAME_SIZE = (256, 128)  # width, height of the test frames
 STARTUP_TIMEOUT = 240.0  # torch import alone takes a minute on a loaded 2-core machine
@@ -140,11 +141,13 @@ def session(tmp_path_factory):
         write_params_file(tmp / "buffered.yaml", {
             **common, "input_qos": "reliable", "frame_queue_size": 8, "publish_confidence": True,
             "consistency_stride": 1, "max_input_pixels": 200_000, "reset_on_gap_s": 1.0}),
-        tmp / "buffered.log", remaps={"image": "/test_cam/image"}, name="seg_buffered")
+        tmp / "buffered.log", remaps={"image": "/test_cam/image"}, name="seg_buffered",
+        env={NATIVE_BF16_ENV: "0"})  # `auto` means fp32: its labels are compared exactly
     live = NodeProcess(
         write_params_file(tmp / "live.yaml", {**common, "image_transport": "compressed", "input_qos": "reliable",
                                               "consistency_metric": False}),
-        tmp / "live.log", remaps={"image": "/test_cam_live/image"}, name="seg_live")
+        tmp / "live.log", remaps={"image": "/test_cam_live/image"}, name="seg_live",
+        env={NATIVE_BF16_ENV: "1"})  # `auto` gates bf16 (labels only checked for arriving)
     probe = RosProbe()
     latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
     result = Session(
@@ -264,7 +267,7 @@ def _engine(session):
     from video_seg_ros.engine import SegmentationEngine
 
     torch.set_num_threads(1)  # as the node runs it (cpu_threads: 1)
-    return SegmentationEngine(session.checkpoint, device="cpu", backend="torch")
+    return SegmentationEngine(session.checkpoint, device="cpu", backend="torch", precision="fp32")
 
 
 def test_invalid_and_read_only_parameter_changes_are_rejected_with_a_reason(session):
@@ -368,9 +371,25 @@ def test_diagnostics_report_counts_latency_device_and_model(session):
     assert values["_name"] == "seg_buffered: segmentation"  # no leading slash, as diagnostic_updater
     assert int(values["received"]) >= int(values["processed"]) + int(values["rejected"])
     assert (values["device"], values["backend"], values["precision"]) == ("cpu", "torch", "fp32")
+    assert values["precision_reason"].startswith("auto: fp32 on ") and "(no native bf16)" in values["precision_reason"]
+    assert values["precision_fallback"] == ""
     assert values["model"].startswith("espnet")
     assert float(values["latency_p95_ms"]) >= float(values["latency_p50_ms"]) > 0.0
     assert float(values["model_p50_ms"]) > 0.0
+
+
+def test_diagnostics_say_which_precision_auto_chose_on_a_bf16_cpu_and_why(session):
+    """The live node's probe says native bf16: `auto` measured bf16 against fp32 at start-up and
+    kept it only if it passed the gate; either way the diagnostics say what runs and why."""
+    assert session.answer(_jpeg(session, session.frames[0]), session.live_labels, publisher=session.compressed_pub)
+    values = session.diag(session.live)
+    assert values["precision"] in ("bf16", "fp32") and "calibration frames" in values["precision_reason"]
+    agreement = float(values["precision_agreement"])
+    if values["precision"] == "bf16":
+        assert agreement >= 0.99 and values["precision_fallback"] == ""
+    else:
+        assert agreement < 0.99 and values["precision_fallback"].endswith("running fp32")
+    assert f"precision {values['precision']}: " in session.live.output()  # the start-up line says it too
 
 
 def test_compressed_input_is_segmented_and_corrupt_payloads_are_rejected(session):

@@ -143,7 +143,7 @@ def test_demo_replays_the_sample_through_the_node_and_writes_its_reports(tmp_pat
     assert results["frames_lost"] == 0 and results["frames_segmented"] == 6
     # The ROS round trip changes no label: the figures equal the in-process engine's on the same
     # frames, scored by the same evaluator.
-    engine = SegmentationEngine(str(checkpoint), device="cpu")
+    engine = SegmentationEngine(str(checkpoint), device="cpu", precision="fp32")
     frames = list(bag_frames(out / "input_bag", "/camera/image_raw", None))
     predictions = {stamp: engine.segment(frame.rgb).labels for stamp, frame in frames}
     sample_labels = _sample_labels(6, (64, 32))
@@ -153,6 +153,7 @@ def test_demo_replays_the_sample_through_the_node_and_writes_its_reports(tmp_pat
     assert results["labelled_frames"] == 6 and results["miou"] == round(expected.miou, 5)
     assert results["latency_ms"]["p50"] > 0
     assert summary["exit_codes"] == {"player": 0, "node": 0, "recorder": 0}
+    assert summary["precision"] == "fp32" and summary["backend"] and summary["cpu"]  # figures are fp32 by default
     video = cv2.VideoCapture(str(out / "overlay.mp4"))
     assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == 6
     ok, frame = video.read()

@@ -196,7 +196,7 @@ def test_train_cli_writes_a_loadable_checkpoint_and_resume_continues(tmp_path, s
     checkpoint = load_checkpoint(run_dir / "last.pt")
     assert checkpoint.arch == "espnet" and checkpoint.training["config"]["train"]["epochs"] == 1
     assert checkpoint.training["epoch"] == 1 and checkpoint.label_set == "cityscapes"
-    engine = SegmentationEngine(checkpoint, device="cpu")
+    engine = SegmentationEngine(checkpoint, device="cpu", precision="fp32")
     frame = cv2.imread(str(sequences / "images" / "seqb_000000.png"))[..., ::-1]
     assert engine.segment(frame).labels.shape == (HEIGHT, WIDTH)
     first = _read_csv(run_dir / "metrics.csv")

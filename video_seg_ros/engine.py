@@ -25,11 +25,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from video_seg_ros import runtime
-from video_seg_ros.backends import AUTO_CPU_BACKEND, BACKENDS, BackendError
+from video_seg_ros.backends import AUTO_CPU_BACKEND, BACKENDS, BackendError, default_cache_dir, model_fingerprint
 from video_seg_ros.checkpoint import Checkpoint, load_checkpoint, output_class_lookup
 from video_seg_ros.labels import palette_lookup_table
 from video_seg_ros.models import build_from_checkpoint
-from video_seg_ros.runtime import PrecisionError, resolve_precision  # noqa: F401 (PrecisionError re-exported)
+from video_seg_ros.precision import (AGREEMENT_THRESHOLD, GateCache, PrecisionDecision, calibration_frames, decide,
+                                     frames_fingerprint)
+from video_seg_ros.runtime import PrecisionError, precision_candidate, resolve_precision  # noqa: F401 (re-exported)
 
 LOG = logging.getLogger(__name__)
 
@@ -89,8 +91,12 @@ class SegmentationEngine:
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         precision: ``fp32`` (always the exact path), ``bf16`` (CPUs with native bf16 - AMX or
             AVX512-BF16 - and CUDA; refused where it would be emulated), ``fp16`` (CUDA), or
-            ``auto``: fp16 on CUDA, bf16 on a CPU with native bf16, fp32 elsewhere.
+            ``auto``: fp16 on CUDA, bf16 on a CPU with native bf16, fp32 elsewhere, a reduced
+            precision kept only where it passes the accuracy gate (:mod:`video_seg_ros.precision`;
+            ``precision_decision`` says what runs and why, also logged).
             :class:`~video_seg_ros.runtime.PrecisionError` says what to use instead.
+        min_agreement: the gate: share of calibration labels a reduced precision must keep.
+        calibration: (H, W, 3) uint8 RGB frames for the gate (default: synthetic street frames).
         backend: ``torch``, ``openvino`` (CPU), ``tensorrt`` (CUDA, needs the tensorrt wheel) or
             ``auto``: OpenVINO on the CPU when it is installed and converts the model, else torch
             (``fallback_reason`` says why, also logged); torch on CUDA. An explicitly requested
@@ -115,7 +121,8 @@ class SegmentationEngine:
     def __init__(self, checkpoint: Checkpoint | str | None = None, device: str = "auto",
                  precision: str = "auto", backend: str = "auto", upsample: str = "auto",
                  cpu_mkldnn: bool | None = None, fp16: bool | None = None, model: nn.Module | None = None,
-                 cache_dir: str | None = None, flush_denormals: bool = True):
+                 cache_dir: str | None = None, flush_denormals: bool = True,
+                 min_agreement: float = AGREEMENT_THRESHOLD, calibration: Sequence[np.ndarray] | None = None):
         if not isinstance(checkpoint, Checkpoint):
             checkpoint = load_checkpoint(checkpoint)
         if upsample not in UPSAMPLE_MODES:
@@ -130,7 +137,11 @@ class SegmentationEngine:
                           DeprecationWarning, stacklevel=2)
             if (precision or "auto") == "auto":
                 precision = "fp16" if fp16 and self.device.type == "cuda" else "fp32"
-        self.precision = resolve_precision(precision, self.device)
+        self.requested_precision = (precision or "auto").strip().lower()
+        self.precision, self._precision_candidate_reason = precision_candidate(precision, self.device)
+        if not 0.0 <= float(min_agreement) <= 1.0:
+            raise ValueError(f"min_agreement must be within 0..1, got {min_agreement}")
+        self.min_agreement = float(min_agreement)
         if upsample == "auto":
             upsample = "logits" if self.device.type == "cuda" else "labels"
         self.upsample = upsample
@@ -160,23 +171,31 @@ class SegmentationEngine:
         self.palette_table = palette_lookup_table(checkpoint.palette)
         self.fallback_reason: str | None = None
         self._cache_dir = cache_dir
+        self._memories: dict[Hashable, object] = {}
         self._runner = self._make_runner(backend, owned)
         self.backend = self._runner.name
-        self._memories: dict[Hashable, object] = {}
+        self._settle_precision(backend, owned, calibration)
+        LOG.info("%s: backend %s, precision %s (%s)%s", self.model_name, self.backend, self.precision,
+                 self.precision_decision.reason,
+                 f"; backend fallback: {self.fallback_reason}" if self.fallback_reason else "")
 
     # ---- backend choice ------------------------------------------------------------------------
-    def _make_runner(self, backend: str, owned: bool):
+    def _runner_for(self, backend: str, owned: bool):
+        """The runner of a concrete backend in ``self.precision``."""
         from video_seg_ros.backends.torch_backend import TorchRunner
 
-        def torch_runner():
-            return TorchRunner(self.model, self.device, self.precision, self.cpu_mkldnn, owned=owned)
-
-        if backend == "torch":
-            return torch_runner()
         if backend == "openvino":
             return self._openvino_runner()
         if backend == "tensorrt":
             return self._tensorrt_runner()
+        return TorchRunner(self.model, self.device, self.precision, self.cpu_mkldnn, owned=owned)
+
+    def _make_runner(self, backend: str, owned: bool):
+        def torch_runner():
+            return self._runner_for("torch", owned)
+
+        if backend != "auto":
+            return self._runner_for(backend, owned)
         # auto
         if self.device.type == "cuda":
             return torch_runner()
@@ -198,6 +217,64 @@ class SegmentationEngine:
             except Exception as error:  # auto must still start: anything OpenVINO raises means torch
                 self._fall_back(f"OpenVINO failed: {type(error).__name__}: {str(error).strip()[:300]}")
         return torch_runner()
+
+    def _settle_precision(self, backend: str, owned: bool, calibration) -> None:
+        """Keep the candidate precision only where it earns it, with one warm-up pass in what runs
+        (:func:`video_seg_ros.precision.decide`); under ``backend='auto'`` a converted model that
+        cannot run falls back to torch, as a failed conversion does."""
+        from video_seg_ros.backends.torch_backend import TorchRunner
+
+        width, height = self._input_size
+        frames = list(calibration) if calibration is not None else calibration_frames(width, height)
+        for frame in frames:
+            _check_frame(frame)
+        batches = [self._preprocess([frame], "rgb") for frame in frames]
+        if not batches:
+            raise ValueError("calibration needs at least one frame")
+
+        def reference():
+            return TorchRunner(self.model, self.device, "fp32", self.cpu_mkldnn, owned=owned)
+
+        def rebuild(precision: str):
+            self.precision = precision
+            return self._runner_for(self.backend, owned)
+
+        cache = None
+        if self.precision != "fp32":
+            key = model_fingerprint(self.model, self.backend, self.precision, self._input_size, runtime.cpu_name(),
+                                    torch.__version__, _backend_version(self.backend), frames_fingerprint(frames),
+                                    *self._fingerprint_extra())[:32]
+            cache = GateCache(self._cache_dir or default_cache_dir(), key)
+        candidate = self.precision
+        try:
+            self._runner, decision = decide(self.requested_precision, candidate, self._precision_candidate_reason,
+                                            self._runner, rebuild, reference, batches, self.is_temporal,
+                                            self.min_agreement, cache)
+        except PrecisionError:
+            raise
+        except Exception as error:
+            if backend != "auto" or self.backend == "torch":
+                if self.backend == "torch":
+                    raise
+                raise BackendError(f"{self.backend} could not run the converted model: "
+                                   f"{type(error).__name__}: {str(error).strip()[:300]}") from error
+            self._fall_back(f"{self.backend} could not run the model: {type(error).__name__}: "
+                            f"{str(error).strip()[:300]}")
+            self.precision = candidate
+            self._runner = self._runner_for("torch", owned)
+            self.backend = self._runner.name
+            self._settle_precision("torch", owned, frames)
+            return
+        self.precision = decision.precision
+        self.precision_decision: PrecisionDecision = decision
+
+    def describe(self) -> dict:
+        """Device, backend, precision and why: what logs, diagnostics and reports say."""
+        decision = self.precision_decision
+        return {"device": str(self.device), "backend": self.backend, "precision": self.precision,
+                "requested_precision": decision.requested, "precision_reason": decision.reason,
+                "precision_agreement": decision.agreement, "precision_fallback": decision.fallback,
+                "backend_fallback": self.fallback_reason, "cpu": runtime.cpu_description()}
 
     def _fall_back(self, reason: str, level: int = logging.WARNING) -> None:
         self.fallback_reason = reason
@@ -398,6 +475,18 @@ class SegmentationEngine:
         from video_seg_ros.backends.torch_backend import TorchRunner
 
         return TorchRunner(self.model, self.device, self.precision, self.cpu_mkldnn).context()
+
+
+def _backend_version(backend: str) -> str:
+    if backend == "openvino":
+        from video_seg_ros.backends.openvino_backend import import_openvino
+
+        return import_openvino().get_version()
+    if backend == "tensorrt":
+        import tensorrt
+
+        return tensorrt.__version__
+    return ""
 
 
 def _check_model_device(model: nn.Module, device: torch.device) -> None:

@@ -417,7 +417,8 @@ def evaluate_folder(engine, images: str | Path | FrameFolder, options: Evaluatio
 
     Returns:
         The report (JSON-serialisable; every figure a fraction 0..1): the fields of
-        :meth:`Evaluator.summary` plus checkpoint, model, label set, device, backend, precision,
+        :meth:`Evaluator.summary` plus checkpoint, model, label set, device, backend, precision
+        (with requested_precision, precision_reason, precision_agreement, precision_fallback, cpu),
         upsample, images, labels, label_format, skipped, per_frame and command.
     """
     from tqdm import tqdm
@@ -456,9 +457,11 @@ def evaluate_folder(engine, images: str | Path | FrameFolder, options: Evaluatio
         "model": engine.model_name,
         "label_set": engine.checkpoint.label_set,
         "device": str(engine.device),
-        "backend": getattr(engine, "backend", "torch"),
-        "precision": getattr(engine, "precision", None),
-        "backend_fallback_reason": getattr(engine, "fallback_reason", None),
+        "backend": engine.backend,
+        "precision": engine.precision,
+        "backend_fallback_reason": engine.fallback_reason,
+        **{key: value for key, value in engine.describe().items()
+           if key in ("requested_precision", "precision_reason", "precision_agreement", "precision_fallback", "cpu")},
         "upsample": engine.upsample,
         "images": str(folder.images),
         "labels": None if folder.labels is None else str(folder.labels),
@@ -483,6 +486,9 @@ def format_markdown(report: dict) -> str:
         f"| {report['frames']} | {report['labelled_frames']} | {percent(report['miou'])} | "
         f"{percent(report['pixel_accuracy'])} | {percent(report['tc'])} | {report['tc_pairs']} | "
         f"{percent(report['tc_pixel_agreement'])} | {report['ms_per_frame']} | {report['device']} |",
+        "",
+        f"Ran on {report['device']}, backend {report['backend']}, precision {report['precision']} "
+        f"({report.get('precision_reason') or 'no reason recorded'}); CPU {report.get('cpu') or 'unknown'}.",
     ]
     if report["per_class_iou"]:
         lines += ["", "| class | IoU | TC |", "|---|---|---|"]

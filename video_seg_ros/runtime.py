@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import os
 import platform
 import threading
 from pathlib import Path
@@ -18,8 +19,18 @@ from pathlib import Path
 import torch
 
 #: What a user may ask for. ``auto``: fp16 on CUDA, bf16 on a CPU that computes bf16 natively
-#: (AMX-BF16 or AVX512-BF16), fp32 elsewhere. ``fp32`` is always the exact path.
+#: (AMX-BF16 or AVX512-BF16), fp32 elsewhere -- a reduced precision only where it keeps the fp32
+#: labels (:mod:`video_seg_ros.precision`). ``fp32`` is always the exact path.
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+#: The one precision rule of every figure the package reports (``video-seg-eval``, the demo's
+#: scoring, ``Trainer.validate``): fp32, the same labels on every CPU; ``--precision`` scores
+#: what a node would run instead.
+EVALUATION_PRECISION = "fp32"
+
+#: Overrides the native-bf16 probe where set to 0 or 1: tests run both answers of ``auto`` on any
+#: CPU (child processes inherit it), and a user can keep ``auto`` off bf16 on a CPU that has it.
+NATIVE_BF16_ENV = "VIDEO_SEG_ROS_NATIVE_BF16"
 
 
 class PrecisionError(ValueError):
@@ -108,7 +119,13 @@ def cpu_flags() -> frozenset[str]:
 
 
 def cpu_has_native_bf16() -> bool:
-    """True where the CPU has bf16 arithmetic (AMX-BF16 or AVX512-BF16); elsewhere bf16 is emulated."""
+    """True where the CPU has bf16 arithmetic (AMX-BF16 or AVX512-BF16); elsewhere bf16 is emulated.
+
+    ``$VIDEO_SEG_ROS_NATIVE_BF16`` (0 or 1), when set, is the answer instead.
+    """
+    override = os.environ.get(NATIVE_BF16_ENV, "").strip()
+    if override in ("0", "1"):
+        return override == "1"
     flags = cpu_flags()
     if flags:
         return bool(flags & {"amx_bf16", "avx512_bf16"})
@@ -119,31 +136,54 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
-def cpu_description() -> str:
-    """A short description of the CPU for logs and reports (model name and bf16 support)."""
-    name = platform.processor() or platform.machine()
+@functools.lru_cache(maxsize=1)
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
+    fields = {}
     try:
         for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return f"{name} ({'native' if cpu_has_native_bf16() else 'no native'} bf16)"
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in fields and "model" in fields:  # virtual machines often say just "AMD EPYC"
+        name += f", family {fields['cpu family']} model {fields['model']}"
+    return name
+
+
+def cpu_description() -> str:
+    """A short description of the CPU for logs and reports (model name and bf16 support)."""
+    return f"{cpu_name()} ({'native' if cpu_has_native_bf16() else 'no native'} bf16)"
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto``/``fp32``/``bf16``/``fp16`` -> the precision that will run on ``device``.
+    """``auto``/``fp32``/``bf16``/``fp16`` -> the precision to try on ``device`` (for ``auto``, the
+    candidate: the engine keeps a reduced precision only where it passes the accuracy gate).
 
     Raises :class:`PrecisionError` with what to do instead when the request cannot run well.
     """
+    return precision_candidate(precision, device)[0]
+
+
+def precision_candidate(precision: str, device: torch.device) -> tuple[str, str]:
+    """:func:`resolve_precision` and why, in a few words (for logs, diagnostics and reports)."""
     precision = (precision or "auto").strip().lower()
     if precision not in PRECISIONS:
         raise PrecisionError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}.")
+    if precision != "auto":
+        _check_explicit_precision(precision, device)
+        return precision, f"{precision} asked for"
     if device.type == "cuda":
-        return "fp16" if precision == "auto" else precision
-    if precision == "auto":
-        return "bf16" if cpu_has_native_bf16() else "fp32"
+        return "fp16", "auto: fp16 on CUDA"
+    if cpu_has_native_bf16():
+        return "bf16", f"auto: bf16 candidate on {cpu_description()}"
+    return "fp32", f"auto: fp32 on {cpu_description()}"
+
+
+def _check_explicit_precision(precision: str, device: torch.device) -> None:
+    if device.type == "cuda":
+        return
     if precision == "fp16":
         raise PrecisionError("precision 'fp16' runs on CUDA only; on the CPU use 'fp32', or 'bf16' "
                              "on a CPU with AMX-BF16/AVX512-BF16.")
@@ -151,7 +191,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         raise PrecisionError(f"precision 'bf16' needs a CPU with native bf16 (AMX-BF16 or "
                              f"AVX512-BF16); this one is {cpu_description()}, where bf16 would be "
                              "emulated and slower than fp32. Use 'fp32' or 'auto'.")
-    return precision
 
 
 def autocast_dtype(precision: str) -> torch.dtype | None:

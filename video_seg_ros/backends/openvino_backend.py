@@ -3,8 +3,9 @@
 Conversion (export, ``openvino.convert_model``, IR written with fp32 weights) runs once per model
 and is cached under ``<cache_dir>/openvino/<key>/`` (default cache dir
 :func:`~video_seg_ros.backends.default_cache_dir`); the key covers the weights and model settings,
-the input size, the precision, the graph version and the OpenVINO and PyTorch versions, so a
-changed checkpoint never finds a stale model. The newest :data:`CACHE_ENTRIES` conversions are kept.
+the input size, the graph version and the OpenVINO and PyTorch versions, so a
+changed checkpoint never finds a stale model (the precision is not in the key: the IR keeps fp32
+weights and the precision is a compile-time hint). The newest :data:`CACHE_ENTRIES` conversions are kept.
 
 Compiled for ``CPU`` with ``INFERENCE_PRECISION_HINT`` f32 (``fp32``: OpenVINO's exact path; it
 would pick bf16 by itself on AMX CPUs) or bf16, the latency hint with one stream, as many threads
@@ -79,7 +80,9 @@ class OpenVinoRunner:
         self.temporal = is_temporal(model)
         self.input_size = tuple(input_size)
         self.precision = precision
-        key = model_fingerprint(model, tuple(input_size), precision, GRAPH_VERSION, ov.get_version(),
+        # The IR keeps fp32 weights whatever the precision (chosen at compile time), so one
+        # conversion serves fp32 and bf16 and an engine falling back from bf16 does not convert again.
+        key = model_fingerprint(model, tuple(input_size), GRAPH_VERSION, ov.get_version(),
                                 torch.__version__, *fingerprint_extra)[:32]
         root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.cache_path = root / "openvino" / key
@@ -131,7 +134,7 @@ class OpenVinoRunner:
             # fp32 weights in the IR: the precision is chosen when compiling, not here.
             self._ov.save_model(ov_model, str(staging / "model.xml"), compress_to_fp16=False)
             (staging / "info.json").write_text(json.dumps({
-                "input_size": list(self.input_size), "precision": self.precision, "temporal": self.temporal,
+                "input_size": list(self.input_size), "temporal": self.temporal,
                 "openvino": self._ov.get_version(), "torch": torch.__version__, "graph_version": GRAPH_VERSION,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
             try:

@@ -30,7 +30,6 @@ import threading
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -184,16 +183,15 @@ class SegmenterMixin:
         try:
             checkpoint = load_checkpoint(p["checkpoint"])
             engine = SegmentationEngine(checkpoint, device=p["device"], precision=precision,
-                                        backend=p["backend"], upsample=p["upsample"])
+                                        backend=p["backend"], upsample=p["upsample"],
+                                        min_agreement=p["precision_min_agreement"])
         except (CheckpointError, DeviceError, ValueError) as error:  # PrecisionError is a ValueError
             raise StartupError(str(error)) from error
         except Exception as error:  # a damaged state_dict, unknown architecture, backend failure
             raise StartupError(f"could not build the model from {p['checkpoint']}: "
                                f"{type(error).__name__}: {error}") from error
-        # One warm-up pass, so the first camera frame is not slowed by lazy kernel initialisation.
-        pre = checkpoint.preprocessing
-        engine.segment(np.zeros((pre.input_height, pre.input_width, 3), np.uint8))
-        engine.reset()
+        # The engine ran its warm-up pass in the precision it chose (the first camera frame is not
+        # slowed by lazy kernel initialisation, and a model that cannot run failed above).
         from video_seg_ros.metrics import OnlineConsistency  # after the model: import cost only on success
 
         self.engine = engine
@@ -232,9 +230,14 @@ class SegmenterMixin:
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self._publish_label_info(checkpoint, latched)
         self._seg_timers.append(self.create_timer(p["diagnostics_period_s"], self._publish_diagnostics))
+        described = engine.describe()
+        fallbacks = "; ".join(f"{what} fallback: {described[key]}" for what, key in
+                              (("backend", "backend_fallback"), ("precision", "precision_fallback"))
+                              if described[key])
         self.get_logger().info(
             f"configured: model {engine.model_name} on {engine.device} "
-            f"({getattr(engine, 'backend', 'torch')}, {getattr(engine, 'precision', 'fp32')}), "
+            f"(backend {engine.backend}, precision {engine.precision}: {described['precision_reason']}"
+            f"{'; ' + fallbacks if fallbacks else ''}), "
             f"{len(checkpoint.class_names)} classes, temporal={'yes' if engine.is_temporal else 'no'}, "
             f"cameras: {', '.join(c.input_topic for c in self.cameras)} ({p['input_qos']})")
 
@@ -506,9 +509,9 @@ class SegmenterMixin:
             "frames_since_reset": camera.pipeline.frames_since_reset,
             "tc_pairs": consistency.pairs,
             "running_tc": consistency.running_tc if settings["consistency_metric"] else None,
-            "device": str(engine.device), "backend": getattr(engine, "backend", "torch"),
-            "precision": getattr(engine, "precision", "fp32"),
-            "backend_fallback": getattr(engine, "fallback_reason", None) or "",
+            **{key: engine.describe()[key] or "" for key in (
+                "device", "backend", "precision", "precision_reason", "precision_agreement", "precision_fallback",
+                "backend_fallback")},
             "model": engine.model_name, "temporal_model": engine.is_temporal,
         }
         status.values = [KeyValue(key=key, value=fmt(value)) for key, value in values.items()]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from video_seg_ros.engine import UPSAMPLE_MODES
 from video_seg_ros.flow import DIS_PRESETS
+from video_seg_ros.precision import AGREEMENT_THRESHOLD
 from video_seg_ros.runtime import PRECISIONS
 
 BACKENDS = ("auto", "torch", "openvino", "tensorrt")
@@ -48,7 +49,12 @@ PARAMETERS: dict[str, NodeParameter] = {
         read_only=True, choices=BACKENDS),
     "precision": NodeParameter(
         "auto", "Arithmetic precision; `auto` = fp16 on CUDA, bf16 on a CPU with native bf16, "
-        "fp32 elsewhere.", read_only=True, choices=PRECISIONS),
+        "fp32 elsewhere, a reduced precision only where it passes the accuracy gate (diagnostics "
+        "keys `precision`, `precision_reason`, `precision_fallback`).", read_only=True, choices=PRECISIONS),
+    "precision_min_agreement": NodeParameter(
+        AGREEMENT_THRESHOLD, "The accuracy gate: share of calibration pixels whose label a reduced "
+        "precision must keep against fp32 (else `auto` runs fp32; an explicit bf16/fp16 warns).",
+        read_only=True, float_range=(0.0, 1.0)),
     "fp16": NodeParameter(
         True, "Deprecated: `false` = `precision: fp32`; `true` leaves `precision` as it is.",
         read_only=True, deprecated="precision"),

@@ -144,8 +144,13 @@ def add_limit_argument(parser: argparse.ArgumentParser, help: str, *, default=No
         add_deprecated_alias(parser, spelling, "--limit", "limit", type=positive_int, metavar="N")
 
 
-def add_engine_arguments(parser: argparse.ArgumentParser, what: str = "inference") -> None:
-    """``--device``, ``--backend``, ``--precision`` and ``--upsample`` as the engine takes them."""
+def add_engine_arguments(parser: argparse.ArgumentParser, what: str = "inference",
+                         precision: str = "auto") -> None:
+    """``--device``, ``--backend``, ``--precision`` and ``--upsample`` as the engine takes them.
+
+    Tools that report figures pass ``precision=runtime.EVALUATION_PRECISION`` (fp32: the same
+    figures on every CPU); ``--precision auto`` then scores what a node would run.
+    """
     from video_seg_ros.engine import UPSAMPLE_MODES
 
     parser.add_argument("--device", default="auto",
@@ -153,9 +158,12 @@ def add_engine_arguments(parser: argparse.ArgumentParser, what: str = "inference
     parser.add_argument("--backend", choices=BACKENDS, default="auto",
                         help="inference backend: torch, openvino (Intel CPUs), or auto (the fastest "
                              "available; the report says which ran and why)")
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+    scored = (" Default fp32, so that figures do not depend on the CPU; auto scores what the node "
+              "runs." if precision == "fp32" else "")
+    parser.add_argument("--precision", choices=PRECISIONS, default=precision,
                         help="arithmetic: fp32, bf16 (CPUs with native bf16, CUDA), fp16 (CUDA), or "
-                             "auto (the fastest this device runs without losing accuracy)")
+                             "auto (a reduced precision only where it keeps the fp32 labels on "
+                             "calibration frames; the report says which ran and why)." + scored)
     parser.add_argument("--upsample", choices=UPSAMPLE_MODES, default="auto",
                         help="how predictions reach the frame size: 'logits' resizes class scores "
                              "bilinearly before the argmax (finer boundaries), 'labels' resizes the "

@@ -42,6 +42,7 @@ from video_seg_ros.evaluation import EvaluationOptions, bag_frames, evaluate_rec
 from video_seg_ros.frames import index_label_files, read_label
 from video_seg_ros.labels import LABEL_FORMATS, overlay, palette_lookup_table
 from video_seg_ros.processes import LoggedProcess, install_stop_handlers, restore_handlers
+from video_seg_ros.runtime import EVALUATION_PRECISION, cpu_description
 from video_seg_ros.ros.dds import ros_process_environment
 from video_seg_ros.sources import FrameSource, SourceFrame, open_source
 from video_seg_ros.stats import percentile
@@ -283,6 +284,8 @@ def score(demo_input: DemoInput, run: dict, out_dir: Path, checkpoint, video_wid
                        "max": max(latencies) if latencies else None},
         "node_model_ms_p50": _float(diagnostics.get("model_p50_ms")),
         "node_device": diagnostics.get("device"),
+        **{f"node_{key}": diagnostics.get(key) or None for key in (
+            "backend", "precision", "precision_reason", "precision_fallback", "backend_fallback")},
         "node_dropped": _int(diagnostics.get("dropped")), "node_rejected": _int(diagnostics.get("rejected")),
         "tc": figures["tc"], "tc_pairs": figures["tc_pairs"], "tc_settings": figures["tc_settings"],
         "miou": figures["miou"], "pixel_accuracy": figures["pixel_accuracy"],
@@ -370,6 +373,8 @@ def summary_lines(summary: dict) -> list[str]:
     return [
         f"input       {summary['input']}",
         f"model       {summary['model']} ({summary['checkpoint']}) on {summary['device']}",
+        f"runs        backend {summary.get('backend')}, precision {summary.get('precision')} "
+        f"({summary.get('precision_reason')}); CPU {summary.get('cpu')}",
         f"replay      {summary['replay_hz']:g} Hz through {NODE_NAME} "
         "(bag -> video-seg-play -> node -> video-seg-record)",
         f"frames      {s['frames_segmented']}/{s['frames_published']} segmented, {s['frames_lost']} lost",
@@ -427,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "Cityscapes)")
     parser.add_argument("--replay-hz", type=positive_float, default=5.0,
                         help="frames per second the player sends to the node (default 5)")
-    add_engine_arguments(parser, "node")
+    add_engine_arguments(parser, "node", precision=EVALUATION_PRECISION)
     add_output_argument(parser, "output folder (default outputs/demo; replaced files are overwritten)",
                         default=Path("outputs/demo"))
     parser.add_argument("--video-width", type=non_negative_int, default=1024,
@@ -504,7 +509,9 @@ def _run(argv: list[str] | None) -> int:
     summary = {
         "command": command_line(PROG, argv),
         "input": demo_input.description, "checkpoint": checkpoint_path, "model": checkpoint.model_name,
-        "device": results["node_device"] or args.device, "replay_hz": args.replay_hz,
+        "device": results["node_device"] or args.device, "backend": results["node_backend"],
+        "precision": results["node_precision"], "precision_reason": results["node_precision_reason"],
+        "cpu": cpu_description(), "replay_hz": args.replay_hz,
         "domain_id": domain_id,
         "exit_codes": run["exit_codes"], "output": str(out_dir), "results": results,
         "wall_s": time.monotonic() - started,

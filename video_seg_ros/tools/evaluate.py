@@ -16,6 +16,7 @@ from video_seg_ros.evaluation import EvaluationOptions, FrameFolder, format_mark
 from video_seg_ros.evaluation import evaluate_folder as _evaluate_folder
 from video_seg_ros.flow import DIS_PRESETS
 from video_seg_ros.labels import LABEL_FORMATS
+from video_seg_ros.runtime import EVALUATION_PRECISION
 from video_seg_ros.tools.arguments import (add_engine_arguments, add_limit_argument, add_output_argument,
                                            add_quiet_argument, command_line, fail,
                                            non_negative_int, parse_arguments, positive_int,
@@ -74,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                         old=("--out",))
     parser.add_argument("--markdown", type=Path, default=None,
                         help="also write the printed Markdown summary to this file")
-    add_engine_arguments(parser)
+    add_engine_arguments(parser, precision=EVALUATION_PRECISION)
     add_limit_argument(parser, "evaluate at most N frames (the first ones in sorted order)")
     parser.add_argument("--skip-unreadable", action="store_true",
                         help="report and skip frames (or labels) that cannot be decoded instead of "

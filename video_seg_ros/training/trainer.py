@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from video_seg_ros.checkpoint import Checkpoint, load_checkpoint
 from video_seg_ros.engine import resolve_device
-from video_seg_ros.runtime import autocast_dtype, flush_denormals, resolve_precision
+from video_seg_ros.runtime import EVALUATION_PRECISION, autocast_dtype, flush_denormals, resolve_precision
 from video_seg_ros.training import losses as L
 from video_seg_ros.training.datasets import build_training_dataset, build_validation_sequences
 from video_seg_ros.training.distributed import DistributedContext, init_distributed, shutdown_distributed
@@ -395,8 +395,9 @@ class Trainer:
 
         self.net.eval()
         try:
+            # Figures follow the package's one precision rule (fp32), whatever precision trains.
             engine = SegmentationEngine(self._checkpoint(None), device=str(self.device), backend="torch",
-                                        precision=self.precision, model=self.net.model)
+                                        precision=EVALUATION_PRECISION, model=self.net.model)
             evaluator = evaluate(engine, frames())
         finally:
             self._train_mode()

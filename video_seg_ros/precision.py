@@ -1,0 +1,194 @@
+"""The precision an engine runs, decided once at construction: a reduced precision is earned.
+
+``auto`` proposes bf16 on a CPU with native bf16 (fp16 on CUDA); the engine keeps it only where it
+gives the fp32 labels: the share of equal argmax labels on a few calibration frames must reach
+:data:`AGREEMENT_THRESHOLD` (one gate for every reduced precision). A model that cannot run in
+the candidate at all (an operator without a bf16 kernel) runs fp32 instead. An explicitly asked
+reduced precision still runs below the gate (with a warning), and is refused at start-up when it
+cannot run. The outcome is cached beside the conversions, keyed by the weights, backend,
+precision, input size, CPU and library versions, so a node starts fast the second time.
+
+Calibration frames are the package's own synthetic street (no data needed) unless the caller
+gives frames. No ROS here.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+LOG = logging.getLogger(__name__)
+
+#: Share of calibration pixels whose label must equal the fp32 label for ``auto`` to keep a
+#: reduced precision (the same gate serves every reduced precision).
+AGREEMENT_THRESHOLD = 0.99
+
+#: Synthetic street frames used when the caller gives none (seeds never used for training).
+CALIBRATION_SEEDS = (9101, 9102, 9103, 9104)
+
+#: Bumped when the calibration frames or the measurement change, so cached decisions are redone.
+GATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PrecisionDecision:
+    """What runs and why.
+
+    Attributes:
+        requested: what was asked for (``auto``, ``fp32``, ``bf16``, ``fp16``).
+        precision: what runs.
+        reason: one line for logs, diagnostics and reports.
+        agreement: share of calibration labels equal to fp32 (None: not measured, e.g. fp32).
+        fallback: why the candidate precision was not kept (None when it was, or was fp32).
+    """
+
+    requested: str
+    precision: str
+    reason: str
+    agreement: float | None = None
+    fallback: str | None = None
+
+
+def label_agreement(reference: Sequence[torch.Tensor], candidate: Sequence[torch.Tensor]) -> float:
+    """Share of pixels whose argmax class is equal; each item (N, C, h, w) logits."""
+    equal = total = 0
+    for want, got in zip(reference, candidate, strict=True):
+        same = want.float().argmax(1) == got.float().argmax(1)
+        equal += int(same.sum())
+        total += same.numel()
+    return equal / total if total else 1.0
+
+
+@functools.lru_cache(maxsize=4)
+def _synthetic_frames(width: int, height: int) -> tuple[np.ndarray, ...]:
+    from video_seg_ros.synthetic.generator import generate_sequence
+
+    width, height = max(width, 32), max(height, 16)
+    return tuple(next(iter(generate_sequence(seed, 1, width, height, with_flow=False))).rgb
+                 for seed in CALIBRATION_SEEDS)
+
+
+def calibration_frames(width: int, height: int) -> list[np.ndarray]:
+    """The default calibration set: (H, W, 3) uint8 RGB synthetic street frames at ``width`` x ``height``."""
+    return list(_synthetic_frames(int(width), int(height)))
+
+
+def frames_fingerprint(frames: Sequence[np.ndarray]) -> str:
+    """A short hash of calibration frames (part of the cached decision's key)."""
+    import hashlib
+
+    digest = hashlib.sha256(str(GATE_VERSION).encode())
+    for frame in frames:
+        digest.update(repr(frame.shape).encode())
+        digest.update(np.ascontiguousarray(frame).tobytes())
+    return digest.hexdigest()[:16]
+
+
+class GateCache:
+    """One JSON file per decision key under ``<cache_dir>/precision/`` (unwritable: only logged)."""
+
+    def __init__(self, root: str | os.PathLike, key: str):
+        self.path = Path(root) / "precision" / f"{key}.json"
+
+    def load(self) -> dict | None:
+        try:
+            record = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) and ("agreement" in record or "error" in record) else None
+
+    def store(self, record: dict) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile("w", dir=self.path.parent, suffix=".tmp", delete=False) as f:
+                json.dump(record, f)
+            os.replace(f.name, self.path)
+        except OSError as error:
+            LOG.warning("could not cache the precision decision in %s (%s)", self.path, error)
+
+
+def run_sequence(runner, batches: Sequence[torch.Tensor], temporal: bool) -> list[torch.Tensor]:
+    """Logits of each (1, 3, h, w) batch; a memory model reads a throwaway memory of its own, so
+    no stream's state is touched."""
+    if not temporal:
+        return [runner.run(batch).float() for batch in batches]
+    memory = runner.new_memory()
+    return [runner.run(batch, [memory]).float() for batch in batches]
+
+
+def decide(requested: str, candidate: str, candidate_reason: str, runner,
+           rebuild: Callable[[str], object], reference: Callable[[], object],
+           batches: Sequence[torch.Tensor], temporal: bool, threshold: float = AGREEMENT_THRESHOLD,
+           cache: GateCache | None = None) -> tuple[object, PrecisionDecision]:
+    """Settle the precision of ``runner`` (built in ``candidate``); returns the runner that runs
+    and the decision.
+
+    ``rebuild(precision)`` makes the same backend's runner in another precision; ``reference()``
+    the fp32 torch runner the candidate is compared with. Every path ends with one warm-up pass
+    in what was chosen, so an fp32 runner that cannot run raises here (at start-up), not at the
+    first frame. Raises :class:`~video_seg_ros.runtime.PrecisionError` when an explicitly asked
+    precision cannot run the model.
+    """
+    from video_seg_ros.runtime import PrecisionError
+
+    if candidate == "fp32":
+        run_sequence(runner, batches[:1], temporal)
+        return runner, PrecisionDecision(requested, "fp32", candidate_reason)
+    record = cache.load() if cache is not None else None
+    if record is None:
+        try:
+            got = run_sequence(runner, batches, temporal)
+        except Exception as error:  # a missing kernel shows as NotImplementedError/RuntimeError
+            record = {"error": f"{type(error).__name__}: {str(error).strip()[:200]}"}
+        else:
+            want = run_sequence(reference(), batches, temporal)
+            record = {"agreement": label_agreement(want, got)}
+        if cache is not None:
+            cache.store({**record, "precision": candidate, "frames": len(batches)})
+    if "error" in record:
+        if requested != "auto":
+            raise PrecisionError(f"precision {candidate!r} cannot run this model here ({record['error']}); "
+                                 "use precision 'fp32' or 'auto'.")
+        fallback = f"{candidate} cannot run this model ({record['error']}); running fp32"
+        return _fall_back_to_fp32(requested, rebuild, batches, temporal, fallback)
+    agreement = float(record["agreement"])
+    measured = f"{candidate} keeps {agreement:.2%} of the fp32 labels on {len(batches)} calibration frames"
+    if agreement < threshold:
+        if requested == "auto":
+            fallback = f"{measured}, below the {threshold:.1%} gate; running fp32"
+            return _fall_back_to_fp32(requested, rebuild, batches, temporal, fallback, agreement)
+        LOG.warning("precision %s asked for: %s, below the %.1f%% gate (auto would run fp32)",
+                    candidate, measured, 100 * threshold)
+        reason = f"{candidate} asked for; {measured}, below the {threshold:.1%} gate"
+    else:
+        reason = f"{'auto' if requested == 'auto' else candidate + ' asked for'}: {measured} (gate {threshold:.1%})"
+    try:
+        run_sequence(runner, batches[:1], temporal)
+    except Exception as error:  # a cached verdict from an older build, say
+        if requested != "auto":
+            raise PrecisionError(f"precision {candidate!r} cannot run this model here "
+                                 f"({type(error).__name__}: {error}); use 'fp32' or 'auto'.") from error
+        fallback = f"{candidate} cannot run this model ({type(error).__name__}: {str(error)[:200]}); running fp32"
+        return _fall_back_to_fp32(requested, rebuild, batches, temporal, fallback, agreement)
+    return runner, PrecisionDecision(requested, candidate, reason, agreement)
+
+
+def _fall_back_to_fp32(requested, rebuild, batches, temporal, fallback, agreement=None):
+    LOG.warning("precision %s: %s", requested, fallback)
+    runner = rebuild("fp32")
+    run_sequence(runner, batches[:1], temporal)
+    return runner, PrecisionDecision(requested, "fp32", fallback, agreement, fallback)
+
+
+def decision_record(decision: PrecisionDecision) -> dict:
+    """The decision as a JSON-serialisable dict (reports)."""
+    return asdict(decision)
