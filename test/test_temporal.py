@@ -9,7 +9,9 @@ the real rclpy node in this process.
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -49,7 +51,8 @@ def confident():
 
 def random_memory_checkpoint(size=(64, 32)):
     """The tiny ESPNet with an LMANet memory (T=2) whose memory layers are random, so memory matters."""
-    checkpoint = add_memory_to_checkpoint(tiny_espnet(size=size), {"memory_length": 2, "window": 5, "dropout": 0.0})
+    memory = {"memory_length": 2, "window": 5, "dropout": 0.0}
+    checkpoint = add_memory_to_checkpoint(tiny_espnet(size=size), memory)
     generator = torch.Generator().manual_seed(1)
     checkpoint.state_dict = {
         key: torch.randn(value.shape, generator=generator) if not key.startswith("base.")
@@ -77,7 +80,8 @@ def _texture(seed: int = 0) -> np.ndarray:
 def panning(count: int, seed: int = 0, start: int = 0) -> list[np.ndarray]:
     """``count`` frames of a camera panning 2 px per frame over a smooth texture."""
     texture = _texture(seed)
-    return [np.ascontiguousarray(texture[8:8 + HEIGHT, start + 2 * i:start + 2 * i + WIDTH]) for i in range(count)]
+    return [np.ascontiguousarray(texture[8:8 + HEIGHT, start + 2 * i:start + 2 * i + WIDTH])
+            for i in range(count)]
 
 
 def noise(seed: int) -> np.ndarray:
@@ -109,7 +113,8 @@ def test_fusing_a_static_scene_converges_to_the_per_frame_probabilities(confiden
 def test_fusion_weight_one_gives_exactly_the_per_frame_labels(confident, temporal):
     fused, per_frame = engine(confident, temporal), engine(confident)
     for frame in panning(5):
-        result, expected = fused.segment(frame, with_confidence=True), per_frame.segment(frame, with_confidence=True)
+        result = fused.segment(frame, with_confidence=True)
+        expected = per_frame.segment(frame, with_confidence=True)
         assert result.keyframe
         assert np.array_equal(result.labels, expected.labels)
         assert np.array_equal(result.confidence, expected.confidence)
@@ -142,6 +147,14 @@ def test_pixels_the_warp_cannot_explain_take_the_current_frame(confident):
             fused.segment(frame)
         agreement[threshold] = np.mean(fused.segment(cut).labels == expected)
     assert agreement[24.0] > 0.9 and agreement[0.0] < 0.6, agreement
+
+
+def test_frames_too_small_for_optical_flow_are_segmented_on_their_own(confident):
+    fused, per_frame = engine(confident, "adaptive"), engine(confident)
+    for frame in [noise(0)[:8, :10]] * 3:  # DIS needs 12 pixels a side
+        result = fused.segment(frame)
+        assert result.keyframe and result.flow is None
+        assert np.array_equal(result.labels, per_frame.segment(frame).labels)
 
 
 # ---- resets --------------------------------------------------------------------------------------
@@ -272,7 +285,8 @@ def test_low_predicted_confidence_makes_a_keyframe(confident):
 # ---- memory models and backends --------------------------------------------------------------------
 def test_memory_model_memory_lives_in_the_stream_state_and_follows_the_clock(memory_checkpoint):
     frames = panning(5)
-    plain, exact = engine(memory_checkpoint), engine(memory_checkpoint, {"mode": "fuse", "fusion_weight": 1.0})
+    plain = engine(memory_checkpoint)
+    exact = engine(memory_checkpoint, {"mode": "fuse", "fusion_weight": 1.0})
     for frame in frames:
         assert np.array_equal(exact.segment(frame).labels, plain.segment(frame).labels)
     fresh = engine(memory_checkpoint).segment(frames[-1]).labels
@@ -329,7 +343,8 @@ def test_online_tc_reuses_the_fusion_flow_instead_of_computing_a_second_one(conf
     measured = {}
     for mode in ("off", "fuse"):
         consistency = OnlineConsistency(len(CITYSCAPES.names), stride=1, max_width=64)
-        pipeline = StreamPipeline(engine(confident, {"mode": mode, "fusion_weight": 1.0}), consistency=consistency)
+        segmenter = engine(confident, {"mode": mode, "fusion_weight": 1.0})
+        pipeline = StreamPipeline(segmenter, consistency=consistency)
         for i, frame in enumerate(frames):
             result = pipeline.segment(frame, 1.0 + 0.05 * i)
             pipeline.measure(frame, result.labels, result.flow)
@@ -374,6 +389,51 @@ def test_settings_change_at_run_time_from_the_next_frame(confident):
     assert segmenter.segment(frames[0]).flow is None and segmenter.stream_state().fused is None
 
 
+# ---- the evaluator and video-seg-eval ------------------------------------------------------------------
+def _write_two_sequences(root) -> Path:
+    """seqA frames 0..3 and seqB frames 0..1 (CamVid-style names), panning."""
+    for name, count, seed in (("seqA", 4, 0), ("seqB", 2, 7)):
+        for number, frame in enumerate(panning(count, seed=seed)):
+            path = root / "images" / f"{name}_{number:05d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(path), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    return root / "images"
+
+
+def test_evaluator_restarts_the_temporal_state_at_every_sequence_and_reports_the_network_share(
+        tmp_path, confident):
+    from video_seg_ros.evaluation import evaluate_folder
+
+    images = _write_two_sequences(tmp_path)
+    segmenter = engine(confident, {"mode": "adaptive", "max_interval": 3, **COUNT_ONLY})
+    report = evaluate_folder(segmenter, images, progress=False)
+    # seqA: K n n K, seqB: K n (a fresh start, not the 2nd frame after seqA's keyframe).
+    assert [row["keyframe"] for row in report["per_frame"]] == [True, False, False, True, True, False]
+    assert report["keyframe_share"] == 0.5 and report["temporal"]["mode"] == "adaptive"
+    assert segmenter.temporal_stats()["reasons"] == {"start": 2, "interval": 1}
+
+
+def test_video_seg_eval_takes_the_temporal_options(tmp_path, confident, capsys):
+    from video_seg_ros.tools.evaluate import main
+
+    images, checkpoint = _write_two_sequences(tmp_path), confident.save(tmp_path / "confident.pt")
+    common = ["--checkpoint", str(checkpoint), "--images", str(images), "--backend", "torch",
+              "--precision", "fp32", "-q"]
+    assert main([*common, "--temporal", "adaptive", "--keyframe-max-interval", "2", "--fusion-weight", "0.6",
+                 "-o", str(tmp_path / "report.json")]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["temporal"]["fusion_weight"] == 0.6 and report["temporal"]["max_interval"] == 2
+    keyframes = [row["keyframe"] for row in report["per_frame"]]
+    assert keyframes[0] and keyframes[4]  # both sequences start with the network
+    assert not any(not a and not b for a, b in zip(keyframes, keyframes[1:]))  # never 2 without network
+    assert 0.5 <= report["keyframe_share"] < 1.0
+    assert "Temporal adaptive" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_status:
+        main([*common, "--fusion-weight", "1.5"])
+    assert exit_status.value.code == 2
+    assert "--fusion-weight must be between 0 and 1" in capsys.readouterr().err
+
+
 # ---- the node (real rclpy, in this process) -------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ros_context(tmp_path_factory):
@@ -405,7 +465,8 @@ def ros(ros_context):
     def start(node_class, **parameters):
         values = {"checkpoint": checkpoint, "device": "cpu", "backend": "torch", "precision": "fp32",
                   "cpu_threads": 1, **parameters}
-        node = node_class(context=context, parameter_overrides=[Parameter(k, value=v) for k, v in values.items()])
+        overrides = [Parameter(name, value=value) for name, value in values.items()]
+        node = node_class(context=context, parameter_overrides=overrides)
         nodes.append(node)
         return node
 
@@ -490,7 +551,8 @@ def test_node_fuses_shares_the_flow_with_the_online_tc_and_warns_about_flicker(r
             def flicker_status():
                 for array in reversed(list(diagnostics)):
                     values = diagnostics_values(array)
-                    if values and values["_message"].startswith("flicker") and values["recent_tc_pairs"] == "5":
+                    flickering = values and values["_message"].startswith("flicker")
+                    if flickering and values["recent_tc_pairs"] == "5":
                         return values
                 return None
 

@@ -7,6 +7,11 @@ preprocessing a checkpoint declares is applied in exactly one place, whichever b
 On a CPU the engine flushes denormal floats to zero (:func:`video_seg_ros.runtime.flush_denormals`)
 in every thread that runs a model: published weights drive activations into denormals, which made
 ESPNet p2q8 take seconds per frame; the labels on the shared Cityscapes frames stay identical.
+
+Everything temporal of a stream (camera) lives in one
+:class:`~video_seg_ros.temporal.StreamTemporalState` per stream key: the memory of a memory model,
+and with temporal fusion (``temporal=``, :meth:`SegmentationEngine.set_temporal`) the previous frame,
+the fused class probabilities and the keyframe clock; :meth:`SegmentationEngine.reset` clears it.
 """
 
 from __future__ import annotations

@@ -36,6 +36,7 @@ frame's pixel grid.
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -50,6 +51,10 @@ from video_seg_ros.flow import to_gray, warp_image, warp_tensor
 
 #: What ``TemporalSettings.mode`` accepts.
 TEMPORAL_MODES = ("off", "fuse", "adaptive")
+
+#: Frames smaller than this (either side, at flow resolution) are not tracked: DIS needs 12 pixels,
+#: and there is nothing to gain on such frames. They are segmented on their own.
+MIN_FLOW_SIDE = 16
 
 #: Why a frame ran the network (``TemporalStats.reasons``); "every_frame" in modes off and fuse.
 KEYFRAME_REASONS = ("start", "every_frame", "interval", "time", "scene_change", "motion", "confidence")
@@ -182,10 +187,11 @@ class TemporalStats:
     """Diagnostics of one stream: network share and fused confidence over the last ``window`` frames.
 
     Not part of the temporal state: :meth:`StreamTemporalState.reset` leaves it alone, so a camera's
-    figures survive its resets.
+    figures survive its resets. Thread-safe (the node's diagnostics read while its worker writes).
     """
 
     def __init__(self, window: int = 100):
+        self._lock = threading.Lock()
         self.frames = 0
         self.keyframes = 0
         self.reasons: Counter[str] = Counter()
@@ -193,22 +199,25 @@ class TemporalStats:
 
     def record(self, reason: str | None, fused_confidence: float | None) -> None:
         """One frame: ``reason`` why it was a keyframe (None: it was not), its mean fused confidence."""
-        self.frames += 1
-        if reason is not None:
-            self.keyframes += 1
-            self.reasons[reason] += 1
-        self._recent.append((reason is not None, fused_confidence))
+        with self._lock:
+            self.frames += 1
+            if reason is not None:
+                self.keyframes += 1
+                self.reasons[reason] += 1
+            self._recent.append((reason is not None, fused_confidence))
 
     def snapshot(self) -> dict[str, Any]:
         """``frames``, ``keyframes`` (totals), ``keyframe_share`` and ``fused_confidence`` (recent
         window; None before any frame / in mode off), ``reasons`` (totals by reason)."""
-        recent = list(self._recent)  # one copy: the worker thread appends while diagnostics read
+        with self._lock:
+            recent, reasons = list(self._recent), dict(self.reasons)
+            frames, keyframes = self.frames, self.keyframes
         confidences = [c for _, c in recent if c is not None]
         return {
-            "frames": self.frames, "keyframes": self.keyframes,
+            "frames": frames, "keyframes": keyframes,
             "keyframe_share": sum(k for k, _ in recent) / len(recent) if recent else None,
             "fused_confidence": float(np.mean(confidences)) if confidences else None,
-            "reasons": dict(self.reasons),
+            "reasons": reasons,
         }
 
 
@@ -315,7 +324,7 @@ class FlowFusion:
         grey = np.ascontiguousarray(grey)
         analysis = FrameAnalysis(grey)
         if (state.fused is None or state.previous_grey is None or state.frame_size != frame.shape[:2]
-                or state.previous_grey.shape != grey.shape):
+                or state.previous_grey.shape != grey.shape or min(grey.shape) < MIN_FLOW_SIDE):
             return analysis
         previous = state.previous_grey
         flow = self._dis(grey, previous)  # current -> previous, at flow resolution
