@@ -17,6 +17,7 @@ the fused class probabilities and the keyframe clock; :meth:`SegmentationEngine.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import warnings
 from collections import defaultdict
@@ -88,7 +89,7 @@ class SegmentationResult:
     confidence: np.ndarray | None      # (H, W) float32 max (fused) probability, if requested
     model_ms: float                    # everything the engine did for this frame, milliseconds
     keyframe: bool = True              # the network ran on this frame
-    flow: np.ndarray | None = None     # (h, w, 2) float32 flow this frame -> previous frame, flow resolution
+    flow: np.ndarray | None = None     # (h, w, 2) float32 flow this frame -> previous one (flow size)
     network_ms: float = 0.0            # preprocessing + network, this frame's share (mode off: all)
     flow_ms: float = 0.0               # optical flow, warp-error check and warp
     fusion_ms: float = 0.0             # blend and postprocessing (argmax, resize)
@@ -187,6 +188,7 @@ class SegmentationEngine:
         self._states: dict[Hashable, StreamTemporalState] = {}
         self._settings = temporal
         self._pending_settings: TemporalSettings | None = None
+        self._settings_lock = threading.Lock()  # set_temporal may come from another thread
         self._fusion = FlowFusion(temporal, self.device)
 
     # ---- backend choice ------------------------------------------------------------------------
@@ -283,11 +285,13 @@ class SegmentationEngine:
         invalid (mode off, or another probability or flow resolution). Raises
         :class:`~video_seg_ros.temporal.TemporalSettingsError` (a ValueError) naming a bad field."""
         settings = TemporalSettings.coerce(settings)
-        self._pending_settings = settings  # one assignment: the segmenting thread sees old or new
+        with self._settings_lock:
+            self._pending_settings = settings
         return settings
 
     def _apply_pending_settings(self) -> None:
-        settings, self._pending_settings = self._pending_settings, None
+        with self._settings_lock:
+            settings, self._pending_settings = self._pending_settings, None
         if settings is None:
             return
         if not settings.keeps_state_of(self._settings):
