@@ -308,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{width}x{height} (exact labels; TC through the exact flow, visible pixels only)",
                     report["synthetic"], [("miou", "mIoU"), ("tc_true_flow", "TC true flow"), *timing])
     if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1))
     return 0
 
