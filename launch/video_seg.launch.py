@@ -12,8 +12,9 @@ One camera (``cameras`` empty): the node subscribes to ``image`` and publishes u
 ``lifecycle:=true`` starts the managed node; with ``autostart:=true`` (default) the launch file
 configures and activates it. ``rviz:=true`` opens RViz2 with config/video_seg.rviz rewritten for
 this namespace, node name and cameras. ``checkpoint``, ``device``, ``backend``, ``precision`` and
-``publish_overlay`` override the parameters file; everything else comes from ``params_file``
-(config/video_seg.yaml). With ``large_images:=true`` (default) the processes use the Fast DDS
+``publish_overlay`` override the parameters file, and so do ``temporal_mode``, ``fusion_weight`` and
+``keyframe_max_interval`` when given (empty: the file's value); everything else comes from
+``params_file`` (config/video_seg.yaml). With ``large_images:=true`` (default) the processes use the Fast DDS
 profile for full-size frames (config/fastdds_large_images.xml); use it in the camera driver too.
 """
 
@@ -62,6 +63,13 @@ def _launch_setup(context):
     topics = camera_topics(node, cameras, image_topics, value["image"])
     overrides = {"checkpoint": value["checkpoint"], "device": value["device"], "backend": value["backend"],
                  "precision": value["precision"], "publish_overlay": _truthy(value["publish_overlay"])}
+    # Temporal settings only when given: an empty argument keeps the parameters file's value.
+    if value["temporal_mode"]:
+        overrides["temporal_mode"] = value["temporal_mode"]
+    if value["fusion_weight"]:
+        overrides["fusion_weight"] = float(value["fusion_weight"])
+    if value["keyframe_max_interval"]:
+        overrides["keyframe_max_interval"] = int(value["keyframe_max_interval"])
     if cameras:
         overrides["cameras"] = cameras
         remappings = [(f"{name}/image", topics[name][0]) for name in cameras if image_topics]
@@ -119,6 +127,12 @@ def generate_launch_description():
         DeclareLaunchArgument("precision", default_value="auto", description="auto | fp32 | bf16 | fp16"),
         DeclareLaunchArgument("publish_overlay", default_value="false",
                               description="publish ~/overlay (the frame with the labels blended in)"),
+        DeclareLaunchArgument("temporal_mode", default_value="",
+                              description="off | fuse | adaptive (empty: the parameters file's value)"),
+        DeclareLaunchArgument("fusion_weight", default_value="",
+                              description="current frame weight in the fusion, 0..1 (empty: from the file)"),
+        DeclareLaunchArgument("keyframe_max_interval", default_value="",
+                              description="adaptive: network at least every N frames (empty: from the file)"),
         DeclareLaunchArgument("lifecycle", default_value="false",
                               description="start video_seg_lifecycle_node (managed) instead of video_seg_node"),
         DeclareLaunchArgument("autostart", default_value="true",

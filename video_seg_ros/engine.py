@@ -7,11 +7,17 @@ preprocessing a checkpoint declares is applied in exactly one place, whichever b
 On a CPU the engine flushes denormal floats to zero (:func:`video_seg_ros.runtime.flush_denormals`)
 in every thread that runs a model: published weights drive activations into denormals, which made
 ESPNet p2q8 take seconds per frame; the labels on the shared Cityscapes frames stay identical.
+
+Everything temporal of a stream (camera) lives in one
+:class:`~video_seg_ros.temporal.StreamTemporalState` per stream key: the memory of a memory model,
+and with temporal fusion (``temporal=``, :meth:`SegmentationEngine.set_temporal`) the previous frame,
+the fused class probabilities and the keyframe clock; :meth:`SegmentationEngine.reset` clears it.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import warnings
 from collections import defaultdict
@@ -32,6 +38,7 @@ from video_seg_ros.models import build_from_checkpoint
 from video_seg_ros.precision import (AGREEMENT_THRESHOLD, GateCache, PrecisionDecision, calibration_frames, decide,
                                      frames_fingerprint)
 from video_seg_ros.runtime import PrecisionError, precision_candidate, resolve_precision  # noqa: F401 (re-exported)
+from video_seg_ros.temporal import FlowFusion, StreamTemporalState, TemporalSettings
 
 LOG = logging.getLogger(__name__)
 
@@ -72,11 +79,22 @@ def resolve_device(device: str) -> torch.device:
 
 @dataclass
 class SegmentationResult:
-    """One frame's output at the frame's own resolution."""
+    """One frame's output at the frame's own resolution.
+
+    With temporal fusion (:mod:`video_seg_ros.temporal`) ``labels`` and ``confidence`` are those of
+    the fused probabilities, ``flow`` is the flow of this frame to its stream's previous frame
+    (reusable, e.g. by :class:`~video_seg_ros.metrics.OnlineConsistency`), and ``keyframe`` says
+    whether the network ran on this frame (always True in modes off and fuse).
+    """
 
     labels: np.ndarray                 # (H, W) uint8 class ids, IGNORE_ID = unlabelled
-    confidence: np.ndarray | None      # (H, W) float32 max softmax probability, if requested
-    model_ms: float                    # preprocessing + network + postprocessing, milliseconds
+    confidence: np.ndarray | None      # (H, W) float32 max (fused) probability, if requested
+    model_ms: float                    # everything the engine did for this frame, milliseconds
+    keyframe: bool = True              # the network ran on this frame
+    flow: np.ndarray | None = None     # (h, w, 2) float32 flow this frame -> previous one (flow size)
+    network_ms: float = 0.0            # preprocessing + network, this frame's share (mode off: all)
+    flow_ms: float = 0.0               # optical flow, warp-error check and warp
+    fusion_ms: float = 0.0             # blend and postprocessing (argmax, resize)
 
 
 #: The stream key of frames given without ``streams=`` (and of :meth:`SegmentationEngine.segment`).
@@ -116,13 +134,17 @@ class SegmentationEngine:
             or ``~/.cache/video_seg_ros``).
         flush_denormals: flush denormal floats on the CPU (default True); False only to measure
             the unflushed path (the setting is per thread and process-wide in effect).
+        temporal: :class:`~video_seg_ros.temporal.TemporalSettings`, a dict of its fields or a mode
+            name (``off``, ``fuse``, ``adaptive``); default off. Change it with :meth:`set_temporal`.
     """
 
     def __init__(self, checkpoint: Checkpoint | str | None = None, device: str = "auto",
                  precision: str = "auto", backend: str = "auto", upsample: str = "auto",
                  cpu_mkldnn: bool | None = None, fp16: bool | None = None, model: nn.Module | None = None,
                  cache_dir: str | None = None, flush_denormals: bool = True,
-                 min_agreement: float = AGREEMENT_THRESHOLD, calibration: Sequence[np.ndarray] | None = None):
+                 min_agreement: float = AGREEMENT_THRESHOLD, calibration: Sequence[np.ndarray] | None = None,
+                 temporal: TemporalSettings | dict | str | None = None):
+        temporal = TemporalSettings.coerce(temporal)  # refused before a model loads
         if not isinstance(checkpoint, Checkpoint):
             checkpoint = load_checkpoint(checkpoint)
         if upsample not in UPSAMPLE_MODES:
@@ -171,9 +193,14 @@ class SegmentationEngine:
         self.palette_table = palette_lookup_table(checkpoint.palette)
         self.fallback_reason: str | None = None
         self._cache_dir = cache_dir
-        self._memories: dict[Hashable, object] = {}
         self._runner = self._make_runner(backend, owned)
         self.backend = self._runner.name
+        #: Every temporal thing of each stream (memory, previous frame, fused probabilities, clock).
+        self._states: dict[Hashable, StreamTemporalState] = {}
+        self._settings = temporal
+        self._pending_settings: TemporalSettings | None = None
+        self._settings_lock = threading.Lock()  # set_temporal may come from another thread
+        self._fusion = FlowFusion(temporal, self.device)
         self._settle_precision(backend, owned, calibration)
         LOG.info("%s: backend %s, precision %s (%s)%s", self.model_name, self.backend, self.precision,
                  self.precision_decision.reason,
@@ -323,46 +350,94 @@ class SegmentationEngine:
         """The network input (width, height) every frame is resized to."""
         return self._input_size
 
-    def reset(self, stream: Hashable | None = None) -> None:
-        """Forget temporal state: of one stream, or of all (``stream=None``); a no-op for per-frame models."""
-        if not self.is_temporal or self._runner is None:
+    # ---- temporal state ------------------------------------------------------------------------
+    @property
+    def temporal(self) -> TemporalSettings:
+        """The temporal settings (the newest ones given to :meth:`set_temporal`)."""
+        return self._pending_settings or self._settings
+
+    def set_temporal(self, settings: TemporalSettings | dict | str) -> TemporalSettings:
+        """Change the temporal settings; they apply from the next frame (safe to call from another
+        thread than the one segmenting). Streams keep their fused state unless the change makes it
+        invalid (mode off, or another probability or flow resolution). Raises
+        :class:`~video_seg_ros.temporal.TemporalSettingsError` (a ValueError) naming a bad field."""
+        settings = TemporalSettings.coerce(settings)
+        with self._settings_lock:
+            self._pending_settings = settings
+        return settings
+
+    def _apply_pending_settings(self) -> None:
+        with self._settings_lock:
+            settings, self._pending_settings = self._pending_settings, None
+        if settings is None:
             return
+        if not settings.keeps_state_of(self._settings):
+            for state in self._states.values():
+                state.clear_fusion()
+        self._settings = settings
+        self._fusion = FlowFusion(settings, self.device)
+
+    def stream_state(self, stream: Hashable = DEFAULT_STREAM) -> StreamTemporalState:
+        """The temporal state of ``stream`` (created empty when the stream is new)."""
+        state = self._states.get(stream)
+        if state is None:
+            state = self._states[stream] = StreamTemporalState()
+        return state
+
+    def temporal_stats(self, stream: Hashable = DEFAULT_STREAM) -> dict:
+        """Diagnostics of one stream: ``mode``, ``frames``, ``keyframes``, ``keyframe_share`` (network
+        share over the last 100 frames), ``fused_confidence`` (mean, same window; None in mode off),
+        ``reasons`` (keyframes by reason)."""
+        state = self._states.get(stream)  # read only: diagnostics call this from another thread
+        stats = state.stats if state is not None else StreamTemporalState().stats
+        return {"mode": self.temporal.mode, **stats.snapshot()}
+
+    def forget_streams(self) -> None:
+        """Drop every stream's state and statistics, as in a new engine (e.g. after a warm-up)."""
+        self._states.clear()
+
+    def reset(self, stream: Hashable | None = None, *, memory_only: bool = False) -> None:
+        """Forget temporal state (model memory, previous frame, fused probabilities, keyframe clock):
+        of one stream, or of all (``stream=None``). ``memory_only``: empty the model memory only."""
         if stream is None:
-            for memory in self._memories.values():
-                memory.reset()
-            if self.backend == "torch":
-                self.model.reset_state()  # the default stream's memory is the module's own
-            default = self._memories.get(DEFAULT_STREAM)
-            self._memories = {} if default is None else {DEFAULT_STREAM: default}
-        elif stream in self._memories:
-            self._memories[stream].reset()
+            states = list(self._states.values())
+        else:
+            states = [self._states[stream]] if stream in self._states else []
+        for state in states:
+            if memory_only:
+                state.clear_memory()
+            else:
+                state.reset()
 
     def release(self) -> None:
         """Free the model and every stream's state (the engine cannot segment afterwards)."""
         if self._runner is not None:
             self._runner.release()
         self._runner = None
-        self._memories.clear()
+        self._states.clear()
         self.model = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
     # ---- inference ---------------------------------------------------------------------------
-    def segment(self, frame: np.ndarray, channel_order: str = "rgb",
-                with_confidence: bool = False) -> SegmentationResult:
-        """Segment one (H, W, 3) uint8 frame given in ``channel_order`` ('rgb' or 'bgr')."""
-        return self.segment_batch([frame], channel_order, with_confidence)[0]
+    def segment(self, frame: np.ndarray, channel_order: str = "rgb", with_confidence: bool = False,
+                stamp: float | None = None) -> SegmentationResult:
+        """Segment one (H, W, 3) uint8 frame given in ``channel_order`` ('rgb' or 'bgr'); ``stamp``
+        (seconds) drives the adaptive clock's time limit."""
+        return self.segment_batch([frame], channel_order, with_confidence,
+                                  stamps=None if stamp is None else [stamp])[0]
 
     def segment_batch(self, frames: list[np.ndarray], channel_order: str = "rgb",
-                      with_confidence: bool = False,
-                      streams: Sequence[Hashable] | None = None) -> list[SegmentationResult]:
+                      with_confidence: bool = False, streams: Sequence[Hashable] | None = None,
+                      stamps: Sequence[float] | None = None) -> list[SegmentationResult]:
         """Segment frames together.
 
-        Without ``streams`` the frames must have one size, and a temporal model sees them as
-        consecutive frames of the default stream. With ``streams`` (one key per frame, e.g. camera
-        names) each stream has its own memory; frames may differ in size (each is resized to the
-        network input and its result comes back at its own size), and frames of different streams
-        run as one batch (several frames of one stream: in order).
+        Without ``streams`` the frames must have one size, and a temporal model (or temporal
+        fusion) sees them as consecutive frames of the default stream. With ``streams`` (one key per
+        frame, e.g. camera names) each stream has its own temporal state; frames may differ in size
+        (each is resized to the network input and its result comes back at its own size), and
+        frames of different streams run as one batch (several frames of one stream: in order).
+        ``stamps``: one time in seconds per frame (the camera's), for ``max_interval_s``.
         """
         if not frames:
             return []
@@ -377,9 +452,20 @@ class SegmentationEngine:
             streams = [DEFAULT_STREAM] * len(frames)
         elif len(streams) != len(frames):
             raise ValueError(f"streams must give one key per frame: {len(streams)} keys for {len(frames)} frames")
+        if stamps is not None and len(stamps) != len(frames):
+            raise ValueError(f"stamps must give one time per frame: {len(stamps)} for {len(frames)} frames")
+        self._apply_pending_settings()
         start = time.perf_counter()
         if self._flush:
             runtime.flush_denormals()  # per thread (the node segments in a worker thread); cheap when repeated
+        if self._settings.mode != "off":
+            results = self._segment_fused(frames, channel_order, with_confidence, list(streams), stamps)
+            elapsed_ms = (time.perf_counter() - start) * 1000.0 / len(frames)
+            for result in results:
+                result.model_ms = elapsed_ms
+            return results
+        for stream in streams:
+            self.stream_state(stream).stats.record("every_frame", None)
         batch = self._preprocess(frames, channel_order)
         logits = self._infer(batch, list(streams))
         sizes = [frame.shape[:2] for frame in frames]
@@ -398,7 +484,7 @@ class SegmentationEngine:
                                                     0.0)
         elapsed_ms = (time.perf_counter() - start) * 1000.0 / len(frames)
         for result in results:
-            result.model_ms = elapsed_ms
+            result.model_ms = result.network_ms = elapsed_ms  # mode off: all of it is the network's
         return results
 
     def preprocess(self, frames: list[np.ndarray], channel_order: str = "rgb") -> torch.Tensor:
@@ -409,17 +495,12 @@ class SegmentationEngine:
     def _infer(self, batch: torch.Tensor, streams: list[Hashable]) -> torch.Tensor:
         if not self.is_temporal:
             return self._runner.run(batch)
-        # A stream's frames must run one after the other; different streams run together. Wave k
-        # holds every stream's k-th frame of this call.
-        occurrence: dict[Hashable, int] = defaultdict(int)
-        waves: dict[int, list[int]] = defaultdict(list)
-        for index, stream in enumerate(streams):
-            waves[occurrence[stream]].append(index)
-            occurrence[stream] += 1
+        # A stream's frames must run one after the other; different streams run together.
+        waves = _waves(streams)
         if len(waves) == 1:
             return self._runner.run(batch, [self._memory(stream) for stream in streams])
         logits: list[torch.Tensor | None] = [None] * len(streams)
-        for indices in waves.values():
+        for indices in waves:
             memories = [self._memory(streams[i]) for i in indices]
             part = batch[indices[0]:indices[0] + 1] if len(indices) == 1 else batch[indices]
             out = self._runner.run(part, memories)
@@ -428,14 +509,49 @@ class SegmentationEngine:
         return torch.stack(logits)
 
     def _memory(self, stream: Hashable):
-        memory = self._memories.get(stream)
-        if memory is None:
-            if self.backend == "torch":
-                memory = self._runner.new_memory(default=stream is DEFAULT_STREAM)
-            else:
-                memory = self._runner.new_memory()
-            self._memories[stream] = memory
-        return memory
+        state = self.stream_state(stream)
+        if state.memory is None:
+            state.memory = self._runner.new_memory()
+        return state.memory
+
+    def _segment_fused(self, frames, channel_order, with_confidence, streams,
+                       stamps) -> list[SegmentationResult]:
+        """Temporal fusion / adaptive clock: per wave (every stream's k-th frame of this call), flow
+        and keyframe decisions first, then the network on the keyframes as one batch, then fusion."""
+        fusion = self._fusion
+        results: list[SegmentationResult | None] = [None] * len(frames)
+        for wave in _waves(streams):
+            with torch.inference_mode():
+                plans = []
+                for i in wave:
+                    state = self.stream_state(streams[i])
+                    analysis = fusion.analyse(state, frames[i])
+                    stamp = None if stamps is None else float(stamps[i])
+                    plans.append((i, state, analysis, fusion.keyframe_reason(state, analysis, stamp), stamp))
+            keyframes = [i for i, _, _, reason, _ in plans if reason is not None]
+            logits, network_ms = None, 0.0
+            if keyframes:
+                started = time.perf_counter()
+                logits = self._infer(self._preprocess([frames[i] for i in keyframes], channel_order),
+                                     [streams[i] for i in keyframes])
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)  # so that the network's time is its own
+                network_ms = (time.perf_counter() - started) * 1000.0 / len(keyframes)
+            with torch.inference_mode():
+                for i, state, analysis, reason, stamp in plans:
+                    started = time.perf_counter()
+                    own = None if reason is None else logits[keyframes.index(i)][None].float()
+                    fused, exact = fusion.update(state, frames[i].shape[:2], analysis, own, reason, stamp)
+                    # Fused log-probabilities go through the logits' postprocessing: argmax and max
+                    # softmax are those of the probabilities, resized as `upsample` says.
+                    scores = own if exact else torch.log(fused.clamp_min(1e-12))
+                    labels, confidence = self._postprocess(scores, frames[i].shape[:2], with_confidence)
+                    results[i] = SegmentationResult(
+                        labels[0].cpu().numpy(), None if confidence is None else confidence[0].cpu().numpy(),
+                        0.0, keyframe=reason is not None, flow=analysis.flow,
+                        network_ms=network_ms if reason is not None else 0.0, flow_ms=analysis.flow_ms,
+                        fusion_ms=(time.perf_counter() - started) * 1000.0)
+        return results
 
     def _preprocess(self, frames, channel_order):
         if channel_order not in ("rgb", "bgr"):
@@ -487,6 +603,16 @@ def _backend_version(backend: str) -> str:
 
         return tensorrt.__version__
     return ""
+
+
+def _waves(streams: list[Hashable]) -> list[list[int]]:
+    """Frame indices grouped so that wave k holds every stream's k-th frame (in call order)."""
+    occurrence: dict[Hashable, int] = defaultdict(int)
+    waves: dict[int, list[int]] = defaultdict(list)
+    for index, stream in enumerate(streams):
+        waves[occurrence[stream]].append(index)
+        occurrence[stream] += 1
+    return list(waves.values())
 
 
 def _check_model_device(model: nn.Module, device: torch.device) -> None:

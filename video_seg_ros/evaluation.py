@@ -6,7 +6,7 @@ so they pair frames, resize, accumulate and report the same way:
 - **Pairs for TC**: a frame and the frame fed before it form a pair when both belong to the same
   sequence, their frame numbers differ by 1..``max_frame_gap`` and they have the same size. A frame
   that is not paired starts a new run; :func:`evaluate` resets the engine's temporal state there
-  (a temporal model must not carry state across a cut or a gap).
+  (a temporal model, or the engine's temporal fusion, must not carry state across a cut or a gap).
 - **Accuracy**: predictions are compared with labels at the label's resolution (a prediction of
   another size is resized nearest-neighbour first); intersections and unions are summed over all
   labelled frames (:class:`~video_seg_ros.metrics.ConfusionMatrix`).
@@ -130,6 +130,8 @@ class Evaluator:
         self.sequences: dict[str, dict] = {}
         self.resized_predictions = 0
         self.model_ms: list[float] = []
+        self.keyframes = 0   # frames on which the network ran (engine's temporal clock) ...
+        self.clocked = 0     # ... out of the frames that said whether it did
         self._previous: tuple[EvalFrame, np.ndarray] | None = None
         self._sequence_tc: dict[str, ConfusionMatrix] = {}
 
@@ -149,8 +151,10 @@ class Evaluator:
         self._previous = None
 
     # ---- feeding ----------------------------------------------------------------------------
-    def add(self, frame: EvalFrame, prediction: np.ndarray, model_ms: float | None = None) -> dict:
+    def add(self, frame: EvalFrame, prediction: np.ndarray, model_ms: float | None = None,
+            keyframe: bool | None = None) -> dict:
         """Score one frame's (H, W) uint8 prediction; returns its per-frame row (fractions).
+        ``keyframe``: whether the network ran on this frame (the engine's temporal clock).
 
         Raises:
             ValueError: the label holds ids outside the label set (message names the label file).
@@ -160,6 +164,10 @@ class Evaluator:
         if model_ms is not None:
             self.model_ms.append(model_ms)
             row["model_ms"] = round(model_ms, 2)
+        if keyframe is not None:
+            self.clocked += 1
+            self.keyframes += bool(keyframe)
+            row["keyframe"] = bool(keyframe)
         summary = self.sequences.setdefault(frame.sequence, {"frames": 0})
         summary["frames"] += 1
         if frame.label is not None:
@@ -242,6 +250,7 @@ class Evaluator:
                              if consistency is not None and consistency.pairs else {}),
             "tc_settings": self.options.tc_settings(),
             "ms_per_frame": _round(statistics.median(self.model_ms), 2) if self.model_ms else None,
+            "keyframe_share": _round(self.keyframes / self.clocked) if self.clocked else None,
             "flow_ms_per_pair": (_round(statistics.median(consistency.flow_ms), 2)
                                  if consistency is not None and consistency.flow_ms else None),
             "sequences": sequences,
@@ -263,7 +272,8 @@ def evaluate(engine, frames: Iterable[EvalFrame], options: EvaluationOptions | N
              on_frame: Callable[[EvalFrame, object, dict], None] | None = None) -> Evaluator:
     """Segment ``frames`` (in temporal order) with ``engine`` and score them.
 
-    The engine's temporal state is reset wherever a frame does not pair with the one before it.
+    The engine's temporal state (model memory, fused probabilities, keyframe clock) is reset
+    wherever a frame does not pair with the one before it.
 
     Args:
         engine: a :class:`~video_seg_ros.engine.SegmentationEngine`.
@@ -279,7 +289,7 @@ def evaluate(engine, frames: Iterable[EvalFrame], options: EvaluationOptions | N
         if not evaluator.continues(frame):
             engine.reset()
         result = engine.segment(frame.rgb, channel_order="rgb")
-        row = evaluator.add(frame, result.labels, result.model_ms)
+        row = evaluator.add(frame, result.labels, result.model_ms, getattr(result, "keyframe", None))
         if on_frame is not None:
             on_frame(frame, result, row)
     return evaluator
@@ -463,6 +473,7 @@ def evaluate_folder(engine, images: str | Path | FrameFolder, options: Evaluatio
         **{key: value for key, value in engine.describe().items()
            if key in ("requested_precision", "precision_reason", "precision_agreement", "precision_fallback", "cpu")},
         "upsample": engine.upsample,
+        "temporal": engine.temporal.to_dict() if hasattr(engine, "temporal") else None,
         "images": str(folder.images),
         "labels": None if folder.labels is None else str(folder.labels),
         "label_format": folder.label_format if folder.labels is not None else None,
@@ -498,6 +509,11 @@ def format_markdown(report: dict) -> str:
         lines += ["", "| class | TC |", "|---|---|"]
         for name, value in report["tc_per_class"].items():
             lines.append(f"| {name} | {percent(value)} |")
+    temporal = report.get("temporal") or {}
+    if temporal.get("mode", "off") != "off":
+        share = percent(report["keyframe_share"], 1)
+        lines += ["", f"Temporal {temporal['mode']} (fusion weight {temporal['fusion_weight']:g}, keyframe "
+                      f"max interval {temporal['max_interval']}): network on {share} of the frames."]
     if len(report["sequences"]) > 1 and report["tc_pairs"]:
         lines += ["", "| sequence | frames | TC pairs | TC |", "|---|---|---|---|"]
         for name, sequence in report["sequences"].items():

@@ -21,7 +21,8 @@ Inference", ECCV 2020)
     plays "target" does not change TC.
 
 :class:`OnlineConsistency` is the cheap per-frame variant the ROS node runs: it keeps only the
-previous frame (grey, downscaled) and its labels, and measures the pair at a reduced width.
+previous frame (grey, downscaled) and its labels, and measures the pair at a reduced width; it
+reuses a flow computed elsewhere for the same pair (the engine's temporal fusion) when given one.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from video_seg_ros.flow import DisFlow, occlusion_mask, reduced_size, to_gray, warp_labels
+from video_seg_ros.flow import DisFlow, occlusion_mask, reduced_size, resize_flow, to_gray, warp_labels
 from video_seg_ros.labels import IGNORE_ID
 
 
@@ -234,7 +235,8 @@ class OnlineConsistency:
     with the frame just before it (consecutive frames, as TC is defined), at a width of at most
     ``max_width`` pixels: the previous frame is kept only as a downscaled grey image with its
     downscaled labels. A frame of a different size than the previous one, or :meth:`reset`,
-    starts afresh.
+    starts afresh. Besides the running value, :attr:`recent_tc` covers the last ``recent`` pairs
+    (the node's flicker warning).
 
     Args:
         num_classes: number of classes of the label maps.
@@ -243,16 +245,23 @@ class OnlineConsistency:
         preset: DIS preset.
         occlusion: leave out occluded pixels (forward-backward check, doubles the flow cost).
         window: running TC over the last ``window`` measured pairs; ``None`` = since reset.
+        recent: pairs in :attr:`recent_tc`.
     """
 
     def __init__(self, num_classes: int, stride: int = 1, max_width: int = 320,
-                 preset: str = "ultrafast", occlusion: bool = False, window: int | None = None):
+                 preset: str = "ultrafast", occlusion: bool = False, window: int | None = None,
+                 recent: int = 20):
         if stride < 1:
             raise ValueError(f"stride must be >= 1, got {stride}")
         if max_width < 16:
             raise ValueError(f"max_width must be at least 16 pixels, got {max_width}")
         if window is not None and window < 1:
             raise ValueError(f"window must be >= 1 or None, got {window}")
+        if recent < 1:
+            raise ValueError(f"recent must be >= 1, got {recent}")
+        self.recent = int(recent)
+        #: Flows this metric computed itself (a flow handed to :meth:`update` is not counted).
+        self.flows_computed = 0
         self.num_classes = int(num_classes)
         self.stride = int(stride)
         self.max_width = int(max_width)
@@ -268,6 +277,8 @@ class OnlineConsistency:
         self._frames = 0
         self._running = ConfusionMatrix(self.num_classes)
         self._recent: deque[ConfusionMatrix] = deque()
+        self._last_pairs = ConfusionMatrix(self.num_classes)
+        self._last: deque[ConfusionMatrix] = deque()
         self.pairs = 0
         self.last: ConsistencySample | None = None
 
@@ -275,8 +286,23 @@ class OnlineConsistency:
     def running_tc(self) -> float | None:
         return self._running.miou
 
-    def update(self, frame: np.ndarray, labels: np.ndarray) -> ConsistencySample | None:
+    @property
+    def recent_tc(self) -> float | None:
+        """TC over the last ``recent`` measured pairs (None before any)."""
+        return self._last_pairs.miou
+
+    @property
+    def recent_pairs(self) -> int:
+        return len(self._last)
+
+    def update(self, frame: np.ndarray, labels: np.ndarray,
+               flow_to_previous: np.ndarray | None = None) -> ConsistencySample | None:
         """Feed one frame ((H, W, 3) or (H, W) uint8) and its (H, W) labels.
+
+        ``flow_to_previous``: optional (h, w, 2) flow from this frame to the frame fed before it,
+        at any resolution (e.g. :attr:`SegmentationResult.flow`); a measured pair then uses it
+        instead of computing its own (not with ``occlusion``, which needs both directions). The
+        pair is then measured on this frame's pixel grid (IoU is symmetric, so TC means the same).
 
         Returns the measurement when this frame was compared with the previous one, else None.
         """
@@ -300,9 +326,14 @@ class OnlineConsistency:
         sample = None
         if due and self._previous is not None:
             previous_grey, previous_labels = self._previous
-            flow = self._flow(previous_grey, grey)
-            visible = occlusion_mask(flow, self._flow(grey, previous_grey)) if self.occlusion else None
-            pair = pair_consistency(previous_labels, small_labels, flow, self.num_classes, visible)
+            if flow_to_previous is not None and not self.occlusion:
+                flow = resize_flow(flow_to_previous, grey.shape)
+                pair = pair_consistency(small_labels, previous_labels, flow, self.num_classes)
+            else:
+                flow = self._flow(previous_grey, grey)
+                visible = occlusion_mask(flow, self._flow(grey, previous_grey)) if self.occlusion else None
+                self.flows_computed += 2 if self.occlusion else 1
+                pair = pair_consistency(previous_labels, small_labels, flow, self.num_classes, visible)
             self._accumulate(pair)
             sample = ConsistencySample(pair.miou, self._running.miou, len(self._recent) if self.window
                                        else self.pairs, (time.perf_counter() - start) * 1000.0)
@@ -322,6 +353,10 @@ class OnlineConsistency:
     def _accumulate(self, pair: ConfusionMatrix) -> None:
         self.pairs += 1
         self._running += pair
+        self._last.append(pair)
+        self._last_pairs += pair
+        if len(self._last) > self.recent:
+            self._last_pairs.matrix -= self._last.popleft().matrix
         if self.window is not None:
             self._recent.append(pair)
             if len(self._recent) > self.window:

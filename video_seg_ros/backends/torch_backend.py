@@ -1,9 +1,9 @@
 """PyTorch backend: the module itself, on the CPU (oneDNN or native kernels) or CUDA, with autocast.
 
-Temporal models keep one :class:`~video_seg_ros.models.memory.MemoryState` per stream; the module's
-own ``state`` is the default stream's, so ``model.reset_state()`` and ``model.state`` keep meaning
-what they meant before streams existed. Frames of different streams with equally full memories
-run as one batch.
+Temporal models keep one :class:`~video_seg_ros.models.memory.MemoryState` per stream (held in the
+engine's per-stream temporal state, :class:`~video_seg_ros.temporal.StreamTemporalState`); the
+module's own ``state`` only serves direct ``model.step`` calls. Frames of different streams with
+equally full memories run as one batch.
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ class TorchRunner:
                 stack.enter_context(torch.autocast("cpu", dtype=dtype))
         return stack
 
-    def new_memory(self, default: bool = False) -> MemoryState:
-        return self.model.state if default else MemoryState(self.model.config.memory_length)
+    def new_memory(self) -> MemoryState:
+        return MemoryState(self.model.config.memory_length)
 
     def run(self, batch: torch.Tensor, memories: list[MemoryState] | None = None) -> torch.Tensor:
         """Logits (N, C, h, w); temporal models read and update one memory per frame."""

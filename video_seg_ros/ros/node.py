@@ -57,7 +57,8 @@ from video_seg_ros.labels import IGNORE_ID
 from video_seg_ros.ros.camera import Camera, scale_camera_info
 from video_seg_ros.processes import install_stop_handlers
 from video_seg_ros.ros.dds import use_large_image_profile
-from video_seg_ros.ros.parameters import CHECKED_NAMES, PARAMETERS, descriptor, validate_choice
+from video_seg_ros.ros.parameters import (CHECKED_NAMES, PARAMETERS, TEMPORAL_PARAMETERS, descriptor,
+                                          normalise, temporal_settings, validate_choice)
 from video_seg_ros.ros.pipeline import FrameQueue, OutputRequest, StreamPipeline, segment_streams
 
 try:  # vision_msgs is optional: without it the class map goes out as JSON on ~/label_info
@@ -132,11 +133,15 @@ class SegmenterMixin:
             return list(PARAMETERS[name].default)
 
     def _read_settings(self) -> dict:
-        settings = {name: self._parameter_value(name) for name in PARAMETERS}
+        settings = {name: normalise(name, self._parameter_value(name)) for name in PARAMETERS}
         for name in CHECKED_NAMES:
             reason = validate_choice(name, settings[name])
             if reason:
                 raise StartupError(reason)
+        try:
+            temporal_settings(settings)
+        except ValueError as error:
+            raise StartupError(f"invalid temporal settings: {error}") from error
         settings["cameras"] = list(settings["cameras"])
         return settings
 
@@ -147,7 +152,19 @@ class SegmenterMixin:
                 reason = validate_choice(parameter.name, parameter.value)
                 if reason:
                     return SetParametersResult(successful=False, reason=reason)
+        changed = {p.name: normalise(p.name, p.value) for p in parameters if p.name in TEMPORAL_PARAMETERS}
+        if changed:
+            try:  # the new values together with the current others, as the engine would get them
+                temporal_settings({**self._temporal_values(), **changed})
+            except ValueError as error:
+                return SetParametersResult(successful=False, reason=str(error))
         return SetParametersResult(successful=True)
+
+    def _temporal_values(self) -> dict:
+        current = getattr(self, "_settings", None)
+        if current is not None:
+            return {name: current[name] for name in TEMPORAL_PARAMETERS}
+        return {name: normalise(name, self._parameter_value(name)) for name in TEMPORAL_PARAMETERS}
 
     def _after_set_parameters(self, parameters: list[Parameter]) -> None:
         known = [p for p in parameters if p.name in PARAMETERS]
@@ -155,7 +172,7 @@ class SegmenterMixin:
             return
         settings = dict(self._settings)
         for parameter in known:
-            settings[parameter.name] = parameter.value
+            settings[parameter.name] = normalise(parameter.name, parameter.value)
         for camera in self.cameras:
             consistency = camera.pipeline.consistency
             if settings["consistency_metric"] and not self._settings["consistency_metric"]:
@@ -163,6 +180,8 @@ class SegmenterMixin:
             consistency.stride = settings["consistency_stride"]
             camera.pipeline.policy.gap_s = settings["reset_on_gap_s"]
             camera.pipeline.temporal_state = settings["temporal_state"]
+        if any(p.name in TEMPORAL_PARAMETERS for p in known) and self.engine is not None:
+            self.engine.set_temporal(temporal_settings(settings))  # applies from the worker's next frame
         self._settings = settings  # one assignment: the worker sees old or new, never a mix
         self.get_logger().info("parameters changed: " + ", ".join(f"{p.name}={p.value}" for p in known))
 
@@ -192,6 +211,7 @@ class SegmenterMixin:
                                f"{type(error).__name__}: {error}") from error
         # The engine ran its warm-up pass in the precision it chose (the first camera frame is not
         # slowed by lazy kernel initialisation, and a model that cannot run failed above).
+        engine.set_temporal(temporal_settings(p))
         from video_seg_ros.metrics import OnlineConsistency  # after the model: import cost only on success
 
         self.engine = engine
@@ -200,7 +220,8 @@ class SegmenterMixin:
             Camera(name, StreamPipeline(
                 engine, reset_gap_s=p["reset_on_gap_s"], temporal_state=p["temporal_state"],
                 consistency=OnlineConsistency(len(checkpoint.class_names), stride=p["consistency_stride"],
-                                              max_width=p["consistency_max_width"], preset=p["flow_preset"]),
+                                              max_width=p["consistency_max_width"], preset=p["flow_preset"],
+                                              recent=p["consistency_window"]),
                 stream=name or None))
             for name in names]
         self._queue = FrameQueue(p["frame_queue_size"], on_drop=_inherit_gap)
@@ -268,13 +289,18 @@ class SegmenterMixin:
         self._worker.start()
 
     def _deactivate(self) -> None:
-        """Stop taking frames: no subscription, no waiting frame, the worker finished."""
+        """Stop taking frames: no subscription, no waiting frame, the worker finished; every
+        camera's temporal state is cleared (frames after activate start a new stream)."""
         self._active = False
         for camera in self.cameras:
             for subscription in camera.subscriptions:
                 self.destroy_subscription(subscription)
             camera.subscriptions.clear()
         self._stop_worker()
+        for camera in self.cameras:  # the worker has stopped: nothing else touches the state now
+            camera.pipeline.reset()
+            camera.pipeline.policy.forget()  # the first frame after activate is not a "gap"
+            camera.stats.on_reset("deactivate", "node deactivated")
 
     def _stop_worker(self) -> None:
         """Finish the frame in progress and drop the waiting ones (no ROS call: also safe once
@@ -432,7 +458,7 @@ class SegmenterMixin:
                 if view in result.extras:
                     publishers[view].publish(fill_image(Image(), result.extras[view], "rgb8", header))
         if settings["consistency_metric"]:
-            sample = camera.pipeline.measure(frame, result.labels)
+            sample = camera.pipeline.measure(frame, result.labels, result.flow)
             if sample is not None and sample.tc is not None:
                 publishers["consistency"].publish(Float32(data=float(sample.tc)))
 
@@ -442,8 +468,8 @@ class SegmenterMixin:
             camera.pipeline.request_reset("service", f"{service} service called")
         which = ", ".join(c.name for c in cameras if c.name) or "the camera"
         response.success = True
-        response.message = (f"temporal state (model memory and TC metric) of {which} is cleared before "
-                            "the next frame")
+        response.message = (f"temporal state (model memory, fused probabilities, keyframe clock and TC "
+                            f"metric) of {which} is cleared before the next frame")
         return response
 
     def _publish_label_info(self, checkpoint, qos: QoSProfile) -> None:
@@ -469,6 +495,9 @@ class SegmenterMixin:
         since = figures["seconds_since_frame"]
         quiet_s = min(now - self._activated_at, since) if since is not None else now - self._activated_at
         stale_s = settings["diagnostics_stale_s"]
+        consistency = camera.pipeline.consistency
+        recent_tc = consistency.recent_tc if settings["consistency_metric"] else None
+        flicker = settings["flicker_tc_threshold"]
         if not self._active:
             status.level, status.message = DiagnosticStatus.OK, "inactive: not subscribed to the camera"
         elif stale_s > 0 and quiet_s > stale_s:
@@ -486,13 +515,17 @@ class SegmenterMixin:
             status.message = "no subscriber on any output: inference skipped"
         elif figures["received"] == 0:
             status.level, status.message = DiagnosticStatus.OK, f"waiting for images on {camera.input_topic}"
+        elif flicker > 0 and recent_tc is not None and recent_tc < flicker:
+            status.level = DiagnosticStatus.WARN
+            status.message = (f"flicker: online TC {recent_tc:.2f} over the last {consistency.recent_pairs} "
+                              f"pair(s) is below flicker_tc_threshold {flicker:g}")
         else:
             status.level, status.message = DiagnosticStatus.OK, f"segmenting at {figures['fps']:.1f} fps"
 
         def fmt(value):
             return "" if value is None else f"{value:.2f}" if isinstance(value, float) else str(value)
 
-        consistency = camera.pipeline.consistency
+        temporal = engine.temporal_stats(camera.pipeline.stream)
         values = {
             "camera": camera.name, "input_topic": camera.input_topic,
             "received": figures["received"], "processed": figures["processed"],
@@ -509,6 +542,9 @@ class SegmenterMixin:
             "frames_since_reset": camera.pipeline.frames_since_reset,
             "tc_pairs": consistency.pairs,
             "running_tc": consistency.running_tc if settings["consistency_metric"] else None,
+            "recent_tc": recent_tc, "recent_tc_pairs": consistency.recent_pairs,
+            "temporal_mode": temporal["mode"], "keyframe_share": temporal["keyframe_share"],
+            "fused_confidence": temporal["fused_confidence"],
             **{key: engine.describe()[key] or "" for key in (
                 "device", "backend", "precision", "precision_reason", "precision_agreement", "precision_fallback",
                 "backend_fallback")},

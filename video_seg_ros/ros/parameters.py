@@ -14,9 +14,28 @@ from video_seg_ros.engine import UPSAMPLE_MODES
 from video_seg_ros.flow import DIS_PRESETS
 from video_seg_ros.precision import AGREEMENT_THRESHOLD
 from video_seg_ros.runtime import PRECISIONS
+from video_seg_ros.temporal import TEMPORAL_MODES, TemporalSettings, TemporalSettingsError
 
 BACKENDS = ("auto", "torch", "openvino", "tensorrt")
 IMAGE_TRANSPORTS = ("raw", "compressed")
+_TEMPORAL = TemporalSettings()  # the defaults of the temporal parameters come from the engine's
+
+#: Node parameter -> :class:`~video_seg_ros.temporal.TemporalSettings` field.
+TEMPORAL_PARAMETERS = {
+    "temporal_mode": "mode",
+    "fusion_weight": "fusion_weight",
+    "fusion_confidence_weighting": "confidence_weighting",
+    "fusion_warp_error": "warp_error_threshold",
+    "fusion_occlusion_check": "occlusion_check",
+    "fusion_probability_width": "probability_width",
+    "fusion_flow_width": "flow_width",
+    "fusion_flow_preset": "flow_preset",
+    "keyframe_max_interval": "max_interval",
+    "keyframe_max_interval_s": "max_interval_s",
+    "keyframe_error_share": "keyframe_error_share",
+    "keyframe_motion": "keyframe_motion",
+    "keyframe_confidence": "keyframe_confidence",
+}
 
 
 @dataclass(frozen=True)
@@ -29,6 +48,9 @@ class NodeParameter:
     choices: tuple[str, ...] = ()   # fixed string values, checked by validate_choice
     values: str = ""                # how the README's "values" column describes other value sets
     deprecated: str = ""            # what to use instead; kept out of config/video_seg.yaml
+    # The choice YAML's false stands for: ROS reads an unquoted `off` (-p x:=off, ros2 param set)
+    # as the bool false, so such a parameter also takes a bool and false means this value.
+    false_means: str = ""
 
 
 #: Every parameter, its default (same as config/video_seg.yaml) and its description.
@@ -94,10 +116,57 @@ PARAMETERS: dict[str, NodeParameter] = {
     "reset_on_gap_s": NodeParameter(
         1.0, "Clear a camera's temporal state when its consecutive input stamps are further apart "
         "than this (seconds); 0 disables.", float_range=(0.0, 3600.0)),
+    "temporal_mode": NodeParameter(
+        _TEMPORAL.mode, "`off`: every frame on its own; `fuse`: blend each frame's class probabilities "
+        "with the previous fused ones warped by optical flow (less flicker); `adaptive`: run the network "
+        "on keyframes only and warp in between (scene cuts, large motion, low confidence and the "
+        "`keyframe_max_*` limits make keyframes).", choices=TEMPORAL_MODES, false_means="off"),
+    "fusion_weight": NodeParameter(
+        _TEMPORAL.fusion_weight, "Weight of the current frame where the warp is trusted (1 = per-frame "
+        "result; untrusted pixels always take the current frame).", float_range=(0.0, 1.0)),
+    "fusion_confidence_weighting": NodeParameter(
+        _TEMPORAL.confidence_weighting, "Lean each pixel's fusion weight towards the more confident of the "
+        "current and the warped previous probabilities."),
+    "fusion_warp_error": NodeParameter(
+        _TEMPORAL.warp_error_threshold, "Grey-level difference (0..255) between a frame and the warped "
+        "previous frame above which a pixel takes the current frame alone; 0 disables the check.",
+        float_range=(0.0, 255.0)),
+    "fusion_occlusion_check": NodeParameter(
+        _TEMPORAL.occlusion_check, "Also distrust pixels failing the forward-backward flow check "
+        "(computes a second flow per frame)."),
+    "fusion_probability_width": NodeParameter(
+        _TEMPORAL.probability_width, "Fused probabilities are kept at the network output size, at most "
+        "this wide; 0 = the output size.", int_range=(0, 16384)),
+    "fusion_flow_width": NodeParameter(
+        _TEMPORAL.flow_width, "Width at which the temporal fusion computes optical flow (0 = full "
+        "frame); the online TC reuses this flow.", int_range=(0, 16384)),
+    "fusion_flow_preset": NodeParameter(
+        _TEMPORAL.flow_preset, "DIS optical-flow preset of the temporal fusion.", choices=tuple(DIS_PRESETS)),
+    "keyframe_max_interval": NodeParameter(
+        _TEMPORAL.max_interval, "`adaptive`: run the network at least every N frames (1 = every frame).",
+        int_range=(1, 10000)),
+    "keyframe_max_interval_s": NodeParameter(
+        _TEMPORAL.max_interval_s, "`adaptive`: run the network at least every this many seconds of "
+        "input stamps; 0 = no time limit.", float_range=(0.0, 3600.0)),
+    "keyframe_error_share": NodeParameter(
+        _TEMPORAL.keyframe_error_share, "`adaptive`: a keyframe when more than this share of pixels "
+        "cannot be warped from the previous frame (a scene cut).", float_range=(0.0, 1.0)),
+    "keyframe_motion": NodeParameter(
+        _TEMPORAL.keyframe_motion, "`adaptive`: a keyframe when the mean optical flow exceeds this "
+        "fraction of the image width; 0 = never.", float_range=(0.0, 1.0)),
+    "keyframe_confidence": NodeParameter(
+        _TEMPORAL.keyframe_confidence, "`adaptive`: a keyframe when the mean confidence of the warped "
+        "probabilities falls below this; 0 = never.", float_range=(0.0, 1.0)),
     "consistency_metric": NodeParameter(
         True, "Compute the online temporal-consistency metric and publish `~/consistency`."),
     "consistency_stride": NodeParameter(
         5, "Measure TC on every N-th frame (against the frame before it).", int_range=(1, 1000)),
+    "consistency_window": NodeParameter(
+        20, "Measured pairs in the diagnostics' recent TC (`recent_tc`, the flicker warning).",
+        read_only=True, int_range=(1, 10000)),
+    "flicker_tc_threshold": NodeParameter(
+        0.0, "Diagnostics WARN `flicker` while the recent online TC is below this (0..1); 0 disables.",
+        float_range=(0.0, 1.0)),
     "consistency_max_width": NodeParameter(
         320, "Width at which the TC metric computes optical flow.", read_only=True, int_range=(16, 4096)),
     "flow_preset": NodeParameter(
@@ -110,8 +179,18 @@ PARAMETERS: dict[str, NodeParameter] = {
 }
 
 
+def normalise(name: str, value):
+    """A parameter value as the node uses it: YAML's false for the choice it stands for
+    (``NodeParameter.false_means``), everything else as it is."""
+    spec = PARAMETERS.get(name)
+    if spec is not None and spec.false_means and value is False:
+        return spec.false_means
+    return value
+
+
 def validate_choice(name: str, value) -> str | None:
     """Reason a string parameter value is invalid, or None."""
+    value = normalise(name, value)
     if name == "device":
         text = str(value).strip().lower()
         if text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):
@@ -135,13 +214,29 @@ def validate_choice(name: str, value) -> str | None:
 CHECKED_NAMES = ("device", "cameras") + tuple(name for name, spec in PARAMETERS.items() if spec.choices)
 
 
+def temporal_settings(values: dict) -> TemporalSettings:
+    """The engine's temporal settings from node parameter values (missing ones: defaults).
+
+    Raises:
+        ValueError: naming the node parameter (not the settings field) and what is wrong.
+    """
+    fields = {field: normalise(name, values[name])
+              for name, field in TEMPORAL_PARAMETERS.items() if name in values}
+    try:
+        return TemporalSettings.coerce(fields)
+    except TemporalSettingsError as error:
+        name = next((n for n, f in TEMPORAL_PARAMETERS.items() if f == error.field), error.field)
+        raise ValueError(f"{name} {error.reason}") from None
+
+
 def descriptor(name: str):
     """The rcl_interfaces ParameterDescriptor of one parameter."""
     from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
 
     spec = PARAMETERS[name]
     result = ParameterDescriptor(name=name, description=spec.description, read_only=spec.read_only,
-                                 additional_constraints="|".join(spec.choices))
+                                 additional_constraints="|".join(spec.choices),
+                                 dynamic_typing=bool(spec.false_means))
     if isinstance(spec.default, list):
         result.type = ParameterType.PARAMETER_STRING_ARRAY
     if spec.int_range:

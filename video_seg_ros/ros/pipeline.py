@@ -228,15 +228,19 @@ class StreamResult:
     confidence: np.ndarray | None = None    # (H, W) float32
     reset: tuple[str, str] | None = None    # (key, message): why state was cleared before this frame
     extras: dict[str, np.ndarray] = field(default_factory=dict)  # "color", "overlay": (H, W, 3) RGB
+    keyframe: bool = True                   # the network ran on this frame (see video_seg_ros.temporal)
+    flow: np.ndarray | None = None          # (h, w, 2) flow to the previous frame, from temporal fusion
 
 
 class StreamPipeline:
     """One camera stream through a (possibly shared) engine: reset policy, temporal-state switch,
     outputs, TC.
 
-    ``stream`` is the key of this camera's temporal memory in the engine (``None``: the engine's
-    default stream, the single-camera case). Several pipelines on one engine are segmented as one
-    batch by :func:`segment_streams`, each frame with its own stream's memory.
+    ``stream`` is the key of this camera's temporal state in the engine (``None``: the engine's
+    default stream, the single-camera case): model memory, fused probabilities, keyframe clock.
+    Several pipelines on one engine are segmented as one batch by :func:`segment_streams`, each
+    frame with its own stream's state. ``temporal_state=False`` empties the model memory before
+    every frame (the fusion of :mod:`video_seg_ros.temporal` is switched by the engine's mode).
 
     Not thread-safe by itself: the node calls it from its single worker thread; :meth:`request_reset`
     may be called from any thread and takes effect before the next frame.
@@ -257,17 +261,15 @@ class StreamPipeline:
         self._pending_reset = (key, message)
 
     def reset(self) -> None:
-        """Clear this stream's model memory and running consistency metric (not other streams')."""
-        self._reset_memory()
-        if self.consistency is not None:
-            self.consistency.reset()
-
-    def _reset_memory(self) -> None:
+        """Clear this stream's whole temporal state (model memory, fused probabilities, keyframe
+        clock) and running consistency metric (not other streams')."""
         if self.stream is None:
             self.engine.reset()
         else:
             self.engine.reset(self.stream)
         self.frames_since_reset = 0
+        if self.consistency is not None:
+            self.consistency.reset()
 
     def prepare(self, frame: Frame, stamp_s: float, input_gap_s: float | None = None) -> tuple[str, str] | None:
         """Apply the reset policy (and pending requests) before ``frame`` is segmented; returns
@@ -278,7 +280,8 @@ class StreamPipeline:
         if reason is not None:
             self.reset()
         elif self.engine.is_temporal and not self.temporal_state:
-            self._reset_memory()  # memory switched off: every frame starts from scratch
+            # Memory switched off: every frame starts from scratch (fused probabilities stay).
+            self.engine.reset(self.stream, memory_only=True)
         return reason
 
     def segment(self, frame: Frame, stamp_s: float, request: OutputRequest | None = None,
@@ -295,11 +298,14 @@ class StreamPipeline:
             result.extras["overlay"] = overlay(np.ascontiguousarray(frame.rgb()), result.labels, table,
                                                request.overlay_alpha)
 
-    def measure(self, frame: Frame, labels: np.ndarray):
-        """Feed the online TC metric; returns its ConsistencySample when this frame was measured."""
+    def measure(self, frame: Frame, labels: np.ndarray, flow: np.ndarray | None = None):
+        """Feed the online TC metric; returns its ConsistencySample when this frame was measured.
+
+        ``flow``: the engine's flow of this frame to the previous one (``StreamResult.flow``), so
+        that the metric does not compute a second flow for the same pair."""
         if self.consistency is None:
             return None
-        return self.consistency.update(frame.pixels, labels)
+        return self.consistency.update(frame.pixels, labels, flow)
 
 
 def segment_streams(items) -> list[StreamResult]:
@@ -326,13 +332,17 @@ def segment_streams(items) -> list[StreamResult]:
     pixels = [frame.pixels if frame.channel_order == order else np.ascontiguousarray(frame.rgb())
               for frame in frames]
     with_confidence = any(item[3] is not None and item[3].confidence for item in items)
+    stamps = [item[2] for item in items]
     if streams == [None]:  # one camera: the engine's default stream, exactly as before
-        outputs = engine.segment_batch(pixels, order, with_confidence=with_confidence)
+        outputs = engine.segment_batch(pixels, order, with_confidence=with_confidence, stamps=stamps)
     else:
-        outputs = engine.segment_batch(pixels, order, with_confidence=with_confidence, streams=streams)
+        outputs = engine.segment_batch(pixels, order, with_confidence=with_confidence, streams=streams,
+                                       stamps=stamps)
     results = []
     for pipeline, (_, _, _, request, _), output, reset in zip(pipelines, items, outputs, resets):
         pipeline.frames_since_reset += 1
         wanted = request is not None and request.confidence
-        results.append(StreamResult(output.labels, output.model_ms, output.confidence if wanted else None, reset))
+        confidence = output.confidence if wanted else None
+        results.append(StreamResult(output.labels, output.model_ms, confidence, reset,
+                                    keyframe=output.keyframe, flow=output.flow))
     return results

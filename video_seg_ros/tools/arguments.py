@@ -171,6 +171,40 @@ def add_engine_arguments(parser: argparse.ArgumentParser, what: str = "inference
                              "logits on CUDA, labels on the CPU")
 
 
+def add_temporal_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--temporal``, ``--fusion-weight`` and ``--keyframe-max-interval`` (the engine's temporal
+    settings, :class:`video_seg_ros.temporal.TemporalSettings`; the node's ``temporal_mode``,
+    ``fusion_weight`` and ``keyframe_max_interval``)."""
+    from video_seg_ros.temporal import TEMPORAL_MODES, TemporalSettings
+
+    defaults = TemporalSettings()
+    parser.add_argument("--temporal", choices=TEMPORAL_MODES, default=defaults.mode,
+                        help="off: every frame on its own; fuse: blend each frame's class probabilities "
+                             "with the previous fused ones warped by optical flow; adaptive: run the "
+                             "network on keyframes only and warp the fused probabilities in between")
+    parser.add_argument("--fusion-weight", type=float, default=defaults.fusion_weight, metavar="W",
+                        help="weight 0..1 of the current frame where the warp is trusted (1 = the "
+                             "per-frame result)")
+    parser.add_argument("--keyframe-max-interval", type=positive_int, default=defaults.max_interval,
+                        metavar="N", help="adaptive: run the network at least every N frames")
+
+
+_TEMPORAL_OPTIONS = {"mode": "--temporal", "fusion_weight": "--fusion-weight",
+                     "max_interval": "--keyframe-max-interval"}
+
+
+def temporal_from_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace):
+    """The :func:`add_temporal_arguments` values as validated TemporalSettings; an invalid value is
+    a usage error (exit status 2) naming the option."""
+    from video_seg_ros.temporal import TemporalSettings, TemporalSettingsError
+
+    try:
+        return TemporalSettings.coerce({"mode": args.temporal, "fusion_weight": args.fusion_weight,
+                                        "max_interval": args.keyframe_max_interval})
+    except TemporalSettingsError as error:
+        parser.error(f"{_TEMPORAL_OPTIONS.get(error.field, error.field)} {error.reason}")
+
+
 def command_line(prog: str, argv: list[str] | None) -> str:
     """The command line as reports record it: the program name and its arguments, shell-quoted."""
     return shlex.join([prog, *(sys.argv[1:] if argv is None else argv)])

@@ -50,6 +50,7 @@ from video_seg_ros.tools.arguments import (EXIT_INTERRUPTED, add_deprecated_alia
                                            add_limit_argument, add_output_argument, add_quiet_argument,
                                            command_line, fail, non_negative_int, parse_arguments, usage_error,
                                            parse_size, positive_float)
+from video_seg_ros.tools.arguments import add_temporal_arguments, temporal_from_arguments
 
 NODE_NAME = "video_seg_node"
 MAX_NODE_QUEUE = 100  # the node's frame_queue_size range
@@ -108,8 +109,10 @@ def load_labels(keys: list[str], labels_root: Path, label_format: str) -> dict[s
 
 # ---- processes ------------------------------------------------------------------------------------
 def node_parameters(out_dir: Path, checkpoint: str, device: str, upsample: str, frames: int,
-                    backend: str = "auto", precision: str = "auto") -> Path:
+                    backend: str = "auto", precision: str = "auto",
+                    temporal: dict | None = None) -> Path:
     """config/video_seg.yaml with the replay settings: reliable input, a queue that drops nothing.
+    ``temporal``: node parameters of the temporal fusion (``temporal_mode``, ...) to set as well.
 
     The node's queue holds at most 100 frames; a longer bag loses none as long as the node keeps
     up with ``--replay-hz`` on average.
@@ -121,6 +124,7 @@ def node_parameters(out_dir: Path, checkpoint: str, device: str, upsample: str, 
                    "input_qos": "reliable", "frame_queue_size": min(max(frames, 1), MAX_NODE_QUEUE),
                    "publish_color": False, "publish_overlay": False, "consistency_metric": True,
                    "consistency_stride": 1})
+    values.update(temporal or {})
     path = out_dir / "node_params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
@@ -433,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--replay-hz", type=positive_float, default=5.0,
                         help="frames per second the player sends to the node (default 5)")
     add_engine_arguments(parser, "node", precision=EVALUATION_PRECISION)
+    add_temporal_arguments(parser)
     add_output_argument(parser, "output folder (default outputs/demo; replaced files are overwritten)",
                         default=Path("outputs/demo"))
     parser.add_argument("--video-width", type=non_negative_int, default=1024,
@@ -468,6 +473,10 @@ def _run(argv: list[str] | None) -> int:
         return usage_error(parser, "--labels needs --images or --bag (the synthetic sample has its own labels)")
     if args.max_frame_gap < 1:
         return usage_error(parser, "--max-frame-gap must be at least 1")
+    temporal = temporal_from_arguments(parser, args)
+    # The node's parameter names for the same settings (video_seg_ros/ros/parameters.py).
+    temporal_parameters = {"temporal_mode": temporal.mode, "fusion_weight": temporal.fusion_weight,
+                           "keyframe_max_interval": temporal.max_interval}
     started = time.monotonic()
     out_dir = args.output
     progress = not args.quiet
@@ -496,7 +505,7 @@ def _run(argv: list[str] | None) -> int:
                   f"({info['topics'].get(topic, {}).get('count')} in the bag)")
         frames = info["message_count"]
         params = node_parameters(out_dir, checkpoint_path, args.device, args.upsample, frames,
-                                 args.backend, args.precision)
+                                 args.backend, args.precision, temporal=temporal_parameters)
         domain_id = args.domain_id if args.domain_id is not None else random.SystemRandom().randint(100, 199)
         run = run_pipeline(demo_input, out_dir, params, args.replay_hz, domain_id, args.startup_timeout,
                            progress)
@@ -512,6 +521,7 @@ def _run(argv: list[str] | None) -> int:
         "device": results["node_device"] or args.device, "backend": results["node_backend"],
         "precision": results["node_precision"], "precision_reason": results["node_precision_reason"],
         "cpu": cpu_description(), "replay_hz": args.replay_hz,
+        "temporal": temporal_parameters,
         "domain_id": domain_id,
         "exit_codes": run["exit_codes"], "output": str(out_dir), "results": results,
         "wall_s": time.monotonic() - started,

@@ -21,6 +21,7 @@ from video_seg_ros.tools.arguments import (add_engine_arguments, add_limit_argum
                                            add_quiet_argument, command_line, fail,
                                            non_negative_int, parse_arguments, positive_int,
                                            usage_error)
+from video_seg_ros.tools.arguments import add_temporal_arguments, temporal_from_arguments
 
 PROG = "video-seg-eval"
 
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--markdown", type=Path, default=None,
                         help="also write the printed Markdown summary to this file")
     add_engine_arguments(parser, precision=EVALUATION_PRECISION)
+    add_temporal_arguments(parser)
     add_limit_argument(parser, "evaluate at most N frames (the first ones in sorted order)")
     parser.add_argument("--skip-unreadable", action="store_true",
                         help="report and skip frames (or labels) that cannot be decoded instead of "
@@ -107,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(parser, argv)
     if args.flow_width and args.flow_width < 16:
         return usage_error(parser, "--flow-width must be 0 (full resolution) or at least 16")
+    temporal = temporal_from_arguments(parser, args)
     try:
         options = EvaluationOptions(tc=not args.no_tc, max_frame_gap=args.max_frame_gap,
                                     flow_preset=args.flow_preset, flow_width=args.flow_width or None,
@@ -115,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = FrameFolder(args.images, args.labels, args.label_format, args.limit, args.skip_unreadable)
         engine = SegmentationEngine(args.checkpoint, device=args.device, upsample=args.upsample,
                                     backend=args.backend, precision=args.precision)
+        engine.set_temporal(temporal)
         report = _evaluate_folder(engine, folder, options, save_overlays=args.save_overlays,
                                   save_labels=args.save_labels, progress=not args.quiet,
                                   command=command_line(PROG, argv), checkpoint=str(args.checkpoint))
