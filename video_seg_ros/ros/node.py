@@ -448,7 +448,8 @@ class SegmenterMixin:
             scaled = scale_camera_info(info, frame.width, frame.height)
             scaled.header = header
             publishers["camera_info"].publish(scaled)
-        camera.stats.on_processed((time.monotonic() - pending.received_at) * 1000.0, result.model_ms)
+        camera.stats.on_processed((time.monotonic() - pending.received_at) * 1000.0, result.model_ms,
+                                  keyframe=result.keyframe)
 
         if result.confidence is not None:
             publishers["confidence"].publish(fill_image(Image(), result.confidence, "32FC1", header))
@@ -535,6 +536,8 @@ class SegmenterMixin:
             "last_reject_reason": figures["last_reject_reason"],
             "fps": figures["fps"], "seconds_since_frame": since,
             "latency_p50_ms": figures["latency_p50_ms"], "latency_p95_ms": figures["latency_p95_ms"],
+            "keyframe_latency_p50_ms": figures["keyframe_latency_p50_ms"],
+            "propagated_latency_p50_ms": figures["propagated_latency_p50_ms"],
             "model_p50_ms": figures["model_p50_ms"], "model_p95_ms": figures["model_p95_ms"],
             "resets": figures["resets"],
             **{f"resets_{key}": count for key, count in sorted(figures["resets_by_reason"].items())},

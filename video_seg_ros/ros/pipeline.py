@@ -144,6 +144,8 @@ class StreamStats:
         self.last_reject_reason = ""
         self.last_received_at: float | None = None  # time.monotonic() of the newest frame
         self._latency_ms: deque[float] = deque(maxlen=window)
+        self._keyframe_latency_ms: deque[float] = deque(maxlen=window)
+        self._propagated_latency_ms: deque[float] = deque(maxlen=window)  # frames the network skipped
         self._model_ms: deque[float] = deque(maxlen=window)
         self._done_at: deque[float] = deque(maxlen=window)
         self._fps_window_s = fps_window_s
@@ -173,10 +175,12 @@ class StreamStats:
             self.resets[key] += 1
             self.last_reset_reason = reason
 
-    def on_processed(self, latency_ms: float, model_ms: float, done_at: float | None = None) -> None:
+    def on_processed(self, latency_ms: float, model_ms: float, done_at: float | None = None,
+                     keyframe: bool = True) -> None:
         with self._lock:
             self.processed += 1
             self._latency_ms.append(latency_ms)
+            (self._keyframe_latency_ms if keyframe else self._propagated_latency_ms).append(latency_ms)
             self._model_ms.append(model_ms)
             self._done_at.append(time.monotonic() if done_at is None else done_at)
 
@@ -204,6 +208,8 @@ class StreamStats:
                 "fps": fps,
                 "latency_p50_ms": percentile(self._latency_ms, 50),
                 "latency_p95_ms": percentile(self._latency_ms, 95),
+                "keyframe_latency_p50_ms": percentile(self._keyframe_latency_ms, 50),
+                "propagated_latency_p50_ms": percentile(self._propagated_latency_ms, 50),
                 "model_p50_ms": percentile(self._model_ms, 50),
                 "model_p95_ms": percentile(self._model_ms, 95),
             }
