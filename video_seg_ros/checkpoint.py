@@ -194,6 +194,12 @@ def load_checkpoint(path: str | os.PathLike | None) -> Checkpoint:
             "parameter 'checkpoint'), 'default' for the embedded model, or convert published "
             "weights with `video-seg-import`."
         )
+    if resolved.suffix.lower() == ".onnx":
+        raise CheckpointError(
+            f"{resolved} is an ONNX graph, not a checkpoint: import it first with `video-seg-import --onnx "
+            f"{resolved} -o model.pt` (class table and preprocessing from its metadata or flags; "
+            "docs/byo_model.md) and pass model.pt."
+        )
     try:
         data = torch.load(resolved, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for truncated or foreign files
