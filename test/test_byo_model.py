@@ -338,6 +338,40 @@ def test_class_ids_outside_the_class_table_are_published_unlabelled(tmp, cache):
     assert set(np.unique(labels)) <= {0, 2, IGNORE_ID} and IGNORE_ID in labels
 
 
+def _one_conv_graph(input_name, input_type, middle_name, output_name) -> bytes:
+    """A hand-written ONNX graph: a 1x1 convolution to 19 classes (a Cast first for a float16 input)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = np.random.default_rng(0).standard_normal((19, 3, 1, 1)).astype(np.float32)
+    nodes, x = [], input_name
+    if input_type != TensorProto.FLOAT:
+        nodes.append(helper.make_node("Cast", [input_name], ["as_float"], to=TensorProto.FLOAT))
+        x = "as_float"
+    nodes += [helper.make_node("Conv", [x, "weight"], [middle_name]),
+              helper.make_node("Identity", [middle_name], [output_name])]
+    inputs = [helper.make_tensor_value_info(input_name, input_type, [1, 3, 64, 128])]
+    outputs = [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, [1, 19, 64, 128])]
+    graph = helper.make_graph(nodes, "one_conv", inputs, outputs, [numpy_helper.from_array(weight, "weight")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def test_float16_inputs_and_tensors_already_named_image_or_logits_are_adapted(tmp, cache):
+    from onnx import TensorProto
+
+    cases = {"plain": ("x", TensorProto.FLOAT, "middle", "y"),
+             "float16 input called image": ("image", TensorProto.FLOAT16, "middle", "logits"),
+             "input called logits, inner tensor image": ("logits", TensorProto.FLOAT, "image", "out")}
+    labels = {}
+    for name, case in cases.items():
+        path = tmp / f"one_conv_{len(labels)}.onnx"
+        path.write_bytes(_one_conv_graph(*case))
+        graph_engine = engine(import_onnx(path, label_set="cityscapes", **CENTRED), cache=cache)
+        labels[name] = np.stack([graph_engine.segment(f).labels for f in frames(2)])
+    assert len(np.unique(labels["plain"])) > 3
+    for name in cases:
+        assert np.mean(labels[name] == labels["plain"]) >= 0.999, name
+
+
 # ---- self-describing export -------------------------------------------------------------------------
 def test_export_writes_the_class_table_and_import_rebuilds_the_checkpoint_with_identical_labels(tmp, cache):
     native = tiny_espnet(size=SIZE, channel_order="bgr", mean=(72.0, 82.0, 73.0), std=(45.0, 46.0, 44.0),
@@ -425,6 +459,20 @@ def test_two_training_steps_with_a_torchvision_network(tmp):
     assert engine(trained, backend="torch").segment(frames(1)[0]).labels.shape == FRAME_SIZE[::-1]
 
 
+def test_training_refuses_an_imported_graph_as_init_saying_why(tmp, tiny_onnx, capsys):
+    from test_training import tiny_config, write_config, write_moving_square_sequences
+
+    from video_seg_ros.tools.train import main as train_main
+
+    path, _ = tiny_onnx
+    init = import_onnx(path, label_set="cityscapes", ignore_id=19, size=SIZE).save(tmp / "graph_init.pt")
+    config = tiny_config(write_moving_square_sequences(tmp / "squares_for_graph"), tmp / "graph_run")
+    config["model"] = {"init": str(init)}
+    assert train_main(["--config", str(write_config(tmp / "graph.yaml", config)), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "model.init is an imported ONNX graph, which PyTorch cannot run or train" in err
+
+
 # ---- the tools that take a checkpoint ---------------------------------------------------------------
 def test_video_seg_eval_scores_an_imported_graph_and_names_its_file(tmp, tiny_onnx, cache):
     from test_evaluate import write_sequence_folder
@@ -439,7 +487,7 @@ def test_video_seg_eval_scores_an_imported_graph_and_names_its_file(tmp, tiny_on
                           "--device", "cpu", "--quiet"]) == 0
     summary = json.loads(report.read_text())
     assert summary["backend"] == "openvino" and summary["precision"] == "fp32" and summary["frames"] == 5
-    assert summary["model"].startswith("onnx(")
+    assert summary["model"] == "onnx:tiny_espnet" and summary["checkpoint"] == str(checkpoint)
 
 
 def test_palette_of_a_yaml_class_table_colours_the_labels(tmp):

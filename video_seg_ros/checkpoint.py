@@ -108,7 +108,12 @@ class Checkpoint:
 
     @property
     def model_name(self) -> str:
-        """Short human-readable name, e.g. ``espnet(p=2,q=8)+memory``."""
+        """Short human-readable name, e.g. ``espnet(p=2,q=8)+memory``; ``onnx:<file stem>`` for an
+        imported ONNX graph."""
+        if self.arch == "onnx" and self.source.get("weights_file"):
+            kind = self.arch_kwargs.get("output", "logits")
+            suffix = "" if kind == "logits" else f"({kind})"
+            return f"onnx:{Path(self.source['weights_file']).stem}{suffix}"
         args = ",".join(f"{k}={v}" for k, v in sorted(self.arch_kwargs.items()) if k != "num_classes")
         name = f"{self.arch}({args})" if args else self.arch
         return name + ("+memory" if self.memory else "")

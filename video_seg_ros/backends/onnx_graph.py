@@ -204,12 +204,14 @@ def adapt_graph(data: bytes, output_kind: str, output_name: str, input_size: tup
     model = _with_input_size(model, input_size)
     graph = model.graph
     out = output_info(model, output_name, input_size)
-    # Tensors already called "image" or "logits" (other than the input and the output) step aside.
+    # Tensors already called "image" (other than a float input of that name) or "logits" step aside;
+    # no other tensor is renamed, so references from subgraphs stay valid.
     taken = {name for node in graph.node for name in (*node.input, *node.output)}
-    taken |= {t.name for t in graph.initializer} | {v.name for v in graph.input}
+    taken |= {t.name for t in graph.initializer} | {v.name for v in (*graph.input, *graph.output)}
     input_name = image.name
-    for name, keep in ((IMAGE, input_name), (LOGITS, output_name)):
-        if name in taken and name != keep:
+    keep_input = image.elem_type == TensorProto.FLOAT and input_name == IMAGE
+    for name in (IMAGE, LOGITS):
+        if name in taken and not (name == IMAGE and keep_input):
             _rename(graph, name, f"{name}__vsr")
             input_name = f"{name}__vsr" if input_name == name else input_name
             output_name = f"{name}__vsr" if output_name == name else output_name
@@ -223,14 +225,15 @@ def adapt_graph(data: bytes, output_kind: str, output_name: str, input_size: tup
         nodes.append(helper.make_node(op, inputs, [f"vsr_{name}"], name=f"vsr_{name}", **attributes))
         return f"vsr_{name}"
 
-    # Input: "image", float32, with the graph's batch dimension and the fixed height and width.
-    if image.elem_type == TensorProto.FLOAT:
-        if input_name != IMAGE:
-            _rename(graph, input_name, IMAGE)
-    else:  # float16/float64/bfloat16 graphs: the engine feeds float32, a Cast converts
+    # Input: "image", float32, with the graph's batch dimension and the fixed height and width; an
+    # Identity (a Cast for float16/float64 graphs) hands it to the graph's own input name.
+    if input_name != IMAGE:
         original = next(v for v in graph.input if v.name == input_name)
-        graph.node.insert(0, helper.make_node("Cast", [IMAGE], [input_name], name="vsr_input_cast",
-                                              to=image.elem_type))
+        if image.elem_type == TensorProto.FLOAT:
+            handover = helper.make_node("Identity", [IMAGE], [input_name], name="vsr_input")
+        else:
+            handover = helper.make_node("Cast", [IMAGE], [input_name], name="vsr_input", to=image.elem_type)
+        graph.node.insert(0, handover)
         original.name = IMAGE
         original.type.tensor_type.elem_type = TensorProto.FLOAT
     spatial = out.dims[-2:] if out.dims is not None else (None, None)
@@ -275,10 +278,7 @@ def adapt_graph(data: bytes, output_kind: str, output_name: str, input_size: tup
         if output_kind == "probabilities":
             floor = add("Max", [result, constant("eps", np.array(1e-12, np.float32))], "floor")
             result = add("Log", [floor], "log")
-    if result == output_name:
-        _rename(graph, output_name, LOGITS)
-    else:
-        nodes.append(helper.make_node("Identity", [result], [LOGITS], name="vsr_logits"))
+    nodes.append(helper.make_node("Identity", [result], [LOGITS], name="vsr_logits"))
     graph.node.extend(nodes)
     graph.initializer.extend(constants)
     del graph.output[:]
@@ -286,7 +286,7 @@ def adapt_graph(data: bytes, output_kind: str, output_name: str, input_size: tup
     channels = num_classes + 1 if output_kind == "class_ids" else (out.dims[1] if out.dims else None)
     shape = [batch.dim_value or batch.dim_param or None, channels or "classes", height, width]
     graph.output.append(helper.make_tensor_value_info(LOGITS, TensorProto.FLOAT, shape))
-    del graph.value_info[:]  # stale after the renames; backends infer shapes themselves
+    del graph.value_info[:]  # may be stale after a rename; backends infer shapes themselves
     try:
         return model.SerializeToString()
     except ValueError as error:  # protobuf's 2 GB limit
