@@ -108,7 +108,12 @@ class Checkpoint:
 
     @property
     def model_name(self) -> str:
-        """Short human-readable name, e.g. ``espnet(p=2,q=8)+memory``."""
+        """Short human-readable name, e.g. ``espnet(p=2,q=8)+memory``; ``onnx:<file stem>`` for an
+        imported ONNX graph."""
+        if self.arch == "onnx" and self.source.get("weights_file"):
+            kind = self.arch_kwargs.get("output", "logits")
+            suffix = "" if kind == "logits" else f"({kind})"
+            return f"onnx:{Path(self.source['weights_file']).stem}{suffix}"
         args = ",".join(f"{k}={v}" for k, v in sorted(self.arch_kwargs.items()) if k != "num_classes")
         name = f"{self.arch}({args})" if args else self.arch
         return name + ("+memory" if self.memory else "")
@@ -193,6 +198,12 @@ def load_checkpoint(path: str | os.PathLike | None) -> Checkpoint:
             f"checkpoint not found: {resolved}. Pass an existing file (CLI --checkpoint, node "
             "parameter 'checkpoint'), 'default' for the embedded model, or convert published "
             "weights with `video-seg-import`."
+        )
+    if resolved.suffix.lower() == ".onnx":
+        raise CheckpointError(
+            f"{resolved} is an ONNX graph, not a checkpoint: import it first with `video-seg-import --onnx "
+            f"{resolved} -o model.pt` (class table and preprocessing from its metadata or flags; "
+            "docs/byo_model.md) and pass model.pt."
         )
     try:
         data = torch.load(resolved, map_location="cpu", weights_only=True)

@@ -179,6 +179,8 @@ class SegmentationEngine:
         else:
             _check_model_device(model, self.device)
         self.model = model
+        if getattr(model, "output_kind", "logits") == "class_ids":
+            self.upsample = "labels"  # an imported graph's class ids resize nearest; no scores to blend
         self._temporal = bool(getattr(model, "is_temporal", False))
         base = getattr(model, "base", model)
         self.cpu_mkldnn = getattr(base, "prefers_mkldnn", True) if cpu_mkldnn is None else cpu_mkldnn
@@ -215,6 +217,9 @@ class SegmentationEngine:
             return self._openvino_runner()
         if backend == "tensorrt":
             return self._tensorrt_runner()
+        if not getattr(self.model, "runs_in_torch", True):
+            raise BackendError(f"{self.model_name} is an imported ONNX graph, which PyTorch cannot run: use "
+                               "backend 'openvino' (CPU), 'tensorrt' (CUDA) or 'auto'.")
         return TorchRunner(self.model, self.device, self.precision, self.cpu_mkldnn, owned=owned)
 
     def _make_runner(self, backend: str, owned: bool):
@@ -224,6 +229,8 @@ class SegmentationEngine:
         if backend != "auto":
             return self._runner_for(backend, owned)
         # auto
+        if not getattr(self.model, "runs_in_torch", True):
+            return self._graph_runner()  # an imported graph has no torch fallback
         if self.device.type == "cuda":
             return torch_runner()
         if not owned:
@@ -260,6 +267,8 @@ class SegmentationEngine:
             raise ValueError("calibration needs at least one frame")
 
         def reference():
+            if not getattr(self.model, "runs_in_torch", True):
+                return self._graph_reference()
             return TorchRunner(self.model, self.device, "fp32", self.cpu_mkldnn, owned=owned)
 
         def rebuild(precision: str):
@@ -280,7 +289,7 @@ class SegmentationEngine:
         except PrecisionError:
             raise
         except Exception as error:
-            if backend != "auto" or self.backend == "torch":
+            if backend != "auto" or self.backend == "torch" or not getattr(self.model, "runs_in_torch", True):
                 if self.backend == "torch":
                     raise
                 raise BackendError(f"{self.backend} could not run the converted model: "
@@ -326,6 +335,36 @@ class SegmentationEngine:
 
         return TensorRtRunner(self.model, self._input_size, self.precision, self.device,
                               cache_dir=self._cache_dir, fingerprint_extra=self._fingerprint_extra())
+
+    def _graph_runner(self):
+        """An imported ONNX graph under backend ``auto``: OpenVINO on the CPU, TensorRT on CUDA."""
+        from video_seg_ros.backends.onnx_graph import GraphError
+
+        try:
+            return self._tensorrt_runner() if self.device.type == "cuda" else self._openvino_runner()
+        except GraphError:
+            raise  # a damaged graph: its message says what to do
+        except BackendError as error:
+            raise BackendError(f"{error} (an imported ONNX graph runs on OpenVINO with device 'cpu', or on "
+                               "TensorRT with device 'cuda'; PyTorch cannot run it)") from error
+
+    def _graph_reference(self):
+        """The precision gate's fp32 reference for an imported graph (no torch module): OpenVINO fp32
+        on the CPU, its results moved to the engine's device; TensorRT fp32 where OpenVINO is missing."""
+        from video_seg_ros.backends.onnx_graph import HostRunner
+        from video_seg_ros.backends.openvino_backend import OpenVinoRunner
+        from video_seg_ros.backends.tensorrt_backend import TensorRtRunner
+
+        try:
+            runner = OpenVinoRunner(self.model, self._input_size, "fp32", cache_dir=self._cache_dir,
+                                    threads=torch.get_num_threads(), flush_denormals=True,
+                                    fingerprint_extra=self._fingerprint_extra())
+        except BackendError:
+            if self.device.type != "cuda":
+                raise
+            return TensorRtRunner(self.model, self._input_size, "fp32", self.device,
+                                  cache_dir=self._cache_dir, fingerprint_extra=self._fingerprint_extra())
+        return runner if self.device.type == "cpu" else HostRunner(runner, self.device)
 
     # ---- properties the node and the tools report ---------------------------------------------
     @property

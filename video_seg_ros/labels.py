@@ -169,3 +169,70 @@ def overlay(frame_rgb: np.ndarray, labels: np.ndarray, palette_table: np.ndarray
     if unlabelled.any():
         blended[unlabelled] = frame_rgb[unlabelled]
     return blended
+
+
+def default_colour(index: int) -> tuple[int, int, int]:
+    """A distinct colour for class ``index`` of a table that gives none (PASCAL VOC's bit pattern)."""
+    colour = [0, 0, 0]
+    value = index + 1  # 0 would be black, the colour of unlabelled pixels
+    for shift in range(7, -1, -1):
+        for channel in range(3):
+            colour[channel] |= ((value >> channel) & 1) << shift
+        value >>= 3
+    return tuple(colour)
+
+
+def read_class_table(path) -> tuple[LabelSet, int | None]:
+    """A class table from a YAML file; returns the label set and its ``ignore_id``.
+
+    Format (``color`` optional: a distinct colour is chosen)::
+
+        name: my_classes            # the label set's name (default: the file name)
+        ignore_id: 255              # optional: the model's output id/channel that means "no class"
+        classes:
+          - {name: floor, color: [128, 64, 128]}
+          - {name: wall, color: [70, 70, 70]}
+
+    Class ``i`` of the list is published as id ``i``; at most 255 classes (255 is unlabelled).
+    Raises ValueError naming what is wrong.
+    """
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise ValueError(f"cannot read the class table {path}: {error.strerror or error}") from error
+    except yaml.YAMLError as error:
+        raise ValueError(f"the class table {path} is not valid YAML: {str(error).splitlines()[0]}") from error
+    if not isinstance(data, dict) or not isinstance(data.get("classes"), list) or not data["classes"]:
+        raise ValueError(f"the class table {path} needs a non-empty 'classes' list of {{name, color}} "
+                         "entries")
+    unknown = set(data) - {"name", "ignore_id", "classes"}
+    if unknown:
+        raise ValueError(f"the class table {path} has unknown keys {sorted(unknown)}; known: name, "
+                         "ignore_id, classes")
+    if len(data["classes"]) > IGNORE_ID:
+        raise ValueError(f"the class table {path} has {len(data['classes'])} classes; at most {IGNORE_ID} "
+                         f"fit in the published uint8 ids ({IGNORE_ID} = unlabelled)")
+    names, palette = [], []
+    for index, entry in enumerate(data["classes"]):
+        entry = {"name": entry} if isinstance(entry, str) else entry
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise ValueError(f"class {index} of {path} needs a 'name' (a string), got {entry!r}")
+        colour = entry.get("color", entry.get("colour"))
+        if colour is None:
+            colour = default_colour(index)
+        if (not isinstance(colour, (list, tuple)) or len(colour) != 3
+                or not all(isinstance(c, int) and 0 <= c <= 255 for c in colour)):
+            raise ValueError(f"class {index} ({entry['name']}) of {path}: color must be [r, g, b] in 0..255, "
+                             f"got {colour!r}")
+        names.append(entry["name"])
+        palette.append(tuple(int(c) for c in colour))
+    ignore_id = data.get("ignore_id")
+    if ignore_id is not None and (not isinstance(ignore_id, int) or not 0 <= ignore_id <= IGNORE_ID):
+        raise ValueError(f"ignore_id of {path} must be an id in 0..{IGNORE_ID}, got {ignore_id!r}")
+    name = str(data.get("name") or path.stem)
+    return LabelSet(name=name, names=tuple(names), palette=tuple(palette)), ignore_id

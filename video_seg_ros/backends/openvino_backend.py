@@ -28,7 +28,8 @@ from torch import nn
 
 from video_seg_ros.backends import BackendError, default_cache_dir, model_fingerprint
 from video_seg_ros.backends.onnx_export import (GRAPH_VERSION, IMAGE, LOGITS, STATE_INPUTS, STATE_OUTPUTS,
-                                                export_onnx, is_temporal)
+                                                is_temporal)
+from video_seg_ros.backends.onnx_graph import run_in_fixed_batches, write_graph
 
 LOG = logging.getLogger(__name__)
 
@@ -98,8 +99,12 @@ class OpenVinoRunner:
         self._requests: dict[int, object] = {}
         if self.temporal:
             self._state_shapes = [tuple(self._ov_model.input(name).get_shape()) for name in STATE_INPUTS]
+        # An imported graph may fix its batch size (torch.onnx.export's default: 1): frames run in chunks.
+        batch_dim = self._ov_model.input(IMAGE).get_partial_shape()[0]
+        self._fixed_batch = None if self.temporal or batch_dim.is_dynamic else batch_dim.get_length()
         try:
-            self._request(1)  # compile now: a model OpenVINO cannot compile fails at start-up
+            # compile now: a model OpenVINO cannot compile fails at start-up
+            self._request(self._fixed_batch or 1)
         except RuntimeError as error:
             raise BackendError(f"OpenVINO could not compile the converted model: {str(error)[:300]}") from error
 
@@ -115,7 +120,7 @@ class OpenVinoRunner:
                 LOG.warning("ignoring unreadable OpenVINO cache entry %s (%s); converting again",
                             self.cache_path, error)
         with tempfile.TemporaryDirectory(prefix="video_seg_ov_") as tmp:
-            onnx_path = export_onnx(model, self.input_size, Path(tmp) / "model.onnx",
+            onnx_path = write_graph(model, self.input_size, Path(tmp) / "model.onnx",
                                     dynamic_batch=not self.temporal)
             try:
                 ov_model = self._ov.convert_model(str(onnx_path))
@@ -165,6 +170,8 @@ class OpenVinoRunner:
     def run(self, batch: torch.Tensor, memories: list[ExplicitMemory] | None = None) -> torch.Tensor:
         """Logits (N, C, h, w) of a normalised CPU batch; temporal models update ``memories``."""
         image = batch.detach().contiguous().numpy()
+        if self._fixed_batch and len(image) != self._fixed_batch:
+            return run_in_fixed_batches(self.run, batch, self._fixed_batch)
         if not self.temporal:
             outputs = self._request(len(image)).infer({IMAGE: image})
             return torch.from_numpy(outputs[LOGITS])

@@ -21,7 +21,8 @@ from torch import nn
 
 from video_seg_ros.backends import BackendError, default_cache_dir, model_fingerprint
 from video_seg_ros.backends.onnx_export import (GRAPH_VERSION, IMAGE, LOGITS, STATE_INPUTS, STATE_OUTPUTS,
-                                                export_onnx, is_temporal)
+                                                is_temporal)
+from video_seg_ros.backends.onnx_graph import run_in_fixed_batches, write_graph
 
 #: Largest batch a per-frame engine is built for (larger batches run in chunks).
 MAX_BATCH = 8
@@ -81,6 +82,9 @@ class TensorRtRunner:
             self._context = self._engine.create_execution_context()
         if self.temporal:
             self._state_shapes = [tuple(self._engine.get_tensor_shape(name)) for name in STATE_INPUTS]
+        # An imported graph may fix its batch size (torch.onnx.export's default: 1): frames run in chunks.
+        fixed = int(self._engine.get_tensor_shape(IMAGE)[0])
+        self._fixed_batch = fixed if fixed > 0 and not self.temporal else None
 
     def _build(self, model: nn.Module, precision: str, plan_path: Path) -> None:
         trt = self._trt
@@ -88,7 +92,7 @@ class TensorRtRunner:
         network = builder.create_network(0)  # explicit batch (the only mode in TensorRT >= 10)
         parser = trt.OnnxParser(network, self._logger)
         with tempfile.TemporaryDirectory(prefix="video_seg_trt_") as tmp:
-            onnx_path = export_onnx(model, self.input_size, Path(tmp) / "model.onnx",
+            onnx_path = write_graph(model, self.input_size, Path(tmp) / "model.onnx",
                                     dynamic_batch=not self.temporal)
             if not parser.parse_from_file(str(onnx_path)):
                 errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -102,7 +106,7 @@ class TensorRtRunner:
                                    "engine with trtexec from `video-seg-export`'s ONNX file, or use "
                                    "precision 'fp32'.")
             config.set_flag(getattr(trt.BuilderFlag, flag))
-        if not self.temporal:
+        if not self.temporal and network.get_input(0).shape[0] < 0:  # a free batch needs a profile
             width, height = self.input_size
             profile = builder.create_optimization_profile()
             profile.set_shape(IMAGE, (1, 3, height, width), (1, 3, height, width), (MAX_BATCH, 3, height, width))
@@ -133,6 +137,8 @@ class TensorRtRunner:
 
     def run(self, batch: torch.Tensor, memories: list[TensorMemory] | None = None) -> torch.Tensor:
         batch = batch.detach().float().contiguous()
+        if self._fixed_batch and len(batch) != self._fixed_batch:
+            return run_in_fixed_batches(self.run, batch, self._fixed_batch)
         if not self.temporal:
             chunks = [self._execute({IMAGE: chunk.contiguous()}, (LOGITS,))[LOGITS]
                       for chunk in batch.split(MAX_BATCH)]

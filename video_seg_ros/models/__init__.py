@@ -62,3 +62,4 @@ def _import_model_modules() -> None:
     # Importing registers the builders; done lazily so `import video_seg_ros` stays light
     # (pspnet pulls in torchvision).
     from video_seg_ros.models import cgnet, dicenet, espnet, pspnet  # noqa: F401
+    from video_seg_ros.models import onnx_graph, torchvision_models  # noqa: F401 (bring your own model)

@@ -9,7 +9,11 @@ The graph takes the normalised frame (the checkpoint's preprocessing, done by th
 returns logits; memory checkpoints add their memory as explicit inputs and outputs
 (:mod:`video_seg_ros.backends.onnx_export` describes both). Before writing, the graph runs in
 OpenVINO (fp32) on check frames next to the PyTorch model; the maximum logit difference and the
-label agreement are printed, and nothing is written when they miss the tolerances.
+label agreement are printed, and nothing is written when they miss the tolerances. The file carries
+the checkpoint's class table, output mapping and preprocessing in ``video_seg_ros.*``
+metadata_props, so ``video-seg-import --onnx`` rebuilds the same checkpoint with no flags
+(:func:`video_seg_ros.byo_model.graph_metadata`). A checkpoint imported from ONNX is written as its
+graph adapted to the image -> logits contract, with the same metadata.
 Argument parsing and printing only; the work is in :mod:`video_seg_ros.backends.onnx_export`.
 """
 
@@ -91,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint = load_checkpoint(args.checkpoint)
     except CheckpointError as error:
         return fail(PROG, error)
+    if checkpoint.arch == "onnx":
+        return _export_imported_graph(parser, checkpoint, args, argv)
     pre = checkpoint.preprocessing
     size = args.size or (pre.input_width, pre.input_height)
     checkpoint.preprocessing = dataclasses.replace(pre, input_width=size[0], input_height=size[1])
@@ -133,8 +139,42 @@ def main(argv: list[str] | None = None) -> int:
         partial.unlink(missing_ok=True)
         return fail(PROG, f"the exported graph differs from the PyTorch model beyond the tolerance; "
                           f"nothing written to {output}")
+    _write_metadata(partial, checkpoint)
     os.replace(partial, output)
     print(f"wrote {output}")
+    return 0
+
+
+def _write_metadata(path: Path, checkpoint) -> None:
+    from video_seg_ros.backends.onnx_graph import write_metadata
+    from video_seg_ros.byo_model import graph_metadata
+
+    write_metadata(path, graph_metadata(checkpoint))
+
+
+def _export_imported_graph(parser, checkpoint, args, argv) -> int:
+    """An ``arch: onnx`` checkpoint: its graph adapted to image -> logits, with the metadata."""
+    from video_seg_ros.backends.onnx_graph import GraphError, write_graph
+    from video_seg_ros.models import build_from_checkpoint
+
+    pre = checkpoint.preprocessing
+    size = (pre.input_width, pre.input_height)
+    if (args.size and tuple(args.size) != size) or args.dynamic_batch or args.dynamic_size or args.batch != 1:
+        return usage_error(parser, f"an imported ONNX graph is written as it was imported "
+                                   f"({size[0]}x{size[1]}, its own batch size): drop "
+                                   "--size/--batch/--dynamic-batch/--dynamic-size")
+    output = Path(args.output)
+    partial = output.with_name(output.name + ".partial")
+    try:
+        write_graph(build_from_checkpoint(checkpoint), size, partial)
+        _write_metadata(partial, checkpoint)
+    except (GraphError, OSError) as error:
+        partial.unlink(missing_ok=True)
+        return fail(PROG, error)
+    os.replace(partial, output)
+    print(f"{command_line(PROG, argv)}\n{checkpoint.model_name}: an imported ONNX graph, written adapted to "
+          f"image (N, 3, {size[1]}, {size[0]}) -> logits (not re-checked: there is no PyTorch model to "
+          f"compare with)\nwrote {output}")
     return 0
 
 

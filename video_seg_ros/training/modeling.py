@@ -92,6 +92,7 @@ def build_student(config: dict) -> tuple[nn.Module, dict[str, Any]]:
     """
     model_cfg = config["model"]
     init = load_checkpoint(model_cfg["init"]) if model_cfg.get("init") else None
+    _refuse_imported_graph(init, "model.init")
     arch = model_cfg.get("arch") or init.arch
     label_set = model_cfg.get("label_set") or (init.label_set if init else "cityscapes")
     if init is not None and not model_cfg.get("arch"):
@@ -177,6 +178,7 @@ def build_teacher(config: dict, student_meta: dict
                          "preprocessing, input_size")
     if teacher_cfg.get("checkpoint"):
         checkpoint = load_checkpoint(teacher_cfg["checkpoint"])
+        _refuse_imported_graph(checkpoint, "teacher.checkpoint")
         model = build_from_checkpoint(checkpoint)
         preprocessing, output_to_class = checkpoint.preprocessing, checkpoint.output_to_class
     elif teacher_cfg.get("arch"):
@@ -198,6 +200,12 @@ def build_teacher(config: dict, student_meta: dict
                              "distillation needs a teacher trained on the same label set")
     model.eval().requires_grad_(False)
     return model, preprocessing, student_channels, teacher_channels
+
+
+def _refuse_imported_graph(checkpoint: Checkpoint | None, key: str) -> None:
+    if checkpoint is not None and checkpoint.arch == "onnx":
+        raise ValueError(f"{key} is an imported ONNX graph, which PyTorch cannot run or train; use a "
+                         "checkpoint of a package or torchvision:NAME architecture (docs/byo_model.md)")
 
 
 def set_batchnorm_eval(model: nn.Module) -> None:
