@@ -111,3 +111,22 @@ def machine_description() -> str:
     load = " ".join(f"{value:.2f}" for value in os.getloadavg())
     return (f"load average {load}; CPU {cpu_description()}, {os.cpu_count()} cores, torch threads "
             f"{torch.get_num_threads()}; torch {torch.__version__}, openvino {openvino_version}")
+
+
+class NodeOutputs:
+    """What a benchmark hears from one node: when each labels message arrived (by header stamp)
+    and the node's diagnostics values, newest last. ``on_labels`` / ``on_diagnostics`` are the
+    subscription callbacks."""
+
+    def __init__(self, node_name: str):
+        self.node_name = node_name
+        self.arrivals: dict[tuple[int, int], float] = {}
+        self.diagnostics: list[dict[str, str]] = []
+
+    def on_labels(self, msg) -> None:
+        self.arrivals.setdefault((msg.header.stamp.sec, msg.header.stamp.nanosec), time.perf_counter())
+
+    def on_diagnostics(self, msg) -> None:
+        for status in msg.status:
+            if status.name.lstrip("/").startswith(f"{self.node_name}:"):
+                self.diagnostics.append({kv.key: kv.value for kv in status.values})

@@ -179,19 +179,12 @@ def main(argv=None) -> int:
             pass
 
     threading.Thread(target=spin, daemon=True).start()
-    arrivals: dict[tuple[int, int], float] = {}
-    diagnostics: list[dict[str, str]] = []
+    from bench_utils import NodeOutputs
 
-    def on_labels(msg):
-        arrivals.setdefault((msg.header.stamp.sec, msg.header.stamp.nanosec), time.perf_counter())
-
-    def on_diagnostics(msg):
-        for status in msg.status:
-            if status.name.lstrip("/").startswith(f"{args.node_name}:"):
-                diagnostics.append({kv.key: kv.value for kv in status.values})
-
-    bench.create_subscription(Image, f"/{args.node_name}/labels", on_labels, 10)
-    bench.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
+    outputs = NodeOutputs(args.node_name)
+    arrivals, diagnostics = outputs.arrivals, outputs.diagnostics
+    bench.create_subscription(Image, f"/{args.node_name}/labels", outputs.on_labels, 10)
+    bench.create_subscription(DiagnosticArray, "/diagnostics", outputs.on_diagnostics, 10)
     publisher = bench.create_publisher(Image, args.topic, qos_profile_sensor_data)
     messages = [fill_image(Image(), frame, "rgb8") for frame in frames]
     # Stamps 50 ms apart from the wall clock: unique across runs, and as dense as a 20 Hz camera.

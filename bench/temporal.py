@@ -78,14 +78,18 @@ class Clip:
 
 
 def policies(weights: list[float], intervals: list[int]) -> list[tuple[str, dict]]:
-    rows = [("off", {"mode": "off"})]
-    rows += [(f"fuse {w:g}", {"mode": "fuse", "fusion_weight": w}) for w in weights]
-    rows.append(("fuse 0.7 +conf", {"mode": "fuse", "fusion_weight": 0.7, "confidence_weighting": True}))
+    """Rows: the defaults of each mode first, then what each default setting buys (one changed at a time)."""
+    rows = [("off", {"mode": "off"}), ("fuse (defaults)", {"mode": "fuse"})]
+    rows += [(f"fuse, weight {w:g}", {"mode": "fuse", "fusion_weight": w}) for w in weights]
+    rows.append(("fuse, no stickiness (plain blend)", {"mode": "fuse", "label_stickiness": 0.0}))
+    rows.append(("fuse, flow at 512 px", {"mode": "fuse", "flow_width": 512}))
+    rows.append(("fuse, probabilities at the network output size", {"mode": "fuse", "probability_width": 0}))
+    rows.append(("fuse, +confidence weighting", {"mode": "fuse", "confidence_weighting": True}))
     for k in intervals:
-        rows.append((f"adaptive {k}", {"mode": "adaptive", "fusion_weight": 0.7, "max_interval": k}))
+        rows.append((f"adaptive {k}" + (" (defaults)" if k == TemporalSettings().max_interval else ""),
+                     {"mode": "adaptive", "max_interval": k}))
     for k in intervals:
-        blind = {"mode": "adaptive", "fusion_weight": 0.7, "max_interval": k, **BLIND}
-        rows.append((f"every {k} (blind)", blind))
+        rows.append((f"every {k} (blind)", {"mode": "adaptive", "max_interval": k, **BLIND}))
     return rows
 
 
@@ -248,9 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="frame rate for the stamps (Cityscapes: 17 Hz)")
     add_engine_arguments(parser)
     parser.set_defaults(precision="fp32")  # the figures should not depend on what auto picks on this CPU
-    parser.add_argument("--weights", type=float, nargs="+", default=[0.5, 0.7, 0.85],
+    parser.add_argument("--weights", type=float, nargs="+", default=[0.6],
                         help="fusion weights of the 'fuse' rows")
-    parser.add_argument("--intervals", type=int, nargs="+", default=[2, 3, 5],
+    parser.add_argument("--intervals", type=int, nargs="+", default=[2, 4],
                         help="max intervals of the 'adaptive' and 'every k (blind)' rows")
     parser.add_argument("--synthetic-seeds", type=int, nargs="*", default=[11, 12],
                         help="synthetic street sequences (none: skip)")

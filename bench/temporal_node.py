@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_utils import benchmark_checkpoint, machine_description, require_shared
+from bench_utils import NodeOutputs, benchmark_checkpoint, machine_description, require_shared
 
 PROG = "bench/temporal_node.py"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seconds", type=float, default=30.0, help="publishing time per mode")
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--precision", default="auto")
-    parser.add_argument("--keyframe-max-interval", type=int, default=4)
+    parser.add_argument("--keyframe-max-interval", type=int, default=None,
+                        help="the node's keyframe_max_interval (default: the node's own default)")
     parser.add_argument("--startup-timeout", type=float, default=300.0)
     return parser
 
@@ -114,24 +115,16 @@ def run_mode(mode, args, env, checkpoint, messages, probe, workdir, Image, Diagn
     node_command = [sys.executable, "-m", "video_seg_ros.ros.node", "--ros-args", "-r", f"__node:={name}",
                     "-r", f"image:={topic}", "-p", f"checkpoint:={checkpoint}", "-p", "device:=cpu",
                     "-p", f"backend:={args.backend}", "-p", f"precision:={args.precision}",
-                    "-p", f"temporal_mode:='{mode}'", "-p", f"keyframe_max_interval:={args.keyframe_max_interval}",
-                    "-p", "diagnostics_period_s:=0.5", "-p", "consistency_stride:=5"]
+                    "-p", f"temporal_mode:='{mode}'", "-p", "diagnostics_period_s:=0.5", "-p", "consistency_stride:=5"]
+    if args.keyframe_max_interval is not None:
+        node_command += ["-p", f"keyframe_max_interval:={args.keyframe_max_interval}"]
     with open(log_path, "wb") as log:
         node = subprocess.Popen(node_command, env=env, cwd=str(REPO_ROOT), stdout=log, stderr=subprocess.STDOUT)
-    arrivals: dict[tuple[int, int], float] = {}
+    outputs = NodeOutputs(name)
+    arrivals, diagnostics = outputs.arrivals, outputs.diagnostics
     sent: dict[tuple[int, int], float] = {}
-    diagnostics: list[dict] = []
-
-    def on_labels(msg):
-        arrivals.setdefault((msg.header.stamp.sec, msg.header.stamp.nanosec), time.perf_counter())
-
-    def on_diagnostics(msg):
-        for status in msg.status:
-            if status.name.lstrip("/").startswith(f"{name}:"):
-                diagnostics.append({kv.key: kv.value for kv in status.values})
-
-    labels_sub = probe.create_subscription(Image, f"/{name}/labels", on_labels, 10)
-    diag_sub = probe.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
+    labels_sub = probe.create_subscription(Image, f"/{name}/labels", outputs.on_labels, 10)
+    diag_sub = probe.create_subscription(DiagnosticArray, "/diagnostics", outputs.on_diagnostics, 10)
     publisher = probe.create_publisher(Image, topic, sensor_qos)
     try:
         deadline = time.monotonic() + args.startup_timeout

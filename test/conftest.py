@@ -38,6 +38,18 @@ def tiny_espnet_checkpoint(tmp_path_factory):
     return make_tiny_espnet_checkpoint(tmp_path_factory.mktemp("tiny_espnet") / "tiny_espnet.pt")
 
 
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """Tiny models: one thread is fastest and immune to a busy machine's scheduling. Modules use
+    it with ``pytestmark = pytest.mark.usefixtures("single_torch_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def private_conversion_cache(tmp_path_factory):
     """Engines built without ``cache_dir`` (also in node processes, which inherit the variable)

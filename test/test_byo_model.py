@@ -545,8 +545,10 @@ def byo_nodes(tmp_path_factory):
     graph = damaged.state_dict["graph"]
     damaged.state_dict = {"graph": graph[: len(graph) // 3].clone()}
     damaged_path = damaged.save(tmp / "damaged.pt")
+    # Fusion on: the package's temporal layer sits on the user's network (a camera's first frame has
+    # no history, so its fused labels are the per-frame ones compared below).
     common = {"device": "cpu", "precision": "fp32", "input_qos": "reliable", "frame_queue_size": 2,
-              "consistency_metric": False, "cpu_threads": 1}
+              "consistency_metric": False, "cpu_threads": 1, "temporal_mode": "fuse"}
     nodes = {}
     starts = (("byo_torchvision", native_path, "torch"), ("byo_onnx", imported_path, "auto"),
               ("byo_damaged", damaged_path, "auto"))

@@ -107,15 +107,7 @@ def test_stats_percentiles_fps_and_new_rejections():
     assert second["new_rejected"] == second["new_received"] == 0  # WARN clears once the bad input stops
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_torch_thread():
-    """The models here are tiny: one thread is fastest, and immune to a busy machine's scheduling."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")

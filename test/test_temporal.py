@@ -32,13 +32,7 @@ HEIGHT, WIDTH = 48, 96
 COUNT_ONLY = {"keyframe_confidence": 0.0, "keyframe_motion": 0.0, "max_interval_s": 0.0}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_torch_thread():
-    """Tiny models: one thread is fastest and immune to a busy machine's scheduling."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +86,8 @@ def noise(seed: int) -> np.ndarray:
 # ---- fusion ------------------------------------------------------------------------------------
 def test_fusing_a_static_scene_converges_to_the_per_frame_probabilities(confident):
     frame = panning(1)[0]
-    fused, per_frame = engine(confident, {"mode": "fuse", "fusion_weight": 0.7}), engine(confident)
+    fused = engine(confident, {"mode": "fuse", "fusion_weight": 0.7, "label_stickiness": 0.0})  # plain blend
+    per_frame = engine(confident)
     expected = per_frame.segment(frame, with_confidence=True)
     first = fused.segment(frame, with_confidence=True)
     assert np.array_equal(first.labels, expected.labels)  # no history yet: the per-frame result
@@ -133,6 +128,27 @@ def test_fusion_reduces_label_flicker_on_a_noisy_static_scene(confident):
         changed[name] = np.mean([np.mean(a != b) for a, b in zip(labels, labels[1:])])
     assert changed["off"] > 0.1, "the per-frame labels do not flicker: the test would prove nothing"
     assert changed["fuse"] < 0.7 * changed["off"], changed
+
+
+def test_label_stickiness_holds_labels_against_noise_in_fuse_mode_only(confident):
+    """Hysteresis on top of the blend: fewer label changes on a noisy still scene; the adaptive
+    clock's keyframes are not held back (they correct what propagation let drift)."""
+    rng = np.random.default_rng(4)
+    still = panning(1)[0].astype(np.float32)
+    frames = [np.clip(still + rng.normal(0.0, 12.0, still.shape), 0, 255).astype(np.uint8) for _ in range(10)]
+
+    def label_changes(temporal):
+        segmenter = engine(confident, temporal)
+        labels = [segmenter.segment(frame).labels for frame in frames]
+        return np.mean([np.mean(a != b) for a, b in zip(labels, labels[1:])]), labels
+
+    plain, _ = label_changes({"mode": "fuse", "fusion_weight": 0.6, "label_stickiness": 0.0})
+    sticky, _ = label_changes({"mode": "fuse", "fusion_weight": 0.6, "label_stickiness": 0.2})
+    assert plain > 0.02, "the plain blend does not flicker here: the test would prove nothing"
+    assert sticky < 0.7 * plain, (sticky, plain)
+    adaptive = {"mode": "adaptive", "max_interval": 1, "fusion_weight": 0.6}
+    assert all(np.array_equal(a, b) for a, b in zip(label_changes({**adaptive, "label_stickiness": 0.0})[1],
+                                                    label_changes({**adaptive, "label_stickiness": 0.5})[1]))
 
 
 def test_pixels_the_warp_cannot_explain_take_the_current_frame(confident):
@@ -361,6 +377,7 @@ def test_online_tc_reuses_the_fusion_flow_instead_of_computing_a_second_one(conf
     ({"flow_width": 8}, "flow_width"), ({"flow_preset": "slow"}, "flow_preset"),
     ({"keyframe_error_share": -0.1}, "keyframe_error_share"), ({"max_interval_s": -1.0}, "max_interval_s"),
     ({"confidence_weighting": "yes"}, "confidence_weighting"), ({"weight": 0.5}, "weight"),
+    ({"label_stickiness": 1.5}, "label_stickiness"),
 ])
 def test_bad_temporal_settings_are_refused_naming_the_setting(confident, value, named):
     with pytest.raises(TemporalSettingsError, match=rf"^{named} ") as error:

@@ -79,6 +79,11 @@ class TemporalSettings:
         fusion_weight: weight of the current frame where the warp is trusted, 0..1 (1 = per-frame).
         confidence_weighting: lean the trusted weight towards the more confident of the current
             softmax and the warped previous probabilities (per pixel).
+        label_stickiness: hysteresis against flicker, 0..1: where the warp is trusted, the class
+            the previous fused map gives a pixel gets this much extra probability before the
+            argmax, so a label changes only when the new class wins by more than that margin
+            (0 = plain blend). Mode ``fuse`` only: a keyframe of the adaptive clock corrects what
+            the propagated frames let drift, so it is not held back.
         warp_error_threshold: a pixel whose grey level differs from the warped previous frame by
             more than this (0..255, after removing the mean brightness change) takes the current
             frame alone; 0 switches the check off.
@@ -101,14 +106,17 @@ class TemporalSettings:
     """
 
     mode: str = "off"
+    # Defaults measured with published ESPNet p2q8 on the real snippet aachen_000002 and checked on
+    # the synthetic street (bench/temporal.py; docs/temporal.md).
     fusion_weight: float = 0.7
     confidence_weighting: bool = False
+    label_stickiness: float = 0.15
     warp_error_threshold: float = 24.0
     occlusion_check: bool = False
     probability_width: int = 512
-    flow_width: int = 512
+    flow_width: int = 1024
     flow_preset: str = "ultrafast"
-    max_interval: int = 4
+    max_interval: int = 2
     max_interval_s: float = 1.0
     keyframe_error_share: float = 0.15
     keyframe_motion: float = 0.05
@@ -152,6 +160,7 @@ class TemporalSettings:
             if not isinstance(getattr(self, name), bool):
                 raise TemporalSettingsError(name, f"must be true or false, got {getattr(self, name)!r}")
         _check_number(self, "fusion_weight", 0.0, 1.0)
+        _check_number(self, "label_stickiness", 0.0, 1.0)
         _check_number(self, "warp_error_threshold", 0.0, 255.0)
         _check_number(self, "max_interval_s", 0.0, 3600.0)
         for name in ("keyframe_error_share", "keyframe_motion", "keyframe_confidence"):
@@ -430,4 +439,10 @@ class FlowFusion:
         # Untrusted pixels (trust 0) take the current frame alone; trust is soft at region borders.
         alpha = 1.0 - analysis.trust * (1.0 - weight)
         fused = alpha * probabilities + (1.0 - alpha) * analysis.warped
+        if self.settings.label_stickiness > 0 and self.settings.mode == "fuse":
+            # Hysteresis: a trusted pixel keeps its previous class unless another one wins by a margin.
+            # Not on the adaptive clock's keyframes: they must correct what propagation let drift.
+            previous = analysis.warped.argmax(1, keepdim=True)
+            bonus = self.settings.label_stickiness * analysis.trust
+            fused = fused + torch.zeros_like(fused).scatter_(1, previous, 1.0) * bonus
         return fused / fused.sum(1, keepdim=True).clamp_min(1e-12)

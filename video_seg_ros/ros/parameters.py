@@ -25,6 +25,7 @@ TEMPORAL_PARAMETERS = {
     "temporal_mode": "mode",
     "fusion_weight": "fusion_weight",
     "fusion_confidence_weighting": "confidence_weighting",
+    "fusion_label_stickiness": "label_stickiness",
     "fusion_warp_error": "warp_error_threshold",
     "fusion_occlusion_check": "occlusion_check",
     "fusion_probability_width": "probability_width",
@@ -127,6 +128,10 @@ PARAMETERS: dict[str, NodeParameter] = {
     "fusion_confidence_weighting": NodeParameter(
         _TEMPORAL.confidence_weighting, "Lean each pixel's fusion weight towards the more confident of the "
         "current and the warped previous probabilities."),
+    "fusion_label_stickiness": NodeParameter(
+        _TEMPORAL.label_stickiness, "Hysteresis against flicker: extra probability (0..1) for each pixel's "
+        "previous class where the warp is trusted, so labels change only when the new class wins by "
+        "that margin; 0 = plain blend.", float_range=(0.0, 1.0)),
     "fusion_warp_error": NodeParameter(
         _TEMPORAL.warp_error_threshold, "Grey-level difference (0..255) between a frame and the warped "
         "previous frame above which a pixel takes the current frame alone; 0 disables the check.",
