@@ -135,8 +135,10 @@ def test_demo_replays_the_sample_through_the_node_and_writes_its_reports(tmp_pat
     out = tmp_path / "demo"
     code = demo.main(["--checkpoint", str(checkpoint), "--limit", "6", "--size", "64x32",
                       "--replay-hz", "10", "-o", str(out), "--quiet"])
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert code == 0, printed
+    assert "segmented:" not in captured.err and "score:" not in captured.err  # --quiet: no progress bars
     assert "6/6 segmented, 0 lost" in printed
     summary = json.loads((out / "summary.json").read_text())
     results = summary["results"]

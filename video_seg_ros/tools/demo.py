@@ -143,8 +143,8 @@ def run_pipeline(demo_input: DemoInput, out_dir: Path, params: Path, replay_hz: 
     logs.mkdir(exist_ok=True)
     recorded = out_dir / "recorded_bag"
     ready = logs / "recorder.ready"
-    progress = logs / "recorder.progress"
-    for marker in (ready, progress):
+    progress_file = logs / "recorder.progress"  # `progress` stays the caller's show-a-bar switch
+    for marker in (ready, progress_file):
         marker.unlink(missing_ok=True)
     playback_s = info["duration_s"] / rate_factor
     python = sys.executable
@@ -161,7 +161,7 @@ def run_pipeline(demo_input: DemoInput, out_dir: Path, params: Path, replay_hz: 
             "--wait", str(startup_timeout),
             "--timeout", str(startup_timeout + playback_s + 60 + frames * MAX_SECONDS_PER_FRAME),
             "--idle-timeout", str(max(30.0, 20.0 / replay_hz)), "--ready-file", str(ready),
-            "--progress-file", str(progress),
+            "--progress-file", str(progress_file),
             "--report", str(logs / "recorder.json")], logs / "recorder.log", env)
         processes.append(recorder)
         node = LoggedProcess([python, "-m", "video_seg_ros.ros.node", *node_args], logs / "node.log", env)
@@ -187,10 +187,10 @@ def run_pipeline(demo_input: DemoInput, out_dir: Path, params: Path, replay_hz: 
         with tqdm(total=frames, unit="frame", desc="segmented", disable=not progress) as bar:
             # The recorder stops itself (count, idle or total timeout).
             while recorder.alive() and node.alive():
-                bar.n = _read_count(progress)
+                bar.n = _read_count(progress_file)
                 bar.refresh()
                 time.sleep(0.25)
-            bar.n = _read_count(progress)
+            bar.n = _read_count(progress_file)
             bar.refresh()
         if not node.alive():
             raise DemoError(f"{NODE_NAME} exited with code {node.process.returncode} during the replay; "
