@@ -179,6 +179,8 @@ class SegmentationEngine:
         else:
             _check_model_device(model, self.device)
         self.model = model
+        #: An imported ONNX graph: no torch module to run, so no torch backend and no torch reference.
+        self._is_graph = not getattr(model, "runs_in_torch", True)
         if getattr(model, "output_kind", "logits") == "class_ids":
             self.upsample = "labels"  # an imported graph's class ids resize nearest; no scores to blend
         self._temporal = bool(getattr(model, "is_temporal", False))
@@ -217,7 +219,7 @@ class SegmentationEngine:
             return self._openvino_runner()
         if backend == "tensorrt":
             return self._tensorrt_runner()
-        if not getattr(self.model, "runs_in_torch", True):
+        if self._is_graph:
             raise BackendError(f"{self.model_name} is an imported ONNX graph, which PyTorch cannot run: use "
                                "backend 'openvino' (CPU), 'tensorrt' (CUDA) or 'auto'.")
         return TorchRunner(self.model, self.device, self.precision, self.cpu_mkldnn, owned=owned)
@@ -229,7 +231,7 @@ class SegmentationEngine:
         if backend != "auto":
             return self._runner_for(backend, owned)
         # auto
-        if not getattr(self.model, "runs_in_torch", True):
+        if self._is_graph:
             return self._graph_runner()  # an imported graph has no torch fallback
         if self.device.type == "cuda":
             return torch_runner()
@@ -267,7 +269,7 @@ class SegmentationEngine:
             raise ValueError("calibration needs at least one frame")
 
         def reference():
-            if not getattr(self.model, "runs_in_torch", True):
+            if self._is_graph:
                 return self._graph_reference()
             return TorchRunner(self.model, self.device, "fp32", self.cpu_mkldnn, owned=owned)
 
@@ -289,13 +291,12 @@ class SegmentationEngine:
         except PrecisionError:
             raise
         except Exception as error:
-            if backend != "auto" or self.backend == "torch" or not getattr(self.model, "runs_in_torch", True):
-                if self.backend == "torch":
-                    raise
-                raise BackendError(f"{self.backend} could not run the converted model: "
-                                   f"{type(error).__name__}: {str(error).strip()[:300]}") from error
-            self._fall_back(f"{self.backend} could not run the model: {type(error).__name__}: "
-                            f"{str(error).strip()[:300]}")
+            if self.backend == "torch":
+                raise  # the reference path itself cannot run the model
+            message = f"{type(error).__name__}: {str(error).strip()[:300]}"
+            if backend != "auto" or self._is_graph:
+                raise BackendError(f"{self.backend} could not run the converted model: {message}") from error
+            self._fall_back(f"{self.backend} could not run the model: {message}")
             self.precision = candidate
             self._runner = self._runner_for("torch", owned)
             self.backend = self._runner.name

@@ -275,25 +275,23 @@ class OnlineConsistency:
         self._previous: tuple[np.ndarray, np.ndarray] | None = None  # (grey, labels), small
         self._previous_size: tuple[int, int] | None = None
         self._frames = 0
-        self._running = ConfusionMatrix(self.num_classes)
-        self._recent: deque[ConfusionMatrix] = deque()
-        self._last_pairs = ConfusionMatrix(self.num_classes)
-        self._last: deque[ConfusionMatrix] = deque()
+        self._running = PairWindow(self.num_classes, self.window)
+        self._recent = PairWindow(self.num_classes, self.recent)
         self.pairs = 0
         self.last: ConsistencySample | None = None
 
     @property
     def running_tc(self) -> float | None:
-        return self._running.miou
+        return self._running.total.miou
 
     @property
     def recent_tc(self) -> float | None:
         """TC over the last ``recent`` measured pairs (None before any)."""
-        return self._last_pairs.miou
+        return self._recent.total.miou
 
     @property
     def recent_pairs(self) -> int:
-        return len(self._last)
+        return len(self._recent)
 
     def update(self, frame: np.ndarray, labels: np.ndarray,
                flow_to_previous: np.ndarray | None = None) -> ConsistencySample | None:
@@ -335,7 +333,7 @@ class OnlineConsistency:
                 self.flows_computed += 2 if self.occlusion else 1
                 pair = pair_consistency(previous_labels, small_labels, flow, self.num_classes, visible)
             self._accumulate(pair)
-            sample = ConsistencySample(pair.miou, self._running.miou, len(self._recent) if self.window
+            sample = ConsistencySample(pair.miou, self._running.total.miou, len(self._running) if self.window
                                        else self.pairs, (time.perf_counter() - start) * 1000.0)
             self.last = sample
         self._previous = (grey, small_labels) if keep_for_next else None
@@ -352,12 +350,25 @@ class OnlineConsistency:
 
     def _accumulate(self, pair: ConfusionMatrix) -> None:
         self.pairs += 1
-        self._running += pair
-        self._last.append(pair)
-        self._last_pairs += pair
-        if len(self._last) > self.recent:
-            self._last_pairs.matrix -= self._last.popleft().matrix
-        if self.window is not None:
-            self._recent.append(pair)
-            if len(self._recent) > self.window:
-                self._running.matrix -= self._recent.popleft().matrix
+        self._running.add(pair)
+        self._recent.add(pair)
+
+
+class PairWindow:
+    """The summed confusion matrix (``total``) of the last ``size`` pairs added (None: all of them)."""
+
+    def __init__(self, num_classes: int, size: int | None):
+        self.size = size
+        self.total = ConfusionMatrix(num_classes)
+        self._pairs: deque[ConfusionMatrix] = deque()
+
+    def add(self, pair: ConfusionMatrix) -> None:
+        self.total += pair
+        if self.size is not None:
+            self._pairs.append(pair)
+            if len(self._pairs) > self.size:
+                self.total.matrix -= self._pairs.popleft().matrix
+
+    def __len__(self) -> int:
+        """Pairs in the window (those kept; 0 for an unbounded window)."""
+        return len(self._pairs)

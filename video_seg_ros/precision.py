@@ -15,12 +15,13 @@ gives frames. No ROS here.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import os
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -84,8 +85,6 @@ def calibration_frames(width: int, height: int) -> list[np.ndarray]:
 
 def frames_fingerprint(frames: Sequence[np.ndarray]) -> str:
     """A short hash of calibration frames (part of the cached decision's key)."""
-    import hashlib
-
     digest = hashlib.sha256(str(GATE_VERSION).encode())
     for frame in frames:
         digest.update(repr(frame.shape).encode())
@@ -187,8 +186,3 @@ def _fall_back_to_fp32(requested, rebuild, batches, temporal, fallback, agreemen
     runner = rebuild("fp32")
     run_sequence(runner, batches[:1], temporal)
     return runner, PrecisionDecision(requested, "fp32", fallback, agreement, fallback)
-
-
-def decision_record(decision: PrecisionDecision) -> dict:
-    """The decision as a JSON-serialisable dict (reports)."""
-    return asdict(decision)

@@ -293,8 +293,9 @@ class FrameAnalysis:
             warp of the previous probabilities is trusted.
         warped: (1, C, h, w) the previous fused probabilities warped onto this frame.
         untrusted_share: share of pixels (flow resolution) the warp cannot be trusted on.
-        motion: mean flow magnitude as a fraction of the frame width.
-        warped_confidence: mean maximum of ``warped``.
+        motion: mean flow magnitude as a fraction of the frame width (measured only where it
+            decides keyframes: mode adaptive with ``keyframe_motion``; else 0).
+        warped_confidence: mean maximum of ``warped`` (likewise, with ``keyframe_confidence``).
         flow_ms: time of the flow and trust computation (with the warp), milliseconds.
     """
 
@@ -347,7 +348,9 @@ class FlowFusion:
             trusted &= occlusion_mask(flow, self._dis(previous, grey))
         analysis.flow = flow
         analysis.untrusted_share = 1.0 - float(trusted.mean())
-        analysis.motion = float(np.sqrt((flow ** 2).sum(-1)).mean()) / grey.shape[1]
+        adaptive = settings.mode == "adaptive"  # motion and warped confidence decide keyframes only
+        if adaptive and settings.keyframe_motion > 0:
+            analysis.motion = float(np.sqrt((flow ** 2).sum(-1)).mean()) / grey.shape[1]
 
         fused = state.fused[None]  # (1, C, h, w)
         grid = fused.shape[-2:]
@@ -357,7 +360,8 @@ class FlowFusion:
         flow_tensor = torch.from_numpy(np.ascontiguousarray(grid_flow.transpose(2, 0, 1))).to(self.device)
         warped = warp_tensor(fused, flow_tensor[None])
         analysis.warped = warped / warped.sum(1, keepdim=True).clamp_min(1e-12)
-        analysis.warped_confidence = float(analysis.warped.max(1).values.mean())
+        if adaptive and settings.keyframe_confidence > 0:
+            analysis.warped_confidence = float(analysis.warped.max(1).values.mean())
         analysis.flow_ms = (time.perf_counter() - start) * 1000.0
         return analysis
 

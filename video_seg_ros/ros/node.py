@@ -527,6 +527,7 @@ class SegmenterMixin:
             return "" if value is None else f"{value:.2f}" if isinstance(value, float) else str(value)
 
         temporal = engine.temporal_stats(camera.pipeline.stream)
+        described = engine.describe()
         values = {
             "camera": camera.name, "input_topic": camera.input_topic,
             "received": figures["received"], "processed": figures["processed"],
@@ -548,7 +549,7 @@ class SegmenterMixin:
             "recent_tc": recent_tc, "recent_tc_pairs": consistency.recent_pairs,
             "temporal_mode": temporal["mode"], "keyframe_share": temporal["keyframe_share"],
             "fused_confidence": temporal["fused_confidence"],
-            **{key: engine.describe()[key] or "" for key in (
+            **{key: described[key] or "" for key in (
                 "device", "backend", "precision", "precision_reason", "precision_agreement", "precision_fallback",
                 "backend_fallback")},
             "model": engine.model_name, "temporal_model": engine.is_temporal,
