@@ -128,9 +128,10 @@ def import_onnx(path: str | Path, *, label_set: str | None = None, classes: str 
     Raises :class:`ModelImportError`.
     """
     from video_seg_ros.backends import BackendError
+    from video_seg_ros.backends.graph_check import run_with_openvino
     from video_seg_ros.backends.onnx_graph import (MIN_OPSET, GraphError, adapt_graph, graph_inputs,
                                                    graph_outputs, import_onnx_package, opset_of, output_info,
-                                                   parse_graph, read_metadata, run_with_openvino)
+                                                   parse_graph, read_metadata)
     from video_seg_ros.models.onnx_graph import graph_tensor
 
     path = Path(path)

@@ -7,6 +7,10 @@
 - ``tensorrt`` (:mod:`.tensorrt_backend`): the same ONNX graph built into a TensorRT engine on a
   CUDA GPU (needs the ``tensorrt`` wheel; only used when asked for).
 
+Around them: :mod:`.onnx_graph` reads and adapts users' ONNX graphs, and :mod:`.graph_check` runs
+an exported or imported graph in OpenVINO to show that it works (``video-seg-export``,
+``video-seg-import --onnx``).
+
 Every backend takes the normalised (N, 3, h, w) float tensor the engine's preprocessing makes and
 returns logits (N, classes, h, w); preprocessing and postprocessing stay in the engine, in one
 place. Temporal (memory) models keep one memory per stream: the torch backend as the module's own

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,17 +67,18 @@ def parse_graph(data: bytes, origin: str, advice: str):
         model = onnx.load_from_string(data)
     except Exception as error:  # protobuf's DecodeError, and others for foreign files
         raise GraphError(f"{origin} is not a readable ONNX graph (truncated or damaged: "
-                         f"{type(error).__name__}: {_first_line(error)}); {advice}") from error
+                         f"{type(error).__name__}: {first_line(error)}); {advice}") from error
     if not model.graph.node:
         raise GraphError(f"{origin} holds no ONNX graph (no nodes; truncated, or not an ONNX file); {advice}")
     try:
         onnx.checker.check_model(model)
     except Exception as error:  # ValidationError, and others from damaged protobufs
-        raise GraphError(f"{origin} is not a valid ONNX graph ({_first_line(error)}); {advice}") from error
+        raise GraphError(f"{origin} is not a valid ONNX graph ({first_line(error)}); {advice}") from error
     return model
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message, at most 240 characters (for one-line reports)."""
     text = str(error).strip()
     return text.splitlines()[0][:240] if text else repr(error)
 
@@ -326,29 +326,6 @@ def write_graph(model, input_size: tuple[int, int], path: str | os.PathLike,
     adapted = adapt_graph(model.graph_bytes, model.output_kind, model.output_name, input_size, classes)
     path.write_bytes(adapted)
     return path
-
-
-def run_with_openvino(data: bytes, input_size: tuple[int, int], batch: int = 1) -> np.ndarray:
-    """``logits`` of an adapted graph for a random normalised batch, with OpenVINO fp32 (the check
-    at import: the graph converts, compiles and runs)."""
-    from video_seg_ros.backends.openvino_backend import import_openvino
-
-    ov = import_openvino()
-    width, height = input_size
-    with tempfile.TemporaryDirectory(prefix="video_seg_graph_") as tmp:
-        path = Path(tmp) / "model.onnx"
-        path.write_bytes(data)
-        try:
-            core = ov.Core()
-            converted = ov.convert_model(str(path))
-            if converted.input(IMAGE).get_partial_shape().is_dynamic:
-                converted.reshape({IMAGE: [batch, 3, height, width]})
-            compiled = core.compile_model(converted, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-            image = torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(0)).numpy()
-            return np.asarray(compiled({IMAGE: image})[LOGITS])
-        except Exception as error:  # OpenVINO raises its own types
-            raise GraphError(f"OpenVINO could not run the graph at {width}x{height}: {type(error).__name__}: "
-                             f"{_first_line(error)}") from error
 
 
 class HostRunner:

@@ -14,7 +14,8 @@ the checkpoint's class table, output mapping and preprocessing in ``video_seg_ro
 metadata_props, so ``video-seg-import --onnx`` rebuilds the same checkpoint with no flags
 (:func:`video_seg_ros.byo_model.graph_metadata`). A checkpoint imported from ONNX is written as its
 graph adapted to the image -> logits contract, with the same metadata.
-Argument parsing and printing only; the work is in :mod:`video_seg_ros.backends.onnx_export`.
+Argument parsing and printing only; the work is in :mod:`video_seg_ros.backends.onnx_export` and
+:mod:`video_seg_ros.backends.graph_check`.
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(parser, argv)
     if not 0.0 <= args.min_agreement <= 1.0:
         return usage_error(parser, f"--min-agreement must be in 0..1, got {args.min_agreement}")
-    from video_seg_ros.backends.onnx_export import ExportError, check_onnx_against_torch, export_onnx, is_temporal
+    from video_seg_ros.backends.graph_check import check_onnx_against_torch
+    from video_seg_ros.backends.onnx_export import ExportError, export_onnx, is_temporal
     from video_seg_ros.engine import SegmentationEngine
 
     try:
