@@ -37,9 +37,10 @@ from tqdm import tqdm
 from bench_utils import (PUBLISHED, RANDOM, benchmark_checkpoint, machine_description, median_ms,
                          require_shared)
 from video_seg_ros.backends import BackendError
+from video_seg_ros.checkpoint import add_memory_to_checkpoint
 from video_seg_ros.engine import SegmentationEngine
 from video_seg_ros.models.local_attention import local_attention
-from video_seg_ros.models.memory import FUSION_VARIANTS, add_memory_to_checkpoint
+from video_seg_ros.models.memory import FUSION_VARIANTS
 from video_seg_ros.runtime import PrecisionError
 from video_seg_ros.tools.arguments import parse_size
 

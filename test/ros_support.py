@@ -79,7 +79,7 @@ def make_tiny_memory_checkpoint(path: Path, size: tuple[int, int] = (64, 32), se
     import torch
 
     from checkpoints import tiny_espnet
-    from video_seg_ros.models.memory import add_memory_to_checkpoint
+    from video_seg_ros.checkpoint import add_memory_to_checkpoint
 
     checkpoint = add_memory_to_checkpoint(tiny_espnet(size=size), {"memory_length": 2, "window": 5, "dropout": 0.0})
     generator = torch.Generator().manual_seed(seed)

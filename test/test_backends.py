@@ -22,10 +22,9 @@ from checkpoints import near_tie_espnet, tiny_espnet
 from conftest import require_shared_file
 from video_seg_ros import runtime
 from video_seg_ros.backends import BackendError
-from video_seg_ros.checkpoint import Checkpoint, Preprocessing
+from video_seg_ros.checkpoint import Checkpoint, Preprocessing, add_memory_to_checkpoint
 from video_seg_ros.engine import SegmentationEngine
 from video_seg_ros.models import register
-from video_seg_ros.models.memory import add_memory_to_checkpoint
 from video_seg_ros.runtime import PrecisionError
 
 openvino = pytest.importorskip("openvino", reason="openvino is not installed (requirements.txt pins it)")

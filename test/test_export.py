@@ -15,7 +15,7 @@ from checkpoints import tiny_espnet
 from video_seg_ros.backends.onnx_export import (IMAGE, LOGITS, STATE_INPUTS, STATE_OUTPUTS, empty_state,
                                                 export_onnx)
 from video_seg_ros.models import build_from_checkpoint
-from video_seg_ros.models.memory import add_memory_to_checkpoint
+from video_seg_ros.checkpoint import add_memory_to_checkpoint
 from video_seg_ros.tools.export import main as export_main
 
 openvino = pytest.importorskip("openvino", reason="openvino is not installed (requirements.txt pins it)")

@@ -8,14 +8,13 @@ import torch
 from torch import nn
 
 from checkpoints import tiny_espnet
-from video_seg_ros.checkpoint import Checkpoint, load_checkpoint
+from video_seg_ros.checkpoint import (Checkpoint, add_memory_to_checkpoint, load_checkpoint,
+                                      strip_memory_from_checkpoint, with_memory_settings)
 from video_seg_ros.engine import SegmentationEngine
 from video_seg_ros.models import build_from_checkpoint
 from video_seg_ros.models.local_attention import (dense_local_attention, local_attention, local_window_attention,
                                                   tile_memory_frame)
-from video_seg_ros.models.memory import (MemoryAugmentedSegmenter, MemoryConfig, MemoryState,
-                                         add_memory_to_checkpoint, strip_memory_from_checkpoint,
-                                         with_memory_settings, wrap_with_memory)
+from video_seg_ros.models.memory import MemoryAugmentedSegmenter, MemoryConfig, MemoryState, wrap_with_memory
 
 
 class TinySegmenter(nn.Module):

@@ -23,7 +23,7 @@ from video_seg_ros.engine import SegmentationEngine
 from video_seg_ros.image_encoding import Frame
 from video_seg_ros.labels import CITYSCAPES
 from video_seg_ros.metrics import OnlineConsistency
-from video_seg_ros.models.memory import add_memory_to_checkpoint
+from video_seg_ros.checkpoint import add_memory_to_checkpoint
 from video_seg_ros.ros.pipeline import StreamPipeline
 from video_seg_ros.temporal import TemporalSettings, TemporalSettingsError
 

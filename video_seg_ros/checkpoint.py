@@ -238,3 +238,60 @@ def output_to_class_for(label_set: str, num_outputs: int) -> list[int]:
     """
     known = LABEL_SETS[label_set].num_classes
     return [c if c < known else IGNORE_ID for c in range(num_outputs)]
+
+
+# ---- checkpoint surgery: a memory added, stripped or re-set --------------------------------------
+# Model code is imported inside these functions only: reading and checking a checkpoint needs none.
+
+
+def add_memory_to_checkpoint(checkpoint: Checkpoint, config: dict[str, Any] | None = None,
+                             seed: int = 0) -> Checkpoint:
+    """A new :class:`Checkpoint` = the base checkpoint plus a fresh memory (models/memory.py).
+
+    The base weights are kept; the memory layers are initialised (deterministically from ``seed``);
+    with the default fusion the new model's output equals the base model's until it is trained.
+    """
+    from video_seg_ros.models import build_from_checkpoint
+    from video_seg_ros.models.memory import MemoryConfig, wrap_with_memory
+
+    if checkpoint.memory:
+        raise ValueError("this checkpoint already has a memory; use strip_memory_from_checkpoint() first "
+                         "to replace it")
+    memory_config = MemoryConfig.from_dict(config)
+    base = build_from_checkpoint(checkpoint)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = wrap_with_memory(base, memory_config)
+    result = copy.copy(checkpoint)
+    result.state_dict = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    result.memory = memory_config.to_dict()
+    result.source = dict(checkpoint.source, memory_added="add_memory_to_checkpoint (untrained memory)")
+    return result
+
+
+def strip_memory_from_checkpoint(checkpoint: Checkpoint) -> Checkpoint:
+    """The base model of a memory checkpoint, as a per-frame checkpoint (memory disabled)."""
+    if not checkpoint.memory:
+        return checkpoint
+    result = copy.copy(checkpoint)
+    result.state_dict = {k[len("base."):]: v for k, v in checkpoint.state_dict.items() if k.startswith("base.")}
+    result.memory = None
+    return result
+
+
+def with_memory_settings(checkpoint: Checkpoint, **overrides: Any) -> Checkpoint:
+    """A copy of a memory checkpoint with run-time settings changed (memory_length, window, tile).
+
+    These three change no weights: a longer memory or a wider window can be tried without retraining.
+    """
+    from video_seg_ros.models.memory import MemoryConfig
+
+    if not checkpoint.memory:
+        raise ValueError("this checkpoint has no memory; add one with add_memory_to_checkpoint()")
+    allowed = {"memory_length", "window", "tile"}
+    bad = sorted(set(overrides) - allowed)
+    if bad:
+        raise ValueError(f"only {', '.join(sorted(allowed))} can change without retraining, not {', '.join(bad)}")
+    result = copy.copy(checkpoint)
+    result.memory = MemoryConfig.from_dict({**checkpoint.memory, **overrides}).to_dict()
+    return result

@@ -16,34 +16,25 @@ Models with temporal state (the memory wrapper) also set ``is_temporal = True`` 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 
-_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
-
-
-def register(name: str):
-    """Decorator that makes a builder reachable by architecture name (checkpoints store it)."""
-
-    def wrap(builder):
-        _BUILDERS[name] = builder
-        return builder
-
-    return wrap
+# register is re-exported: code outside the package registers its own builders with it.
+from video_seg_ros.models.registry import BUILDERS, register  # noqa: F401
 
 
 def available_architectures() -> list[str]:
     _import_model_modules()
-    return sorted(_BUILDERS)
+    return sorted(BUILDERS)
 
 
 def build_model(arch: str, **kwargs: Any) -> nn.Module:
     """Build an architecture by its registered name with its keyword arguments."""
     _import_model_modules()
-    if arch not in _BUILDERS:
-        raise ValueError(f"unknown architecture {arch!r}; available: {', '.join(sorted(_BUILDERS))}")
-    return _BUILDERS[arch](**kwargs)
+    if arch not in BUILDERS:
+        raise ValueError(f"unknown architecture {arch!r}; available: {', '.join(sorted(BUILDERS))}")
+    return BUILDERS[arch](**kwargs)
 
 
 def build_from_checkpoint(checkpoint, strict: bool = True) -> nn.Module:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from video_seg_ros.models import register
+from video_seg_ros.models.registry import register
 from video_seg_ros.models.espnet import BNPReLU, Conv, ConvBNPReLU, ImagePyramid
 
 

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from video_seg_ros.models import register
+from video_seg_ros.models.registry import register
 
 #: Channels per level for each width scale s (EdgeNets model/classification/dicenet_config.py):
 #: level1, level2 (max pooling, same width), level3, level4. Level 5 and the classifier are

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from video_seg_ros.models import register
+from video_seg_ros.models.registry import register
 
 _BN_EPS = 1e-3  # the original's BatchNorm epsilon; the weights were trained with it
 

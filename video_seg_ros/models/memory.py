@@ -46,7 +46,6 @@ Configuration (``Checkpoint.memory``; :class:`MemoryConfig` validates it): ``mem
 from __future__ import annotations
 
 import contextlib
-import copy
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -443,52 +442,3 @@ def _detached(entry: TiledMemoryFrame) -> TiledMemoryFrame:
 def wrap_with_memory(base_model: nn.Module, config: dict[str, Any] | MemoryConfig | None) -> MemoryAugmentedSegmenter:
     """Wrap a per-frame segmenter with a freshly initialised LMANet memory (config: see MemoryConfig)."""
     return MemoryAugmentedSegmenter(base_model, config)
-
-
-def add_memory_to_checkpoint(checkpoint, config: dict[str, Any] | None = None, seed: int = 0):
-    """A new :class:`~video_seg_ros.checkpoint.Checkpoint` = the base checkpoint plus a fresh memory.
-
-    The base weights are kept; the memory layers are initialised (deterministically from ``seed``);
-    with the default fusion the new model's output equals the base model's until it is trained.
-    """
-    from video_seg_ros.models import build_from_checkpoint
-
-    if checkpoint.memory:
-        raise ValueError("this checkpoint already has a memory; use strip_memory_from_checkpoint() first "
-                         "to replace it")
-    memory_config = MemoryConfig.from_dict(config)
-    base = build_from_checkpoint(checkpoint)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = wrap_with_memory(base, memory_config)
-    result = copy.copy(checkpoint)
-    result.state_dict = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    result.memory = memory_config.to_dict()
-    result.source = dict(checkpoint.source, memory_added="add_memory_to_checkpoint (untrained memory)")
-    return result
-
-
-def strip_memory_from_checkpoint(checkpoint):
-    """The base model of a memory checkpoint, as a per-frame checkpoint (memory disabled)."""
-    if not checkpoint.memory:
-        return checkpoint
-    result = copy.copy(checkpoint)
-    result.state_dict = {k[len("base."):]: v for k, v in checkpoint.state_dict.items() if k.startswith("base.")}
-    result.memory = None
-    return result
-
-
-def with_memory_settings(checkpoint, **overrides):
-    """A copy of a memory checkpoint with run-time settings changed (memory_length, window, tile).
-
-    These three change no weights: a longer memory or a wider window can be tried without retraining.
-    """
-    if not checkpoint.memory:
-        raise ValueError("this checkpoint has no memory; add one with add_memory_to_checkpoint()")
-    allowed = {"memory_length", "window", "tile"}
-    bad = sorted(set(overrides) - allowed)
-    if bad:
-        raise ValueError(f"only {', '.join(sorted(allowed))} can change without retraining, not {', '.join(bad)}")
-    result = copy.copy(checkpoint)
-    result.memory = MemoryConfig.from_dict({**checkpoint.memory, **overrides}).to_dict()
-    return result

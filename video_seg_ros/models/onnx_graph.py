@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from video_seg_ros.models import register
+from video_seg_ros.models.registry import register
 
 OUTPUT_KINDS = ("logits", "probabilities", "class_ids")
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet18
 
-from video_seg_ros.models import register
+from video_seg_ros.models.registry import register
 
 
 class PyramidPooling(nn.Module):

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from video_seg_ros.models import register
+from video_seg_ros.models.registry import register
 
 PREFIX = "torchvision:"
 
