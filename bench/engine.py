@@ -37,11 +37,14 @@ import numpy as np
 
 from bench_utils import (CITYSCAPES_FRAME, PUBLISHED, RANDOM, alternating_medians, benchmark_checkpoint,
                          machine_description, require_shared)
+from video_seg_ros.backends import BACKENDS as ENGINE_BACKENDS
+from video_seg_ros.runtime import PRECISIONS as ENGINE_PRECISIONS
 from video_seg_ros.tools.arguments import parse_size
 
 PROG = "bench/engine.py"
-BACKENDS = ("torch", "openvino", "tensorrt")
-PRECISIONS = ("fp32", "bf16", "fp16")
+# Every concrete setting is measured ("auto" only picks one of them).
+BACKENDS = tuple(name for name in ENGINE_BACKENDS if name != "auto")
+PRECISIONS = tuple(name for name in ENGINE_PRECISIONS if name != "auto")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from video_seg_ros.backends import BACKENDS
 from video_seg_ros.engine import UPSAMPLE_MODES
 from video_seg_ros.flow import DIS_PRESETS
 from video_seg_ros.precision import AGREEMENT_THRESHOLD
 from video_seg_ros.runtime import PRECISIONS
 from video_seg_ros.temporal import TEMPORAL_MODES, TemporalSettings, TemporalSettingsError
 
-BACKENDS = ("auto", "torch", "openvino", "tensorrt")
 IMAGE_TRANSPORTS = ("raw", "compressed")
 _TEMPORAL = TemporalSettings()  # the defaults of the temporal parameters come from the engine's
 

@@ -23,9 +23,6 @@ EXIT_USAGE = 2
 #: Exit status after Ctrl-C.
 EXIT_INTERRUPTED = 130
 
-BACKENDS = ("auto", "torch", "openvino")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
 
 def parse_size(text: str, minimum: tuple[int, int] = (1, 1)) -> tuple[int, int]:
     """'1024x512' -> (1024, 512); argparse type with a clear message on bad input."""
@@ -151,13 +148,18 @@ def add_engine_arguments(parser: argparse.ArgumentParser, what: str = "inference
     Tools that report figures pass ``precision=runtime.EVALUATION_PRECISION`` (fp32: the same
     figures on every CPU); ``--precision auto`` then scores what a node would run.
     """
+    # Imported here: the backend and precision names live with the code that runs them (torch),
+    # and tools without engine options stay free of it.
+    from video_seg_ros.backends import BACKENDS
     from video_seg_ros.engine import UPSAMPLE_MODES
+    from video_seg_ros.runtime import PRECISIONS
 
     parser.add_argument("--device", default="auto",
                         help=f"{what} device: auto (CUDA if present, else CPU), cpu or cuda[:N]")
     parser.add_argument("--backend", choices=BACKENDS, default="auto",
-                        help="inference backend: torch, openvino (Intel CPUs), or auto (the fastest "
-                             "available; the report says which ran and why)")
+                        help="inference backend: torch, openvino (Intel CPUs), tensorrt (CUDA, needs "
+                             "the tensorrt wheel), or auto (the fastest available; the report says "
+                             "which ran and why)")
     scored = (" Default fp32, so that figures do not depend on the CPU; auto scores what the node "
               "runs." if precision == "fp32" else "")
     parser.add_argument("--precision", choices=PRECISIONS, default=precision,
