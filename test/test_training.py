@@ -17,7 +17,7 @@ from video_seg_ros.engine import SegmentationEngine
 from video_seg_ros.flow import warp_image
 from video_seg_ros.tools.train import main as train_main
 from video_seg_ros.training.augment import AlignedSample, crop_sample, flip_sample, resize_sample
-from video_seg_ros.training.config import ConfigError, load_config
+from video_seg_ros.training.config import ConfigError, config_from_dict, load_config
 from video_seg_ros.training.datasets import SequenceSampleDataset, load_sequences
 from video_seg_ros.training.flow_cache import DisFlowEstimator, FlowCache
 
@@ -317,6 +317,7 @@ def test_teacher_of_another_label_set_is_rejected_naming_the_missing_class(tmp_p
     ("train.max_iters_per_epoch=0", r"train.max_iters_per_epoch must be an integer >= 1 or null"),
     ("train.max_iters=2.5", r"train.max_iters must be an integer >= 1 or null"),
     ("train.precision=fp8", r"train.precision must be null or one of auto, fp32, bf16, fp16"),
+    ("train.epochs=null", r"train.epochs is null.*set train.max_iters"),
 ])
 def test_bad_integer_and_precision_values_are_refused_when_the_config_is_read(tmp_path, sequences, override,
                                                                              message):
@@ -346,6 +347,42 @@ def test_max_iters_ends_the_run_inside_an_epoch(tmp_path, sequences):
     assert trainer.iters_per_epoch == 3 and trainer.total_iters == 2
     trainer.fit()
     assert trainer.iteration == 2 and trainer.epoch == 1
+
+
+def test_epochs_null_runs_the_epochs_max_iters_needs_and_records_their_number(tmp_path, sequences):
+    from video_seg_ros.training.trainer import Trainer
+
+    run_dir = tmp_path / "run"
+    config = load_config(write_config(tmp_path / "c.yaml", tiny_config(sequences, run_dir)),
+                         ["train.epochs=null", "train.max_iters=4", "train.val_every=0"])
+    trainer = Trainer(config, progress=False)
+    # 3 steps per epoch: 4 steps take 2 epochs, the second one cut short by the budget.
+    assert trainer.total_iters == 4 and trainer.config["train"]["epochs"] == 2
+    assert config["train"]["epochs"] is None  # the caller's config is left as it was
+    trainer.fit()
+    assert trainer.iteration == 4 and trainer.epoch == 2
+    assert load_checkpoint(run_dir / "last.pt").training["config"]["train"]["epochs"] == 2
+
+
+def test_a_checkpoint_that_is_init_and_teacher_is_read_once_and_copied_into_each(tmp_path, sequences):
+    from video_seg_ros.checkpoint import CheckpointCache
+    from video_seg_ros.training.trainer import Trainer
+
+    path = _saved_espnet(tmp_path / "model.pt", 19)
+    config = tiny_config(sequences, tmp_path / "run")
+    config["model"] = {"init": str(path)}
+    # Another spelling of the same file.
+    config["teacher"] = {"checkpoint": f"{tmp_path}/../{tmp_path.name}/model.pt"}
+    config["losses"]["distill_pixel"] = {"weight": 1.0}
+    config["data"]["val"] = []
+    checkpoints = CheckpointCache()
+    trainer = Trainer(config_from_dict(config), progress=False, checkpoints=checkpoints)
+    assert checkpoints.files == [path.resolve()]
+    student, teacher = trainer.net.model.state_dict(), trainer.teacher.model.state_dict()
+    assert student.keys() == teacher.keys()
+    assert all(torch.equal(student[k], teacher[k]) for k in student)
+    # Shared reading, not shared tensors: training the student leaves the teacher as it was.
+    assert all(student[k].data_ptr() != teacher[k].data_ptr() for k in student if student[k].numel())
 
 
 def test_trainer_flushes_denormals_and_refuses_emulated_bf16_naming_the_cpu(tmp_path, sequences):

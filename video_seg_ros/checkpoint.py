@@ -240,6 +240,28 @@ def output_to_class_for(label_set: str, num_outputs: int) -> list[int]:
     return [c if c < known else IGNORE_ID for c in range(num_outputs)]
 
 
+class CheckpointCache:
+    """The checkpoint files of one run, each read once: :meth:`load` returns the same
+    :class:`Checkpoint` for every spelling of the same file (a training run's ``model.init`` and
+    ``teacher.checkpoint`` are often one file). For inputs that do not change during the run (not
+    the run's own ``last.pt``); treat what it returns as read-only, since callers share it."""
+
+    def __init__(self):
+        self._read: dict[Path, Checkpoint] = {}
+
+    def load(self, path: str | os.PathLike | None) -> Checkpoint:
+        """:func:`load_checkpoint` of ``path``, read from disk the first time only."""
+        key = resolve_checkpoint_path(path).resolve()
+        if key not in self._read:
+            self._read[key] = load_checkpoint(path)  # the caller's spelling in error messages
+        return self._read[key]
+
+    @property
+    def files(self) -> list[Path]:
+        """The resolved paths read so far, in reading order."""
+        return list(self._read)
+
+
 # ---- checkpoint surgery: a memory added, stripped or re-set --------------------------------------
 # Model code is imported inside these functions only: reading and checking a checkpoint needs none.
 

@@ -59,7 +59,7 @@ DEFAULTS: dict[str, Any] = {
         "val_resize": None,      # [W, H] for validation; None = data.resize
     },
     "train": {
-        "epochs": 10,
+        "epochs": 10,            # null: as many as train.max_iters needs (set max_iters then)
         "batch_size": 4,
         "optimizer": "sgd",
         "lr": 0.01,
@@ -97,7 +97,7 @@ DEFAULTS: dict[str, Any] = {
 #: Integer settings: key -> (smallest allowed value, may be null, what the value means).
 _INTEGER_KEYS = {
     "seed": (0, False, "the random seed"),
-    "train.epochs": (1, False, "passes over the training data"),
+    "train.epochs": (1, True, "passes over the training data; null = as many as train.max_iters needs"),
     "train.batch_size": (1, False, "samples per step (per process under DDP)"),
     "train.val_every": (0, False, "epochs between validations; 0 = never validate during training"),
     "train.save_every": (0, False, "epochs between last.pt saves; 0 = only at the end and on a new best"),
@@ -220,6 +220,9 @@ def validate(config: dict) -> None:
         raise ConfigError("data.scale_range other than [1, 1] gives frames of different sizes; set "
                           "data.crop: [width, height] so a batch can be stacked")
     train = config["train"]
+    if train["epochs"] is None and train["max_iters"] is None:
+        raise ConfigError("train.epochs is null, which means 'as many as train.max_iters needs': set "
+                          "train.max_iters (the total step budget) or give train.epochs a number")
     if train["optimizer"] not in ("sgd", "adam", "adamw"):
         raise ConfigError("train.optimizer must be sgd, adam or adamw")
     precision = train["precision"]

@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from video_seg_ros.checkpoint import Checkpoint, Preprocessing, load_checkpoint, output_to_class_for
+from video_seg_ros.checkpoint import (Checkpoint, CheckpointCache, Preprocessing, output_to_class_for,
+                                      strip_memory_from_checkpoint)
 from video_seg_ros.labels import IGNORE_ID, LABEL_SETS
 from video_seg_ros.models import build_from_checkpoint, build_model
 
@@ -83,15 +84,18 @@ def _preprocessing_from(config_pre: dict | None, init: Checkpoint | None, size) 
     return Preprocessing(**values)
 
 
-def build_student(config: dict) -> tuple[nn.Module, dict[str, Any]]:
+def build_student(config: dict, checkpoints: CheckpointCache | None = None
+                  ) -> tuple[nn.Module, dict[str, Any]]:
     """The student model and the metadata its checkpoints carry (arch, kwargs, labels, preprocessing).
 
     ``model.init`` (a project checkpoint) supplies the weights and, unless overridden, the
     architecture, label set and preprocessing. ``memory`` wraps the model with local memory
-    attention; ``memory.freeze_base`` stops gradients into the per-frame model.
+    attention; ``memory.freeze_base`` stops gradients into the per-frame model. ``checkpoints``:
+    the run's reader, so that a file the teacher uses too is read once.
     """
+    checkpoints = checkpoints or CheckpointCache()
     model_cfg = config["model"]
-    init = load_checkpoint(model_cfg["init"]) if model_cfg.get("init") else None
+    init = checkpoints.load(model_cfg["init"]) if model_cfg.get("init") else None
     _refuse_imported_graph(init, "model.init")
     arch = model_cfg.get("arch") or init.arch
     label_set = model_cfg.get("label_set") or (init.label_set if init else "cityscapes")
@@ -108,10 +112,8 @@ def build_student(config: dict) -> tuple[nn.Module, dict[str, Any]]:
         if init.memory and memory_cfg:
             model = build_from_checkpoint(init)
         else:
-            state = init.state_dict
-            if init.memory:  # a memory checkpoint used to initialise a per-frame student
-                state = {k[len("base."):]: v for k, v in state.items() if k.startswith("base.")}
-            _load_matching(base, state, str(model_cfg["init"]))
+            # A memory checkpoint initialises a per-frame student with its base weights.
+            _load_matching(base, strip_memory_from_checkpoint(init).state_dict, str(model_cfg["init"]))
             model = base
     else:
         model = base
@@ -159,7 +161,7 @@ def _load_matching(model: nn.Module, state: dict, origin: str) -> None:
               + (" ..." if len(skipped) > 6 else ""), flush=True)
 
 
-def build_teacher(config: dict, student_meta: dict
+def build_teacher(config: dict, student_meta: dict, checkpoints: CheckpointCache | None = None
                   ) -> tuple[nn.Module, Preprocessing, list[int], list[int]] | None:
     """Teacher model (eval, no gradients), its preprocessing, and the student channels that are
     distilled with the teacher channel of the same published class id for each, or None without a
@@ -167,7 +169,8 @@ def build_teacher(config: dict, student_meta: dict
 
     A student "no class" channel (published as 255, e.g. the Cityscapes background of ESPNet's
     20-output weights) that the teacher lacks is left out of the pixel-wise distillation; a real
-    class the teacher lacks is an error (different label sets).
+    class the teacher lacks is an error (different label sets). ``checkpoints``: as for
+    :func:`build_student`.
     """
     teacher_cfg = config.get("teacher")
     if not teacher_cfg:
@@ -177,7 +180,7 @@ def build_teacher(config: dict, student_meta: dict
         raise ValueError(f"unknown teacher setting(s) {sorted(unknown)}; known: checkpoint, arch, kwargs, "
                          "preprocessing, input_size")
     if teacher_cfg.get("checkpoint"):
-        checkpoint = load_checkpoint(teacher_cfg["checkpoint"])
+        checkpoint = (checkpoints or CheckpointCache()).load(teacher_cfg["checkpoint"])
         _refuse_imported_graph(checkpoint, "teacher.checkpoint")
         model = build_from_checkpoint(checkpoint)
         preprocessing, output_to_class = checkpoint.preprocessing, checkpoint.output_to_class

@@ -25,7 +25,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from video_seg_ros.checkpoint import Checkpoint, load_checkpoint
+from video_seg_ros.checkpoint import Checkpoint, CheckpointCache, load_checkpoint
 from video_seg_ros.engine import resolve_device
 from video_seg_ros.runtime import EVALUATION_PRECISION, autocast_dtype, flush_denormals, resolve_precision
 from video_seg_ros.training import losses as L
@@ -62,10 +62,15 @@ def poly_factor(iteration: int, total: int, power: float) -> float:
 
 
 class Trainer:
-    def __init__(self, config: dict, resume: bool = False, progress: bool = True):
-        self.config = config
+    def __init__(self, config: dict, resume: bool = False, progress: bool = True,
+                 checkpoints: CheckpointCache | None = None):
+        """``checkpoints``: the reader of the run's input checkpoints (``model.init``,
+        ``teacher.checkpoint``), each file read once; pass the caller's to share what it read."""
+        # train.epochs: null is replaced by the derived count below, in the trainer's copy only.
+        self.config = {**config, "train": dict(config["train"])}
+        self.checkpoints = checkpoints or CheckpointCache()
         self.run_dir = Path(config["run_dir"]).expanduser()
-        train_cfg = config["train"]
+        train_cfg = self.config["train"]
         # Published weights drive activations into denormal floats, which the CPU computes 10x
         # slower (about 5x on a whole native-scale step); every process flushes them to zero.
         flush_denormals()
@@ -95,7 +100,7 @@ class Trainer:
             or (weights["distill_pairwise"] and losses_cfg["distill_pairwise"]["neighbour_weight"])
             or (weights["pseudo_label"] and losses_cfg["pseudo_label"]["neighbour_weight"]))
 
-        student, self.meta = build_student(config)
+        student, self.meta = build_student(config, self.checkpoints)
         self.net = SegmenterWithFeatures(student, self.meta["preprocessing"]).to(device)
         if self.ctx.enabled and device.type == "cuda":
             self.net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
@@ -103,7 +108,7 @@ class Trainer:
         teacher_size = (config.get("teacher") or {}).get("input_size")
         self.teacher_size = (int(teacher_size[1]), int(teacher_size[0])) if teacher_size else None
         if self.needs_teacher:
-            teacher, teacher_pre, self.student_channels, self.teacher_channels = build_teacher(config, self.meta)
+            teacher, teacher_pre, self.student_channels, self.teacher_channels = build_teacher(config, self.meta, self.checkpoints)
             self.teacher = SegmenterWithFeatures(teacher, teacher_pre).to(device).eval()
             self.pseudo_label_channels = torch.tensor(self.student_channels, dtype=torch.long, device=device)
         self.temporal_distill = L.TemporalDistillationLoss(
@@ -121,9 +126,10 @@ class Trainer:
         # new epoch number, which seeds that epoch's augmentation and neighbour choice.
         cap = train_cfg.get("max_iters_per_epoch")
         self.iters_per_epoch = min(len(self.loader), int(cap)) if cap else len(self.loader)
-        self.total_iters = self.iters_per_epoch * int(train_cfg["epochs"])
-        if train_cfg.get("max_iters"):
-            self.total_iters = min(self.total_iters, int(train_cfg["max_iters"]))
+        budgets = [int(train_cfg["max_iters"])] if train_cfg.get("max_iters") else []
+        if train_cfg["epochs"] is not None:
+            budgets.append(self.iters_per_epoch * int(train_cfg["epochs"]))
+        self.total_iters = min(budgets)  # the config check asks for at least one of the two
         self.profiler = StepProfiler(bool(train_cfg.get("profile")), device)
         if self.profiler.enabled and int(config["data"]["workers"]) == 0:
             for part in self.dataset.datasets:
@@ -163,6 +169,11 @@ class Trainer:
         self.val_flow = build_flow_cache(config["data"]["flow"], self.run_dir)
         if resume:
             self._resume()
+        if train_cfg["epochs"] is None:
+            # As many epochs as the step budget needs from where the run stands: the number the
+            # progress bar shows and the checkpoints' config records.
+            train_cfg["epochs"] = self.epoch + math.ceil(
+                (self.total_iters - self.iteration) / max(1, self.iters_per_epoch))
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def _checkpoint(self, metrics: dict | None) -> Checkpoint:
