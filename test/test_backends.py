@@ -373,3 +373,21 @@ def test_auto_keeps_memory_models_on_torch_and_says_why(memory_checkpoint, cache
     engine = SegmentationEngine(memory_checkpoint, device="cpu", backend="auto", cache_dir=cache_dir)
     assert engine.backend == "torch" and engine.is_temporal
     assert "memory" in engine.fallback_reason and "openvino" in engine.fallback_reason
+
+
+def test_the_tools_and_the_node_offer_the_engines_backend_and_precision_names():
+    import argparse
+
+    from video_seg_ros.backends import BACKENDS
+    from video_seg_ros.ros import parameters
+    from video_seg_ros.runtime import PRECISIONS
+    from video_seg_ros.tools.arguments import add_engine_arguments
+
+    parser = argparse.ArgumentParser()
+    add_engine_arguments(parser)
+    choices = {action.dest: tuple(action.choices) for action in parser._actions if action.choices}
+    assert choices["backend"] == BACKENDS and "tensorrt" in BACKENDS
+    assert choices["precision"] == PRECISIONS
+    assert parser.parse_args(["--backend", "tensorrt"]).backend == "tensorrt"
+    node = {name: tuple(p.choices) for name, p in parameters.PARAMETERS.items() if p.choices}
+    assert node["backend"] == BACKENDS and node["precision"] == PRECISIONS
