@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from checkpoints import near_tie_espnet, tiny_espnet
-from conftest import require_shared_file
+from shared_data import require_shared_file
 from video_seg_ros import runtime
 from video_seg_ros.backends import BackendError
 from video_seg_ros.checkpoint import Checkpoint, Preprocessing
@@ -29,6 +29,8 @@ from video_seg_ros.models.memory import add_memory_to_checkpoint
 from video_seg_ros.runtime import PrecisionError
 
 openvino = pytest.importorskip("openvino", reason="openvino is not installed (requirements.txt pins it)")
+
+pytestmark = pytest.mark.openvino
 
 FRAME = "data/cityscapes_val/leftImg8bit/frankfurt_000001_058914_leftImg8bit.png"
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import require_shared_file
+from shared_data import require_shared_file
 from video_seg_ros.backends import BackendError
 from checkpoints import tiny_espnet
 from video_seg_ros.checkpoint import Checkpoint
@@ -182,6 +182,7 @@ np.save(sys.argv[3], labels)
 """
 
 
+@pytest.mark.slow
 def test_denormal_flush_keeps_every_label_of_published_espnet_p2q8_on_the_real_frame(shared, tmp_path):
     """The flush makes the published weights fast on a CPU; it must not change one label."""
     from video_seg_ros.tools.import_weights import import_weights

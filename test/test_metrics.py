@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import require_shared_file
+from shared_data import require_shared_file
 from video_seg_ros.frames import read_label, read_rgb
 from video_seg_ros.labels import IGNORE_ID
 from textures import textured

@@ -324,6 +324,7 @@ def openvino_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("openvino_conversions")
 
 
+@pytest.mark.openvino
 def test_openvino_with_fusion_gives_the_torch_labels(confident, openvino_cache):
     pytest.importorskip("openvino", reason="openvino is not installed (requirements.txt pins it)")
     settings = {"mode": "fuse", "fusion_weight": 0.7}
@@ -337,6 +338,7 @@ def test_openvino_with_fusion_gives_the_torch_labels(confident, openvino_cache):
     assert converted.temporal_stats()["keyframes"] == 6
 
 
+@pytest.mark.openvino
 def test_openvino_memory_model_with_adaptive_clock_follows_torch(openvino_cache):
     pytest.importorskip("openvino", reason="openvino is not installed (requirements.txt pins it)")
     # 128x64: exporting the memory graph at 64x32 kills the process with SIGFPE (inside torch.onnx).
@@ -492,6 +494,7 @@ def ros(ros_context):
         node.destroy_node()
 
 
+@pytest.mark.ros
 def test_node_refuses_bad_temporal_parameters_at_start_up_naming_them(ros):
     from video_seg_ros.ros.node import StartupError, VideoSegNode
 
@@ -503,6 +506,7 @@ def test_node_refuses_bad_temporal_parameters_at_start_up_naming_them(ros):
         ros(VideoSegNode, fusion_weight=1.5)
 
 
+@pytest.mark.ros
 def test_node_changes_temporal_settings_at_run_time_and_refuses_bad_values(ros):
     from rclpy.parameter import Parameter
 
@@ -528,6 +532,7 @@ def test_node_changes_temporal_settings_at_run_time_and_refuses_bad_values(ros):
     assert ros(VideoSegNode, temporal_mode=False).engine.temporal.mode == "off"
 
 
+@pytest.mark.ros
 def test_node_fuses_shares_the_flow_with_the_online_tc_and_warns_about_flicker(ros):
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.executors import SingleThreadedExecutor
@@ -585,6 +590,7 @@ def test_node_fuses_shares_the_flow_with_the_online_tc_and_warns_about_flicker(r
         executor.shutdown()
 
 
+@pytest.mark.ros
 def test_lifecycle_deactivate_clears_the_cameras_temporal_state(ros):
     pytest.importorskip("lifecycle_msgs", reason="lifecycle_msgs is not installed")
     from video_seg_ros.image_encoding import Frame as NodeFrame
