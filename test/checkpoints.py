@@ -10,9 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from video_seg_ros.checkpoint import Checkpoint, Preprocessing
-from video_seg_ros.models import build_model
+from video_seg_ros.models import build_model, register
 
 #: 19 Cityscapes classes + the "background" channel published as 255, like ESPNet's Cityscapes weights.
 NUM_OUTPUTS = 20
@@ -50,3 +51,27 @@ def near_tie_espnet(size: tuple[int, int] = (64, 32), gap: float = 1e-3) -> Chec
     spread = 1.0 + gap * torch.randn((1, weight.shape[1], 1, 1), generator=generator)
     checkpoint.state_dict = {**checkpoint.state_dict, "classifier.weight": weight[:, :1] * spread}
     return checkpoint
+
+
+class ScaledErfcSegmenter(nn.Module):
+    """A 1x1 conv followed by erfcx, an operator ONNX has no form for (no backend can convert it)
+    and that has no bf16 kernel on the CPU."""
+
+    def __init__(self, num_classes: int = NUM_OUTPUTS):
+        super().__init__()
+        self.classifier = nn.Conv2d(3, num_classes, 1)
+
+    def forward(self, x):
+        return torch.special.erfcx(self.classifier(x))
+
+
+@register("test-erfcx")
+def _erfcx_segmenter(num_classes: int = NUM_OUTPUTS) -> nn.Module:
+    return ScaledErfcSegmenter(num_classes)
+
+
+def unconvertible_checkpoint() -> Checkpoint:
+    """A checkpoint of :class:`ScaledErfcSegmenter` (model input 64x32)."""
+    model = ScaledErfcSegmenter()
+    return Checkpoint.for_label_set("test-erfcx", {"num_classes": NUM_OUTPUTS}, model.state_dict(),
+                                    "cityscapes", Preprocessing(input_height=32, input_width=64))

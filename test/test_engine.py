@@ -3,6 +3,7 @@ stream/model/release seams, and the denormal flush on the published ESPNet p2q8 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,11 +12,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from shared_data import require_shared_file
 from video_seg_ros.backends import BackendError
 from checkpoints import tiny_espnet
-from video_seg_ros.checkpoint import Checkpoint
+from video_seg_ros.checkpoint import Checkpoint, output_class_lookup
 from video_seg_ros.engine import DeviceError, SegmentationEngine, resolve_device
 from video_seg_ros.labels import IGNORE_ID
 from video_seg_ros.models import build_model
@@ -50,6 +52,38 @@ def test_upsampling_labels_instead_of_logits_keeps_the_resolution():
     engine = SegmentationEngine(make_checkpoint(), device="cpu", precision="fp32", upsample="labels")
     assert engine.segment(random_frame(45, 77)).labels.shape == (45, 77)
 
+
+
+def test_logits_upsampling_equals_interpolating_the_models_logits_by_hand():
+    """upsample="logits": class scores are resized bilinearly *before* the argmax."""
+    checkpoint = tiny_espnet(size=(64, 32))
+    engine = SegmentationEngine(checkpoint, device="cpu", backend="torch", precision="fp32",
+                                upsample="logits")
+    # 75x141: not a multiple of the 64x32 model input
+    frame = np.random.default_rng(3).integers(0, 256, (75, 141, 3), dtype=np.uint8)
+    with torch.inference_mode():
+        logits = engine.model(engine.preprocess([frame])).float()
+        by_hand = F.interpolate(logits, size=frame.shape[:2], mode="bilinear", align_corners=False)
+        lookup = output_class_lookup(checkpoint.output_to_class, torch.device("cpu"))
+        expected = lookup[by_hand.argmax(1)][0]
+    result = engine.segment(frame)
+    assert result.labels.shape == frame.shape[:2]
+    np.testing.assert_array_equal(result.labels, expected.numpy())
+    # The cheaper "labels" mode takes the argmax at model resolution: it disagrees at boundaries.
+    labels_mode = SegmentationEngine(checkpoint, device="cpu", backend="torch", precision="fp32",
+                                     upsample="labels").segment(frame).labels
+    assert (labels_mode != result.labels).any()
+
+
+def test_engines_cache_conversions_in_the_sessions_folder_not_in_the_users_home(
+        tmp_path_factory):
+    """conftest's private_conversion_cache: backend="auto" without cache_dir never writes
+    ~/.cache (node processes inherit the variable)."""
+    from video_seg_ros.backends import default_cache_dir
+
+    cache_home = Path(os.environ["XDG_CACHE_HOME"])
+    assert cache_home.is_relative_to(tmp_path_factory.getbasetemp())
+    assert default_cache_dir().is_relative_to(cache_home)
 
 def test_bgr_input_gives_the_same_result_as_the_channel_swapped_rgb_input(engine):
     frame = random_frame(48, 96, seed=1)
