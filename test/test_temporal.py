@@ -10,7 +10,6 @@ the real rclpy node in this process.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import cv2
@@ -565,9 +564,9 @@ def test_node_fuses_shares_the_flow_with_the_online_tc_and_warns_about_flicker(r
             outputs = node.cameras[0].publishers["labels"]
             assert probe.wait_for(lambda: outputs.get_subscription_count() > 0, 20.0)
             frames = [noise(i) for i in range(6)]  # unrelated frames: labels flicker, TC is low
+            # reliable QoS and a 20-frame queue: every frame arrives without pacing
             for i, frame in enumerate(frames):
                 publisher.publish(image_message(frame, "rgb8", 100.0 + 0.05 * i))
-                time.sleep(0.05)
             assert probe.wait_for(lambda: len(labels) == len(frames), 30.0), f"{len(labels)} labels"
 
             def flicker_status():
@@ -581,7 +580,9 @@ def test_node_fuses_shares_the_flow_with_the_online_tc_and_warns_about_flicker(r
             status = probe.wait_for(flicker_status, 10.0)
             assert status is not None, [diagnostics_values(a) for a in diagnostics[-2:]]
             assert status["_level"] == 1 and status["temporal_mode"] == "fuse"
-            assert status["keyframe_share"] == "1.00" and float(status["fused_confidence"]) > 0
+            assert status["keyframe_share"] == "1.00"
+            # the mean of a max softmax over 20 outputs: between 1/20 and 1
+            assert 1 / 20 <= float(status["fused_confidence"]) <= 1.0
             consistency = node.cameras[0].pipeline.consistency
             assert consistency.pairs == 5 and consistency.flows_computed == 0  # one flow per frame
     finally:
