@@ -107,7 +107,7 @@ def test_written_layout_reads_back_through_the_frame_reader(tmp_path):
 
 def test_generate_cli_writes_dataset_report_and_contact_sheet(tmp_path):
     out, sheet = tmp_path / "data", tmp_path / "sheet.png"
-    code = generate_cli.main(["--out", str(out), "--sequences", "2", "--frames", "2", "--seed", "3",
+    code = generate_cli.main(["-o", str(out), "--sequences", "2", "--frames", "2", "--seed", "3",
                               "--size", "128x64", "--contact-sheet", str(sheet)])
     assert code == 0
     assert len(list_frames(out / "leftImg8bit_sequence" / "train")) == 4
@@ -120,9 +120,9 @@ def test_generate_cli_writes_dataset_report_and_contact_sheet(tmp_path):
 
 def test_generate_cli_rejects_bad_arguments_with_a_message(capsys):
     with pytest.raises(SystemExit) as error:
-        generate_cli.main(["--out", "x", "--size", "big"])
+        generate_cli.main(["-o", "x", "--size", "big"])
     assert error.value.code == 2 and "WIDTHxHEIGHT" in capsys.readouterr().err
-    assert generate_cli.main(["--out", "x", "--frames", "0"]) == 2
+    assert generate_cli.main(["-o", "x", "--frames", "0"]) == 2
     with pytest.raises(ValueError, match="num_frames"):
         next(generate_sequence(0, 0, WIDTH, HEIGHT))
 
