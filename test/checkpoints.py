@@ -19,18 +19,36 @@ from video_seg_ros.models import build_model, register
 NUM_OUTPUTS = 20
 
 
-def tiny_espnet(num_classes: int = NUM_OUTPUTS, size: tuple[int, int] = (64, 32), seed: int = 0,
-                p: int = 2, q: int = 3, channel_order: str = "rgb", mean=(128.0, 128.0, 128.0),
-                std=(64.0, 64.0, 64.0), scale: float = 1.0,
-                output_to_class: list[int] | None = None) -> Checkpoint:
+def tiny_espnet(
+    num_classes: int = NUM_OUTPUTS,
+    size: tuple[int, int] = (64, 32),
+    seed: int = 0,
+    p: int = 2,
+    q: int = 3,
+    channel_order: str = "rgb",
+    mean=(128.0, 128.0, 128.0),
+    std=(64.0, 64.0, 64.0),
+    scale: float = 1.0,
+    output_to_class: list[int] | None = None,
+) -> Checkpoint:
     """A random-init ESPNet ``Checkpoint`` (Cityscapes label set) with model input ``size`` (W, H)."""
     torch.manual_seed(seed)
     model = build_model("espnet", p=p, q=q, num_classes=num_classes).eval()
     checkpoint = Checkpoint.for_label_set(
-        "espnet", {"p": p, "q": q, "num_classes": num_classes}, model.state_dict(), "cityscapes",
-        Preprocessing(input_height=size[1], input_width=size[0], channel_order=channel_order,
-                      mean=list(mean), std=list(std), scale=scale),
-        source={"kind": "random-init test checkpoint"})
+        "espnet",
+        {"p": p, "q": q, "num_classes": num_classes},
+        model.state_dict(),
+        "cityscapes",
+        Preprocessing(
+            input_height=size[1],
+            input_width=size[0],
+            channel_order=channel_order,
+            mean=list(mean),
+            std=list(std),
+            scale=scale,
+        ),
+        source={"kind": "random-init test checkpoint"},
+    )
     if output_to_class is not None:
         checkpoint.output_to_class = list(output_to_class)
     return checkpoint
@@ -73,5 +91,10 @@ def _erfcx_segmenter(num_classes: int = NUM_OUTPUTS) -> nn.Module:
 def unconvertible_checkpoint() -> Checkpoint:
     """A checkpoint of :class:`ScaledErfcSegmenter` (model input 64x32)."""
     model = ScaledErfcSegmenter()
-    return Checkpoint.for_label_set("test-erfcx", {"num_classes": NUM_OUTPUTS}, model.state_dict(),
-                                    "cityscapes", Preprocessing(input_height=32, input_width=64))
+    return Checkpoint.for_label_set(
+        "test-erfcx",
+        {"num_classes": NUM_OUTPUTS},
+        model.state_dict(),
+        "cityscapes",
+        Preprocessing(input_height=32, input_width=64),
+    )

@@ -65,14 +65,19 @@ def deprecated_aliases(parsers: dict[str, argparse.ArgumentParser] | None = None
 
 def current_options(parsers: dict[str, argparse.ArgumentParser] | None = None) -> set[str]:
     """Every option spelling some tool accepts as current (not deprecated)."""
-    return {option for parser in (parsers or tool_parsers()).values()
-            for action in parser._actions if not _is_alias(action)
-            for option in action.option_strings}
+    return {
+        option
+        for parser in (parsers or tool_parsers()).values()
+        for action in parser._actions
+        if not _is_alias(action)
+        for option in action.option_strings
+    }
 
 
 def deprecated_node_parameters() -> list[str]:
     from video_seg_ros.ros.parameters import PARAMETERS
 
     marked = [name for name, spec in PARAMETERS.items() if spec.deprecated]
-    return marked + [name for name in OLD_NODE_PARAMETERS if name in PARAMETERS
-                     and name not in marked]
+    return marked + [
+        name for name in OLD_NODE_PARAMETERS if name in PARAMETERS and name not in marked
+    ]

@@ -43,13 +43,16 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
 
 def test_the_tools_still_accept_old_spellings():
     assert {(alias.script, alias.old) for alias in ALIASES} >= {
-        ("video-seg-eval", "--out"), ("video-seg-generate", "--fps"),
-        ("video-seg-train", "--no-progress")}
+        ("video-seg-eval", "--out"),
+        ("video-seg-generate", "--fps"),
+        ("video-seg-train", "--no-progress"),
+    }
 
 
 @pytest.mark.parametrize("alias", ALIASES, ids=lambda alias: f"{alias.script}{alias.old}")
 def test_an_old_option_spelling_sets_what_the_new_one_sets_and_says_it_is_deprecated(
-        alias, capsys):
+    alias, capsys
+):
     parser = PARSERS[alias.script]
     action = next(a for a in parser._actions if alias.old in a.option_strings)
     value = [_sample_value(action)] if alias.takes_value else []
@@ -73,4 +76,3 @@ def test_the_engines_fp16_switch_warns_and_means_fp32_on_the_cpu():
     with pytest.warns(DeprecationWarning, match="precision="):
         engine = SegmentationEngine(tiny_espnet(), device="cpu", backend="torch", fp16=True)
     assert engine.precision == "fp32" and not engine.fp16  # fp16 was always ignored on the CPU
-

@@ -12,8 +12,12 @@ from shared_data import require_shared_file
 from video_seg_ros.frames import read_label, read_rgb
 from video_seg_ros.labels import IGNORE_ID
 from textures import textured
-from video_seg_ros.metrics import (ConfusionMatrix, OnlineConsistency, TemporalConsistency,
-                                   pair_consistency)
+from video_seg_ros.metrics import (
+    ConfusionMatrix,
+    OnlineConsistency,
+    TemporalConsistency,
+    pair_consistency,
+)
 
 
 def blob_labels(height: int, width: int, seed: int = 1, classes: int = 5) -> np.ndarray:
@@ -26,10 +30,8 @@ def blob_labels(height: int, width: int, seed: int = 1, classes: int = 5) -> np.
 
 # ---- ConfusionMatrix -----------------------------------------------------------------------------
 def test_miou_matches_hand_computed_example():
-    target = np.array([[0, 0, 1, 1],
-                       [0, 2, 2, 2]])
-    prediction = np.array([[0, 1, 1, 1],
-                           [0, 2, 2, 0]])
+    target = np.array([[0, 0, 1, 1], [0, 2, 2, 2]])
+    prediction = np.array([[0, 1, 1, 1], [0, 2, 2, 0]])
     matrix = ConfusionMatrix(3).update(prediction, target)
     # class 0: I = 2 ({0,0},{1,0}), U = 3 target + 3 predicted - 2 = 4  -> 0.5
     # class 1: I = 2, U = 2 + 3 - 2 = 3                                -> 2/3
@@ -58,7 +60,9 @@ def test_unlabelled_prediction_counts_as_miss_for_the_target_class():
 
 
 def test_classes_absent_from_target_and_prediction_are_left_out_of_the_mean():
-    matrix = ConfusionMatrix(4, ["a", "b", "c", "d"]).update(np.array([[0, 1]]), np.array([[0, 0]]))
+    matrix = ConfusionMatrix(4, ["a", "b", "c", "d"]).update(
+        np.array([[0, 1]]), np.array([[0, 0]])
+    )
     # a: I=1, U=2 -> 0.5; b: predicted only -> 0.0 (counted); c, d: never seen -> excluded.
     assert matrix.miou == pytest.approx(0.25)
     assert matrix.per_class_iou() == {"a": 0.5, "b": 0.0, "c": None, "d": None}
@@ -67,7 +71,7 @@ def test_classes_absent_from_target_and_prediction_are_left_out_of_the_mean():
 def test_accuracy_is_accumulated_over_the_dataset_not_averaged_per_frame():
     matrix = ConfusionMatrix(2)
     matrix.update(np.array([[0, 0, 0, 1]]), np.array([[0, 0, 0, 0]]))  # class 0: 3/4, class 1: 0/1
-    matrix.update(np.array([[1, 1]]), np.array([[1, 1]]))              # class 1 perfect
+    matrix.update(np.array([[1, 1]]), np.array([[1, 1]]))  # class 1 perfect
     # dataset level: class 0 I=3 U=4; class 1 I=2 U=3
     assert matrix.miou == pytest.approx((3 / 4 + 2 / 3) / 2)
 
@@ -122,7 +126,9 @@ def test_tc_with_dis_flow_recovers_a_real_shift():
     labels_t, labels_next = canvas_labels[:, 8:208], canvas_labels[:, 4:204]
     flow_tc = TemporalConsistency(5, preset="medium", flow_width=None)
     tc = flow_tc.update(frame_t, frame_next, labels_t, labels_next)
-    without_motion = pair_consistency(labels_t, labels_next, np.zeros((120, 200, 2), np.float32), 5).miou
+    without_motion = pair_consistency(
+        labels_t, labels_next, np.zeros((120, 200, 2), np.float32), 5
+    ).miou
     assert tc > 0.97
     assert tc > without_motion + 0.03
 
@@ -130,9 +136,12 @@ def test_tc_with_dis_flow_recovers_a_real_shift():
 def test_tc_accumulates_intersections_and_unions_over_all_pairs():
     still = np.zeros((2, 4, 2), np.float32)
     consistency = TemporalConsistency(2)
-    first = consistency.update_with_flow(np.array([[0, 0, 0, 0], [0, 0, 0, 1]], np.uint8),
-                                         np.zeros((2, 4), np.uint8), still)
-    second = consistency.update_with_flow(np.ones((2, 4), np.uint8), np.ones((2, 4), np.uint8), still)
+    first = consistency.update_with_flow(
+        np.array([[0, 0, 0, 0], [0, 0, 0, 1]], np.uint8), np.zeros((2, 4), np.uint8), still
+    )
+    second = consistency.update_with_flow(
+        np.ones((2, 4), np.uint8), np.ones((2, 4), np.uint8), still
+    )
     assert first == pytest.approx((7 / 8 + 0.0) / 2)
     assert second == 1.0
     # Dataset level: class 0 I=7 U=8; class 1 I=8 U=9 (not the mean of the two pair values).
@@ -155,9 +164,15 @@ def test_tc_on_real_cityscapes_pseudo_labels_beats_no_motion_compensation(shared
     frames, labels = [], []
     for index in (10, 11):
         name = f"aachen_000000_0000{index:02d}"
-        frames.append(read_rgb(require_shared_file(shared, f"{root}/leftImg8bit/{name}_leftImg8bit.jpg")))
-        labels.append(read_label(require_shared_file(shared, f"{root}/pseudo_labelIds/{name}_pseudo_labelIds.png"),
-                                 "cityscapes-labelids"))
+        frames.append(
+            read_rgb(require_shared_file(shared, f"{root}/leftImg8bit/{name}_leftImg8bit.jpg"))
+        )
+        labels.append(
+            read_label(
+                require_shared_file(shared, f"{root}/pseudo_labelIds/{name}_pseudo_labelIds.png"),
+                "cityscapes-labelids",
+            )
+        )
     frames = [cv2.resize(f, (512, 256), interpolation=cv2.INTER_AREA) for f in frames]
     labels = [cv2.resize(lab, (512, 256), interpolation=cv2.INTER_NEAREST) for lab in labels]
     consistency = TemporalConsistency(19, flow_width=None, occlusion=True)
@@ -176,8 +191,8 @@ def panning_stream(count: int, step: int = 3, height: int = 90, width: int = 160
     canvas_labels = blob_labels(height, width + step * count + 8, seed=6)
     for i in range(count):
         x = step * (count - i)
-        grey = canvas[:, x:x + width]
-        yield np.repeat(grey[..., None], 3, axis=2), canvas_labels[:, x:x + width].copy()
+        grey = canvas[:, x : x + width]
+        yield np.repeat(grey[..., None], 3, axis=2), canvas_labels[:, x : x + width].copy()
 
 
 def test_online_consistency_measures_every_stride_frames():

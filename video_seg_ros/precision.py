@@ -74,8 +74,10 @@ def _synthetic_frames(width: int, height: int) -> tuple[np.ndarray, ...]:
     from video_seg_ros.synthetic.generator import generate_sequence
 
     width, height = max(width, 32), max(height, 16)
-    return tuple(next(iter(generate_sequence(seed, 1, width, height, with_flow=False))).rgb
-                 for seed in CALIBRATION_SEEDS)
+    return tuple(
+        next(iter(generate_sequence(seed, 1, width, height, with_flow=False))).rgb
+        for seed in CALIBRATION_SEEDS
+    )
 
 
 def calibration_frames(width: int, height: int) -> list[np.ndarray]:
@@ -103,12 +105,18 @@ class GateCache:
             record = json.loads(self.path.read_text())
         except (OSError, ValueError):
             return None
-        return record if isinstance(record, dict) and ("agreement" in record or "error" in record) else None
+        return (
+            record
+            if isinstance(record, dict) and ("agreement" in record or "error" in record)
+            else None
+        )
 
     def store(self, record: dict) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile("w", dir=self.path.parent, suffix=".tmp", delete=False) as f:
+            with tempfile.NamedTemporaryFile(
+                "w", dir=self.path.parent, suffix=".tmp", delete=False
+            ) as f:
                 json.dump(record, f)
             os.replace(f.name, self.path)
         except OSError as error:
@@ -124,10 +132,18 @@ def run_sequence(runner, batches: Sequence[torch.Tensor], temporal: bool) -> lis
     return [runner.run(batch, [memory]).float() for batch in batches]
 
 
-def decide(requested: str, candidate: str, candidate_reason: str, runner,
-           rebuild: Callable[[str], object], reference: Callable[[], object],
-           batches: Sequence[torch.Tensor], temporal: bool, threshold: float = AGREEMENT_THRESHOLD,
-           cache: GateCache | None = None) -> tuple[object, PrecisionDecision]:
+def decide(
+    requested: str,
+    candidate: str,
+    candidate_reason: str,
+    runner,
+    rebuild: Callable[[str], object],
+    reference: Callable[[], object],
+    batches: Sequence[torch.Tensor],
+    temporal: bool,
+    threshold: float = AGREEMENT_THRESHOLD,
+    cache: GateCache | None = None,
+) -> tuple[object, PrecisionDecision]:
     """Settle the precision of ``runner`` (built in ``candidate``); returns the runner that runs
     and the decision.
 
@@ -155,8 +171,10 @@ def decide(requested: str, candidate: str, candidate_reason: str, runner,
             cache.store({**record, "precision": candidate, "frames": len(batches)})
     if "error" in record:
         if requested != "auto":
-            raise PrecisionError(f"precision {candidate!r} cannot run this model here ({record['error']}); "
-                                 "use precision 'fp32' or 'auto'.")
+            raise PrecisionError(
+                f"precision {candidate!r} cannot run this model here ({record['error']}); "
+                "use precision 'fp32' or 'auto'."
+            )
         fallback = f"{candidate} cannot run this model ({record['error']}); running fp32"
         return _fall_back_to_fp32(requested, rebuild, batches, temporal, fallback)
     agreement = float(record["agreement"])
@@ -165,8 +183,12 @@ def decide(requested: str, candidate: str, candidate_reason: str, runner,
         if requested == "auto":
             fallback = f"{measured}, below the {threshold:.1%} gate; running fp32"
             return _fall_back_to_fp32(requested, rebuild, batches, temporal, fallback, agreement)
-        LOG.warning("precision %s asked for: %s, below the %.1f%% gate (auto would run fp32)",
-                    candidate, measured, 100 * threshold)
+        LOG.warning(
+            "precision %s asked for: %s, below the %.1f%% gate (auto would run fp32)",
+            candidate,
+            measured,
+            100 * threshold,
+        )
         reason = f"{candidate} asked for; {measured}, below the {threshold:.1%} gate"
     else:
         reason = f"{'auto' if requested == 'auto' else candidate + ' asked for'}: {measured} (gate {threshold:.1%})"
@@ -174,8 +196,10 @@ def decide(requested: str, candidate: str, candidate_reason: str, runner,
         run_sequence(runner, batches[:1], temporal)
     except Exception as error:  # a cached verdict from an older build, say
         if requested != "auto":
-            raise PrecisionError(f"precision {candidate!r} cannot run this model here "
-                                 f"({type(error).__name__}: {error}); use 'fp32' or 'auto'.") from error
+            raise PrecisionError(
+                f"precision {candidate!r} cannot run this model here "
+                f"({type(error).__name__}: {error}); use 'fp32' or 'auto'."
+            ) from error
         fallback = f"{candidate} cannot run this model ({type(error).__name__}: {str(error)[:200]}); running fp32"
         return _fall_back_to_fp32(requested, rebuild, batches, temporal, fallback, agreement)
     return runner, PrecisionDecision(requested, candidate, reason, agreement)
