@@ -67,7 +67,8 @@ def require_shared() -> Path:
 
 
 def make_checkpoint(arch: str, kwargs: dict, width: int, height: int):
-    """A random-init checkpoint of ``arch`` with model input ``width`` x ``height`` (Cityscapes classes)."""
+    """A random-init checkpoint of ``arch`` with model input ``width`` x ``height`` (Cityscapes
+    classes)."""
     from video_seg_ros.checkpoint import Checkpoint, Preprocessing
     from video_seg_ros.models import build_model
 

@@ -1,4 +1,5 @@
-"""Bring-your-own-model figures on the published ESPNet p2q8 and the real frame frankfurt_000001_058914.
+"""Bring-your-own-model figures on the published ESPNet p2q8 and the real frame
+frankfurt_000001_058914.
 
 Usage (from the repository root; needs ../shared)::
 
@@ -175,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{command}\n{machine_description()}\n")
     print(f"(a) plain torch.onnx.export of ESPNet p2q8, imported with:\n    {import_command}\n")
     print(
-        f"| path ({args.backend} fp32) | ms per 2048x1024 frame | labels = native ({args.backend}) | "
+        f"| path ({args.backend} fp32) | ms per 2048x1024 frame | labels = native "
+        f"({args.backend}) | "
         "labels = native torch fp32 | pixel accuracy |"
     )
     print("|---|---|---|---|---|")

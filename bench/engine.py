@@ -1,4 +1,5 @@
-"""Engine speed per backend x precision on published weights and a real frame, against the unchanged path.
+"""Engine speed per backend x precision on published weights and a real frame, against the
+unchanged path.
 
 Usage (from the repository root; needs ../shared)::
 
@@ -6,9 +7,10 @@ Usage (from the repository root; needs ../shared)::
     python bench/engine.py --models espnet-p2q8 espnet-p2q3 --repeats 7 --json bench.json
     python bench/engine.py --models espnet-p2q8 random-pspnet18   # random weights: labelled extra
 
-For each model (published weights imported with ``video-seg-import``'s code, or ``random-*``) and each
-backend x precision that can run here (the others are listed with the reason they are refused),
-it times ``SegmentationEngine.segment`` on the real Cityscapes frame frankfurt_000001_058914:
+For each model (published weights imported with ``video-seg-import``'s code, or ``random-*``) and
+each backend x precision that can run here (the others are listed with the reason they are
+refused), it times ``SegmentationEngine.segment`` on the real Cityscapes frame
+frankfurt_000001_058914:
 
 - ``network input``: the frame already at the network input size (1024x512 unless ``--size``):
   normalisation + network + argmax;
@@ -233,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
                 }
             )
         print(
-            f"{name}: backend auto -> {auto.backend} {auto.precision} ({auto.precision_decision.reason})"
+            f"{name}: backend auto -> {auto.backend} {auto.precision} "
+            f"({auto.precision_decision.reason})"
             + (f" (backend fallback: {auto.fallback_reason})" if auto.fallback_reason else "")
         )
         for (backend, precision), engine in engines.items():
@@ -241,11 +244,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  gate, {backend} {precision}: {engine.precision_decision.reason}")
     width, height = args.size
     print(
-        f"\n{command}\n{machine_description()}\ndevice {args.device}; real frame {Path(CITYSCAPES_FRAME).name} "
-        f"(2048x1024); median of {args.repeats} after {args.warmup} warm-up runs, settings taking turns\n"
+        f"\n{command}\n{machine_description()}\ndevice {args.device}; real frame "
+        f"{Path(CITYSCAPES_FRAME).name} "
+        f"(2048x1024); median of {args.repeats} after {args.warmup} warm-up runs, settings taking "
+        "turns\n"
     )
     print(
-        f"| model | backend | precision | ms, {width}x{height} input | ms, 2048x1024 frame (pre+post) | "
+        f"| model | backend | precision | ms, {width}x{height} input | ms, 2048x1024 frame "
+        "(pre+post) | "
         "speed-up vs unchanged (input / frame) | labels = torch fp32 |"
     )
     print("|---|---|---|---|---|---|---|")

@@ -1,4 +1,5 @@
-"""What the LMANet memory costs: median time per frame with and without it, per backend, and where it goes.
+"""What the LMANet memory costs: median time per frame with and without it, per backend, and where
+it goes.
 
 Usage (from the repository root; needs ../shared)::
 
@@ -9,10 +10,10 @@ Usage (from the repository root; needs ../shared)::
 The base is a published checkpoint imported from ../shared/weights (``random-*``: random weights,
 labelled); the memory model is that checkpoint plus a memory wrapper from
 ``add_memory_to_checkpoint`` whose memory weights are UNTRAINED: small random values (the time
-does not depend on them; a fresh wrapper's zero gates would let OpenVINO fold layers away). Both run through
-:class:`~video_seg_ros.engine.SegmentationEngine` (preprocessing + network + argmax, ``model_ms``)
-on consecutive real Cityscapes sequence frames resized to the input size; the memory model
-streams with a full memory of T frames. Base and memory frames alternate, so load from other
+does not depend on them; a fresh wrapper's zero gates would let OpenVINO fold layers away). Both
+run through :class:`~video_seg_ros.engine.SegmentationEngine` (preprocessing + network + argmax,
+``model_ms``) on consecutive real Cityscapes sequence frames resized to the input size; the memory
+model streams with a full memory of T frames. Base and memory frames alternate, so load from other
 processes hits both alike. Each backend in ``--backends`` gets its own row (the ratio that matters
 is the one on the fastest backend; ``auto`` is OpenVINO on a CPU). The breakdown (torch backend)
 times the memory's parts on the base's real 1/8 features: key/value convs and tiling of the new
@@ -252,20 +253,26 @@ def main(argv: list[str] | None = None) -> int:
         ["python", "bench/memory_overhead.py", *(sys.argv[1:] if argv is None else argv)]
     )
     print(
-        f"\n{command}\n{machine_description()}\nMemory overhead, {width}x{height} input, T={args.memory_length}, "
-        f"keys {args.key_channels}, values {args.value_channels}, fusion {args.fusion}, device {args.device}; "
-        f"real frames from {source}; memory weights UNTRAINED (add_memory_to_checkpoint, small random memory layers)\n"
+        f"\n{command}\n{machine_description()}\nMemory overhead, {width}x{height} input, "
+        f"T={args.memory_length}, "
+        f"keys {args.key_channels}, values {args.value_channels}, fusion {args.fusion}, device "
+        f"{args.device}; "
+        f"real frames from {source}; memory weights UNTRAINED (add_memory_to_checkpoint, small "
+        "random memory layers)\n"
     )
     print(
-        "| model | backend | precision | window | base ms | with memory ms | ratio | base CPU ms | "
+        "| model | backend | precision | window | base ms | with memory ms | ratio | base CPU ms "
+        "| "
         "with memory CPU ms | CPU ratio | memory params |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         model = row["model"] + (" (random weights)" if row["random_weights"] else "")
         print(
-            f"| {model} | {row['backend']} | {row['precision']} | {row['window']}x{row['window']} | "
-            f"{row['base_ms']:.1f} | {row['memory_ms']:.1f} | {row['ratio']:.3f} | {row['base_cpu_ms']:.1f} | "
+            f"| {model} | {row['backend']} | {row['precision']} | {row['window']}x{row['window']} "
+            "| "
+            f"{row['base_ms']:.1f} | {row['memory_ms']:.1f} | {row['ratio']:.3f} | "
+            f"{row['base_cpu_ms']:.1f} | "
             f"{row['memory_cpu_ms']:.1f} | {row['cpu_ratio']:.3f} | {row['memory_parameters']:,} |"
         )
     broken_down = [row for row in rows if row["parts_ms"]]

@@ -5,10 +5,12 @@ For each N (default 1, 2, 4): N cameras publish 1024x512 real Cityscapes sequenc
 (one model, frames batched), then to N nodes of one camera each. Per camera: frames per second
 answered, latency p50/p95 (publish -> labels received in this process); per node process: resident
 memory (VmRSS from /proc/<pid>/status, read at the end of the run). Target (issue 13): one process
-serving 4 cameras answers >= 1.5x the frames per second of 4 processes, with <= 40 % of their memory.
+serving 4 cameras answers >= 1.5x the frames per second of 4 processes, with <= 40 % of their
+memory.
 
     .venv/bin/python bench/multi_camera.py --weights ../shared/weights/espnet/espnet_p_2_q_8.pth \\
-        --cameras 1,2,4 --seconds 20 --backend auto --precision auto --json outputs/multi_camera.json
+        --cameras 1,2,4 --seconds 20 --backend auto --precision auto \\
+        --json outputs/multi_camera.json
 
 Weights: the published ESPNet p=2 q=8 Cityscapes state_dict, converted with the project's importer
 (``video-seg-import``'s library function). Frames: ../shared/data/cityscapes_sequences, resized
@@ -290,14 +292,17 @@ def run(mode: str, count: int, frames, checkpoint: str, args, probe: Probe, env)
     total_mb = sum(m for m in memory.values() if m is not None)
     print(
         f"\n{mode:>8} process(es), {count} camera(s): {total_fps:.2f} frames/s answered in all, "
-        f"resident memory {total_mb:.0f} MB ({', '.join(f'{m:.0f}' for m in memory.values() if m)} MB)"
+        f"resident memory {total_mb:.0f} MB "
+        f"({', '.join(f'{m:.0f}' for m in memory.values() if m)} MB)"
     )
     for camera, figures in per_camera.items():
         p50, p95 = figures["latency_p50_ms"], figures["latency_p95_ms"]
         print(
             f"    {camera}: {figures['answered']}/{figures['published']} answered "
-            f"({figures['answered_including_warmup']} with the warm-up), {figures['fps']:.2f} fps, "
-            f"latency p50 {p50 if p50 is None else f'{p50:.0f}'} ms, p95 {p95 if p95 is None else f'{p95:.0f}'} ms"
+            f"({figures['answered_including_warmup']} with the warm-up), {figures['fps']:.2f} "
+            "fps, "
+            f"latency p50 {p50 if p50 is None else f'{p50:.0f}'} ms, p95 "
+            f"{p95 if p95 is None else f'{p95:.0f}'} ms"
         )
     return {
         "mode": mode,
@@ -328,7 +333,8 @@ def main(argv=None) -> int:
         shlex.quote(a) for a in (argv or sys.argv[1:])
     )
     print(
-        f"{command}\n{machine_description()}\ncheckpoint {checkpoint}; {len(frames)} frames {SIZE[0]}x{SIZE[1]}; "
+        f"{command}\n{machine_description()}\ncheckpoint {checkpoint}; {len(frames)} frames "
+        f"{SIZE[0]}x{SIZE[1]}; "
         f"{args.rate:g} Hz per camera, {args.seconds:g} s measured after {args.warmup_seconds:g} s"
     )
     probe = Probe()
@@ -354,7 +360,8 @@ def main(argv=None) -> int:
                 {"cameras": count, "fps_ratio": fps_ratio, "memory_ratio": memory_ratio}
             )
             print(
-                f"\nN={count}: one process / {count} processes: {fps_ratio:.2f}x the frames per second "
+                f"\nN={count}: one process / {count} processes: {fps_ratio:.2f}x the frames per "
+                "second "
                 f"(target >= {TARGET_FPS_RATIO}), {memory_ratio:.0%} of the memory (target <= "
                 f"{TARGET_MEMORY_RATIO:.0%})"
             )

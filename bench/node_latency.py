@@ -184,11 +184,13 @@ def latency_report(
     ratio = e2e_p50 / engine_p50
     node_model_p50 = float(node_diagnostics.get("model_p50_ms") or "nan")
     print(
-        f"\nend-to-end p50 {e2e_p50:.1f} ms  p95 {e2e_p95:.1f} ms | bare engine p50 {engine_p50:.1f} ms  "
+        f"\nend-to-end p50 {e2e_p50:.1f} ms  p95 {e2e_p95:.1f} ms | bare engine p50 "
+        f"{engine_p50:.1f} ms  "
         f"p95 {engine_p95:.1f} ms | ratio {ratio:.3f} (target <= {TARGET_RATIO})"
     )
     print(
-        f"engine time measured inside the node (diagnostics model_p50_ms, includes warm-up frames) "
+        "engine time measured inside the node (diagnostics model_p50_ms, includes warm-up "
+        "frames) "
         f"{node_model_p50:.1f} ms -> end-to-end / that = {e2e_p50 / node_model_p50:.3f}"
     )
     return {
@@ -323,7 +325,8 @@ def main(argv=None) -> int:
         time.sleep(1.0)  # let the reverse (labels) connection settle too
 
         end_to_end, engine_ms, engine_seen = [], [], []
-        # Threading exactly as in the node: one warm-up pass in the main thread at the model's input
+        # Threading exactly as in the node: one warm-up pass in the main thread at the model's
+        # input
         # size, then every frame in one long-lived worker thread. PyTorch's CPU time per frame
         # depends on this (3x apart on a loaded 2-core machine), so anything else is not a fair
         # comparison.
@@ -354,7 +357,8 @@ def main(argv=None) -> int:
         engine_p95 = percentiles(engine_seen)[1] if engine_seen else 5000.0
         if not end_to_end:
             print(
-                "\nno frame was answered: nothing to compare (large frames lost between processes?)"
+                "\nno frame was answered: nothing to compare (large frames lost between "
+                "processes?)"
             )
             report["latency"] = {"frames": 0, "published": len(frames)}
         else:
@@ -402,7 +406,8 @@ def main(argv=None) -> int:
                 f"lost in transport {row['lost_in_transport']}"
             )
         print(
-            "\n| input | published | received | dropped (keep-latest) | processed | lost in transport |"
+            "\n| input | published | received | dropped (keep-latest) | processed | lost in "
+            "transport |"
         )
         print("|---|---|---|---|---|---|")
         for row in report["rates"]:

@@ -112,11 +112,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         engine.release()
     print(
-        f"{command}\n{machine_description()}\nmodel {args.model} at 1024x512, snippets {', '.join(args.snippets)}"
-        f" (2048x1024 frames, pseudo-labels){'' if args.limit is None else f', {args.limit} frames each'}\n"
+        f"{command}\n{machine_description()}\nmodel {args.model} at 1024x512, snippets "
+        f"{', '.join(args.snippets)}"
+        " (2048x1024 frames, "
+        f"pseudo-labels){'' if args.limit is None else f', {args.limit} frames each'}\n"
     )
     print(
-        "| asked | runs | ms per frame | mIoU | TC | labels = torch fp32 | precision decided because |"
+        "| asked | runs | ms per frame | mIoU | TC | labels = torch fp32 | precision decided "
+        "because |"
     )
     print("|---|---|---:|---:|---:|---:|---|")
     for row in rows:

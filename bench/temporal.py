@@ -82,7 +82,8 @@ class Clip:
 
 
 def policies(weights: list[float], intervals: list[int]) -> list[tuple[str, dict]]:
-    """Rows: the defaults of each mode first, then what each default setting buys (one changed at a time)."""
+    """Rows: the defaults of each mode first, then what each default setting buys (one changed at a
+    time)."""
     rows = [("off", {"mode": "off"}), ("fuse (defaults)", {"mode": "fuse"})]
     rows += [(f"fuse, weight {w:g}", {"mode": "fuse", "fusion_weight": w}) for w in weights]
     rows.append(("fuse, no stickiness (plain blend)", {"mode": "fuse", "label_stickiness": 0.0}))
@@ -345,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     engine = build_engine(args)
     print(
-        f"model {engine.model_name} on {engine.device} ({engine.backend}, {engine.precision}, upsample "
+        f"model {engine.model_name} on {engine.device} ({engine.backend}, {engine.precision}, "
+        "upsample "
         f"{engine.upsample}), network input {engine.input_size[0]}x{engine.input_size[1]}"
     )
     print(f"temporal defaults {TemporalSettings().to_dict()}")

@@ -2,17 +2,17 @@
 
 Usage (from the repository root; needs ../shared)::
 
-    python bench/temporal_node.py                              # p2q8, aachen_000002, 10 Hz, off vs adaptive
+    python bench/temporal_node.py  # p2q8, aachen_000002, 10 Hz, off vs adaptive
     python bench/temporal_node.py --modes off fuse adaptive --seconds 30 --rate 10
 
-For each mode a fresh ``video_seg_node`` process (as its console module, sensor-data QoS, keep-latest
-queue: what a live camera gets) serves the real 2048x1024 frames of a shared snippet, published by
-this process at ``--rate`` Hz with stamps ``1/rate`` apart (the frames loop; the loop is a scene
-cut the adaptive clock must notice) for ``--seconds``. Reported per mode: labels published per
-second, end-to-end latency (publish -> labels received here) p50/p95 over every answered frame,
-the node's own latency (message received -> labels published, from ``/diagnostics``) for keyframes
-and for propagated frames, keyframe share, frames dropped by keep-latest. The ratio of output rates
-is measured in one run, modes one after the other.
+For each mode a fresh ``video_seg_node`` process (as its console module, sensor-data QoS,
+keep-latest queue: what a live camera gets) serves the real 2048x1024 frames of a shared snippet,
+published by this process at ``--rate`` Hz with stamps ``1/rate`` apart (the frames loop; the loop
+is a scene cut the adaptive clock must notice) for ``--seconds``. Reported per mode: labels
+published per second, end-to-end latency (publish -> labels received here) p50/p95 over every
+answered frame, the node's own latency (message received -> labels published, from
+``/diagnostics``) for keyframes and for propagated frames, keyframe share, frames dropped by
+keep-latest. The ratio of output rates is measured in one run, modes one after the other.
 """
 
 from __future__ import annotations
@@ -109,8 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         probe.destroy_node()
         rclpy.try_shutdown()
     print(
-        f"\n{command}\n{machine_description()}\nfrom {len(frames)} real {frames[0].shape[1]}x{frames[0].shape[0]} "
-        f"frames of {args.snippet} at {args.rate:g} Hz for {args.seconds:g} s per mode; published ESPNet p2q8\n"
+        f"\n{command}\n{machine_description()}\nfrom {len(frames)} real "
+        f"{frames[0].shape[1]}x{frames[0].shape[0]} "
+        f"frames of {args.snippet} at {args.rate:g} Hz for {args.seconds:g} s per mode; published "
+        "ESPNet p2q8\n"
     )
     print(
         "| mode | backend / precision | published | labels out | output fps | e2e p50 / p95 ms | "
@@ -119,14 +121,17 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---:|---:|---:|---|---|---:|---:|")
     for row in rows:
         print(
-            f"| {row['mode']} | {row['runs']} | {row['published']} | {row['answered']} | {row['fps']:.2f} | "
-            f"{row['p50']:.0f} / {row['p95']:.0f} | {row['keyframe_p50']} / {row['propagated_p50']} | "
+            f"| {row['mode']} | {row['runs']} | {row['published']} | {row['answered']} | "
+            f"{row['fps']:.2f} | "
+            f"{row['p50']:.0f} / {row['p95']:.0f} | {row['keyframe_p50']} / "
+            f"{row['propagated_p50']} | "
             f"{row['keyframe_share']} | {row['dropped']} |"
         )
     by_mode = {row["mode"]: row for row in rows}
     if "off" in by_mode and "adaptive" in by_mode and by_mode["off"]["fps"] > 0:
         print(
-            f"\noutput rate adaptive / off: {by_mode['adaptive']['fps'] / by_mode['off']['fps']:.2f}x"
+            "\noutput rate adaptive / off: "
+            f"{by_mode['adaptive']['fps'] / by_mode['off']['fps']:.2f}x"
         )
     return 0
 

@@ -2,8 +2,9 @@
 
 Usage (from the repository root)::
 
-    python bench/train_throughput.py                  # published ESPNet p=2 q=3 + p=2 q=8 teacher, 512x256
-    python bench/train_throughput.py --student espnet-p2q8 --size 512x256 --batch 2 --phases  # native crops
+    python bench/train_throughput.py  # published ESPNet p=2 q=3 + p=2 q=8 teacher, 512x256
+    # native crops:
+    python bench/train_throughput.py --student espnet-p2q8 --size 512x256 --batch 2 --phases
     python bench/train_throughput.py --student runs/weights/espnet_p2_q3_cityscapes.pt \\
         --teacher runs/weights/espnet_p2_q8_cityscapes.pt --batch 4 --steps 5
     python bench/train_throughput.py --student random-espnet-q8 --device cuda --batch 16 --steps 20
@@ -63,7 +64,8 @@ CONFIGURATIONS = [
 
 
 def _checkpoint_file(name_or_path: str, path: Path) -> str:
-    """A checkpoint path as given, or a bench_utils name (published / random-*) saved at ``path``."""
+    """A checkpoint path as given, or a bench_utils name (published / random-*) saved at
+    ``path``."""
     if name_or_path in PUBLISHED or name_or_path in RANDOM:
         benchmark_checkpoint(name_or_path).save(path)
         return str(path)
@@ -195,11 +197,13 @@ def main(argv=None) -> int:
     print("|---|---:|---:|---:|---:|---:|")
     for name, step_s, fps, cpu_s in rows:
         print(
-            f"| {name} | {step_s * 1000:.0f} | {fps:.2f} | {cpu_s:.2f} | {args.batch / cpu_s:.2f} | "
+            f"| {name} | {step_s * 1000:.0f} | {fps:.2f} | {cpu_s:.2f} | {args.batch / cpu_s:.2f} "
+            "| "
             f"{cpu_s / base_cpu:.2f} |"
         )
     print(
-        f"\ncommand: python bench/train_throughput.py {shlex.join(argv if argv is not None else sys.argv[1:])}"
+        "\ncommand: python bench/train_throughput.py "
+        f"{shlex.join(argv if argv is not None else sys.argv[1:])}"
     )
     return 0
 

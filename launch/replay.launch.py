@@ -1,7 +1,8 @@
 """Replay a bag through video_seg_node, optionally watching it in RViz2.
 
     ros2 launch video_seg_ros replay.launch.py bag:=bags/cityscapes rviz:=true
-    ros2 launch video_seg_ros replay.launch.py bag:=bags/cityscapes rate:=0.3 loop:=true device:=cuda
+    ros2 launch video_seg_ros replay.launch.py bag:=bags/cityscapes rate:=0.3 loop:=true \\
+        device:=cuda
     ros2 launch video_seg_ros replay.launch.py bag:=bags/cityscapes player:=video_seg_play
 
 The bag (made with video-seg-make-bag or recorded with ros2 bag record) is played with

@@ -15,7 +15,8 @@ from torch import nn
 from video_seg_ros.checkpoint import Checkpoint, Preprocessing
 from video_seg_ros.models import build_model, register
 
-#: 19 Cityscapes classes + the "background" channel published as 255, like ESPNet's Cityscapes weights.
+#: 19 Cityscapes classes + the "background" channel published as 255, like ESPNet's Cityscapes
+#: weights.
 NUM_OUTPUTS = 20
 
 
@@ -31,7 +32,8 @@ def tiny_espnet(
     scale: float = 1.0,
     output_to_class: list[int] | None = None,
 ) -> Checkpoint:
-    """A random-init ESPNet ``Checkpoint`` (Cityscapes label set) with model input ``size`` (W, H)."""
+    """A random-init ESPNet ``Checkpoint`` (Cityscapes label set) with model input ``size`` (W,
+    H)."""
     torch.manual_seed(seed)
     model = build_model("espnet", p=p, q=q, num_classes=num_classes).eval()
     checkpoint = Checkpoint.for_label_set(

@@ -1,4 +1,5 @@
-"""The embedded default model: loads in the project format and segments unseen synthetic streets."""
+"""The embedded default model: loads in the project format and segments unseen synthetic
+streets."""
 
 from __future__ import annotations
 

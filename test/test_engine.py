@@ -1,5 +1,5 @@
-"""SegmentationEngine on a small random-init ESPNet: shapes, channel order, confidence, batching, the
-stream/model/release seams, and the denormal flush on the published ESPNet p2q8 (../shared)."""
+"""SegmentationEngine on a small random-init ESPNet: shapes, channel order, confidence, batching,
+the stream/model/release seams, and the denormal flush on the published ESPNet p2q8 (../shared)."""
 
 from __future__ import annotations
 
@@ -242,8 +242,9 @@ UNFLUSHED_RUN = """
 import sys, cv2, numpy as np, torch
 from video_seg_ros.engine import SegmentationEngine
 from video_seg_ros.tools.import_weights import import_weights
-engine = SegmentationEngine(import_weights("espnet", "cityscapes", sys.argv[1]), device="cpu", backend="torch",
-                            precision="fp32", flush_denormals=False)
+checkpoint = import_weights("espnet", "cityscapes", sys.argv[1])
+engine = SegmentationEngine(checkpoint, device="cpu", backend="torch", precision="fp32",
+                            flush_denormals=False)
 labels = engine.segment(cv2.imread(sys.argv[2]), "bgr").labels
 assert (torch.tensor([1e-40]) * 1.0).item() != 0.0, "denormals were flushed in the unflushed run"
 np.save(sys.argv[3], labels)

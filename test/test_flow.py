@@ -1,4 +1,5 @@
-"""Optical flow and warping (video_seg_ros.flow): conventions, label safety, occlusion, torch warp."""
+"""Optical flow and warping (video_seg_ros.flow): conventions, label safety, occlusion, torch
+warp."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Image message <-> numpy conversion (no ROS needed; real rclpy / rosbags classes where installed)."""
+"""Image message <-> numpy conversion (no ROS needed; real rclpy / rosbags classes where
+installed)."""
 
 from __future__ import annotations
 

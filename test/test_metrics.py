@@ -28,7 +28,7 @@ def blob_labels(height: int, width: int, seed: int = 1, classes: int = 5) -> np.
     return np.digitize(smooth, edges).astype(np.uint8)
 
 
-# ---- ConfusionMatrix -----------------------------------------------------------------------------
+# ---- ConfusionMatrix ----------------------------------------------------------------------------
 def test_miou_matches_hand_computed_example():
     target = np.array([[0, 0, 1, 1], [0, 2, 2, 2]])
     prediction = np.array([[0, 1, 1, 1], [0, 2, 2, 0]])
@@ -91,7 +91,7 @@ def test_shape_mismatch_is_refused():
         ConfusionMatrix(2).update(np.zeros((2, 3)), np.zeros((3, 2)))
 
 
-# ---- temporal consistency ------------------------------------------------------------------------
+# ---- temporal consistency -----------------------------------------------------------------------
 def test_tc_is_one_for_a_static_scene():
     frame = textured(96, 160)
     labels = blob_labels(96, 160)
@@ -185,7 +185,7 @@ def test_tc_on_real_cityscapes_pseudo_labels_beats_no_motion_compensation(shared
     assert tc > no_flow + 0.1
 
 
-# ---- OnlineConsistency ---------------------------------------------------------------------------
+# ---- OnlineConsistency --------------------------------------------------------------------------
 def panning_stream(count: int, step: int = 3, height: int = 90, width: int = 160):
     canvas = textured(height, width + step * count + 8, seed=5)
     canvas_labels = blob_labels(height, width + step * count + 8, seed=6)

@@ -38,7 +38,8 @@ def denormals_survive() -> bool:
 
 @pytest.fixture
 def unflushed():
-    """This thread with denormals computed (skips where the CPU cannot flush them); flushed after."""
+    """This thread with denormals computed (skips where the CPU cannot flush them); flushed
+    after."""
     if not runtime.flush_denormals(False):
         pytest.skip("this CPU cannot flush denormals (no DAZ/FTZ)")
     yield

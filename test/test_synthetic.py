@@ -1,4 +1,5 @@
-"""The synthetic driving-sequence generator: determinism, valid ground truth, exact flow, layout."""
+"""The synthetic driving-sequence generator: determinism, valid ground truth, exact flow,
+layout."""
 
 from __future__ import annotations
 

@@ -1,10 +1,11 @@
-"""Temporal fusion and the adaptive keyframe clock (video_seg_ros.temporal) through the real engine.
+"""Temporal fusion and the adaptive keyframe clock (video_seg_ros.temporal) through the real
+engine.
 
 Tiny random-init ESPNets on 96x48 frames with real OpenCV DIS flow: a confident one (its classifier
 scaled so that the softmax is peaked, as a trained model's is) and one with an LMANet memory. The
-frames are a smooth texture panning 2 px per frame, so the flow is known and easy. Every engine runs
-fp32 explicitly (this CPU has native bf16, which ``auto`` would pick). The node tests at the end run
-the real rclpy node in this process.
+frames are a smooth texture panning 2 px per frame, so the flow is known and easy. Every engine
+runs fp32 explicitly (this CPU has native bf16, which ``auto`` would pick). The node tests at the
+end run the real rclpy node in this process.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from video_seg_ros.ros.pipeline import StreamPipeline
 from video_seg_ros.temporal import TemporalSettings, TemporalSettingsError
 
 HEIGHT, WIDTH = 48, 96
-#: Adaptive settings in which only the frame count makes keyframes (apart from start and scene cuts).
+#: Adaptive settings in which only the frame count makes keyframes (apart from start and scene
+#: cuts).
 COUNT_ONLY = {"keyframe_confidence": 0.0, "keyframe_motion": 0.0, "max_interval_s": 0.0}
 
 
@@ -43,7 +45,8 @@ def confident():
 
 
 def random_memory_checkpoint(size=(64, 32)):
-    """The tiny ESPNet with an LMANet memory (T=2) whose memory layers are random, so memory matters."""
+    """The tiny ESPNet with an LMANet memory (T=2) whose memory layers are random, so memory
+    matters."""
     memory = {"memory_length": 2, "window": 5, "dropout": 0.0}
     checkpoint = add_memory_to_checkpoint(tiny_espnet(size=size), memory)
     generator = torch.Generator().manual_seed(1)
@@ -201,7 +204,7 @@ def test_frames_too_small_for_optical_flow_are_segmented_on_their_own(confident)
         assert np.array_equal(result.labels, per_frame.segment(frame).labels)
 
 
-# ---- resets --------------------------------------------------------------------------------------
+# ---- resets -------------------------------------------------------------------------------------
 def _fill(pipeline: StreamPipeline, frames, stamp: float = 10.0) -> float:
     for frame in frames:
         stamp += 0.05
@@ -210,7 +213,8 @@ def _fill(pipeline: StreamPipeline, frames, stamp: float = 10.0) -> float:
 
 
 def _assert_has_history(state):
-    """After 4 frames with ADAPTIVE_EVERY_OTHER: keyframes 0 and 2 in the memory, frame 3 warped."""
+    """After 4 frames with ADAPTIVE_EVERY_OTHER: keyframes 0 and 2 in the memory, frame 3
+    warped."""
     assert len(state.memory) == 2 and state.previous_grey is not None and state.fused is not None
     assert state.flow is not None and state.frames == 4 and state.frames_since_keyframe == 1
     assert state.last_keyframe_stamp is not None
@@ -304,7 +308,7 @@ def test_a_reset_of_one_camera_leaves_the_other_cameras_state_alone(memory_check
     assert all(torch.equal(f.keys, k) for f, k in zip(state.memory.frames, before[5]))
 
 
-# ---- the adaptive clock ------------------------------------------------------------------------------
+# ---- the adaptive clock -------------------------------------------------------------------------
 def test_adaptive_clock_runs_the_network_at_start_every_max_interval_on_a_cut_and_after_a_reset(
     confident,
 ):
@@ -361,7 +365,7 @@ def test_low_predicted_confidence_makes_a_keyframe(confident):
     assert segmenter.temporal_stats()["reasons"] == {"start": 1, "confidence": 2}
 
 
-# ---- memory models and backends --------------------------------------------------------------------
+# ---- memory models and backends -----------------------------------------------------------------
 def test_memory_model_memory_lives_in_the_stream_state_and_follows_the_clock(memory_checkpoint):
     frames = panning(5)
     plain = engine(memory_checkpoint)
@@ -407,7 +411,8 @@ def test_openvino_with_fusion_gives_the_torch_labels(confident, openvino_cache):
 @pytest.mark.openvino
 def test_openvino_memory_model_with_adaptive_clock_follows_torch(openvino_cache):
     pytest.importorskip("openvino", reason="openvino is not installed (requirements.txt pins it)")
-    # 128x64: exporting the memory graph at 64x32 kills the process with SIGFPE (inside torch.onnx).
+    # 128x64: exporting the memory graph at 64x32 kills the process with SIGFPE (inside
+    # torch.onnx).
     checkpoint = random_memory_checkpoint(size=(128, 64))
     settings = {"mode": "adaptive", "max_interval": 2, "fusion_weight": 0.7, **COUNT_ONLY}
     reference = engine(checkpoint, settings)
@@ -421,7 +426,7 @@ def test_openvino_memory_model_with_adaptive_clock_follows_torch(openvino_cache)
     assert len(converted.stream_state().memory) == 0
 
 
-# ---- the online TC reuses the fusion's flow ---------------------------------------------------------
+# ---- the online TC reuses the fusion's flow -----------------------------------------------------
 def test_online_tc_reuses_the_fusion_flow_instead_of_computing_a_second_one(confident):
     frames = [Frame(frame, "rgb", "rgb8") for frame in panning(6)]
     measured = {}
@@ -439,7 +444,7 @@ def test_online_tc_reuses_the_fusion_flow_instead_of_computing_a_second_one(conf
     assert abs(measured["off"][2] - measured["fuse"][2]) < 0.05, measured
 
 
-# ---- settings --------------------------------------------------------------------------------------
+# ---- settings -----------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "value, named",
     [
@@ -484,7 +489,7 @@ def test_settings_change_at_run_time_from_the_next_frame(confident):
     assert segmenter.segment(frames[0]).flow is None and segmenter.stream_state().fused is None
 
 
-# ---- the evaluator and video-seg-eval ------------------------------------------------------------------
+# ---- the evaluator and video-seg-eval -----------------------------------------------------------
 def _write_two_sequences(root) -> Path:
     """seqA frames 0..3 and seqB frames 0..1 (CamVid-style names), panning."""
     for name, count, seed in (("seqA", 4, 0), ("seqB", 2, 7)):
@@ -562,7 +567,7 @@ def test_video_seg_eval_takes_the_temporal_options(tmp_path, confident, capsys):
     assert "--fusion-weight must be between 0 and 1" in capsys.readouterr().err
 
 
-# ---- the node (real rclpy, in this process) -------------------------------------------------------------
+# ---- the node (real rclpy, in this process) -----------------------------------------------------
 @pytest.fixture(scope="module")
 def ros_context(tmp_path_factory):
     """rclpy in a private context, and the tiny checkpoint the nodes load."""
@@ -689,7 +694,8 @@ def test_node_fuses_shares_the_flow_with_the_online_tc_and_warns_about_flicker(r
             diagnostics = probe.collect(DiagnosticArray, "/diagnostics")
             publisher = probe.publisher(Image, "/image", 10)
             assert probe.wait_for_subscriber(publisher)
-            # The node skips frames nobody subscribed to: wait until it sees the probe's subscription.
+            # The node skips frames nobody subscribed to: wait until it sees the probe's
+            # subscription.
             outputs = node.cameras[0].publishers["labels"]
             assert probe.wait_for(lambda: outputs.get_subscription_count() > 0, 20.0)
             frames = [noise(i) for i in range(6)]  # unrelated frames: labels flicker, TC is low

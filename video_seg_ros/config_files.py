@@ -1,4 +1,5 @@
-"""Where the package's ``config/`` files are: the installed share folder or this source checkout."""
+"""Where the package's ``config/`` files are: the installed share folder or this source
+checkout."""
 
 from __future__ import annotations
 

@@ -101,14 +101,16 @@ def warp_image(image_b: np.ndarray, flow_ab: np.ndarray) -> np.ndarray:
 
 
 def inside_mask(flow_ab: np.ndarray) -> np.ndarray:
-    """(H, W) bool: True where ``p + flow_ab(p)`` falls inside the image (the warp has a source)."""
+    """(H, W) bool: True where ``p + flow_ab(p)`` falls inside the image (the warp has a
+    source)."""
     map_x, map_y = _sampling_maps(flow_ab)
     height, width = flow_ab.shape[:2]
     return (map_x >= 0) & (map_x <= width - 1) & (map_y >= 0) & (map_y <= height - 1)
 
 
 def resize_flow(flow: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """A (H, W, 2) flow resampled to ``size`` (height, width), its vectors scaled per axis to match."""
+    """A (H, W, 2) flow resampled to ``size`` (height, width), its vectors scaled per axis to
+    match."""
     height, width = flow.shape[:2]
     if (height, width) == tuple(size):
         return flow

@@ -125,11 +125,13 @@ def index_label_files(labels_root: str | Path, label_format: str | None = None) 
 
 
 class UnreadableImageError(ValueError):
-    """An image file is missing, empty or cannot be decoded (as opposed to a wrong label format)."""
+    """An image file is missing, empty or cannot be decoded (as opposed to a wrong label
+    format)."""
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB; raises :class:`UnreadableImageError` naming the file if it cannot be decoded."""
+    """(H, W, 3) uint8 RGB; raises :class:`UnreadableImageError` naming the file if it cannot be
+    decoded."""
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise UnreadableImageError(f"cannot read image {path} (missing, empty or not an image)")

@@ -162,7 +162,8 @@ _CITYSCAPES_COLOUR_ORDER = np.argsort(_CITYSCAPES_COLOUR_KEYS)
 
 
 def cityscapes_color_to_trainids(rgb: np.ndarray) -> np.ndarray:
-    """(H, W, 3) RGB uint8 Cityscapes colour labels -> (H, W) uint8 train ids (IGNORE_ID elsewhere)."""
+    """(H, W, 3) RGB uint8 Cityscapes colour labels -> (H, W) uint8 train ids (IGNORE_ID
+    elsewhere)."""
     keys = _colour_keys(rgb[..., :3])
     sorted_keys = _CITYSCAPES_COLOUR_KEYS[_CITYSCAPES_COLOUR_ORDER]
     position = np.clip(np.searchsorted(sorted_keys, keys), 0, len(sorted_keys) - 1)
@@ -242,7 +243,8 @@ def overlay(
 
 
 def default_colour(index: int) -> tuple[int, int, int]:
-    """A distinct colour for class ``index`` of a table that gives none (PASCAL VOC's bit pattern)."""
+    """A distinct colour for class ``index`` of a table that gives none (PASCAL VOC's bit
+    pattern)."""
     colour = [0, 0, 0]
     value = index + 1  # 0 would be black, the colour of unlabelled pixels
     for shift in range(7, -1, -1):

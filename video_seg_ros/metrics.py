@@ -421,7 +421,8 @@ class OnlineConsistency:
 
 
 class PairWindow:
-    """The summed confusion matrix (``total``) of the last ``size`` pairs added (None: all of them)."""
+    """The summed confusion matrix (``total``) of the last ``size`` pairs added (None: all of
+    them)."""
 
     def __init__(self, num_classes: int, size: int | None):
         self.size = size

@@ -81,7 +81,8 @@ def _synthetic_frames(width: int, height: int) -> tuple[np.ndarray, ...]:
 
 
 def calibration_frames(width: int, height: int) -> list[np.ndarray]:
-    """The default calibration set: (H, W, 3) uint8 RGB synthetic street frames at ``width`` x ``height``."""
+    """The default calibration set: (H, W, 3) uint8 RGB synthetic street frames at ``width`` x
+    ``height``."""
     return list(_synthetic_frames(int(width), int(height)))
 
 
@@ -95,7 +96,8 @@ def frames_fingerprint(frames: Sequence[np.ndarray]) -> str:
 
 
 class GateCache:
-    """One JSON file per decision key under ``<cache_dir>/precision/`` (unwritable: only logged)."""
+    """One JSON file per decision key under ``<cache_dir>/precision/`` (unwritable: only
+    logged)."""
 
     def __init__(self, root: str | os.PathLike, key: str):
         self.path = Path(root) / "precision" / f"{key}.json"
@@ -178,7 +180,8 @@ def decide(
         fallback = f"{candidate} cannot run this model ({record['error']}); running fp32"
         return _fall_back_to_fp32(requested, rebuild, batches, temporal, fallback)
     agreement = float(record["agreement"])
-    measured = f"{candidate} keeps {agreement:.2%} of the fp32 labels on {len(batches)} calibration frames"
+    calibration = f"{len(batches)} calibration frames"
+    measured = f"{candidate} keeps {agreement:.2%} of the fp32 labels on {calibration}"
     if agreement < threshold:
         if requested == "auto":
             fallback = f"{measured}, below the {threshold:.1%} gate; running fp32"
@@ -191,7 +194,8 @@ def decide(
         )
         reason = f"{candidate} asked for; {measured}, below the {threshold:.1%} gate"
     else:
-        reason = f"{'auto' if requested == 'auto' else candidate + ' asked for'}: {measured} (gate {threshold:.1%})"
+        asked = "auto" if requested == "auto" else f"{candidate} asked for"
+        reason = f"{asked}: {measured} (gate {threshold:.1%})"
     try:
         run_sequence(runner, batches[:1], temporal)
     except Exception as error:  # a cached verdict from an older build, say
@@ -200,7 +204,8 @@ def decide(
                 f"precision {candidate!r} cannot run this model here "
                 f"({type(error).__name__}: {error}); use 'fp32' or 'auto'."
             ) from error
-        fallback = f"{candidate} cannot run this model ({type(error).__name__}: {str(error)[:200]}); running fp32"
+        why = f"{type(error).__name__}: {str(error)[:200]}"
+        fallback = f"{candidate} cannot run this model ({why}); running fp32"
         return _fall_back_to_fp32(requested, rebuild, batches, temporal, fallback, agreement)
     return runner, PrecisionDecision(requested, candidate, reason, agreement)
 

@@ -1,7 +1,7 @@
 """Score a model on freshly generated sequences, with TC measured through the *true* optical flow.
 
-``video-seg-eval`` measures TC with DIS flow (what is possible on real video); on synthetic video the
-exact flow and its visibility mask are known, so TC here has no flow-estimation error in it.
+``video-seg-eval`` measures TC with DIS flow (what is possible on real video); on synthetic video
+the exact flow and its visibility mask are known, so TC here has no flow-estimation error in it.
 """
 
 from __future__ import annotations
@@ -64,7 +64,8 @@ def evaluate_on_synthetic(
 
 
 def majority_class_scores(seeds, num_frames: int = 3, width: int = 512, height: int = 256) -> dict:
-    """mIoU and pixel accuracy of predicting the most frequent class everywhere (a trivial baseline)."""
+    """mIoU and pixel accuracy of predicting the most frequent class everywhere (a trivial
+    baseline)."""
     frames = [
         f
         for seed in seeds

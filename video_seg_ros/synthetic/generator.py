@@ -112,7 +112,8 @@ def generate_sequence(
 def demo_sequence(
     num_frames: int = 120, width: int = 512, height: int = 256, fps: float = DEFAULT_FPS
 ) -> Iterator[SyntheticFrame]:
-    """The demo's sample sequence: always the same street (seed :data:`DEMO_SEED`), not in training."""
+    """The demo's sample sequence: always the same street (seed :data:`DEMO_SEED`), not in
+    training."""
     return generate_sequence(DEMO_SEED, num_frames, width, height, fps, with_flow=False)
 
 
@@ -151,7 +152,8 @@ def write_sequence(
         out_dir/gtFine/<split>/synth/synth_<seed>_<frame>_gtFine_labelTrainIds.png
         out_dir/flow/<split>/synth/synth_<seed>_<frame>_flowToNext.npz   (with write_flow)
 
-    Flow files hold ``flow`` (H, W, 2) float16 and ``valid`` (H, W) bool; read with :func:`read_flow`.
+    Flow files hold ``flow`` (H, W, 2) float16 and ``valid`` (H, W) bool; read with
+    :func:`read_flow`.
     ``progress`` is called once per written frame (e.g. a tqdm ``update``).
     """
     out_dir = Path(out_dir)

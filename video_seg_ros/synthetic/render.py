@@ -1,4 +1,5 @@
-"""Ray-cast renderer for :mod:`video_seg_ros.synthetic.scene`: colour, trainIds, depth and true flow.
+"""Ray-cast renderer for :mod:`video_seg_ros.synthetic.scene`: colour, trainIds, depth and true
+flow.
 
 The camera never rotates, so a pixel's ray is ``(dx(u), dh(v), 1)`` and everything large is
 separable: the road's depth depends on the row only, a facade's depth on the column only. Objects
@@ -55,7 +56,8 @@ def hash01(ix: np.ndarray, iy: np.ndarray, salt: int = 0) -> np.ndarray:
 
 
 def value_noise(x: np.ndarray, y: np.ndarray, salt: int = 0) -> np.ndarray:
-    """Smooth noise in [0, 1): bilinear blend of lattice hashes (texture anchored to world units)."""
+    """Smooth noise in [0, 1): bilinear blend of lattice hashes (texture anchored to world
+    units)."""
     x0, y0 = np.floor(x), np.floor(y)
     fx, fy = (x - x0).astype(np.float32), (y - y0).astype(np.float32)
     fx, fy = fx * fx * (3 - 2 * fx), fy * fy * (3 - 2 * fy)
@@ -483,7 +485,8 @@ class Renderer:
         return (np.arange(height, dtype=np.float32)[:, None] + 0.5) > top[None, :]
 
     def flow(self, view: RenderedView, next_pose, dt: float) -> np.ndarray:
-        """True flow (H, W, 2) float32 from ``view`` to the frame at ``next_pose``, ``dt`` later."""
+        """True flow (H, W, 2) float32 from ``view`` to the frame at ``next_pose``, ``dt``
+        later."""
         cam = self.scene.camera
         cam_x, cam_h, cam_z = view.pose
         nx, nh, nz = next_pose
@@ -504,7 +507,8 @@ class Renderer:
     def visible_in_next(
         self, view: RenderedView, flow: np.ndarray, next_view: RenderedView, dt: float
     ) -> np.ndarray:
-        """True where the surface seen at a pixel is still the one seen at ``pixel + flow`` next."""
+        """True where the surface seen at a pixel is still the one seen at ``pixel + flow``
+        next."""
         height, width = self.height, self.width
         cols = np.arange(width, dtype=np.float32)[None, :] + flow[..., 0]
         rows = np.arange(height, dtype=np.float32)[:, None] + flow[..., 1]

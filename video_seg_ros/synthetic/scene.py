@@ -1,9 +1,9 @@
 """Random street layouts for the synthetic generator: what stands where and how it moves.
 
-World frame (metres): ``x`` to the right, ``h`` height above the road, ``z`` forward along the street.
-The road is centred on ``x = 0``; traffic drives on the right (ego lanes at ``x > 0``). A scene is
-drawn once per sequence from a seeded generator and is then a pure function of time, so frames and
-their ground truth are reproducible from the seed alone.
+World frame (metres): ``x`` to the right, ``h`` height above the road, ``z`` forward along the
+street. The road is centred on ``x = 0``; traffic drives on the right (ego lanes at ``x > 0``). A
+scene is drawn once per sequence from a seeded generator and is then a pure function of time, so
+frames and their ground truth are reproducible from the seed alone.
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ class Camera:
 
 @dataclass
 class Facades:
-    """Building fronts on one side of the street: segments along z on the plane x = side * offset."""
+    """Building fronts on one side of the street: segments along z on the plane x = side *
+    offset."""
 
     side: int  # -1 left, +1 right
     offset: float  # |x| of the facade plane
@@ -155,9 +156,11 @@ _CLOTHES = np.array(
 
 
 def random_scene(seed: int, duration: float, width: int, height: int) -> Scene:
-    """Draw a street for a sequence of ``duration`` seconds seen at ``width`` x ``height`` pixels."""
+    """Draw a street for a sequence of ``duration`` seconds seen at ``width`` x ``height``
+    pixels."""
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5EED]))
-    # Intrinsics scale with the width so every resolution shows the same view (Cityscapes-like FOV).
+    # Intrinsics scale with the width so every resolution shows the same view (Cityscapes-like
+    # FOV).
     camera = Camera(
         focal_px=width * rng.uniform(1.0, 1.2),
         cx=width / 2 + rng.uniform(-0.02, 0.02) * width,

@@ -6,8 +6,8 @@ Example::
 
 writes ``data/synth/leftImg8bit_sequence/train/synth/*_leftImg8bit.png`` and matching
 ``gtFine/train/synth/*_gtFine_labelTrainIds.png`` (Cityscapes trainIds, 255 void), a
-``generation_report.json`` (seeds, speed, class frequencies) and, with ``--contact-sheet``, a PNG of
-frames beside their label overlays.
+``generation_report.json`` (seeds, speed, class frequencies) and, with ``--contact-sheet``, a PNG
+of frames beside their label overlays.
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ def parse_generated_size(text: str) -> tuple[int, int]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Generate seeded synthetic driving sequences (frames + Cityscapes trainId labels, "
-        "optionally true optical flow) in the Cityscapes folder layout.",
+        description="Generate seeded synthetic driving sequences (frames + Cityscapes trainId "
+        "labels, optionally true optical flow) in the Cityscapes folder layout.",
     )
     add_output_argument(
         parser,
@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=17.0,
         metavar="HZ",
-        help="frame rate in Hz; sets how far things move between frames (default 17, as Cityscapes)",
+        help="frame rate in Hz; sets how far things move between frames "
+        "(default 17, as Cityscapes)",
     )
     add_deprecated_alias(parser, "--fps", "--rate", "rate", type=float, metavar="HZ")
     parser.add_argument(

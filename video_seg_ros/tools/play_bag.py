@@ -1,4 +1,5 @@
-"""video-seg-play: publish a rosbag2's messages into ROS topics with rclpy, paced by their timestamps.
+"""video-seg-play: publish a rosbag2's messages into ROS topics with rclpy, paced by their
+timestamps.
 
 For machines without ``ros2 bag play`` (e.g. a pip-installed rclpy). Examples::
 

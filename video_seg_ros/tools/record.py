@@ -1,4 +1,5 @@
-"""video-seg-record: record video_seg_node's outputs to a rosbag2 or to PNG files, for offline scoring.
+"""video-seg-record: record video_seg_node's outputs to a rosbag2 or to PNG files, for offline
+scoring.
 
 Examples::
 
@@ -40,7 +41,8 @@ NODE_OUTPUTS = ("labels", "color", "overlay", "confidence", "consistency")
 
 
 def output_topics(node: str, names: list[str]) -> list[str]:
-    """'/video_seg_node', ['labels', 'color'] -> ['/video_seg_node/labels', '/video_seg_node/color']."""
+    """'/video_seg_node', ['labels', 'color'] -> ['/video_seg_node/labels',
+    '/video_seg_node/color']."""
     base = "/" + node.strip("/")
     return [f"{base}/{name}" for name in names]
 
