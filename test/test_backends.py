@@ -8,9 +8,7 @@ OpenVINO conversions are cached in one temporary folder per test session; models
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import threading
 
 import cv2
 import numpy as np
@@ -18,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from checkpoints import near_tie_espnet, tiny_espnet
+from checkpoints import tiny_espnet
 from shared_data import require_shared_file
 from video_seg_ros import runtime
 from video_seg_ros.backends import BackendError
@@ -26,7 +24,6 @@ from video_seg_ros.checkpoint import Checkpoint, Preprocessing
 from video_seg_ros.engine import SegmentationEngine
 from video_seg_ros.models import register
 from video_seg_ros.models.memory import add_memory_to_checkpoint
-from video_seg_ros.runtime import PrecisionError
 
 openvino = pytest.importorskip("openvino", reason="openvino is not installed (requirements.txt pins it)")
 
