@@ -59,20 +59,28 @@ def require_shared() -> Path:
     """../shared (or $VIDEO_SEG_SHARED), or exit with what to do."""
     root = shared_dir()
     if root is None:
-        raise SystemExit("the verification data folder is missing: set VIDEO_SEG_SHARED or place ../shared "
-                         "beside the repository (the benchmarks run published weights on real frames)")
+        raise SystemExit(
+            "the verification data folder is missing: set VIDEO_SEG_SHARED or place ../shared "
+            "beside the repository (the benchmarks run published weights on real frames)"
+        )
     return root
 
 
 def make_checkpoint(arch: str, kwargs: dict, width: int, height: int):
-    """A random-init checkpoint of ``arch`` with model input ``width`` x ``height`` (Cityscapes classes)."""
+    """A random-init checkpoint of ``arch`` with model input ``width`` x ``height`` (Cityscapes
+    classes)."""
     from video_seg_ros.checkpoint import Checkpoint, Preprocessing
     from video_seg_ros.models import build_model
 
     model = build_model(arch, **kwargs)
-    return Checkpoint.for_label_set(arch, kwargs, model.state_dict(), "cityscapes",
-                                    Preprocessing(input_height=height, input_width=width),
-                                    source={"kind": "random weights (benchmark)"})
+    return Checkpoint.for_label_set(
+        arch,
+        kwargs,
+        model.state_dict(),
+        "cityscapes",
+        Preprocessing(input_height=height, input_width=width),
+        source={"kind": "random weights (benchmark)"},
+    )
 
 
 def benchmark_checkpoint(name: str, size: tuple[int, int] | None = None):
@@ -90,8 +98,9 @@ def benchmark_checkpoint(name: str, size: tuple[int, int] | None = None):
     arch, preset, relative = PUBLISHED[name]
     checkpoint = import_weights(arch, preset, require_shared() / relative)
     if size is not None:
-        checkpoint.preprocessing = dataclasses.replace(checkpoint.preprocessing, input_width=size[0],
-                                                       input_height=size[1])
+        checkpoint.preprocessing = dataclasses.replace(
+            checkpoint.preprocessing, input_width=size[0], input_height=size[1]
+        )
     return checkpoint
 
 
@@ -105,12 +114,15 @@ def machine_description() -> str:
 
     try:
         import openvino
+
         openvino_version = openvino.get_version().split("-")[0]
     except ImportError:
         openvino_version = "not installed"
     load = " ".join(f"{value:.2f}" for value in os.getloadavg())
-    return (f"load average {load}; CPU {cpu_description()}, {os.cpu_count()} cores, torch threads "
-            f"{torch.get_num_threads()}; torch {torch.__version__}, openvino {openvino_version}")
+    return (
+        f"load average {load}; CPU {cpu_description()}, {os.cpu_count()} cores, torch threads "
+        f"{torch.get_num_threads()}; torch {torch.__version__}, openvino {openvino_version}"
+    )
 
 
 class NodeOutputs:
@@ -124,7 +136,9 @@ class NodeOutputs:
         self.diagnostics: list[dict[str, str]] = []
 
     def on_labels(self, msg) -> None:
-        self.arrivals.setdefault((msg.header.stamp.sec, msg.header.stamp.nanosec), time.perf_counter())
+        self.arrivals.setdefault(
+            (msg.header.stamp.sec, msg.header.stamp.nanosec), time.perf_counter()
+        )
 
     def on_diagnostics(self, msg) -> None:
         for status in msg.status:

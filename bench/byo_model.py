@@ -1,4 +1,5 @@
-"""Bring-your-own-model figures on the published ESPNet p2q8 and the real frame frankfurt_000001_058914.
+"""Bring-your-own-model figures on the published ESPNet p2q8 and the real frame
+frankfurt_000001_058914.
 
 Usage (from the repository root; needs ../shared)::
 
@@ -31,22 +32,36 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bench_utils import (CITYSCAPES_FRAME, alternating_medians, benchmark_checkpoint, machine_description,
-                         require_shared)
+from bench_utils import (
+    CITYSCAPES_FRAME,
+    alternating_medians,
+    benchmark_checkpoint,
+    machine_description,
+    require_shared,
+)
 
 PROG = "bench/byo_model.py"
 GROUND_TRUTH = "data/cityscapes_val/gtFine/frankfurt_000001_058914_gtFine_labelTrainIds.png"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backend", default="openvino", choices=("openvino", "tensorrt"),
-                        help="backend both paths run on (tensorrt: with --device cuda)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--backend",
+        default="openvino",
+        choices=("openvino", "tensorrt"),
+        help="backend both paths run on (tensorrt: with --device cuda)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs of each setting first")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs; the median is reported")
-    parser.add_argument("--cache-dir", default=None, help="conversion cache (default: a temporary folder)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed runs; the median is reported"
+    )
+    parser.add_argument(
+        "--cache-dir", default=None, help="conversion cache (default: a temporary folder)"
+    )
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     return parser
 
@@ -72,19 +87,38 @@ def main(argv: list[str] | None = None) -> int:
         cache = args.cache_dir or str(tmp / "cache")
 
         def engine(checkpoint, backend=args.backend):
-            return SegmentationEngine(checkpoint, device=args.device, backend=backend, precision="fp32",
-                                      cache_dir=cache)
+            return SegmentationEngine(
+                checkpoint, device=args.device, backend=backend, precision="fp32", cache_dir=cache
+            )
 
         # (a) a user's plain export, imported with flags
         plain = tmp / "espnet_p2q8_plain.onnx"
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(build_from_checkpoint(native).eval(),
-                              torch.randn(1, 3, pre.input_height, pre.input_width), str(plain), dynamo=False)
-        flags = ["--onnx", str(plain), "--label-set", "cityscapes", "--ignore-id", "19",
-                 "--channel-order", pre.channel_order, "--mean", *map(str, pre.mean),
-                 "--std", *map(str, pre.std), "--scale", repr(pre.scale),
-                 "-o", str(tmp / "espnet_p2q8_onnx.pt")]
+            torch.onnx.export(
+                build_from_checkpoint(native).eval(),
+                torch.randn(1, 3, pre.input_height, pre.input_width),
+                str(plain),
+                dynamo=False,
+            )
+        flags = [
+            "--onnx",
+            str(plain),
+            "--label-set",
+            "cityscapes",
+            "--ignore-id",
+            "19",
+            "--channel-order",
+            pre.channel_order,
+            "--mean",
+            *map(str, pre.mean),
+            "--std",
+            *map(str, pre.std),
+            "--scale",
+            repr(pre.scale),
+            "-o",
+            str(tmp / "espnet_p2q8_onnx.pt"),
+        ]
         import_command = shlex.join(["video-seg-import", *flags])
         if import_main(flags) != 0:
             return 1
@@ -93,49 +127,74 @@ def main(argv: list[str] | None = None) -> int:
         reference = engine(native, "torch")
         everything = {**engines, "torch": reference}
         labels = {name: e.segment(camera, "bgr").labels for name, e in everything.items()}
-        times = alternating_medians({name: (lambda e=e: e.segment(camera, "bgr").model_ms)
-                                     for name, e in engines.items()}, args.warmup, args.repeats)
+        times = alternating_medians(
+            {name: (lambda e=e: e.segment(camera, "bgr").model_ms) for name, e in engines.items()},
+            args.warmup,
+            args.repeats,
+        )
         valid = truth != 255
         figures = {
             "import_command": import_command,
-            "agreement_with_native_same_backend": float(np.mean(labels["onnx import"] == labels["native"])),
-            "agreement_with_native_torch_fp32": float(np.mean(labels["onnx import"] == labels["torch"])),
-            "pixel_accuracy": {name: float(np.mean(labels[name][valid] == truth[valid])) for name in labels},
+            "agreement_with_native_same_backend": float(
+                np.mean(labels["onnx import"] == labels["native"])
+            ),
+            "agreement_with_native_torch_fp32": float(
+                np.mean(labels["onnx import"] == labels["torch"])
+            ),
+            "pixel_accuracy": {
+                name: float(np.mean(labels[name][valid] == truth[valid])) for name in labels
+            },
             "ms_per_camera_frame": times,
-            "backend": args.backend, "device": args.device,
+            "backend": args.backend,
+            "device": args.device,
         }
         # (b) export -> import round trip
         exported = tmp / "espnet_p2q8_export.onnx"
         saved = native.save(tmp / "espnet_p2q8.pt")
         if export_main(["--checkpoint", str(saved), "-o", str(exported)]) != 0:
             return 1
-        if import_main(["--onnx", str(exported), "-o", str(tmp / "round_trip.pt"), "--quiet"]) != 0:
+        if (
+            import_main(["--onnx", str(exported), "-o", str(tmp / "round_trip.pt"), "--quiet"])
+            != 0
+        ):
             return 1
         back = load_checkpoint(tmp / "round_trip.pt")
         fields = ("label_set", "class_names", "palette", "output_to_class", "preprocessing")
         figures["round_trip"] = {
-            "fields_equal": {field: getattr(back, field) == getattr(native, field) for field in fields},
-            "agreement_with_native_same_backend": float(np.mean(engine(back).segment(camera, "bgr").labels
-                                                                == labels["native"])),
-            "commands": [f"video-seg-export --checkpoint espnet_p2q8.pt -o {exported.name}",
-                         f"video-seg-import --onnx {exported.name} -o round_trip.pt"],
+            "fields_equal": {
+                field: getattr(back, field) == getattr(native, field) for field in fields
+            },
+            "agreement_with_native_same_backend": float(
+                np.mean(engine(back).segment(camera, "bgr").labels == labels["native"])
+            ),
+            "commands": [
+                f"video-seg-export --checkpoint espnet_p2q8.pt -o {exported.name}",
+                f"video-seg-import --onnx {exported.name} -o round_trip.pt",
+            ],
         }
     command = shlex.join([PROG, *(sys.argv[1:] if argv is None else argv)])
     print(f"{command}\n{machine_description()}\n")
     print(f"(a) plain torch.onnx.export of ESPNet p2q8, imported with:\n    {import_command}\n")
-    print(f"| path ({args.backend} fp32) | ms per 2048x1024 frame | labels = native ({args.backend}) | "
-          "labels = native torch fp32 | pixel accuracy |")
+    print(
+        f"| path ({args.backend} fp32) | ms per 2048x1024 frame | labels = native "
+        f"({args.backend}) | "
+        "labels = native torch fp32 | pixel accuracy |"
+    )
     print("|---|---|---|---|---|")
     for name in engines:
         same = 1.0 if name == "native" else figures["agreement_with_native_same_backend"]
         torch_same = float(np.mean(labels[name] == labels["torch"]))
-        print(f"| {name} | {times[name]:.1f} | {same:.4%} | {torch_same:.4%} | "
-              f"{figures['pixel_accuracy'][name]:.2%} |")
+        print(
+            f"| {name} | {times[name]:.1f} | {same:.4%} | {torch_same:.4%} | "
+            f"{figures['pixel_accuracy'][name]:.2%} |"
+        )
     trip = figures["round_trip"]
     equal = [field for field, ok in trip["fields_equal"].items() if ok]
-    print(f"\n(b) video-seg-export -> video-seg-import --onnx (no flags): fields equal "
-          f"{all(trip['fields_equal'].values())} ({', '.join(equal)}), "
-          f"labels = native on {trip['agreement_with_native_same_backend']:.4%} of the pixels")
+    print(
+        f"\n(b) video-seg-export -> video-seg-import --onnx (no flags): fields equal "
+        f"{all(trip['fields_equal'].values())} ({', '.join(equal)}), "
+        f"labels = native on {trip['agreement_with_native_same_backend']:.4%} of the pixels"
+    )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         report = {"command": command, "machine": machine_description(), **figures}

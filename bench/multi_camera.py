@@ -5,10 +5,12 @@ For each N (default 1, 2, 4): N cameras publish 1024x512 real Cityscapes sequenc
 (one model, frames batched), then to N nodes of one camera each. Per camera: frames per second
 answered, latency p50/p95 (publish -> labels received in this process); per node process: resident
 memory (VmRSS from /proc/<pid>/status, read at the end of the run). Target (issue 13): one process
-serving 4 cameras answers >= 1.5x the frames per second of 4 processes, with <= 40 % of their memory.
+serving 4 cameras answers >= 1.5x the frames per second of 4 processes, with <= 40 % of their
+memory.
 
     .venv/bin/python bench/multi_camera.py --weights ../shared/weights/espnet/espnet_p_2_q_8.pth \\
-        --cameras 1,2,4 --seconds 20 --backend auto --precision auto --json outputs/multi_camera.json
+        --cameras 1,2,4 --seconds 20 --backend auto --precision auto \\
+        --json outputs/multi_camera.json
 
 Weights: the published ESPNet p=2 q=8 Cityscapes state_dict, converted with the project's importer
 (``video-seg-import``'s library function). Frames: ../shared/data/cityscapes_sequences, resized
@@ -41,22 +43,40 @@ TARGET_FPS_RATIO, TARGET_MEMORY_RATIO = 1.5, 0.40
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--weights", type=Path, default=None,
-                        help="published ESPNet p2q8 Cityscapes state_dict (default: in ../shared)")
-    parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="a project checkpoint instead of --weights")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        help="published ESPNet p2q8 Cityscapes state_dict (default: in ../shared)",
+    )
+    parser.add_argument(
+        "--checkpoint", type=Path, default=None, help="a project checkpoint instead of --weights"
+    )
     parser.add_argument("--cameras", default="1,2,4", help="comma-separated camera counts N")
-    parser.add_argument("--rate", type=float, default=10.0, help="frames per second per camera (Hz)")
-    parser.add_argument("--seconds", type=float, default=20.0, help="measured publishing time per run")
-    parser.add_argument("--warmup-seconds", type=float, default=3.0, help="publishing before measuring")
+    parser.add_argument(
+        "--rate", type=float, default=10.0, help="frames per second per camera (Hz)"
+    )
+    parser.add_argument(
+        "--seconds", type=float, default=20.0, help="measured publishing time per run"
+    )
+    parser.add_argument(
+        "--warmup-seconds", type=float, default=3.0, help="publishing before measuring"
+    )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--backend", default="auto", help="auto | torch | openvino | tensorrt")
     parser.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16")
-    parser.add_argument("--cpu-threads", type=int, default=0, help="node parameter cpu_threads (0 = default)")
-    parser.add_argument("--modes", default="one,separate", help="one (one process), separate (N processes)")
-    parser.add_argument("--startup-timeout", type=float, default=300.0, help="seconds to wait for the nodes")
+    parser.add_argument(
+        "--cpu-threads", type=int, default=0, help="node parameter cpu_threads (0 = default)"
+    )
+    parser.add_argument(
+        "--modes", default="one,separate", help="one (one process), separate (N processes)"
+    )
+    parser.add_argument(
+        "--startup-timeout", type=float, default=300.0, help="seconds to wait for the nodes"
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     return parser
 
@@ -94,16 +114,37 @@ def prepare_checkpoint(args) -> str:
 
     weights = args.weights or require_shared() / "weights" / "espnet" / "espnet_p_2_q_8.pth"
     folder = Path(tempfile.mkdtemp(prefix="multi_camera_"))  # kept: the nodes read it at start-up
-    return str(import_weights("espnet", "cityscapes", weights).save(folder / "espnet_p2q8_cityscapes.pt"))
+    return str(
+        import_weights("espnet", "cityscapes", weights).save(folder / "espnet_p2q8_cityscapes.pt")
+    )
 
 
 def node_command(name: str, checkpoint: str, cameras: list[str], args) -> list[str]:
     script = Path(sys.executable).parent / "video_seg_node"
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "video_seg_ros.ros.node"]
-    command += ["--ros-args", "-r", f"__node:={name}", "-p", f"checkpoint:={checkpoint}",
-                "-p", f"device:={args.device}", "-p", f"backend:={args.backend}",
-                "-p", f"precision:={args.precision}", "-p", f"cpu_threads:={args.cpu_threads}",
-                "-p", "publish_color:=false", "-p", "consistency_metric:=false", "-p", "diagnostics_period_s:=1.0"]
+    command = (
+        [str(script)] if script.exists() else [sys.executable, "-m", "video_seg_ros.ros.node"]
+    )
+    command += [
+        "--ros-args",
+        "-r",
+        f"__node:={name}",
+        "-p",
+        f"checkpoint:={checkpoint}",
+        "-p",
+        f"device:={args.device}",
+        "-p",
+        f"backend:={args.backend}",
+        "-p",
+        f"precision:={args.precision}",
+        "-p",
+        f"cpu_threads:={args.cpu_threads}",
+        "-p",
+        "publish_color:=false",
+        "-p",
+        "consistency_metric:=false",
+        "-p",
+        "diagnostics_period_s:=1.0",
+    ]
     if len(cameras) > 1 or name.endswith("_one"):
         command += ["-p", "cameras:=[" + ",".join(f"'{c}'" for c in cameras) + "]"]
         command += [arg for c in cameras for arg in ("-r", f"{c}/image:=/bench_mc/{c}/image")]
@@ -140,11 +181,13 @@ class Probe:
 
         def on_labels(msg):
             with self._lock:
-                self.arrivals.setdefault((camera, msg.header.stamp.sec, msg.header.stamp.nanosec),
-                                         time.perf_counter())
+                self.arrivals.setdefault(
+                    (camera, msg.header.stamp.sec, msg.header.stamp.nanosec), time.perf_counter()
+                )
 
-        return self.node.create_subscription(Image, topic, on_labels,
-                                             QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE))
+        return self.node.create_subscription(
+            Image, topic, on_labels, QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
+        )
 
     def close(self):
         self.executor.shutdown(timeout_sec=2.0)
@@ -168,17 +211,25 @@ def run(mode: str, count: int, frames, checkpoint: str, args, probe: Probe, env)
     for name, served in groups.items():
         logs[name] = Path(tempfile.gettempdir()) / f"{name}.log"
         with open(logs[name], "wb") as log:  # a file, not a pipe: a full pipe would stall the node
-            processes[name] = subprocess.Popen(node_command(name, checkpoint, served, args), env=env,
-                                               cwd=str(REPO_ROOT), stdout=log, stderr=subprocess.STDOUT)
+            processes[name] = subprocess.Popen(
+                node_command(name, checkpoint, served, args),
+                env=env,
+                cwd=str(REPO_ROOT),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
     subscriptions, publishers = [], {}
     for name, served in groups.items():
         for camera in served:
             suffix = f"{camera}/labels" if mode == "one" else "labels"
             subscriptions.append(probe.subscribe(camera, f"/{name}/{suffix}"))
-            publishers[camera] = probe.node.create_publisher(Image, f"/bench_mc/{camera}/image",
-                                                             qos_profile_sensor_data)
+            publishers[camera] = probe.node.create_publisher(
+                Image, f"/bench_mc/{camera}/image", qos_profile_sensor_data
+            )
     deadline = time.monotonic() + args.startup_timeout
-    while time.monotonic() < deadline and not all(p.get_subscription_count() for p in publishers.values()):
+    while time.monotonic() < deadline and not all(
+        p.get_subscription_count() for p in publishers.values()
+    ):
         if any(p.poll() is not None for p in processes.values()):
             break
         time.sleep(0.2)
@@ -224,25 +275,44 @@ def run(mode: str, count: int, frames, checkpoint: str, args, probe: Probe, env)
 
     per_camera = {}
     for camera in cameras:
-        latencies = [(probe.arrivals[(camera, *key)] - at) * 1000.0 for key, at in sent[camera].items()
-                     if (camera, *key) in probe.arrivals]
+        latencies = [
+            (probe.arrivals[(camera, *key)] - at) * 1000.0
+            for key, at in sent[camera].items()
+            if (camera, *key) in probe.arrivals
+        ]
         per_camera[camera] = {
-            "published": len(sent[camera]), "answered": len(latencies),
+            "published": len(sent[camera]),
+            "answered": len(latencies),
             "answered_including_warmup": sum(1 for key in probe.arrivals if key[0] == camera),
             "fps": len(latencies) / args.seconds,
             "latency_p50_ms": float(np.percentile(latencies, 50)) if latencies else None,
-            "latency_p95_ms": float(np.percentile(latencies, 95)) if latencies else None}
+            "latency_p95_ms": float(np.percentile(latencies, 95)) if latencies else None,
+        }
     total_fps = sum(c["fps"] for c in per_camera.values())
     total_mb = sum(m for m in memory.values() if m is not None)
-    print(f"\n{mode:>8} process(es), {count} camera(s): {total_fps:.2f} frames/s answered in all, "
-          f"resident memory {total_mb:.0f} MB ({', '.join(f'{m:.0f}' for m in memory.values() if m)} MB)")
+    print(
+        f"\n{mode:>8} process(es), {count} camera(s): {total_fps:.2f} frames/s answered in all, "
+        f"resident memory {total_mb:.0f} MB "
+        f"({', '.join(f'{m:.0f}' for m in memory.values() if m)} MB)"
+    )
     for camera, figures in per_camera.items():
         p50, p95 = figures["latency_p50_ms"], figures["latency_p95_ms"]
-        print(f"    {camera}: {figures['answered']}/{figures['published']} answered "
-              f"({figures['answered_including_warmup']} with the warm-up), {figures['fps']:.2f} fps, "
-              f"latency p50 {p50 if p50 is None else f'{p50:.0f}'} ms, p95 {p95 if p95 is None else f'{p95:.0f}'} ms")
-    return {"mode": mode, "cameras": count, "processes": len(processes), "total_fps": total_fps,
-            "resident_mb": memory, "total_resident_mb": total_mb, "per_camera": per_camera}
+        print(
+            f"    {camera}: {figures['answered']}/{figures['published']} answered "
+            f"({figures['answered_including_warmup']} with the warm-up), {figures['fps']:.2f} "
+            "fps, "
+            f"latency p50 {p50 if p50 is None else f'{p50:.0f}'} ms, p95 "
+            f"{p95 if p95 is None else f'{p95:.0f}'} ms"
+        )
+    return {
+        "mode": mode,
+        "cameras": count,
+        "processes": len(processes),
+        "total_fps": total_fps,
+        "resident_mb": memory,
+        "total_resident_mb": total_mb,
+        "per_camera": per_camera,
+    }
 
 
 def main(argv=None) -> int:
@@ -259,9 +329,14 @@ def main(argv=None) -> int:
     os.environ.update(env)  # this process must load the same Fast DDS profile
     checkpoint = prepare_checkpoint(args)
     frames = load_frames()
-    command = "python bench/multi_camera.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    print(f"{command}\n{machine_description()}\ncheckpoint {checkpoint}; {len(frames)} frames {SIZE[0]}x{SIZE[1]}; "
-          f"{args.rate:g} Hz per camera, {args.seconds:g} s measured after {args.warmup_seconds:g} s")
+    command = "python bench/multi_camera.py " + " ".join(
+        shlex.quote(a) for a in (argv or sys.argv[1:])
+    )
+    print(
+        f"{command}\n{machine_description()}\ncheckpoint {checkpoint}; {len(frames)} frames "
+        f"{SIZE[0]}x{SIZE[1]}; "
+        f"{args.rate:g} Hz per camera, {args.seconds:g} s measured after {args.warmup_seconds:g} s"
+    )
     probe = Probe()
     results = []
     try:
@@ -275,18 +350,34 @@ def main(argv=None) -> int:
     summary = []
     for count in counts:
         one = next((r for r in results if r["mode"] == "one" and r["cameras"] == count), None)
-        separate = next((r for r in results if r["mode"] == "separate" and r["cameras"] == count), None)
+        separate = next(
+            (r for r in results if r["mode"] == "separate" and r["cameras"] == count), None
+        )
         if one and separate and separate["total_fps"] and separate["total_resident_mb"]:
             fps_ratio = one["total_fps"] / separate["total_fps"]
             memory_ratio = one["total_resident_mb"] / separate["total_resident_mb"]
-            summary.append({"cameras": count, "fps_ratio": fps_ratio, "memory_ratio": memory_ratio})
-            print(f"\nN={count}: one process / {count} processes: {fps_ratio:.2f}x the frames per second "
-                  f"(target >= {TARGET_FPS_RATIO}), {memory_ratio:.0%} of the memory (target <= "
-                  f"{TARGET_MEMORY_RATIO:.0%})")
+            summary.append(
+                {"cameras": count, "fps_ratio": fps_ratio, "memory_ratio": memory_ratio}
+            )
+            print(
+                f"\nN={count}: one process / {count} processes: {fps_ratio:.2f}x the frames per "
+                "second "
+                f"(target >= {TARGET_FPS_RATIO}), {memory_ratio:.0%} of the memory (target <= "
+                f"{TARGET_MEMORY_RATIO:.0%})"
+            )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"command": command, "machine": machine_description(),
-                                         "runs": results, "summary": summary}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "command": command,
+                    "machine": machine_description(),
+                    "runs": results,
+                    "summary": summary,
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

@@ -26,16 +26,30 @@ import numpy as np
 from bench_utils import PUBLISHED, benchmark_checkpoint, machine_description, require_shared
 
 PROG = "bench/precision.py"
-SETTINGS = (("torch", "fp32"), ("torch", "bf16"), ("openvino", "fp32"), ("openvino", "bf16"), ("auto", "auto"))
+SETTINGS = (
+    ("torch", "fp32"),
+    ("torch", "bf16"),
+    ("openvino", "fp32"),
+    ("openvino", "bf16"),
+    ("auto", "auto"),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="espnet-p2q8", choices=sorted(PUBLISHED))
-    parser.add_argument("--snippets", nargs="+", default=["aachen_000002"],
-                        help="folders of ../shared/data/cityscapes_sequences")
-    parser.add_argument("--limit", type=int, default=None, help="frames per snippet (default: all)")
-    parser.add_argument("--cache-dir", default=None, help="conversion cache (default: the engine's)")
+    parser.add_argument(
+        "--snippets",
+        nargs="+",
+        default=["aachen_000002"],
+        help="folders of ../shared/data/cityscapes_sequences",
+    )
+    parser.add_argument(
+        "--limit", type=int, default=None, help="frames per snippet (default: all)"
+    )
+    parser.add_argument(
+        "--cache-dir", default=None, help="conversion cache (default: the engine's)"
+    )
     return parser
 
 
@@ -52,8 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     rows, refused, reference = [], [], {}
     for backend, precision in SETTINGS:
         try:
-            engine = SegmentationEngine(checkpoint, device="cpu", backend=backend, precision=precision,
-                                        cache_dir=args.cache_dir)
+            engine = SegmentationEngine(
+                checkpoint,
+                device="cpu",
+                backend=backend,
+                precision=precision,
+                cache_dir=args.cache_dir,
+            )
         except (BackendError, PrecisionError) as error:
             refused.append((backend, precision, str(error).splitlines()[0]))
             continue
@@ -65,27 +84,50 @@ def main(argv: list[str] | None = None) -> int:
 
         scores = []
         for snippet in args.snippets:
-            folder = FrameFolder(root / snippet / "leftImg8bit", root / snippet / "pseudo_labelIds",
-                                 "cityscapes-labelids", args.limit)
+            folder = FrameFolder(
+                root / snippet / "leftImg8bit",
+                root / snippet / "pseudo_labelIds",
+                "cityscapes-labelids",
+                args.limit,
+            )
             evaluator = evaluate(engine, folder, on_frame=keep)
             scores.append((evaluator.miou, evaluator.tc))
         if (backend, precision) == ("torch", "fp32"):
             reference = labels
-        agreement = (float(np.mean([np.mean(labels[key] == reference[key]) for key in labels]))
-                     if reference else None)
-        rows.append({"setting": f"{backend} {precision}", "runs": f"{engine.backend} {engine.precision}",
-                     "ms": statistics.median(milliseconds), "miou": np.mean([s[0] for s in scores]),
-                     "tc": np.mean([s[1] for s in scores]), "agreement": agreement,
-                     "reason": engine.precision_decision.reason})
+        agreement = (
+            float(np.mean([np.mean(labels[key] == reference[key]) for key in labels]))
+            if reference
+            else None
+        )
+        rows.append(
+            {
+                "setting": f"{backend} {precision}",
+                "runs": f"{engine.backend} {engine.precision}",
+                "ms": statistics.median(milliseconds),
+                "miou": np.mean([s[0] for s in scores]),
+                "tc": np.mean([s[1] for s in scores]),
+                "agreement": agreement,
+                "reason": engine.precision_decision.reason,
+            }
+        )
         engine.release()
-    print(f"{command}\n{machine_description()}\nmodel {args.model} at 1024x512, snippets {', '.join(args.snippets)}"
-          f" (2048x1024 frames, pseudo-labels){'' if args.limit is None else f', {args.limit} frames each'}\n")
-    print("| asked | runs | ms per frame | mIoU | TC | labels = torch fp32 | precision decided because |")
+    print(
+        f"{command}\n{machine_description()}\nmodel {args.model} at 1024x512, snippets "
+        f"{', '.join(args.snippets)}"
+        " (2048x1024 frames, "
+        f"pseudo-labels){'' if args.limit is None else f', {args.limit} frames each'}\n"
+    )
+    print(
+        "| asked | runs | ms per frame | mIoU | TC | labels = torch fp32 | precision decided "
+        "because |"
+    )
     print("|---|---|---:|---:|---:|---:|---|")
     for row in rows:
         agreement = "-" if row["agreement"] is None else f"{row['agreement']:.4%}"
-        print(f"| {row['setting']} | {row['runs']} | {row['ms']:.1f} | {100 * row['miou']:.2f} | "
-              f"{100 * row['tc']:.2f} | {agreement} | {row['reason']} |")
+        print(
+            f"| {row['setting']} | {row['runs']} | {row['ms']:.1f} | {100 * row['miou']:.2f} | "
+            f"{100 * row['tc']:.2f} | {agreement} | {row['reason']} |"
+        )
     for backend, precision, reason in refused:
         print(f"- refused {backend} {precision}: {reason}")
     return 0

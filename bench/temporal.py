@@ -61,8 +61,12 @@ from video_seg_ros.tools.arguments import add_engine_arguments, add_limit_argume
 #: The two TC flows: (name, DIS preset, flow width or None = full resolution).
 TC_FLOWS = (("tc_ultrafast_512", "ultrafast", 512), ("tc_medium_full", "medium", None))
 #: Adaptive settings in which only the frame count makes keyframes.
-BLIND = {"keyframe_error_share": 1.0, "keyframe_motion": 0.0, "keyframe_confidence": 0.0,
-         "max_interval_s": 0.0}
+BLIND = {
+    "keyframe_error_share": 1.0,
+    "keyframe_motion": 0.0,
+    "keyframe_confidence": 0.0,
+    "max_interval_s": 0.0,
+}
 
 
 @dataclass
@@ -73,21 +77,31 @@ class Clip:
     frames: list[np.ndarray]
     labels: list[np.ndarray | None]
     numbers: list[int]
-    flows: list[np.ndarray | None] = field(default_factory=list)      # exact flow t -> t+1
-    visible: list[np.ndarray | None] = field(default_factory=list)    # exact visibility of t in t+1
+    flows: list[np.ndarray | None] = field(default_factory=list)  # exact flow t -> t+1
+    visible: list[np.ndarray | None] = field(default_factory=list)  # exact visibility of t in t+1
 
 
 def policies(weights: list[float], intervals: list[int]) -> list[tuple[str, dict]]:
-    """Rows: the defaults of each mode first, then what each default setting buys (one changed at a time)."""
+    """Rows: the defaults of each mode first, then what each default setting buys (one changed at a
+    time)."""
     rows = [("off", {"mode": "off"}), ("fuse (defaults)", {"mode": "fuse"})]
     rows += [(f"fuse, weight {w:g}", {"mode": "fuse", "fusion_weight": w}) for w in weights]
     rows.append(("fuse, no stickiness (plain blend)", {"mode": "fuse", "label_stickiness": 0.0}))
     rows.append(("fuse, flow at 512 px", {"mode": "fuse", "flow_width": 512}))
-    rows.append(("fuse, probabilities at the network output size", {"mode": "fuse", "probability_width": 0}))
+    rows.append(
+        (
+            "fuse, probabilities at the network output size",
+            {"mode": "fuse", "probability_width": 0},
+        )
+    )
     rows.append(("fuse, +confidence weighting", {"mode": "fuse", "confidence_weighting": True}))
     for k in intervals:
-        rows.append((f"adaptive {k}" + (" (defaults)" if k == TemporalSettings().max_interval else ""),
-                     {"mode": "adaptive", "max_interval": k}))
+        rows.append(
+            (
+                f"adaptive {k}" + (" (defaults)" if k == TemporalSettings().max_interval else ""),
+                {"mode": "adaptive", "max_interval": k},
+            )
+        )
     for k in intervals:
         rows.append((f"every {k} (blind)", {"mode": "adaptive", "max_interval": k, **BLIND}))
     return rows
@@ -95,8 +109,12 @@ def policies(weights: list[float], intervals: list[int]) -> list[tuple[str, dict
 
 def pairs(clip: Clip) -> list[int]:
     """Indices t of the clip whose frame t+1 is the next frame (frame-number step 1, same size)."""
-    return [t for t in range(len(clip.frames) - 1) if clip.numbers[t + 1] - clip.numbers[t] == 1
-            and clip.frames[t].shape == clip.frames[t + 1].shape]
+    return [
+        t
+        for t in range(len(clip.frames) - 1)
+        if clip.numbers[t + 1] - clip.numbers[t] == 1
+        and clip.frames[t].shape == clip.frames[t + 1].shape
+    ]
 
 
 def run_policy(engine: SegmentationEngine, clips: list[Clip], rate_hz: float) -> dict:
@@ -119,24 +137,33 @@ def run_policy(engine: SegmentationEngine, clips: list[Clip], rate_hz: float) ->
                 times[key].append(getattr(result, key))
         predictions.append(out)
     wall_s = time.perf_counter() - start
-    return {"predictions": predictions, "network_share": keyframes / frames, "fps": frames / wall_s,
-            **{key: float(np.mean(values)) for key, values in times.items()},
-            "keyframe_reasons": engine.temporal_stats()["reasons"]}
+    return {
+        "predictions": predictions,
+        "network_share": keyframes / frames,
+        "fps": frames / wall_s,
+        **{key: float(np.mean(values)) for key, values in times.items()},
+        "keyframe_reasons": engine.temporal_stats()["reasons"],
+    }
 
 
 def score_real(clips: list[Clip], predictions, flows: dict, num_classes: int) -> dict:
     accuracy = ConfusionMatrix(num_classes)
-    consistency = {name: TemporalConsistency(num_classes, preset, width)
-                   for name, preset, width in TC_FLOWS}
+    consistency = {
+        name: TemporalConsistency(num_classes, preset, width) for name, preset, width in TC_FLOWS
+    }
     for c, clip in enumerate(clips):
         for label, prediction in zip(clip.labels, predictions[c]):
             if label is not None:
                 if label.shape != prediction.shape:
-                    prediction = cv2.resize(prediction, label.shape[::-1], interpolation=cv2.INTER_NEAREST)
+                    prediction = cv2.resize(
+                        prediction, label.shape[::-1], interpolation=cv2.INTER_NEAREST
+                    )
                 accuracy.update(prediction, label)
         for t in pairs(clip):
             for name, metric in consistency.items():
-                metric.update_with_flow(predictions[c][t], predictions[c][t + 1], flows[name][(c, t)])
+                metric.update_with_flow(
+                    predictions[c][t], predictions[c][t + 1], flows[name][(c, t)]
+                )
     return {"miou": accuracy.miou, **{name: metric.tc for name, metric in consistency.items()}}
 
 
@@ -147,8 +174,9 @@ def score_synthetic(clips: list[Clip], predictions, num_classes: int) -> dict:
         for label, prediction in zip(clip.labels, predictions[c]):
             accuracy.update(prediction, label)
         for t in range(len(clip.frames) - 1):
-            consistency.update_with_flow(predictions[c][t], predictions[c][t + 1], clip.flows[t],
-                                         clip.visible[t])
+            consistency.update_with_flow(
+                predictions[c][t], predictions[c][t + 1], clip.flows[t], clip.visible[t]
+            )
     return {"miou": accuracy.miou, "tc_true_flow": consistency.tc}
 
 
@@ -157,8 +185,11 @@ def evaluation_flows(clips: list[Clip]) -> dict:
     flows = {}
     for name, preset, width in TC_FLOWS:
         dis = DisFlow(preset, max_width=width)
-        flows[name] = {(c, t): dis(clip.frames[t], clip.frames[t + 1])
-                       for c, clip in enumerate(clips) for t in pairs(clip)}
+        flows[name] = {
+            (c, t): dis(clip.frames[t], clip.frames[t + 1])
+            for c, clip in enumerate(clips)
+            for t in pairs(clip)
+        }
     return flows
 
 
@@ -199,18 +230,28 @@ def build_engine(args) -> SegmentationEngine:
         from video_seg_ros.tools.import_weights import import_weights
 
         if args.espnet_weights is None or not Path(args.espnet_weights).is_file():
-            raise SystemExit("no model: pass --checkpoint (package format) or --espnet-weights (published "
-                             "ESPNet Cityscapes state_dict; default: ../shared's espnet_p_2_q_8.pth)")
+            raise SystemExit(
+                "no model: pass --checkpoint (package format) or --espnet-weights (published "
+                "ESPNet Cityscapes state_dict; default: ../shared's espnet_p_2_q_8.pth)"
+            )
         checkpoint = import_weights("espnet", "cityscapes", args.espnet_weights)
-    return SegmentationEngine(checkpoint, device=args.device, backend=args.backend,
-                              precision=args.precision, upsample=args.upsample)
+    return SegmentationEngine(
+        checkpoint,
+        device=args.device,
+        backend=args.backend,
+        precision=args.precision,
+        upsample=args.upsample,
+    )
 
 
 def cpu_model() -> str:
     try:
         text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        return next(line.split(":", 1)[1].strip() for line in text.splitlines()
-                    if line.startswith("Model name"))
+        return next(
+            line.split(":", 1)[1].strip()
+            for line in text.splitlines()
+            if line.startswith("Model name")
+        )
     except (OSError, StopIteration, subprocess.SubprocessError):
         import platform
 
@@ -233,32 +274,60 @@ def print_table(title: str, rows: list[dict], columns: list[tuple[str, str]]) ->
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--checkpoint", type=Path, default=None, help="package checkpoint to run")
     default_weights = shared_dir() / "weights/espnet/espnet_p_2_q_8.pth" if shared_dir() else None
-    parser.add_argument("--espnet-weights", type=Path, default=default_weights,
-                        help="published ESPNet Cityscapes state_dict, imported in-process when no "
-                             "--checkpoint is given (default: ../shared's p2q8)")
-    parser.add_argument("--images", type=Path, default=None,
-                        help="folder of real frames (sorted = temporal order)")
-    parser.add_argument("--labels", type=Path, default=None,
-                        help="label images for --images, matched by name")
+    parser.add_argument(
+        "--espnet-weights",
+        type=Path,
+        default=default_weights,
+        help="published ESPNet Cityscapes state_dict, imported in-process when no "
+        "--checkpoint is given (default: ../shared's p2q8)",
+    )
+    parser.add_argument(
+        "--images", type=Path, default=None, help="folder of real frames (sorted = temporal order)"
+    )
+    parser.add_argument(
+        "--labels", type=Path, default=None, help="label images for --images, matched by name"
+    )
     parser.add_argument("--label-format", choices=LABEL_FORMATS, default="trainids")
     add_limit_argument(parser, "at most N real frames")
-    parser.add_argument("--size", type=parse_size, default=None, metavar="WxH",
-                        help="resize the real frames to this size first (labels stay as they are)")
-    parser.add_argument("--rate", type=float, default=17.0,
-                        help="frame rate for the stamps (Cityscapes: 17 Hz)")
+    parser.add_argument(
+        "--size",
+        type=parse_size,
+        default=None,
+        metavar="WxH",
+        help="resize the real frames to this size first (labels stay as they are)",
+    )
+    parser.add_argument(
+        "--rate", type=float, default=17.0, help="frame rate for the stamps (Cityscapes: 17 Hz)"
+    )
     add_engine_arguments(parser)
-    parser.set_defaults(precision="fp32")  # the figures should not depend on what auto picks on this CPU
-    parser.add_argument("--weights", type=float, nargs="+", default=[0.6],
-                        help="fusion weights of the 'fuse' rows")
-    parser.add_argument("--intervals", type=int, nargs="+", default=[2, 4],
-                        help="max intervals of the 'adaptive' and 'every k (blind)' rows")
-    parser.add_argument("--synthetic-seeds", type=int, nargs="*", default=[11, 12],
-                        help="synthetic street sequences (none: skip)")
-    parser.add_argument("--synthetic-frames", type=int, default=30, help="frames per synthetic sequence")
+    parser.set_defaults(
+        precision="fp32"
+    )  # the figures should not depend on what auto picks on this CPU
+    parser.add_argument(
+        "--weights", type=float, nargs="+", default=[0.6], help="fusion weights of the 'fuse' rows"
+    )
+    parser.add_argument(
+        "--intervals",
+        type=int,
+        nargs="+",
+        default=[2, 4],
+        help="max intervals of the 'adaptive' and 'every k (blind)' rows",
+    )
+    parser.add_argument(
+        "--synthetic-seeds",
+        type=int,
+        nargs="*",
+        default=[11, 12],
+        help="synthetic street sequences (none: skip)",
+    )
+    parser.add_argument(
+        "--synthetic-frames", type=int, default=30, help="frames per synthetic sequence"
+    )
     parser.add_argument("--synthetic-size", type=parse_size, default=(1024, 512), metavar="WxH")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure here")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -267,50 +336,82 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    print("# " + shlex.join(["python", "bench/temporal.py", *(sys.argv[1:] if argv is None else argv)]))
-    print(f"CPU {cpu_model()}, {os.cpu_count()} cores; load average "
-          + " ".join(f"{value:.2f}" for value in os.getloadavg()))
+    print(
+        "# "
+        + shlex.join(["python", "bench/temporal.py", *(sys.argv[1:] if argv is None else argv)])
+    )
+    print(
+        f"CPU {cpu_model()}, {os.cpu_count()} cores; load average "
+        + " ".join(f"{value:.2f}" for value in os.getloadavg())
+    )
     engine = build_engine(args)
-    print(f"model {engine.model_name} on {engine.device} ({engine.backend}, {engine.precision}, upsample "
-          f"{engine.upsample}), network input {engine.input_size[0]}x{engine.input_size[1]}")
+    print(
+        f"model {engine.model_name} on {engine.device} ({engine.backend}, {engine.precision}, "
+        "upsample "
+        f"{engine.upsample}), network input {engine.input_size[0]}x{engine.input_size[1]}"
+    )
     print(f"temporal defaults {TemporalSettings().to_dict()}")
     engine.segment(np.zeros((engine.input_size[1], engine.input_size[0], 3), np.uint8))  # warm-up
     engine.forget_streams()
     num_classes = len(engine.class_names)
     rows = policies(args.weights, args.intervals)
-    report = {"command": shlex.join(sys.argv), "cpu": cpu_model(), "model": engine.model_name, "real": [],
-              "synthetic": []}
-    timing = [("network_share", "network share"), ("network_ms", "network ms"), ("flow_ms", "flow ms"),
-              ("fusion_ms", "fusion ms"), ("fps", "fps")]
+    report = {
+        "command": shlex.join(sys.argv),
+        "cpu": cpu_model(),
+        "model": engine.model_name,
+        "real": [],
+        "synthetic": [],
+    }
+    timing = [
+        ("network_share", "network share"),
+        ("network_ms", "network ms"),
+        ("flow_ms", "flow ms"),
+        ("fusion_ms", "fusion ms"),
+        ("fps", "fps"),
+    ]
 
     if args.images is not None:
         clips = load_real(args)
         size = clips[0].frames[0].shape
-        print(f"real frames: {sum(len(c.frames) for c in clips)} in {len(clips)} sequence(s), "
-              f"{size[1]}x{size[0]}, from {args.images}"
-              + (f"; labels {args.labels} ({args.label_format})" if args.labels else ""))
+        print(
+            f"real frames: {sum(len(c.frames) for c in clips)} in {len(clips)} sequence(s), "
+            f"{size[1]}x{size[0]}, from {args.images}"
+            + (f"; labels {args.labels} ({args.label_format})" if args.labels else "")
+        )
         flows = evaluation_flows(clips)
         for name, settings in tqdm(rows, desc="real frames", unit="policy", disable=args.quiet):
             engine.set_temporal(settings)
             run = run_policy(engine, clips, args.rate)
             scores = score_real(clips, run.pop("predictions"), flows, num_classes)
             report["real"].append({"policy": name, **scores, **run})
-        print_table("real frames (TC: DIS ultrafast 512 px like the method's flow / DIS medium full "
-                    "resolution)", report["real"],
-                    [("miou", "mIoU"), ("tc_ultrafast_512", "TC ultrafast 512"),
-                     ("tc_medium_full", "TC medium full"), *timing])
+        print_table(
+            "real frames (TC: DIS ultrafast 512 px like the method's flow / DIS medium full "
+            "resolution)",
+            report["real"],
+            [
+                ("miou", "mIoU"),
+                ("tc_ultrafast_512", "TC ultrafast 512"),
+                ("tc_medium_full", "TC medium full"),
+                *timing,
+            ],
+        )
 
     if args.synthetic_seeds and args.synthetic_frames >= 2:
         clips = load_synthetic(args.synthetic_seeds, args.synthetic_frames, args.synthetic_size)
-        for name, settings in tqdm(rows, desc="synthetic street", unit="policy", disable=args.quiet):
+        for name, settings in tqdm(
+            rows, desc="synthetic street", unit="policy", disable=args.quiet
+        ):
             engine.set_temporal(settings)
             run = run_policy(engine, clips, args.rate)
             scores = score_synthetic(clips, run.pop("predictions"), num_classes)
             report["synthetic"].append({"policy": name, **scores, **run})
         width, height = args.synthetic_size
-        print_table(f"synthetic street, seeds {args.synthetic_seeds}, {args.synthetic_frames} frames at "
-                    f"{width}x{height} (exact labels; TC through the exact flow, visible pixels only)",
-                    report["synthetic"], [("miou", "mIoU"), ("tc_true_flow", "TC true flow"), *timing])
+        print_table(
+            f"synthetic street, seeds {args.synthetic_seeds}, {args.synthetic_frames} frames at "
+            f"{width}x{height} (exact labels; TC through the exact flow, visible pixels only)",
+            report["synthetic"],
+            [("miou", "mIoU"), ("tc_true_flow", "TC true flow"), *timing],
+        )
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1))

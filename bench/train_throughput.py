@@ -2,8 +2,9 @@
 
 Usage (from the repository root)::
 
-    python bench/train_throughput.py                  # published ESPNet p=2 q=3 + p=2 q=8 teacher, 512x256
-    python bench/train_throughput.py --student espnet-p2q8 --size 512x256 --batch 2 --phases  # native crops
+    python bench/train_throughput.py  # published ESPNet p=2 q=3 + p=2 q=8 teacher, 512x256
+    # native crops:
+    python bench/train_throughput.py --student espnet-p2q8 --size 512x256 --batch 2 --phases
     python bench/train_throughput.py --student runs/weights/espnet_p2_q3_cityscapes.pt \\
         --teacher runs/weights/espnet_p2_q8_cityscapes.pt --batch 4 --steps 5
     python bench/train_throughput.py --student random-espnet-q8 --device cuda --batch 16 --steps 20
@@ -49,13 +50,22 @@ CONFIGURATIONS = [
     ("+ pair-wise distillation", {"distill_pairwise": 1.0}),
     ("+ cross-frame pair-wise", {"distill_cross_frame": 1.0}),
     ("+ temporal distillation", {"distill_temporal": 1.0}),
-    ("all (full ETC)", {"temporal": 0.4, "distill_pixel": 1.0, "distill_pairwise": 1.0,
-                        "distill_cross_frame": 1.0, "distill_temporal": 1.0}),
+    (
+        "all (full ETC)",
+        {
+            "temporal": 0.4,
+            "distill_pixel": 1.0,
+            "distill_pairwise": 1.0,
+            "distill_cross_frame": 1.0,
+            "distill_temporal": 1.0,
+        },
+    ),
 ]
 
 
 def _checkpoint_file(name_or_path: str, path: Path) -> str:
-    """A checkpoint path as given, or a bench_utils name (published / random-*) saved at ``path``."""
+    """A checkpoint path as given, or a bench_utils name (published / random-*) saved at
+    ``path``."""
     if name_or_path in PUBLISHED or name_or_path in RANDOM:
         benchmark_checkpoint(name_or_path).save(path)
         return str(path)
@@ -65,21 +75,41 @@ def _checkpoint_file(name_or_path: str, path: Path) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     names = ", ".join(sorted(PUBLISHED) + sorted(RANDOM))
-    parser.add_argument("--student", default="espnet-p2q3",
-                        help=f"student: a checkpoint file or one of {names} (default espnet-p2q3, published)")
-    parser.add_argument("--teacher", default="espnet-p2q8",
-                        help="teacher: a checkpoint file or a name as for --student (default espnet-p2q8)")
-    parser.add_argument("--precision", default=None,
-                        help="train.precision (auto, fp32, bf16, fp16); default: the trainer's (fp32 on a CPU)")
-    parser.add_argument("--phases", action="store_true",
-                        help="also print the per-phase table (training/profiling.py) of every row")
-    parser.add_argument("--size", type=parse_size, default=(512, 256),
-                        help="training resolution WxH (default 512x256)")
+    parser.add_argument(
+        "--student",
+        default="espnet-p2q3",
+        help=f"student: a checkpoint file or one of {names} (default espnet-p2q3, published)",
+    )
+    parser.add_argument(
+        "--teacher",
+        default="espnet-p2q8",
+        help="teacher: a checkpoint file or a name as for --student (default espnet-p2q8)",
+    )
+    parser.add_argument(
+        "--precision",
+        default=None,
+        help="train.precision (auto, fp32, bf16, fp16); default: the trainer's (fp32 on a CPU)",
+    )
+    parser.add_argument(
+        "--phases",
+        action="store_true",
+        help="also print the per-phase table (training/profiling.py) of every row",
+    )
+    parser.add_argument(
+        "--size",
+        type=parse_size,
+        default=(512, 256),
+        help="training resolution WxH (default 512x256)",
+    )
     parser.add_argument("--batch", type=int, default=4, help="anchor frames per step (default 4)")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per configuration (default 5)")
+    parser.add_argument(
+        "--steps", type=int, default=5, help="timed steps per configuration (default 5)"
+    )
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
-    parser.add_argument("--only", nargs="*", default=None, help="run only rows whose name contains one of these")
+    parser.add_argument(
+        "--only", nargs="*", default=None, help="run only rows whose name contains one of these"
+    )
     args = parser.parse_args(argv)
     width, height = args.size
 
@@ -88,8 +118,10 @@ def main(argv=None) -> int:
         (tmp / "images").mkdir()
         rng = np.random.default_rng(0)
         for t in range(2):
-            cv2.imwrite(str(tmp / "images" / f"bench_{t:06d}.png"),
-                        rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+            cv2.imwrite(
+                str(tmp / "images" / f"bench_{t:06d}.png"),
+                rng.integers(0, 255, (height, width, 3), dtype=np.uint8),
+            )
         student = _checkpoint_file(args.student, tmp / "student.pt")
         teacher = _checkpoint_file(args.teacher, tmp / "teacher.pt")
         batch = {
@@ -110,9 +142,12 @@ def main(argv=None) -> int:
                 overrides.append(f"train.precision={args.precision}")
             if any(loss.startswith("distill_") for loss in weights):
                 overrides.append(f"teacher.checkpoint={teacher}")
-            config = {"run_dir": str(tmp / "run"), "model": model,
-                      "data": {"train": [{"images": str(tmp / "images")}], "resize": [width, height]},
-                      "train": {"device": args.device, "batch_size": args.batch, "epochs": 1}}
+            config = {
+                "run_dir": str(tmp / "run"),
+                "model": model,
+                "data": {"train": [{"images": str(tmp / "images")}], "resize": [width, height]},
+                "train": {"device": args.device, "batch_size": args.batch, "epochs": 1},
+            }
             config_path = tmp / "bench.yaml"
 
             config_path.write_text(yaml.safe_dump(config))
@@ -136,24 +171,40 @@ def main(argv=None) -> int:
                     times.append(time.perf_counter() - start)
                     cpu_times.append(time.process_time() - cpu_start)
             if args.phases:
-                print(f"\n### {name}\n\n{trainer.profiler.table(skip_first=args.warmup)}", file=sys.stderr)
+                print(
+                    f"\n### {name}\n\n{trainer.profiler.table(skip_first=args.warmup)}",
+                    file=sys.stderr,
+                )
             step_s, cpu_s = statistics.median(times), statistics.median(cpu_times)
             rows.append((name, step_s, args.batch / step_s, cpu_s))
-            print(f"{name}: {step_s * 1000:.0f} ms/step, {args.batch / step_s:.2f} frames/s, "
-                  f"{cpu_s:.2f} CPU s/step", file=sys.stderr)
+            print(
+                f"{name}: {step_s * 1000:.0f} ms/step, {args.batch / step_s:.2f} frames/s, "
+                f"{cpu_s:.2f} CPU s/step",
+                file=sys.stderr,
+            )
 
     base_cpu = rows[0][3] if rows else 1.0
-    print(f"\nTraining throughput at {width}x{height}, batch {args.batch}, device {args.device}, "
-          f"student {args.student}, teacher {args.teacher}; {machine_description()}\n")
+    print(
+        f"\nTraining throughput at {width}x{height}, batch {args.batch}, device {args.device}, "
+        f"student {args.student}, teacher {args.teacher}; {machine_description()}\n"
+    )
     # On a shared CPU wall time depends on the other processes; CPU seconds of this process do
     # much less, so the relative cost column uses them.
-    print("| configuration | wall ms / step | frames / s (wall) | CPU s / step | frames / CPU-s | "
-          "cost relative to student alone (CPU) |")
+    print(
+        "| configuration | wall ms / step | frames / s (wall) | CPU s / step | frames / CPU-s | "
+        "cost relative to student alone (CPU) |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     for name, step_s, fps, cpu_s in rows:
-        print(f"| {name} | {step_s * 1000:.0f} | {fps:.2f} | {cpu_s:.2f} | {args.batch / cpu_s:.2f} | "
-              f"{cpu_s / base_cpu:.2f} |")
-    print(f"\ncommand: python bench/train_throughput.py {shlex.join(argv if argv is not None else sys.argv[1:])}")
+        print(
+            f"| {name} | {step_s * 1000:.0f} | {fps:.2f} | {cpu_s:.2f} | {args.batch / cpu_s:.2f} "
+            "| "
+            f"{cpu_s / base_cpu:.2f} |"
+        )
+    print(
+        "\ncommand: python bench/train_throughput.py "
+        f"{shlex.join(argv if argv is not None else sys.argv[1:])}"
+    )
     return 0
 
 

@@ -10,26 +10,47 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from video_seg_ros.checkpoint import Checkpoint, Preprocessing
-from video_seg_ros.models import build_model
+from video_seg_ros.models import build_model, register
 
-#: 19 Cityscapes classes + the "background" channel published as 255, like ESPNet's Cityscapes weights.
+#: 19 Cityscapes classes + the "background" channel published as 255, like ESPNet's Cityscapes
+#: weights.
 NUM_OUTPUTS = 20
 
 
-def tiny_espnet(num_classes: int = NUM_OUTPUTS, size: tuple[int, int] = (64, 32), seed: int = 0,
-                p: int = 2, q: int = 3, channel_order: str = "rgb", mean=(128.0, 128.0, 128.0),
-                std=(64.0, 64.0, 64.0), scale: float = 1.0,
-                output_to_class: list[int] | None = None) -> Checkpoint:
-    """A random-init ESPNet ``Checkpoint`` (Cityscapes label set) with model input ``size`` (W, H)."""
+def tiny_espnet(
+    num_classes: int = NUM_OUTPUTS,
+    size: tuple[int, int] = (64, 32),
+    seed: int = 0,
+    p: int = 2,
+    q: int = 3,
+    channel_order: str = "rgb",
+    mean=(128.0, 128.0, 128.0),
+    std=(64.0, 64.0, 64.0),
+    scale: float = 1.0,
+    output_to_class: list[int] | None = None,
+) -> Checkpoint:
+    """A random-init ESPNet ``Checkpoint`` (Cityscapes label set) with model input ``size`` (W,
+    H)."""
     torch.manual_seed(seed)
     model = build_model("espnet", p=p, q=q, num_classes=num_classes).eval()
     checkpoint = Checkpoint.for_label_set(
-        "espnet", {"p": p, "q": q, "num_classes": num_classes}, model.state_dict(), "cityscapes",
-        Preprocessing(input_height=size[1], input_width=size[0], channel_order=channel_order,
-                      mean=list(mean), std=list(std), scale=scale),
-        source={"kind": "random-init test checkpoint"})
+        "espnet",
+        {"p": p, "q": q, "num_classes": num_classes},
+        model.state_dict(),
+        "cityscapes",
+        Preprocessing(
+            input_height=size[1],
+            input_width=size[0],
+            channel_order=channel_order,
+            mean=list(mean),
+            std=list(std),
+            scale=scale,
+        ),
+        source={"kind": "random-init test checkpoint"},
+    )
     if output_to_class is not None:
         checkpoint.output_to_class = list(output_to_class)
     return checkpoint
@@ -50,3 +71,32 @@ def near_tie_espnet(size: tuple[int, int] = (64, 32), gap: float = 1e-3) -> Chec
     spread = 1.0 + gap * torch.randn((1, weight.shape[1], 1, 1), generator=generator)
     checkpoint.state_dict = {**checkpoint.state_dict, "classifier.weight": weight[:, :1] * spread}
     return checkpoint
+
+
+class ScaledErfcSegmenter(nn.Module):
+    """A 1x1 conv followed by erfcx, an operator ONNX has no form for (no backend can convert it)
+    and that has no bf16 kernel on the CPU."""
+
+    def __init__(self, num_classes: int = NUM_OUTPUTS):
+        super().__init__()
+        self.classifier = nn.Conv2d(3, num_classes, 1)
+
+    def forward(self, x):
+        return torch.special.erfcx(self.classifier(x))
+
+
+@register("test-erfcx")
+def _erfcx_segmenter(num_classes: int = NUM_OUTPUTS) -> nn.Module:
+    return ScaledErfcSegmenter(num_classes)
+
+
+def unconvertible_checkpoint() -> Checkpoint:
+    """A checkpoint of :class:`ScaledErfcSegmenter` (model input 64x32)."""
+    model = ScaledErfcSegmenter()
+    return Checkpoint.for_label_set(
+        "test-erfcx",
+        {"num_classes": NUM_OUTPUTS},
+        model.state_dict(),
+        "cityscapes",
+        Preprocessing(input_height=32, input_width=64),
+    )

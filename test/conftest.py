@@ -1,5 +1,12 @@
-"""Shared fixtures: the ../shared verification data (skipped with a reason when absent) and the
-one tiny ESPNet checkpoint every test that needs "some model" uses."""
+"""Shared fixtures and the test markers.
+
+Markers (registered in setup.cfg, ``--strict-markers``): ``ros`` (real rclpy: node processes or
+rclpy nodes spun in the test), ``slow`` (tens of seconds or more on a 2-core CPU), ``openvino``
+(needs the OpenVINO runtime), ``shared`` (needs the ../shared verification data; a test that takes
+the ``shared`` fixture is marked by :func:`pytest_collection_modifyitems`). ``make test`` runs them
+all; ``pytest -m "not slow and not ros"`` is the quick loop. The session ends with the number of
+collected tests per marker.
+"""
 
 from __future__ import annotations
 
@@ -10,21 +17,17 @@ import pytest
 from checkpoints import make_tiny_espnet_checkpoint
 from shared_data import shared_dir
 
+MARKERS = ("ros", "slow", "openvino", "shared")
+
 
 @pytest.fixture(scope="session")
 def shared():
     """Path of ../shared (or $VIDEO_SEG_SHARED); skips the test when it is not there."""
     path = shared_dir()
     if path is None:
-        pytest.skip("verification data not found: set VIDEO_SEG_SHARED or place ../shared beside the repo")
-    return path
-
-
-def require_shared_file(shared, relative: str):
-    """Path of a file inside ../shared, skipping the test when that file is missing."""
-    path = shared / relative
-    if not path.exists():
-        pytest.skip(f"{relative} is not in the shared data folder")
+        pytest.skip(
+            "verification data not found: set VIDEO_SEG_SHARED or place ../shared beside the repo"
+        )
     return path
 
 
@@ -61,3 +64,39 @@ def private_conversion_cache(tmp_path_factory):
         os.environ.pop("XDG_CACHE_HOME", None)
     else:
         os.environ["XDG_CACHE_HOME"] = previous
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that takes the ``shared`` fixture (nothing to forget), and keep the
+    collected tests for the per-marker counts of the closing summary."""
+    for item in items:
+        if "shared" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.shared)
+    config.stash[_COLLECTED] = list(items)
+
+
+_COLLECTED = pytest.StashKey[list]()
+
+
+def marker_counts(items) -> dict[str, int]:
+    """Collected tests per registered marker, and how many carry none of them."""
+    counts = dict.fromkeys((*MARKERS, "unmarked"), 0)
+    for item in items:
+        names = {mark.name for mark in item.iter_markers()} & set(MARKERS)
+        for name in names:
+            counts[name] += 1
+        if not names:
+            counts["unmarked"] += 1
+    return counts
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    items = config.stash.get(_COLLECTED, [])
+    if not items:
+        return
+    counts = marker_counts(items)
+    terminalreporter.write_sep("-", "collected tests per marker")
+    terminalreporter.write_line(
+        ", ".join(f"{name} {count}" for name, count in counts.items())
+        + f" (of {len(items)} collected; a test may carry several)"
+    )

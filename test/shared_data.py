@@ -16,3 +16,13 @@ def shared_dir() -> Path | None:
     env = os.environ.get("VIDEO_SEG_SHARED")
     candidate = Path(env) if env else _REPO_ROOT.parent / "shared"
     return candidate if candidate.is_dir() else None
+
+
+def require_shared_file(shared: Path, relative: str) -> Path:
+    """Path of a file inside ../shared, skipping the test when that file is missing."""
+    import pytest
+
+    path = shared / relative
+    if not path.exists():
+        pytest.skip(f"{relative} is not in the shared data folder")
+    return path

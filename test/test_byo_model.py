@@ -32,6 +32,8 @@ from video_seg_ros.tools.import_weights import main as import_main
 onnx = pytest.importorskip("onnx", reason="onnx is not installed (requirements.txt pins it)")
 pytest.importorskip("openvino", reason="openvino is not installed (requirements.txt pins it)")
 
+pytestmark = pytest.mark.openvino
+
 SIZE = (128, 64)            # network input (W, H) of the tiny models
 FRAME_SIZE = (256, 128)     # the frames they segment (W, H): resizing is part of every path
 LRASPP = "torchvision:lraspp_mobilenet_v3_large"

@@ -7,12 +7,29 @@ import numpy as np
 import pytest
 import torch
 
-from video_seg_ros.checkpoint import (Checkpoint, CheckpointError, Preprocessing, load_checkpoint,
-                                      output_to_class_for)
-from video_seg_ros.frames import (group_sequences, index_label_files, list_frames, read_label,
-                                  read_rgb)
-from video_seg_ros.labels import (CAMVID, CITYSCAPES, IGNORE_ID, colorize, convert_label_image,
-                                  overlay, palette_lookup_table)
+from video_seg_ros.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    Preprocessing,
+    load_checkpoint,
+    output_to_class_for,
+)
+from video_seg_ros.frames import (
+    group_sequences,
+    index_label_files,
+    list_frames,
+    read_label,
+    read_rgb,
+)
+from video_seg_ros.labels import (
+    CAMVID,
+    CITYSCAPES,
+    IGNORE_ID,
+    colorize,
+    convert_label_image,
+    overlay,
+    palette_lookup_table,
+)
 
 
 # ---- labels ------------------------------------------------------------------------------------
@@ -55,14 +72,22 @@ def write_png(path, array):
 
 def test_list_frames_groups_cityscapes_sequences_and_skips_annotation_images(tmp_path):
     image = np.zeros((4, 6, 3), np.uint8)
-    for name in ("aachen_000001_000002", "aachen_000001_000001", "aachen_000000_000019",
-                 "bochum_000000_000003"):
+    for name in (
+        "aachen_000001_000002",
+        "aachen_000001_000001",
+        "aachen_000000_000019",
+        "bochum_000000_000003",
+    ):
         write_png(tmp_path / "leftImg8bit" / f"{name}_leftImg8bit.png", image)
     write_png(tmp_path / "gtFine" / "aachen_000000_000019_gtFine_labelIds.png", image[..., 0])
     write_png(tmp_path / "gtFine" / "aachen_000000_000019_gtFine_color.png", image)
     records = list_frames(tmp_path)
     assert [(r.sequence, r.frame) for r in records] == [
-        ("aachen_000000", 19), ("aachen_000001", 1), ("aachen_000001", 2), ("bochum_000000", 3)]
+        ("aachen_000000", 19),
+        ("aachen_000001", 1),
+        ("aachen_000001", 2),
+        ("bochum_000000", 3),
+    ]
     assert records[0].key == "aachen_000000_000019"
     groups = group_sequences(records)
     assert list(groups) == ["aachen_000000", "aachen_000001", "bochum_000000"]
@@ -71,12 +96,19 @@ def test_list_frames_groups_cityscapes_sequences_and_skips_annotation_images(tmp
 
 def test_list_frames_understands_camvid_and_bare_numbered_names(tmp_path):
     image = np.zeros((4, 6, 3), np.uint8)
-    for name in ("0016E5_08010.png", "0001TP_006720.png", "0001TP_006690.png", "0006R0_f01020.png"):
+    for name in (
+        "0016E5_08010.png",
+        "0001TP_006720.png",
+        "0001TP_006690.png",
+        "0006R0_f01020.png",
+    ):
         write_png(tmp_path / "camvid" / name, image)
     for name in ("000002.png", "000010.png", "000001.png"):
         write_png(tmp_path / "drive" / name, image)
     records = list_frames(tmp_path)
-    by_sequence = {name: [r.frame for r in group] for name, group in group_sequences(records).items()}
+    by_sequence = {
+        name: [r.frame for r in group] for name, group in group_sequences(records).items()
+    }
     assert by_sequence["0001TP"] == [6690, 6720]
     assert by_sequence["0016E5"] == [8010]
     assert by_sequence["drive"] == [1, 2, 10]  # numeric order, not string order
@@ -123,12 +155,19 @@ def test_unreadable_image_error_names_the_file(tmp_path):
 # ---- checkpoint --------------------------------------------------------------------------------
 def small_checkpoint() -> Checkpoint:
     return Checkpoint(
-        arch="espnet", arch_kwargs={"p": 2, "q": 3, "num_classes": 20},
+        arch="espnet",
+        arch_kwargs={"p": 2, "q": 3, "num_classes": 20},
         state_dict={"conv.weight": torch.randn(4, 3, 3, 3), "conv.bias": torch.arange(4.0)},
-        label_set="cityscapes", class_names=list(CITYSCAPES.names),
-        palette=[list(c) for c in CITYSCAPES.palette], output_to_class=output_to_class_for("cityscapes", 20),
-        preprocessing=Preprocessing(64, 128, "bgr", [72.4, 82.9, 73.2], [45.3, 46.2, 44.9], 1 / 255),
-        source={"weights_file": "x.pth"}, training={"epochs": 3})
+        label_set="cityscapes",
+        class_names=list(CITYSCAPES.names),
+        palette=[list(c) for c in CITYSCAPES.palette],
+        output_to_class=output_to_class_for("cityscapes", 20),
+        preprocessing=Preprocessing(
+            64, 128, "bgr", [72.4, 82.9, 73.2], [45.3, 46.2, 44.9], 1 / 255
+        ),
+        source={"weights_file": "x.pth"},
+        training={"epochs": 3},
+    )
 
 
 def test_checkpoint_round_trip_keeps_weights_and_metadata(tmp_path):
@@ -141,9 +180,21 @@ def test_checkpoint_round_trip_keeps_weights_and_metadata(tmp_path):
         assert torch.equal(loaded.state_dict[key], tensor)
     assert loaded.preprocessing == original.preprocessing
     assert loaded.output_to_class[-1] == IGNORE_ID and loaded.num_outputs == 20
-    assert (loaded.arch, loaded.arch_kwargs, loaded.class_names, loaded.palette, loaded.source,
-            loaded.training) == (original.arch, original.arch_kwargs, original.class_names,
-                                 original.palette, original.source, original.training)
+    assert (
+        loaded.arch,
+        loaded.arch_kwargs,
+        loaded.class_names,
+        loaded.palette,
+        loaded.source,
+        loaded.training,
+    ) == (
+        original.arch,
+        original.arch_kwargs,
+        original.class_names,
+        original.palette,
+        original.source,
+        original.training,
+    )
     assert loaded.model_name == "espnet(p=2,q=3)"
 
 
@@ -195,7 +246,9 @@ def test_palette_png_labels_are_read_as_their_indices_not_their_colours(tmp_path
     image = Image.fromarray(ids, mode="P")
     image.putpalette([(7 * i) % 256 for i in range(768)])  # colours unrelated to the ids
     image.save(tmp_path / "voc_style.png")
-    assert cv2.imread(str(tmp_path / "voc_style.png"), cv2.IMREAD_UNCHANGED).ndim == 3  # OpenCV expands it
+    assert (
+        cv2.imread(str(tmp_path / "voc_style.png"), cv2.IMREAD_UNCHANGED).ndim == 3
+    )  # OpenCV expands it
     np.testing.assert_array_equal(read_label(tmp_path / "voc_style.png", "trainids"), ids)
     write_png(tmp_path / "camvid_ids.png", np.array([[3, 11]], np.uint8))
     Image.open(tmp_path / "camvid_ids.png").convert("P").save(tmp_path / "camvid_p.png")
@@ -205,7 +258,9 @@ def test_palette_png_labels_are_read_as_their_indices_not_their_colours(tmp_path
 def test_sixteen_bit_label_pngs_are_read_and_out_of_range_ids_refused(tmp_path):
     write_png(tmp_path / "ids16.png", np.array([[7, 26, 0]], np.uint16))
     assert cv2.imread(str(tmp_path / "ids16.png"), cv2.IMREAD_UNCHANGED).dtype == np.uint16
-    assert read_label(tmp_path / "ids16.png", "cityscapes-labelids").tolist() == [[0, 13, IGNORE_ID]]
+    assert read_label(tmp_path / "ids16.png", "cityscapes-labelids").tolist() == [
+        [0, 13, IGNORE_ID]
+    ]
     write_png(tmp_path / "big16.png", np.array([[1000]], np.uint16))
     with pytest.raises(ValueError, match="big16.png.*id 1000"):
         read_label(tmp_path / "big16.png", "trainids")
@@ -218,7 +273,9 @@ def test_cityscapes_color_labels_go_through_the_official_colour_table(tmp_path):
     write_png(tmp_path / "x_gtFine_color.png", np.ascontiguousarray(rgb[..., ::-1]))
     expected = train_ids.copy()
     expected[1, 0] = IGNORE_ID
-    np.testing.assert_array_equal(read_label(tmp_path / "x_gtFine_color.png", "cityscapes-color"), expected)
+    np.testing.assert_array_equal(
+        read_label(tmp_path / "x_gtFine_color.png", "cityscapes-color"), expected
+    )
     write_png(tmp_path / "x_gtFine_labelTrainIds.png", train_ids)
     index = index_label_files(tmp_path, "cityscapes-color")
     assert index["x"].name == "x_gtFine_color.png"

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import require_shared_file
+from shared_data import require_shared_file
 from video_seg_ros.checkpoint import Preprocessing
 from video_seg_ros.engine import SegmentationEngine
 from video_seg_ros.frames import read_label, read_rgb

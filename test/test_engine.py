@@ -1,21 +1,24 @@
-"""SegmentationEngine on a small random-init ESPNet: shapes, channel order, confidence, batching, the
-stream/model/release seams, and the denormal flush on the published ESPNet p2q8 (../shared)."""
+"""SegmentationEngine on a small random-init ESPNet: shapes, channel order, confidence, batching,
+the stream/model/release seams, and the denormal flush on the published ESPNet p2q8 (../shared)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from conftest import require_shared_file
+from shared_data import require_shared_file
 from video_seg_ros.backends import BackendError
 from checkpoints import tiny_espnet
-from video_seg_ros.checkpoint import Checkpoint
+from video_seg_ros.checkpoint import Checkpoint, output_class_lookup
 from video_seg_ros.engine import DeviceError, SegmentationEngine, resolve_device
 from video_seg_ros.labels import IGNORE_ID
 from video_seg_ros.models import build_model
@@ -25,8 +28,14 @@ NUM_OUTPUTS = 20  # 19 Cityscapes classes + the "background" channel published a
 
 def make_checkpoint(output_to_class=None) -> Checkpoint:
     # Per-channel statistics differ so that a channel swap changes the input tensor.
-    return tiny_espnet(size=(128, 64), channel_order="bgr", mean=(70.0, 90.0, 110.0), std=(40.0, 50.0, 60.0),
-                       scale=1 / 255, output_to_class=output_to_class)
+    return tiny_espnet(
+        size=(128, 64),
+        channel_order="bgr",
+        mean=(70.0, 90.0, 110.0),
+        std=(40.0, 50.0, 60.0),
+        scale=1 / 255,
+        output_to_class=output_to_class,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -40,15 +49,58 @@ def random_frame(height: int, width: int, seed: int = 0) -> np.ndarray:
 
 @pytest.mark.parametrize("size", [(37, 53), (64, 128), (101, 250)])
 def test_labels_come_back_at_the_input_resolution_as_uint8(engine, size):
-    result = engine.segment(random_frame(*size))
+    frame = random_frame(*size)
+    started = time.perf_counter()
+    result = engine.segment(frame)
+    wall_ms = (time.perf_counter() - started) * 1000.0
     assert result.labels.shape == size and result.labels.dtype == np.uint8
     assert set(np.unique(result.labels)) <= set(range(19)) | {IGNORE_ID}
-    assert result.confidence is None and result.model_ms > 0
+    # model_ms is part of the call, in milliseconds: neither zero nor more than the whole call
+    assert result.confidence is None and 0 < result.model_ms <= wall_ms
 
 
 def test_upsampling_labels_instead_of_logits_keeps_the_resolution():
-    engine = SegmentationEngine(make_checkpoint(), device="cpu", precision="fp32", upsample="labels")
+    engine = SegmentationEngine(
+        make_checkpoint(), device="cpu", precision="fp32", upsample="labels"
+    )
     assert engine.segment(random_frame(45, 77)).labels.shape == (45, 77)
+
+
+def test_logits_upsampling_equals_interpolating_the_models_logits_by_hand():
+    """upsample="logits": class scores are resized bilinearly *before* the argmax."""
+    checkpoint = tiny_espnet(size=(64, 32))
+    engine = SegmentationEngine(
+        checkpoint, device="cpu", backend="torch", precision="fp32", upsample="logits"
+    )
+    # 75x141: not a multiple of the 64x32 model input
+    frame = np.random.default_rng(3).integers(0, 256, (75, 141, 3), dtype=np.uint8)
+    with torch.inference_mode():
+        logits = engine.model(engine.preprocess([frame])).float()
+        by_hand = F.interpolate(logits, size=frame.shape[:2], mode="bilinear", align_corners=False)
+        lookup = output_class_lookup(checkpoint.output_to_class, torch.device("cpu"))
+        expected = lookup[by_hand.argmax(1)][0]
+    result = engine.segment(frame)
+    assert result.labels.shape == frame.shape[:2]
+    np.testing.assert_array_equal(result.labels, expected.numpy())
+    # The cheaper "labels" mode takes the argmax at model resolution: it disagrees at boundaries.
+    labels_mode = (
+        SegmentationEngine(
+            checkpoint, device="cpu", backend="torch", precision="fp32", upsample="labels"
+        )
+        .segment(frame)
+        .labels
+    )
+    assert (labels_mode != result.labels).any()
+
+
+def test_engines_cache_conversions_in_the_sessions_folder_not_in_the_users_home(tmp_path_factory):
+    """conftest's private_conversion_cache: backend="auto" without cache_dir never writes
+    ~/.cache (node processes inherit the variable)."""
+    from video_seg_ros.backends import default_cache_dir
+
+    cache_home = Path(os.environ["XDG_CACHE_HOME"])
+    assert cache_home.is_relative_to(tmp_path_factory.getbasetemp())
+    assert default_cache_dir().is_relative_to(cache_home)
 
 
 def test_bgr_input_gives_the_same_result_as_the_channel_swapped_rgb_input(engine):
@@ -90,7 +142,9 @@ def test_batch_gives_the_same_result_as_streaming_for_a_per_frame_model(engine):
 
 
 def test_output_channels_are_mapped_to_published_ids():
-    engine = SegmentationEngine(make_checkpoint(output_to_class=[5] * 19 + [IGNORE_ID]), device="cpu", precision="fp32")
+    engine = SegmentationEngine(
+        make_checkpoint(output_to_class=[5] * 19 + [IGNORE_ID]), device="cpu", precision="fp32"
+    )
     labels = engine.segment(random_frame(32, 32, seed=3)).labels
     assert set(np.unique(labels)) <= {5, IGNORE_ID}
 
@@ -130,11 +184,19 @@ def test_engine_reports_model_name_and_classes(engine):
 # ---- engine seams: streams, reset, release, model= ---------------------------------------------
 def test_per_frame_streams_may_mix_frame_sizes_and_match_single_frames():
     engine = SegmentationEngine(make_checkpoint(), device="cpu", precision="fp32", backend="torch")
-    frames = [random_frame(40, 60, seed=5), random_frame(97, 180, seed=6), random_frame(64, 128, seed=7)]
-    together = engine.segment_batch(frames, streams=["left", "right", "rear"], with_confidence=True)
+    frames = [
+        random_frame(40, 60, seed=5),
+        random_frame(97, 180, seed=6),
+        random_frame(64, 128, seed=7),
+    ]
+    together = engine.segment_batch(
+        frames, streams=["left", "right", "rear"], with_confidence=True
+    )
     for frame, result in zip(frames, together):
         alone = engine.segment(frame, with_confidence=True)
-        assert result.labels.shape == frame.shape[:2] and result.confidence.shape == frame.shape[:2]
+        assert (
+            result.labels.shape == frame.shape[:2] and result.confidence.shape == frame.shape[:2]
+        )
         assert (result.labels == alone.labels).mean() > 0.999
         assert np.allclose(result.confidence, alone.confidence, atol=1e-4)
 
@@ -148,12 +210,18 @@ def test_model_argument_runs_the_callers_module_and_keeps_its_training_mode():
     assert engine.model is module and engine.backend == "torch"
     assert "model=" in engine.fallback_reason  # auto would have converted a checkpoint's own model
     frame = random_frame(64, 128, seed=8)
-    reference = SegmentationEngine(checkpoint, device="cpu", precision="fp32", backend="torch").segment(frame, with_confidence=True)
+    reference = SegmentationEngine(
+        checkpoint, device="cpu", precision="fp32", backend="torch"
+    ).segment(frame, with_confidence=True)
     result = engine.segment(frame, with_confidence=True)
-    assert module.training  # restored after the call, which ran in eval mode (BatchNorm statistics):
+    assert (
+        module.training
+    )  # restored after the call, which ran in eval mode (BatchNorm statistics):
     assert np.array_equal(result.labels, reference.labels)
     with pytest.raises(BackendError, match="torch backend only"):
-        SegmentationEngine(checkpoint, device="cpu", precision="fp32", model=module, backend="openvino")
+        SegmentationEngine(
+            checkpoint, device="cpu", precision="fp32", model=module, backend="openvino"
+        )
 
 
 def test_release_frees_the_model_and_refuses_further_frames():
@@ -174,24 +242,49 @@ UNFLUSHED_RUN = """
 import sys, cv2, numpy as np, torch
 from video_seg_ros.engine import SegmentationEngine
 from video_seg_ros.tools.import_weights import import_weights
-engine = SegmentationEngine(import_weights("espnet", "cityscapes", sys.argv[1]), device="cpu", backend="torch",
-                            precision="fp32", flush_denormals=False)
+checkpoint = import_weights("espnet", "cityscapes", sys.argv[1])
+engine = SegmentationEngine(checkpoint, device="cpu", backend="torch", precision="fp32",
+                            flush_denormals=False)
 labels = engine.segment(cv2.imread(sys.argv[2]), "bgr").labels
 assert (torch.tensor([1e-40]) * 1.0).item() != 0.0, "denormals were flushed in the unflushed run"
 np.save(sys.argv[3], labels)
 """
 
 
-def test_denormal_flush_keeps_every_label_of_published_espnet_p2q8_on_the_real_frame(shared, tmp_path):
+@pytest.mark.slow
+def test_denormal_flush_keeps_every_label_of_published_espnet_p2q8_on_the_real_frame(
+    shared, tmp_path
+):
     """The flush makes the published weights fast on a CPU; it must not change one label."""
     from video_seg_ros.tools.import_weights import import_weights
 
     weights = require_shared_file(shared, "weights/espnet/espnet_p_2_q_8.pth")
-    frame_path = require_shared_file(shared, "data/cityscapes_val/leftImg8bit/frankfurt_000001_058914_leftImg8bit.png")
+    frame_path = require_shared_file(
+        shared, "data/cityscapes_val/leftImg8bit/frankfurt_000001_058914_leftImg8bit.png"
+    )
     # The flush is per thread and sticks, so the unflushed run needs a process of its own.
-    subprocess.run([sys.executable, "-c", UNFLUSHED_RUN, str(weights), str(frame_path),
-                    str(tmp_path / "unflushed.npy")], check=True, timeout=900, cwd=Path(__file__).resolve().parents[1])
-    flushed = SegmentationEngine(import_weights("espnet", "cityscapes", weights), device="cpu", backend="torch",
-                                 precision="fp32").segment(cv2.imread(str(frame_path)), "bgr").labels
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            UNFLUSHED_RUN,
+            str(weights),
+            str(frame_path),
+            str(tmp_path / "unflushed.npy"),
+        ],
+        check=True,
+        timeout=900,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    flushed = (
+        SegmentationEngine(
+            import_weights("espnet", "cityscapes", weights),
+            device="cpu",
+            backend="torch",
+            precision="fp32",
+        )
+        .segment(cv2.imread(str(frame_path)), "bgr")
+        .labels
+    )
     assert (torch.tensor([1e-40]) * 1.0).item() == 0.0
     assert np.array_equal(flushed, np.load(tmp_path / "unflushed.npy"))

@@ -21,6 +21,8 @@ from video_seg_ros.tools.export import main as export_main
 openvino = pytest.importorskip("openvino", reason="openvino is not installed (requirements.txt pins it)")
 onnx = pytest.importorskip("onnx", reason="onnx is not installed (requirements.txt pins it)")
 
+pytestmark = pytest.mark.openvino
+
 SIZE = (128, 64)
 
 

@@ -1,4 +1,5 @@
-"""Optical flow and warping (video_seg_ros.flow): conventions, label safety, occlusion, torch warp."""
+"""Optical flow and warping (video_seg_ros.flow): conventions, label safety, occlusion, torch
+warp."""
 
 from __future__ import annotations
 
@@ -69,8 +70,9 @@ def test_warp_tensor_matches_the_opencv_warp_for_fractional_flow():
     image = rng.random((20, 24)).astype(np.float32)
     flow = rng.uniform(-2, 2, size=(20, 24, 2)).astype(np.float32)
     by_opencv = warp_image(image, flow)
-    by_torch = warp_tensor(torch.from_numpy(image)[None, None],
-                           torch.from_numpy(flow).permute(2, 0, 1)[None])[0, 0].numpy()
+    by_torch = warp_tensor(
+        torch.from_numpy(image)[None, None], torch.from_numpy(flow).permute(2, 0, 1)[None]
+    )[0, 0].numpy()
     inside = (slice(3, -3), slice(3, -3))  # border handling differs only at the edge
     assert np.allclose(by_opencv[inside], by_torch[inside], atol=1e-4)
 

@@ -1,4 +1,5 @@
-"""Image message <-> numpy conversion (no ROS needed; real rclpy / rosbags classes where installed)."""
+"""Image message <-> numpy conversion (no ROS needed; real rclpy / rosbags classes where
+installed)."""
 
 from __future__ import annotations
 
@@ -24,8 +25,14 @@ def _image(array: np.ndarray, encoding: str, pad: int = 0, **overrides):
     row = np.ascontiguousarray(array).reshape(height, -1).view(np.uint8)
     padded = np.zeros((height, row.shape[1] + pad), np.uint8)
     padded[:, : row.shape[1]] = row
-    fields = dict(height=height, width=width, encoding=encoding, is_bigendian=0,
-                  step=padded.shape[1], data=padded.tobytes())
+    fields = dict(
+        height=height,
+        width=width,
+        encoding=encoding,
+        is_bigendian=0,
+        step=padded.shape[1],
+        data=padded.tobytes(),
+    )
     fields.update(overrides)
     return types.SimpleNamespace(**fields)
 
@@ -72,16 +79,19 @@ def test_float_and_16bit_images_decode_in_both_byte_orders():
     assert np.array_equal(image_to_array(_image(mono16, "mono16", pad=2)), mono16)
 
 
-@pytest.mark.parametrize("change, reason", [
-    (dict(encoding="yuv422"), "unsupported_encoding"),
-    (dict(encoding="bayer_rggb8"), "unsupported_encoding"),
-    (dict(height=0), "empty"),
-    (dict(width=0, step=0), "empty"),
-    (dict(width=100000), "bad_size"),
-    (dict(step=10), "bad_step"),
-    (dict(data=b"\x00" * 17), "bad_length"),
-    (dict(height=7), "bad_length"),
-])
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        (dict(encoding="yuv422"), "unsupported_encoding"),
+        (dict(encoding="bayer_rggb8"), "unsupported_encoding"),
+        (dict(height=0), "empty"),
+        (dict(width=0, step=0), "empty"),
+        (dict(width=100000), "bad_size"),
+        (dict(step=10), "bad_step"),
+        (dict(data=b"\x00" * 17), "bad_length"),
+        (dict(height=7), "bad_length"),
+    ],
+)
 def test_malformed_images_are_rejected_with_a_reason(rgb, change, reason):
     msg = _image(rgb, "rgb8")
     for key, value in change.items():
@@ -107,7 +117,9 @@ def test_max_pixels_rejects_large_images_before_touching_data(rgb):
 @pytest.mark.parametrize("kind", ["jpeg", "png"])
 def test_compressed_round_trip_and_message_dispatch(rgb, kind):
     ramp = np.linspace(0, 255, 24, dtype=np.uint8)
-    smooth = np.stack(np.broadcast_arrays(ramp[:, None], ramp[None, :], 128), axis=2).astype(np.uint8)
+    smooth = np.stack(np.broadcast_arrays(ramp[:, None], ramp[None, :], 128), axis=2).astype(
+        np.uint8
+    )
     msg = types.SimpleNamespace(**compressed_fields(smooth, "rgb", kind))
     assert kind in msg.format
     frame = message_to_frame(msg)
@@ -119,12 +131,15 @@ def test_compressed_round_trip_and_message_dispatch(rgb, kind):
     assert info.value.reason == "too_large"
 
 
-@pytest.mark.parametrize("payload, fmt, reason", [
-    (b"", "jpeg", "empty"),
-    (b"\xff\xd8\xff\xe0 this is not really a jpeg", "jpeg", "corrupt"),
-    (b"garbage", "bmp", "unsupported_format"),
-    (b"\x89PNG\r\n\x1a\n", "16UC1; compressedDepth png", "unsupported_format"),
-])
+@pytest.mark.parametrize(
+    "payload, fmt, reason",
+    [
+        (b"", "jpeg", "empty"),
+        (b"\xff\xd8\xff\xe0 this is not really a jpeg", "jpeg", "corrupt"),
+        (b"garbage", "bmp", "unsupported_format"),
+        (b"\x89PNG\r\n\x1a\n", "16UC1; compressedDepth png", "unsupported_format"),
+    ],
+)
 def test_corrupt_compressed_payloads_are_rejected(payload, fmt, reason):
     with pytest.raises(ImageDecodeError) as info:
         compressed_to_frame(types.SimpleNamespace(format=fmt, data=payload))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import require_shared_file
+from shared_data import require_shared_file
 from video_seg_ros.checkpoint import file_sha256, load_checkpoint
 from video_seg_ros.engine import SegmentationEngine
 from video_seg_ros.frames import read_label, read_rgb

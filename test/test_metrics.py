@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import time
+
 import cv2
 import numpy as np
 import pytest
 
-from conftest import require_shared_file
+from shared_data import require_shared_file
 from video_seg_ros.frames import read_label, read_rgb
 from video_seg_ros.labels import IGNORE_ID
 from textures import textured
-from video_seg_ros.metrics import (ConfusionMatrix, OnlineConsistency, TemporalConsistency,
-                                   pair_consistency)
+from video_seg_ros.metrics import (
+    ConfusionMatrix,
+    OnlineConsistency,
+    TemporalConsistency,
+    pair_consistency,
+)
 
 
 def blob_labels(height: int, width: int, seed: int = 1, classes: int = 5) -> np.ndarray:
@@ -22,12 +28,10 @@ def blob_labels(height: int, width: int, seed: int = 1, classes: int = 5) -> np.
     return np.digitize(smooth, edges).astype(np.uint8)
 
 
-# ---- ConfusionMatrix -----------------------------------------------------------------------------
+# ---- ConfusionMatrix ----------------------------------------------------------------------------
 def test_miou_matches_hand_computed_example():
-    target = np.array([[0, 0, 1, 1],
-                       [0, 2, 2, 2]])
-    prediction = np.array([[0, 1, 1, 1],
-                           [0, 2, 2, 0]])
+    target = np.array([[0, 0, 1, 1], [0, 2, 2, 2]])
+    prediction = np.array([[0, 1, 1, 1], [0, 2, 2, 0]])
     matrix = ConfusionMatrix(3).update(prediction, target)
     # class 0: I = 2 ({0,0},{1,0}), U = 3 target + 3 predicted - 2 = 4  -> 0.5
     # class 1: I = 2, U = 2 + 3 - 2 = 3                                -> 2/3
@@ -56,7 +60,9 @@ def test_unlabelled_prediction_counts_as_miss_for_the_target_class():
 
 
 def test_classes_absent_from_target_and_prediction_are_left_out_of_the_mean():
-    matrix = ConfusionMatrix(4, ["a", "b", "c", "d"]).update(np.array([[0, 1]]), np.array([[0, 0]]))
+    matrix = ConfusionMatrix(4, ["a", "b", "c", "d"]).update(
+        np.array([[0, 1]]), np.array([[0, 0]])
+    )
     # a: I=1, U=2 -> 0.5; b: predicted only -> 0.0 (counted); c, d: never seen -> excluded.
     assert matrix.miou == pytest.approx(0.25)
     assert matrix.per_class_iou() == {"a": 0.5, "b": 0.0, "c": None, "d": None}
@@ -65,7 +71,7 @@ def test_classes_absent_from_target_and_prediction_are_left_out_of_the_mean():
 def test_accuracy_is_accumulated_over_the_dataset_not_averaged_per_frame():
     matrix = ConfusionMatrix(2)
     matrix.update(np.array([[0, 0, 0, 1]]), np.array([[0, 0, 0, 0]]))  # class 0: 3/4, class 1: 0/1
-    matrix.update(np.array([[1, 1]]), np.array([[1, 1]]))              # class 1 perfect
+    matrix.update(np.array([[1, 1]]), np.array([[1, 1]]))  # class 1 perfect
     # dataset level: class 0 I=3 U=4; class 1 I=2 U=3
     assert matrix.miou == pytest.approx((3 / 4 + 2 / 3) / 2)
 
@@ -85,7 +91,7 @@ def test_shape_mismatch_is_refused():
         ConfusionMatrix(2).update(np.zeros((2, 3)), np.zeros((3, 2)))
 
 
-# ---- temporal consistency ------------------------------------------------------------------------
+# ---- temporal consistency -----------------------------------------------------------------------
 def test_tc_is_one_for_a_static_scene():
     frame = textured(96, 160)
     labels = blob_labels(96, 160)
@@ -120,7 +126,9 @@ def test_tc_with_dis_flow_recovers_a_real_shift():
     labels_t, labels_next = canvas_labels[:, 8:208], canvas_labels[:, 4:204]
     flow_tc = TemporalConsistency(5, preset="medium", flow_width=None)
     tc = flow_tc.update(frame_t, frame_next, labels_t, labels_next)
-    without_motion = pair_consistency(labels_t, labels_next, np.zeros((120, 200, 2), np.float32), 5).miou
+    without_motion = pair_consistency(
+        labels_t, labels_next, np.zeros((120, 200, 2), np.float32), 5
+    ).miou
     assert tc > 0.97
     assert tc > without_motion + 0.03
 
@@ -128,9 +136,12 @@ def test_tc_with_dis_flow_recovers_a_real_shift():
 def test_tc_accumulates_intersections_and_unions_over_all_pairs():
     still = np.zeros((2, 4, 2), np.float32)
     consistency = TemporalConsistency(2)
-    first = consistency.update_with_flow(np.array([[0, 0, 0, 0], [0, 0, 0, 1]], np.uint8),
-                                         np.zeros((2, 4), np.uint8), still)
-    second = consistency.update_with_flow(np.ones((2, 4), np.uint8), np.ones((2, 4), np.uint8), still)
+    first = consistency.update_with_flow(
+        np.array([[0, 0, 0, 0], [0, 0, 0, 1]], np.uint8), np.zeros((2, 4), np.uint8), still
+    )
+    second = consistency.update_with_flow(
+        np.ones((2, 4), np.uint8), np.ones((2, 4), np.uint8), still
+    )
     assert first == pytest.approx((7 / 8 + 0.0) / 2)
     assert second == 1.0
     # Dataset level: class 0 I=7 U=8; class 1 I=8 U=9 (not the mean of the two pair values).
@@ -153,9 +164,15 @@ def test_tc_on_real_cityscapes_pseudo_labels_beats_no_motion_compensation(shared
     frames, labels = [], []
     for index in (10, 11):
         name = f"aachen_000000_0000{index:02d}"
-        frames.append(read_rgb(require_shared_file(shared, f"{root}/leftImg8bit/{name}_leftImg8bit.jpg")))
-        labels.append(read_label(require_shared_file(shared, f"{root}/pseudo_labelIds/{name}_pseudo_labelIds.png"),
-                                 "cityscapes-labelids"))
+        frames.append(
+            read_rgb(require_shared_file(shared, f"{root}/leftImg8bit/{name}_leftImg8bit.jpg"))
+        )
+        labels.append(
+            read_label(
+                require_shared_file(shared, f"{root}/pseudo_labelIds/{name}_pseudo_labelIds.png"),
+                "cityscapes-labelids",
+            )
+        )
     frames = [cv2.resize(f, (512, 256), interpolation=cv2.INTER_AREA) for f in frames]
     labels = [cv2.resize(lab, (512, 256), interpolation=cv2.INTER_NEAREST) for lab in labels]
     consistency = TemporalConsistency(19, flow_width=None, occlusion=True)
@@ -168,14 +185,14 @@ def test_tc_on_real_cityscapes_pseudo_labels_beats_no_motion_compensation(shared
     assert tc > no_flow + 0.1
 
 
-# ---- OnlineConsistency ---------------------------------------------------------------------------
+# ---- OnlineConsistency --------------------------------------------------------------------------
 def panning_stream(count: int, step: int = 3, height: int = 90, width: int = 160):
     canvas = textured(height, width + step * count + 8, seed=5)
     canvas_labels = blob_labels(height, width + step * count + 8, seed=6)
     for i in range(count):
         x = step * (count - i)
-        grey = canvas[:, x:x + width]
-        yield np.repeat(grey[..., None], 3, axis=2), canvas_labels[:, x:x + width].copy()
+        grey = canvas[:, x : x + width]
+        yield np.repeat(grey[..., None], 3, axis=2), canvas_labels[:, x : x + width].copy()
 
 
 def test_online_consistency_measures_every_stride_frames():
@@ -187,13 +204,18 @@ def test_online_consistency_measures_every_stride_frames():
 
 def test_online_consistency_is_high_on_a_panning_stream_and_running_value_accumulates():
     online = OnlineConsistency(5, max_width=128)
-    samples = [online.update(frame, labels) for frame, labels in panning_stream(5)]
+    samples, wall_ms = [], []
+    for frame, labels in panning_stream(5):
+        started = time.perf_counter()
+        samples.append(online.update(frame, labels))
+        wall_ms.append((time.perf_counter() - started) * 1000.0)
     assert samples[0] is None
     values = [s.tc for s in samples[1:]]
     assert min(values) > 0.9
     assert samples[-1].pairs == 4
     assert min(values) <= samples[-1].running_tc <= max(values)
-    assert samples[-1].compute_ms > 0
+    # the flow and the metric of that call, in milliseconds: within the call's own time
+    assert 0 < samples[-1].compute_ms <= wall_ms[-1]
 
 
 def test_online_consistency_detects_flickering_labels():

@@ -11,8 +11,10 @@ import pytest
 
 pytest.importorskip("rclpy", reason="ROS 2 rclpy is not installed")
 
-from conftest import require_shared_file  # noqa: E402
+from shared_data import require_shared_file  # noqa: E402
 from ros_support import NodeProcess, RosProbe, image_message, write_params_file  # noqa: E402
+
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
 FRAME = "data/cityscapes_val/leftImg8bit/frankfurt_000001_058914_leftImg8bit.png"
 GROUND_TRUTH = "data/cityscapes_val/gtFine/frankfurt_000001_058914_gtFine_labelTrainIds.png"

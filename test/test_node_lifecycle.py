@@ -21,6 +21,8 @@ from sensor_msgs.msg import Image  # noqa: E402
 from ros_support import (NodeProcess, RosProbe, image_message, lifecycle_node_command,  # noqa: E402
                          make_tiny_checkpoint, write_params_file)
 
+pytestmark = pytest.mark.ros
+
 STARTUP_TIMEOUT = 240.0
 ANSWER_TIMEOUT = 30.0
 FRAME = (64, 48)  # width, height

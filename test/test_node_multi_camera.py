@@ -28,6 +28,8 @@ from std_srvs.srv import Trigger  # noqa: E402
 from ros_support import (NodeProcess, RosProbe, diagnostics_values, image_message,  # noqa: E402
                          make_tiny_memory_checkpoint, write_params_file)
 
+pytestmark = pytest.mark.ros
+
 NODE = "seg_multi"
 SIZES = {"front": (96, 48), "left": (64, 40), "idle": (64, 32), "aux": (64, 32)}  # width, height
 STARTUP_TIMEOUT = 240.0

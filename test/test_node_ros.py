@@ -40,6 +40,8 @@ from video_seg_ros.image_encoding import compressed_fields, image_fields  # noqa
 from video_seg_ros.labels import CITYSCAPES, IGNORE_ID, colorize  # noqa: E402
 from video_seg_ros.runtime import NATIVE_BF16_ENV  # noqa: E402
 
+pytestmark = pytest.mark.ros
+
 FRAME_SIZE = (256, 128)  # width, height of the test frames
 STARTUP_TIMEOUT = 240.0  # torch import alone takes a minute on a loaded 2-core machine
 ANSWER_TIMEOUT = 30.0

@@ -12,6 +12,8 @@ pytest.importorskip("rclpy", reason="ROS 2 rclpy is not installed")
 
 from ros_support import NodeProcess, make_tiny_checkpoint, write_params_file  # noqa: E402
 
+pytestmark = pytest.mark.ros
+
 EXIT_TIMEOUT = 240.0  # torch import alone takes a minute on a loaded 2-core machine
 
 

@@ -28,6 +28,8 @@ from video_seg_ros.evaluation import EvalFrame, bag_frames, evaluate_recording  
 from video_seg_ros.processes import LoggedProcess  # noqa: E402
 from video_seg_ros.tools import demo, make_bag  # noqa: E402
 
+pytestmark = pytest.mark.ros
+
 REPO = Path(__file__).resolve().parents[1]
 
 

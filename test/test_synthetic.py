@@ -1,4 +1,5 @@
-"""The synthetic driving-sequence generator: determinism, valid ground truth, exact flow, layout."""
+"""The synthetic driving-sequence generator: determinism, valid ground truth, exact flow,
+layout."""
 
 from __future__ import annotations
 
@@ -8,7 +9,13 @@ import numpy as np
 import pytest
 
 from video_seg_ros.flow import warp_image, warp_labels
-from video_seg_ros.frames import group_sequences, index_label_files, list_frames, read_label, read_rgb
+from video_seg_ros.frames import (
+    group_sequences,
+    index_label_files,
+    list_frames,
+    read_label,
+    read_rgb,
+)
 from video_seg_ros.labels import CITYSCAPES, IGNORE_ID
 from video_seg_ros.synthetic import (
     DEMO_SEED,
@@ -88,8 +95,9 @@ def test_camera_effects_change_pixels_but_not_labels():
 
 
 def test_written_layout_reads_back_through_the_frame_reader(tmp_path):
-    paths = write_sequence(tmp_path, seed=7, num_frames=3, width=WIDTH, height=HEIGHT, split="val",
-                           write_flow=True)
+    paths = write_sequence(
+        tmp_path, seed=7, num_frames=3, width=WIDTH, height=HEIGHT, split="val", write_flow=True
+    )
     assert len(paths) == 3
     records = list_frames(tmp_path / "leftImg8bit_sequence" / "val")
     sequences = group_sequences(records)
@@ -100,15 +108,31 @@ def test_written_layout_reads_back_through_the_frame_reader(tmp_path):
         assert record.key == frame_stem(7, frame.index)
         assert np.array_equal(read_rgb(record.path), frame.rgb)
         assert np.array_equal(read_label(label_index[record.key], "trainids"), frame.labels)
-    flow, valid = read_flow(tmp_path / "flow" / "val" / "synth" / f"{frame_stem(7, 0)}_flowToNext.npz")
+    flow, valid = read_flow(
+        tmp_path / "flow" / "val" / "synth" / f"{frame_stem(7, 0)}_flowToNext.npz"
+    )
     assert np.allclose(flow, generated[0].flow_to_next, atol=0.05)
     assert np.array_equal(valid, generated[0].flow_valid)
 
 
 def test_generate_cli_writes_dataset_report_and_contact_sheet(tmp_path):
     out, sheet = tmp_path / "data", tmp_path / "sheet.png"
-    code = generate_cli.main(["--out", str(out), "--sequences", "2", "--frames", "2", "--seed", "3",
-                              "--size", "128x64", "--contact-sheet", str(sheet)])
+    code = generate_cli.main(
+        [
+            "-o",
+            str(out),
+            "--sequences",
+            "2",
+            "--frames",
+            "2",
+            "--seed",
+            "3",
+            "--size",
+            "128x64",
+            "--contact-sheet",
+            str(sheet),
+        ]
+    )
     assert code == 0
     assert len(list_frames(out / "leftImg8bit_sequence" / "train")) == 4
     assert len(index_label_files(out / "gtFine" / "train")) == 4
@@ -120,9 +144,9 @@ def test_generate_cli_writes_dataset_report_and_contact_sheet(tmp_path):
 
 def test_generate_cli_rejects_bad_arguments_with_a_message(capsys):
     with pytest.raises(SystemExit) as error:
-        generate_cli.main(["--out", "x", "--size", "big"])
+        generate_cli.main(["-o", "x", "--size", "big"])
     assert error.value.code == 2 and "WIDTHxHEIGHT" in capsys.readouterr().err
-    assert generate_cli.main(["--out", "x", "--frames", "0"]) == 2
+    assert generate_cli.main(["-o", "x", "--frames", "0"]) == 2
     with pytest.raises(ValueError, match="num_frames"):
         next(generate_sequence(0, 0, WIDTH, HEIGHT))
 
@@ -137,5 +161,7 @@ def test_contact_sheet_puts_frame_beside_overlay():
     frame = _frames(2, 1)[0]
     sheet = contact_sheet([frame], tile_width=WIDTH)
     assert sheet.shape == (HEIGHT, 2 * WIDTH + 4, 3)
-    assert np.array_equal(sheet[:, :WIDTH], frame.rgb)  # same size: the left tile is the frame itself
-    assert not np.array_equal(sheet[:, WIDTH + 4:], frame.rgb)
+    assert np.array_equal(
+        sheet[:, :WIDTH], frame.rgb
+    )  # same size: the left tile is the frame itself
+    assert not np.array_equal(sheet[:, WIDTH + 4 :], frame.rgb)

@@ -17,6 +17,8 @@ import pytest
 
 from test_training import tiny_config, write_config, write_moving_square_sequences
 
+pytestmark = pytest.mark.slow
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -36,6 +36,8 @@ from sensor_msgs.msg import Image  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ros_support import image_message, make_tiny_checkpoint  # noqa: E402
 
+pytestmark = pytest.mark.ros
+
 LAUNCH_FILE = Path(__file__).resolve().parents[1] / "launch" / "video_seg.launch.py"
 INPUT_TOPIC = "/launch_test/image_raw"
 NAMESPACE = "launch_test"

@@ -1,4 +1,5 @@
-"""Where the package's ``config/`` files are: the installed share folder or this source checkout."""
+"""Where the package's ``config/`` files are: the installed share folder or this source
+checkout."""
 
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ def config_file(name: str) -> Path:
     """Like :func:`config_path`, but raises FileNotFoundError listing where it looked."""
     path = config_path(name)
     if path is None:
-        raise FileNotFoundError(f"config/{name} not found (looked in "
-                                f"{', '.join(map(str, config_candidates(name)))}); reinstall the package")
+        raise FileNotFoundError(
+            f"config/{name} not found (looked in "
+            f"{', '.join(map(str, config_candidates(name)))}); reinstall the package"
+        )
     return path

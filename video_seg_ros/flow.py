@@ -45,7 +45,9 @@ class DisFlow:
             gray_b = cv2.resize(gray_b, size, interpolation=cv2.INTER_AREA)
         flow = self._dis.calc(gray_a, gray_b, None)
         if size is not None:
-            flow = cv2.resize(flow, (width, height), interpolation=cv2.INTER_LINEAR) / (size[0] / width)
+            flow = cv2.resize(flow, (width, height), interpolation=cv2.INTER_LINEAR) / (
+                size[0] / width
+            )
         return flow.astype(np.float32, copy=False)
 
 
@@ -67,7 +69,9 @@ def to_gray(frame: np.ndarray) -> np.ndarray:
 
 def _sampling_maps(flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     height, width = flow.shape[:2]
-    grid_x, grid_y = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+    grid_x, grid_y = np.meshgrid(
+        np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32)
+    )
     return grid_x + flow[..., 0], grid_y + flow[..., 1]
 
 
@@ -78,26 +82,35 @@ def warp_labels(labels_b: np.ndarray, flow_ab: np.ndarray, fill: int = 255) -> n
     boundaries). Pixels whose source falls outside the image get ``fill``.
     """
     map_x, map_y = _sampling_maps(flow_ab)
-    return cv2.remap(labels_b, map_x, map_y, interpolation=cv2.INTER_NEAREST,
-                     borderMode=cv2.BORDER_CONSTANT, borderValue=int(fill))
+    return cv2.remap(
+        labels_b,
+        map_x,
+        map_y,
+        interpolation=cv2.INTER_NEAREST,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=int(fill),
+    )
 
 
 def warp_image(image_b: np.ndarray, flow_ab: np.ndarray) -> np.ndarray:
     """Bilinear backward warp of an image (or float map) of frame ``b`` onto frame ``a``."""
     map_x, map_y = _sampling_maps(flow_ab)
-    return cv2.remap(image_b, map_x, map_y, interpolation=cv2.INTER_LINEAR,
-                     borderMode=cv2.BORDER_REPLICATE)
+    return cv2.remap(
+        image_b, map_x, map_y, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
 
 
 def inside_mask(flow_ab: np.ndarray) -> np.ndarray:
-    """(H, W) bool: True where ``p + flow_ab(p)`` falls inside the image (the warp has a source)."""
+    """(H, W) bool: True where ``p + flow_ab(p)`` falls inside the image (the warp has a
+    source)."""
     map_x, map_y = _sampling_maps(flow_ab)
     height, width = flow_ab.shape[:2]
     return (map_x >= 0) & (map_x <= width - 1) & (map_y >= 0) & (map_y <= height - 1)
 
 
 def resize_flow(flow: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """A (H, W, 2) flow resampled to ``size`` (height, width), its vectors scaled per axis to match."""
+    """A (H, W, 2) flow resampled to ``size`` (height, width), its vectors scaled per axis to
+    match."""
     height, width = flow.shape[:2]
     if (height, width) == tuple(size):
         return flow
@@ -107,8 +120,9 @@ def resize_flow(flow: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return resized
 
 
-def occlusion_mask(flow_ab: np.ndarray, flow_ba: np.ndarray, alpha: float = 0.01,
-                   beta: float = 0.5) -> np.ndarray:
+def occlusion_mask(
+    flow_ab: np.ndarray, flow_ba: np.ndarray, alpha: float = 0.01, beta: float = 0.5
+) -> np.ndarray:
     """Forward-backward consistency check: True where a pixel of ``a`` is visible in ``b``.
 
     A pixel is declared occluded when ``|f_ab + f_ba(p + f_ab)|^2 > alpha * (|f_ab|^2 +
@@ -116,15 +130,17 @@ def occlusion_mask(flow_ab: np.ndarray, flow_ba: np.ndarray, alpha: float = 0.01
     """
     back = warp_image(flow_ba, flow_ab)
     total = flow_ab + back
-    lhs = (total ** 2).sum(-1)
-    rhs = alpha * ((flow_ab ** 2).sum(-1) + (back ** 2).sum(-1)) + beta
+    lhs = (total**2).sum(-1)
+    rhs = alpha * ((flow_ab**2).sum(-1) + (back**2).sum(-1)) + beta
     map_x, map_y = _sampling_maps(flow_ab)
     height, width = flow_ab.shape[:2]
     inside = (map_x >= 0) & (map_x <= width - 1) & (map_y >= 0) & (map_y <= height - 1)
     return (lhs <= rhs) & inside
 
 
-def warp_tensor(tensor_b: torch.Tensor, flow_ab: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+def warp_tensor(
+    tensor_b: torch.Tensor, flow_ab: torch.Tensor, mode: str = "bilinear"
+) -> torch.Tensor:
     """Backward-warp a batch of maps of frame ``b`` onto frame ``a`` (differentiable).
 
     Args:
@@ -136,13 +152,18 @@ def warp_tensor(tensor_b: torch.Tensor, flow_ab: torch.Tensor, mode: str = "bili
         (N, C, H, W); samples outside the image repeat the border.
     """
     n, _, height, width = tensor_b.shape
-    ys, xs = torch.meshgrid(torch.arange(height, device=flow_ab.device, dtype=flow_ab.dtype),
-                            torch.arange(width, device=flow_ab.device, dtype=flow_ab.dtype),
-                            indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(height, device=flow_ab.device, dtype=flow_ab.dtype),
+        torch.arange(width, device=flow_ab.device, dtype=flow_ab.dtype),
+        indexing="ij",
+    )
     sample_x = xs.unsqueeze(0) + flow_ab[:, 0]
     sample_y = ys.unsqueeze(0) + flow_ab[:, 1]
     # grid_sample wants coordinates in [-1, 1] with align_corners=True mapping to pixel centres.
-    grid = torch.stack((2.0 * sample_x / max(width - 1, 1) - 1.0,
-                        2.0 * sample_y / max(height - 1, 1) - 1.0), dim=-1)
-    return F.grid_sample(tensor_b, grid.to(tensor_b.dtype), mode=mode, padding_mode="border",
-                         align_corners=True)
+    grid = torch.stack(
+        (2.0 * sample_x / max(width - 1, 1) - 1.0, 2.0 * sample_y / max(height - 1, 1) - 1.0),
+        dim=-1,
+    )
+    return F.grid_sample(
+        tensor_b, grid.to(tensor_b.dtype), mode=mode, padding_mode="border", align_corners=True
+    )

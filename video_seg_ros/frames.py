@@ -23,10 +23,19 @@ from video_seg_ros.labels import convert_label_image
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm")
 _CITYSCAPES_IMAGE = re.compile(r"^(?P<seq>[a-z]+_\d+)_(?P<frame>\d+)_leftImg8bit$", re.IGNORECASE)
-_LABEL_SUFFIXES = ("_gtFine_labelTrainIds", "_gtFine_labelIds", "_pseudo_labelIds", "_labelTrainIds",
-                   "_labelIds", "_gtFine_color", "")
+_LABEL_SUFFIXES = (
+    "_gtFine_labelTrainIds",
+    "_gtFine_labelIds",
+    "_pseudo_labelIds",
+    "_labelTrainIds",
+    "_labelIds",
+    "_gtFine_color",
+    "",
+)
 # Label and annotation images that may sit in the same tree as the frames; never listed as frames.
-_ANNOTATION_STEM = re.compile(r"_(gtFine|gtCoarse|pseudo)_\w+$|_label(Train)?Ids$|_color$|_instanceIds$")
+_ANNOTATION_STEM = re.compile(
+    r"_(gtFine|gtCoarse|pseudo)_\w+$|_label(Train)?Ids$|_color$|_instanceIds$"
+)
 _TRAILING_NUMBER = re.compile(r"^(?P<seq>.*?)[_\-.]?(?P<frame>\d+)$")
 
 
@@ -57,9 +66,13 @@ def list_frames(root: str | Path) -> list[FrameRecord]:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
-    records = [parse_frame_name(p) for p in root.rglob("*")
-               if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-               and not _ANNOTATION_STEM.search(p.stem)]
+    records = [
+        parse_frame_name(p)
+        for p in root.rglob("*")
+        if p.suffix.lower() in IMAGE_EXTENSIONS
+        and p.is_file()
+        and not _ANNOTATION_STEM.search(p.stem)
+    ]
     return sorted(records, key=lambda r: (r.sequence, r.frame, r.path.name))
 
 
@@ -112,11 +125,13 @@ def index_label_files(labels_root: str | Path, label_format: str | None = None) 
 
 
 class UnreadableImageError(ValueError):
-    """An image file is missing, empty or cannot be decoded (as opposed to a wrong label format)."""
+    """An image file is missing, empty or cannot be decoded (as opposed to a wrong label
+    format)."""
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB; raises :class:`UnreadableImageError` naming the file if it cannot be decoded."""
+    """(H, W, 3) uint8 RGB; raises :class:`UnreadableImageError` naming the file if it cannot be
+    decoded."""
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise UnreadableImageError(f"cannot read image {path} (missing, empty or not an image)")
@@ -124,9 +139,11 @@ def read_rgb(path: str | Path) -> np.ndarray:
 
 
 #: What :func:`read_label` accepts, for error messages.
-ACCEPTED_LABEL_FILES = ("single-channel 8- or 16-bit images of class ids, palette (indexed) PNGs "
-                        "read as their indices, or Cityscapes *_gtFine_color.png colour images with "
-                        "the label format cityscapes-color")
+ACCEPTED_LABEL_FILES = (
+    "single-channel 8- or 16-bit images of class ids, palette (indexed) PNGs "
+    "read as their indices, or Cityscapes *_gtFine_color.png colour images with "
+    "the label format cityscapes-color"
+)
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_INDEXED = 3  # IHDR colour type of palette images
 
@@ -137,7 +154,12 @@ def _is_palette_png(path: Path) -> bool:
             head = stream.read(26)
     except OSError:
         return False
-    return len(head) == 26 and head[:8] == _PNG_SIGNATURE and head[12:16] == b"IHDR" and head[25] == _PNG_INDEXED
+    return (
+        len(head) == 26
+        and head[:8] == _PNG_SIGNATURE
+        and head[12:16] == b"IHDR"
+        and head[25] == _PNG_INDEXED
+    )
 
 
 def _read_palette_indices(path: Path) -> np.ndarray:
@@ -170,9 +192,13 @@ def read_label(path: str | Path, label_format: str) -> np.ndarray:
         if image is None:
             raise UnreadableImageError(f"cannot read label image {path}")
         if image.ndim != 3 or image.shape[2] not in (3, 4) or image.dtype != np.uint8:
-            raise ValueError(f"label image {path} is not an 8-bit RGB image, which the label format "
-                             f"cityscapes-color needs; accepted label files: {ACCEPTED_LABEL_FILES}")
-        label = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+            raise ValueError(
+                f"label image {path} is not an 8-bit RGB image, which the label format "
+                f"cityscapes-color needs; accepted label files: {ACCEPTED_LABEL_FILES}"
+            )
+        label = cv2.cvtColor(
+            image, cv2.COLOR_BGRA2RGB if image.shape[2] == 4 else cv2.COLOR_BGR2RGB
+        )
     elif _is_palette_png(path):
         label = _read_palette_indices(path)
     else:
@@ -180,11 +206,15 @@ def read_label(path: str | Path, label_format: str) -> np.ndarray:
         if label is None:
             raise UnreadableImageError(f"cannot read label image {path}")
         if label.ndim == 3:
-            raise ValueError(f"label image {path} has {label.shape[2]} colour channels; accepted label "
-                             f"files: {ACCEPTED_LABEL_FILES}")
+            raise ValueError(
+                f"label image {path} has {label.shape[2]} colour channels; accepted label "
+                f"files: {ACCEPTED_LABEL_FILES}"
+            )
         if label.dtype not in (np.uint8, np.uint16):
-            raise ValueError(f"label image {path} stores {label.dtype} pixels; accepted label files: "
-                             f"{ACCEPTED_LABEL_FILES}")
+            raise ValueError(
+                f"label image {path} stores {label.dtype} pixels; accepted label files: "
+                f"{ACCEPTED_LABEL_FILES}"
+            )
     try:
         return convert_label_image(label, label_format)
     except ValueError as error:

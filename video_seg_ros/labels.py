@@ -38,15 +38,46 @@ class LabelSet:
 CITYSCAPES = LabelSet(
     name="cityscapes",
     names=(
-        "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
-        "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
-        "motorcycle", "bicycle",
+        "road",
+        "sidewalk",
+        "building",
+        "wall",
+        "fence",
+        "pole",
+        "traffic light",
+        "traffic sign",
+        "vegetation",
+        "terrain",
+        "sky",
+        "person",
+        "rider",
+        "car",
+        "truck",
+        "bus",
+        "train",
+        "motorcycle",
+        "bicycle",
     ),
     palette=(
-        (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153),
-        (153, 153, 153), (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152),
-        (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100),
-        (0, 80, 100), (0, 0, 230), (119, 11, 32),
+        (128, 64, 128),
+        (244, 35, 232),
+        (70, 70, 70),
+        (102, 102, 156),
+        (190, 153, 153),
+        (153, 153, 153),
+        (250, 170, 30),
+        (220, 220, 0),
+        (107, 142, 35),
+        (152, 251, 152),
+        (70, 130, 180),
+        (220, 20, 60),
+        (255, 0, 0),
+        (0, 0, 142),
+        (0, 0, 70),
+        (0, 60, 100),
+        (0, 80, 100),
+        (0, 0, 230),
+        (119, 11, 32),
     ),
 )
 
@@ -54,12 +85,30 @@ CITYSCAPES = LabelSet(
 CAMVID = LabelSet(
     name="camvid",
     names=(
-        "sky", "building", "pole", "road", "pavement", "tree", "sign symbol", "fence", "car",
-        "pedestrian", "bicyclist",
+        "sky",
+        "building",
+        "pole",
+        "road",
+        "pavement",
+        "tree",
+        "sign symbol",
+        "fence",
+        "car",
+        "pedestrian",
+        "bicyclist",
     ),
     palette=(
-        (128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222),
-        (128, 128, 0), (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192),
+        (128, 128, 128),
+        (128, 0, 0),
+        (192, 192, 128),
+        (128, 64, 128),
+        (60, 40, 222),
+        (128, 128, 0),
+        (192, 128, 128),
+        (64, 64, 128),
+        (64, 0, 128),
+        (64, 64, 0),
+        (0, 128, 192),
     ),
 )
 CAMVID_UNLABELLED = 11
@@ -68,8 +117,25 @@ LABEL_SETS = {label_set.name: label_set for label_set in (CITYSCAPES, CAMVID)}
 
 # Cityscapes labelId -> trainId (the official table of cityscapesScripts' labels.py).
 _CITYSCAPES_LABEL_TO_TRAIN = {
-    7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
-    26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
+    7: 0,
+    8: 1,
+    11: 2,
+    12: 3,
+    13: 4,
+    17: 5,
+    19: 6,
+    20: 7,
+    21: 8,
+    22: 9,
+    23: 10,
+    24: 11,
+    25: 12,
+    26: 13,
+    27: 14,
+    28: 15,
+    31: 16,
+    32: 17,
+    33: 18,
 }
 CITYSCAPES_LABELID_TO_TRAINID = np.full(256, IGNORE_ID, dtype=np.uint8)
 for _label_id, _train_id in _CITYSCAPES_LABEL_TO_TRAIN.items():
@@ -96,7 +162,8 @@ _CITYSCAPES_COLOUR_ORDER = np.argsort(_CITYSCAPES_COLOUR_KEYS)
 
 
 def cityscapes_color_to_trainids(rgb: np.ndarray) -> np.ndarray:
-    """(H, W, 3) RGB uint8 Cityscapes colour labels -> (H, W) uint8 train ids (IGNORE_ID elsewhere)."""
+    """(H, W, 3) RGB uint8 Cityscapes colour labels -> (H, W) uint8 train ids (IGNORE_ID
+    elsewhere)."""
     keys = _colour_keys(rgb[..., :3])
     sorted_keys = _CITYSCAPES_COLOUR_KEYS[_CITYSCAPES_COLOUR_ORDER]
     position = np.clip(np.searchsorted(sorted_keys, keys), 0, len(sorted_keys) - 1)
@@ -124,7 +191,9 @@ def convert_label_image(label: np.ndarray, label_format: str) -> np.ndarray:
     label = np.asarray(label)
     if label_format == "cityscapes-color":
         if label.ndim != 3 or label.shape[2] < 3:
-            raise ValueError(f"cityscapes-color labels must be RGB images, got shape {label.shape}")
+            raise ValueError(
+                f"cityscapes-color labels must be RGB images, got shape {label.shape}"
+            )
         return cityscapes_color_to_trainids(label)
     if label.ndim != 2:
         raise ValueError(f"label image must be single-channel (H, W), got shape {label.shape}")
@@ -150,8 +219,9 @@ def colorize(labels: np.ndarray, palette_table: np.ndarray) -> np.ndarray:
     return palette_table[labels]
 
 
-def overlay(frame_rgb: np.ndarray, labels: np.ndarray, palette_table: np.ndarray,
-            alpha: float = 0.5) -> np.ndarray:
+def overlay(
+    frame_rgb: np.ndarray, labels: np.ndarray, palette_table: np.ndarray, alpha: float = 0.5
+) -> np.ndarray:
     """Blend the palette colours over an RGB frame; unlabelled pixels keep the frame.
 
     Args:
@@ -162,8 +232,9 @@ def overlay(frame_rgb: np.ndarray, labels: np.ndarray, palette_table: np.ndarray
     colour = colorize(labels, palette_table)
     # Integer blend in uint16 is several times faster than float on large frames.
     weight = int(round(alpha * 256))
-    blended = (colour.astype(np.uint16) * weight
-               + frame_rgb.astype(np.uint16) * (256 - weight)) >> 8
+    blended = (
+        colour.astype(np.uint16) * weight + frame_rgb.astype(np.uint16) * (256 - weight)
+    ) >> 8
     blended = blended.astype(np.uint8)
     unlabelled = labels == IGNORE_ID
     if unlabelled.any():
@@ -172,7 +243,8 @@ def overlay(frame_rgb: np.ndarray, labels: np.ndarray, palette_table: np.ndarray
 
 
 def default_colour(index: int) -> tuple[int, int, int]:
-    """A distinct colour for class ``index`` of a table that gives none (PASCAL VOC's bit pattern)."""
+    """A distinct colour for class ``index`` of a table that gives none (PASCAL VOC's bit
+    pattern)."""
     colour = [0, 0, 0]
     value = index + 1  # 0 would be black, the colour of unlabelled pixels
     for shift in range(7, -1, -1):
@@ -204,19 +276,32 @@ def read_class_table(path) -> tuple[LabelSet, int | None]:
     try:
         data = yaml.safe_load(path.read_text())
     except OSError as error:
-        raise ValueError(f"cannot read the class table {path}: {error.strerror or error}") from error
+        raise ValueError(
+            f"cannot read the class table {path}: {error.strerror or error}"
+        ) from error
     except yaml.YAMLError as error:
-        raise ValueError(f"the class table {path} is not valid YAML: {str(error).splitlines()[0]}") from error
-    if not isinstance(data, dict) or not isinstance(data.get("classes"), list) or not data["classes"]:
-        raise ValueError(f"the class table {path} needs a non-empty 'classes' list of {{name, color}} "
-                         "entries")
+        raise ValueError(
+            f"the class table {path} is not valid YAML: {str(error).splitlines()[0]}"
+        ) from error
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("classes"), list)
+        or not data["classes"]
+    ):
+        raise ValueError(
+            f"the class table {path} needs a non-empty 'classes' list of {{name, color}} entries"
+        )
     unknown = set(data) - {"name", "ignore_id", "classes"}
     if unknown:
-        raise ValueError(f"the class table {path} has unknown keys {sorted(unknown)}; known: name, "
-                         "ignore_id, classes")
+        raise ValueError(
+            f"the class table {path} has unknown keys {sorted(unknown)}; known: name, "
+            "ignore_id, classes"
+        )
     if len(data["classes"]) > IGNORE_ID:
-        raise ValueError(f"the class table {path} has {len(data['classes'])} classes; at most {IGNORE_ID} "
-                         f"fit in the published uint8 ids ({IGNORE_ID} = unlabelled)")
+        raise ValueError(
+            f"the class table {path} has {len(data['classes'])} classes; at most {IGNORE_ID} "
+            f"fit in the published uint8 ids ({IGNORE_ID} = unlabelled)"
+        )
     names, palette = [], []
     for index, entry in enumerate(data["classes"]):
         entry = {"name": entry} if isinstance(entry, str) else entry
@@ -225,14 +310,21 @@ def read_class_table(path) -> tuple[LabelSet, int | None]:
         colour = entry.get("color", entry.get("colour"))
         if colour is None:
             colour = default_colour(index)
-        if (not isinstance(colour, (list, tuple)) or len(colour) != 3
-                or not all(isinstance(c, int) and 0 <= c <= 255 for c in colour)):
-            raise ValueError(f"class {index} ({entry['name']}) of {path}: color must be [r, g, b] in 0..255, "
-                             f"got {colour!r}")
+        if (
+            not isinstance(colour, (list, tuple))
+            or len(colour) != 3
+            or not all(isinstance(c, int) and 0 <= c <= 255 for c in colour)
+        ):
+            raise ValueError(
+                f"class {index} ({entry['name']}) of {path}: color must be [r, g, b] in 0..255, "
+                f"got {colour!r}"
+            )
         names.append(entry["name"])
         palette.append(tuple(int(c) for c in colour))
     ignore_id = data.get("ignore_id")
-    if ignore_id is not None and (not isinstance(ignore_id, int) or not 0 <= ignore_id <= IGNORE_ID):
+    if ignore_id is not None and (
+        not isinstance(ignore_id, int) or not 0 <= ignore_id <= IGNORE_ID
+    ):
         raise ValueError(f"ignore_id of {path} must be an id in 0..{IGNORE_ID}, got {ignore_id!r}")
     name = str(data.get("name") or path.stem)
     return LabelSet(name=name, names=tuple(names), palette=tuple(palette)), ignore_id

@@ -34,7 +34,14 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from video_seg_ros.flow import DisFlow, occlusion_mask, reduced_size, resize_flow, to_gray, warp_labels
+from video_seg_ros.flow import (
+    DisFlow,
+    occlusion_mask,
+    reduced_size,
+    resize_flow,
+    to_gray,
+    warp_labels,
+)
 from video_seg_ros.labels import IGNORE_ID
 
 
@@ -69,8 +76,13 @@ class ConfusionMatrix:
         self.matrix += other.matrix
         return self
 
-    def update(self, prediction: np.ndarray, target: np.ndarray, ignore: int = IGNORE_ID,
-               valid: np.ndarray | None = None) -> "ConfusionMatrix":
+    def update(
+        self,
+        prediction: np.ndarray,
+        target: np.ndarray,
+        ignore: int = IGNORE_ID,
+        valid: np.ndarray | None = None,
+    ) -> "ConfusionMatrix":
         """Add one frame.
 
         Args:
@@ -86,11 +98,15 @@ class ConfusionMatrix:
         prediction = np.asarray(prediction)
         target = np.asarray(target)
         if prediction.shape != target.shape:
-            raise ValueError(f"prediction {prediction.shape} and target {target.shape} differ in shape")
+            raise ValueError(
+                f"prediction {prediction.shape} and target {target.shape} differ in shape"
+            )
         keep = target != ignore
         if valid is not None:
             if valid.shape != target.shape:
-                raise ValueError(f"valid mask {valid.shape} and target {target.shape} differ in shape")
+                raise ValueError(
+                    f"valid mask {valid.shape} and target {target.shape} differ in shape"
+                )
             keep &= valid
         target_ids = target[keep].astype(np.int64)
         if target_ids.size == 0:
@@ -100,12 +116,15 @@ class ConfusionMatrix:
             raise ValueError(
                 f"target contains id {bad}, but there are {self.num_classes} classes (0.."
                 f"{self.num_classes - 1}) plus ignore id {ignore}; check the label format "
-                "(e.g. cityscapes-labelids for *_labelIds.png files)")
+                "(e.g. cityscapes-labelids for *_labelIds.png files)"
+            )
         predicted_ids = prediction[keep].astype(np.int64)
         outside = (predicted_ids < 0) | (predicted_ids >= self.num_classes)
         predicted_ids[outside] = self.num_classes
         width = self.num_classes + 1
-        counts = np.bincount(target_ids * width + predicted_ids, minlength=self.num_classes * width)
+        counts = np.bincount(
+            target_ids * width + predicted_ids, minlength=self.num_classes * width
+        )
         self.matrix += counts.reshape(self.num_classes, width)
         return self
 
@@ -145,14 +164,21 @@ class ConfusionMatrix:
     def per_class_iou(self) -> dict[str, float | None]:
         """Class name (or id as a string) -> IoU, None for classes with an empty union."""
         names = self.class_names or [str(c) for c in range(self.num_classes)]
-        return {name: (None if np.isnan(value) else float(value))
-                for name, value in zip(names, self.iou())}
+        return {
+            name: (None if np.isnan(value) else float(value))
+            for name, value in zip(names, self.iou())
+        }
 
 
 # ---- temporal consistency ----------------------------------------------------------------------
-def pair_consistency(labels_t: np.ndarray, labels_next: np.ndarray, flow_t_to_next: np.ndarray,
-                     num_classes: int, visible: np.ndarray | None = None,
-                     ignore: int = IGNORE_ID) -> ConfusionMatrix:
+def pair_consistency(
+    labels_t: np.ndarray,
+    labels_next: np.ndarray,
+    flow_t_to_next: np.ndarray,
+    num_classes: int,
+    visible: np.ndarray | None = None,
+    ignore: int = IGNORE_ID,
+) -> ConfusionMatrix:
     """Confusion matrix between frame t's labels and frame t+1's labels warped back onto t.
 
     Args:
@@ -163,9 +189,13 @@ def pair_consistency(labels_t: np.ndarray, labels_next: np.ndarray, flow_t_to_ne
     Pixels warped from outside the image and pixels unlabelled in either map are not counted.
     """
     if labels_t.shape != labels_next.shape or labels_t.shape != flow_t_to_next.shape[:2]:
-        raise ValueError(f"labels {labels_t.shape}, {labels_next.shape} and flow "
-                         f"{flow_t_to_next.shape[:2]} must have the same size")
-    warped = warp_labels(np.ascontiguousarray(labels_next, dtype=np.uint8), flow_t_to_next, fill=ignore)
+        raise ValueError(
+            f"labels {labels_t.shape}, {labels_next.shape} and flow "
+            f"{flow_t_to_next.shape[:2]} must have the same size"
+        )
+    warped = warp_labels(
+        np.ascontiguousarray(labels_next, dtype=np.uint8), flow_t_to_next, fill=ignore
+    )
     valid = warped != ignore
     if visible is not None:
         valid &= visible
@@ -184,16 +214,27 @@ class TemporalConsistency:
         class_names: names for :meth:`per_class`.
     """
 
-    def __init__(self, num_classes: int, preset: str = "ultrafast", flow_width: int | None = 1024,
-                 occlusion: bool = False, class_names: list[str] | None = None):
+    def __init__(
+        self,
+        num_classes: int,
+        preset: str = "ultrafast",
+        flow_width: int | None = 1024,
+        occlusion: bool = False,
+        class_names: list[str] | None = None,
+    ):
         self.flow = DisFlow(preset, max_width=flow_width)
         self.occlusion = occlusion
         self.matrix = ConfusionMatrix(num_classes, class_names)
         self.pairs = 0
         self.flow_ms: list[float] = []
 
-    def update(self, frame_t: np.ndarray, frame_next: np.ndarray, labels_t: np.ndarray,
-               labels_next: np.ndarray) -> float | None:
+    def update(
+        self,
+        frame_t: np.ndarray,
+        frame_next: np.ndarray,
+        labels_t: np.ndarray,
+        labels_next: np.ndarray,
+    ) -> float | None:
         """Add one consecutive pair of frames (uint8 RGB/BGR/grey) and labels; returns its TC."""
         start = time.perf_counter()
         flow = self.flow(frame_t, frame_next)
@@ -201,8 +242,13 @@ class TemporalConsistency:
         self.flow_ms.append((time.perf_counter() - start) * 1000.0)
         return self.update_with_flow(labels_t, labels_next, flow, visible)
 
-    def update_with_flow(self, labels_t: np.ndarray, labels_next: np.ndarray, flow: np.ndarray,
-                         visible: np.ndarray | None = None) -> float | None:
+    def update_with_flow(
+        self,
+        labels_t: np.ndarray,
+        labels_next: np.ndarray,
+        flow: np.ndarray,
+        visible: np.ndarray | None = None,
+    ) -> float | None:
         """Add one pair with a known flow t -> t+1; returns that pair's TC."""
         pair = pair_consistency(labels_t, labels_next, flow, self.matrix.num_classes, visible)
         self.matrix += pair
@@ -222,10 +268,10 @@ class TemporalConsistency:
 class ConsistencySample:
     """What :meth:`OnlineConsistency.update` measured on one pair of frames."""
 
-    tc: float | None          # this pair's TC (None: no labelled pixel survived the warp)
+    tc: float | None  # this pair's TC (None: no labelled pixel survived the warp)
     running_tc: float | None  # accumulated over the pairs since reset (or the last ``window``)
-    pairs: int                # pairs in the running value
-    compute_ms: float         # flow + warp + counting, milliseconds
+    pairs: int  # pairs in the running value
+    compute_ms: float  # flow + warp + counting, milliseconds
 
 
 class OnlineConsistency:
@@ -248,9 +294,16 @@ class OnlineConsistency:
         recent: pairs in :attr:`recent_tc`.
     """
 
-    def __init__(self, num_classes: int, stride: int = 1, max_width: int = 320,
-                 preset: str = "ultrafast", occlusion: bool = False, window: int | None = None,
-                 recent: int = 20):
+    def __init__(
+        self,
+        num_classes: int,
+        stride: int = 1,
+        max_width: int = 320,
+        preset: str = "ultrafast",
+        occlusion: bool = False,
+        window: int | None = None,
+        recent: int = 20,
+    ):
         if stride < 1:
             raise ValueError(f"stride must be >= 1, got {stride}")
         if max_width < 16:
@@ -293,8 +346,9 @@ class OnlineConsistency:
     def recent_pairs(self) -> int:
         return len(self._recent)
 
-    def update(self, frame: np.ndarray, labels: np.ndarray,
-               flow_to_previous: np.ndarray | None = None) -> ConsistencySample | None:
+    def update(
+        self, frame: np.ndarray, labels: np.ndarray, flow_to_previous: np.ndarray | None = None
+    ) -> ConsistencySample | None:
         """Feed one frame ((H, W, 3) or (H, W) uint8) and its (H, W) labels.
 
         ``flow_to_previous``: optional (h, w, 2) flow from this frame to the frame fed before it,
@@ -305,7 +359,9 @@ class OnlineConsistency:
         Returns the measurement when this frame was compared with the previous one, else None.
         """
         if frame.shape[:2] != labels.shape[:2]:
-            raise ValueError(f"frame {frame.shape[:2]} and labels {labels.shape[:2]} differ in size")
+            raise ValueError(
+                f"frame {frame.shape[:2]} and labels {labels.shape[:2]} differ in size"
+            )
         size = frame.shape[:2]
         if size != self._previous_size:
             self._previous = None
@@ -329,12 +385,22 @@ class OnlineConsistency:
                 pair = pair_consistency(small_labels, previous_labels, flow, self.num_classes)
             else:
                 flow = self._flow(previous_grey, grey)
-                visible = occlusion_mask(flow, self._flow(grey, previous_grey)) if self.occlusion else None
+                visible = (
+                    occlusion_mask(flow, self._flow(grey, previous_grey))
+                    if self.occlusion
+                    else None
+                )
                 self.flows_computed += 2 if self.occlusion else 1
-                pair = pair_consistency(previous_labels, small_labels, flow, self.num_classes, visible)
+                pair = pair_consistency(
+                    previous_labels, small_labels, flow, self.num_classes, visible
+                )
             self._accumulate(pair)
-            sample = ConsistencySample(pair.miou, self._running.total.miou, len(self._running) if self.window
-                                       else self.pairs, (time.perf_counter() - start) * 1000.0)
+            sample = ConsistencySample(
+                pair.miou,
+                self._running.total.miou,
+                len(self._running) if self.window else self.pairs,
+                (time.perf_counter() - start) * 1000.0,
+            )
             self.last = sample
         self._previous = (grey, small_labels) if keep_for_next else None
         return sample
@@ -355,7 +421,8 @@ class OnlineConsistency:
 
 
 class PairWindow:
-    """The summed confusion matrix (``total``) of the last ``size`` pairs added (None: all of them)."""
+    """The summed confusion matrix (``total``) of the last ``size`` pairs added (None: all of
+    them)."""
 
     def __init__(self, num_classes: int, size: int | None):
         self.size = size

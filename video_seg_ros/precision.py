@@ -74,12 +74,15 @@ def _synthetic_frames(width: int, height: int) -> tuple[np.ndarray, ...]:
     from video_seg_ros.synthetic.generator import generate_sequence
 
     width, height = max(width, 32), max(height, 16)
-    return tuple(next(iter(generate_sequence(seed, 1, width, height, with_flow=False))).rgb
-                 for seed in CALIBRATION_SEEDS)
+    return tuple(
+        next(iter(generate_sequence(seed, 1, width, height, with_flow=False))).rgb
+        for seed in CALIBRATION_SEEDS
+    )
 
 
 def calibration_frames(width: int, height: int) -> list[np.ndarray]:
-    """The default calibration set: (H, W, 3) uint8 RGB synthetic street frames at ``width`` x ``height``."""
+    """The default calibration set: (H, W, 3) uint8 RGB synthetic street frames at ``width`` x
+    ``height``."""
     return list(_synthetic_frames(int(width), int(height)))
 
 
@@ -93,7 +96,8 @@ def frames_fingerprint(frames: Sequence[np.ndarray]) -> str:
 
 
 class GateCache:
-    """One JSON file per decision key under ``<cache_dir>/precision/`` (unwritable: only logged)."""
+    """One JSON file per decision key under ``<cache_dir>/precision/`` (unwritable: only
+    logged)."""
 
     def __init__(self, root: str | os.PathLike, key: str):
         self.path = Path(root) / "precision" / f"{key}.json"
@@ -103,12 +107,18 @@ class GateCache:
             record = json.loads(self.path.read_text())
         except (OSError, ValueError):
             return None
-        return record if isinstance(record, dict) and ("agreement" in record or "error" in record) else None
+        return (
+            record
+            if isinstance(record, dict) and ("agreement" in record or "error" in record)
+            else None
+        )
 
     def store(self, record: dict) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile("w", dir=self.path.parent, suffix=".tmp", delete=False) as f:
+            with tempfile.NamedTemporaryFile(
+                "w", dir=self.path.parent, suffix=".tmp", delete=False
+            ) as f:
                 json.dump(record, f)
             os.replace(f.name, self.path)
         except OSError as error:
@@ -124,10 +134,18 @@ def run_sequence(runner, batches: Sequence[torch.Tensor], temporal: bool) -> lis
     return [runner.run(batch, [memory]).float() for batch in batches]
 
 
-def decide(requested: str, candidate: str, candidate_reason: str, runner,
-           rebuild: Callable[[str], object], reference: Callable[[], object],
-           batches: Sequence[torch.Tensor], temporal: bool, threshold: float = AGREEMENT_THRESHOLD,
-           cache: GateCache | None = None) -> tuple[object, PrecisionDecision]:
+def decide(
+    requested: str,
+    candidate: str,
+    candidate_reason: str,
+    runner,
+    rebuild: Callable[[str], object],
+    reference: Callable[[], object],
+    batches: Sequence[torch.Tensor],
+    temporal: bool,
+    threshold: float = AGREEMENT_THRESHOLD,
+    cache: GateCache | None = None,
+) -> tuple[object, PrecisionDecision]:
     """Settle the precision of ``runner`` (built in ``candidate``); returns the runner that runs
     and the decision.
 
@@ -155,28 +173,39 @@ def decide(requested: str, candidate: str, candidate_reason: str, runner,
             cache.store({**record, "precision": candidate, "frames": len(batches)})
     if "error" in record:
         if requested != "auto":
-            raise PrecisionError(f"precision {candidate!r} cannot run this model here ({record['error']}); "
-                                 "use precision 'fp32' or 'auto'.")
+            raise PrecisionError(
+                f"precision {candidate!r} cannot run this model here ({record['error']}); "
+                "use precision 'fp32' or 'auto'."
+            )
         fallback = f"{candidate} cannot run this model ({record['error']}); running fp32"
         return _fall_back_to_fp32(requested, rebuild, batches, temporal, fallback)
     agreement = float(record["agreement"])
-    measured = f"{candidate} keeps {agreement:.2%} of the fp32 labels on {len(batches)} calibration frames"
+    calibration = f"{len(batches)} calibration frames"
+    measured = f"{candidate} keeps {agreement:.2%} of the fp32 labels on {calibration}"
     if agreement < threshold:
         if requested == "auto":
             fallback = f"{measured}, below the {threshold:.1%} gate; running fp32"
             return _fall_back_to_fp32(requested, rebuild, batches, temporal, fallback, agreement)
-        LOG.warning("precision %s asked for: %s, below the %.1f%% gate (auto would run fp32)",
-                    candidate, measured, 100 * threshold)
+        LOG.warning(
+            "precision %s asked for: %s, below the %.1f%% gate (auto would run fp32)",
+            candidate,
+            measured,
+            100 * threshold,
+        )
         reason = f"{candidate} asked for; {measured}, below the {threshold:.1%} gate"
     else:
-        reason = f"{'auto' if requested == 'auto' else candidate + ' asked for'}: {measured} (gate {threshold:.1%})"
+        asked = "auto" if requested == "auto" else f"{candidate} asked for"
+        reason = f"{asked}: {measured} (gate {threshold:.1%})"
     try:
         run_sequence(runner, batches[:1], temporal)
     except Exception as error:  # a cached verdict from an older build, say
         if requested != "auto":
-            raise PrecisionError(f"precision {candidate!r} cannot run this model here "
-                                 f"({type(error).__name__}: {error}); use 'fp32' or 'auto'.") from error
-        fallback = f"{candidate} cannot run this model ({type(error).__name__}: {str(error)[:200]}); running fp32"
+            raise PrecisionError(
+                f"precision {candidate!r} cannot run this model here "
+                f"({type(error).__name__}: {error}); use 'fp32' or 'auto'."
+            ) from error
+        why = f"{type(error).__name__}: {str(error)[:200]}"
+        fallback = f"{candidate} cannot run this model ({why}); running fp32"
         return _fall_back_to_fp32(requested, rebuild, batches, temporal, fallback, agreement)
     return runner, PrecisionDecision(requested, candidate, reason, agreement)
 

@@ -25,6 +25,16 @@ from video_seg_ros.synthetic.generator import (
 from video_seg_ros.synthetic.preview import contact_sheet
 
 __all__ = [
-    "CITY", "DEFAULT_FPS", "DEFAULT_SIZE", "DEMO_SEED", "SyntheticFrame", "contact_sheet",
-    "demo_sequence", "frame_stem", "generate_sequence", "read_flow", "sequence_seed", "write_sequence",
+    "CITY",
+    "DEFAULT_FPS",
+    "DEFAULT_SIZE",
+    "DEMO_SEED",
+    "SyntheticFrame",
+    "contact_sheet",
+    "demo_sequence",
+    "frame_stem",
+    "generate_sequence",
+    "read_flow",
+    "sequence_seed",
+    "write_sequence",
 ]

@@ -60,9 +60,16 @@ def _check_arguments(seed: int, num_frames: int, width: int, height: int, fps: f
         raise ValueError(f"fps must be positive, got {fps}")
 
 
-def generate_sequence(seed: int, num_frames: int = 30, width: int = DEFAULT_SIZE[0],
-                      height: int = DEFAULT_SIZE[1], fps: float = DEFAULT_FPS, effects: bool = True,
-                      with_flow: bool = True, ego_hood: bool = True) -> Iterator[SyntheticFrame]:
+def generate_sequence(
+    seed: int,
+    num_frames: int = 30,
+    width: int = DEFAULT_SIZE[0],
+    height: int = DEFAULT_SIZE[1],
+    fps: float = DEFAULT_FPS,
+    effects: bool = True,
+    with_flow: bool = True,
+    ego_hood: bool = True,
+) -> Iterator[SyntheticFrame]:
     """Yield ``num_frames`` frames of the street drawn from ``seed``.
 
     Args:
@@ -102,9 +109,11 @@ def generate_sequence(seed: int, num_frames: int = 30, width: int = DEFAULT_SIZE
         view = next_view
 
 
-def demo_sequence(num_frames: int = 120, width: int = 512, height: int = 256,
-                  fps: float = DEFAULT_FPS) -> Iterator[SyntheticFrame]:
-    """The demo's sample sequence: always the same street (seed :data:`DEMO_SEED`), not in training."""
+def demo_sequence(
+    num_frames: int = 120, width: int = 512, height: int = 256, fps: float = DEFAULT_FPS
+) -> Iterator[SyntheticFrame]:
+    """The demo's sample sequence: always the same street (seed :data:`DEMO_SEED`), not in
+    training."""
     return generate_sequence(DEMO_SEED, num_frames, width, height, fps, with_flow=False)
 
 
@@ -123,9 +132,18 @@ def frame_stem(seed: int, index: int) -> str:
     return f"{sequence_name(seed)}_{int(index):06d}"
 
 
-def write_sequence(out_dir: str | Path, seed: int, num_frames: int = 30, width: int = DEFAULT_SIZE[0],
-                   height: int = DEFAULT_SIZE[1], fps: float = DEFAULT_FPS, split: str = "train",
-                   write_flow: bool = False, effects: bool = True, progress=None) -> list[Path]:
+def write_sequence(
+    out_dir: str | Path,
+    seed: int,
+    num_frames: int = 30,
+    width: int = DEFAULT_SIZE[0],
+    height: int = DEFAULT_SIZE[1],
+    fps: float = DEFAULT_FPS,
+    split: str = "train",
+    write_flow: bool = False,
+    effects: bool = True,
+    progress=None,
+) -> list[Path]:
     """Write one sequence in the Cityscapes layout under ``out_dir``; returns the image paths.
 
     Layout (readable by :func:`video_seg_ros.frames.list_frames` / ``index_label_files``)::
@@ -134,7 +152,8 @@ def write_sequence(out_dir: str | Path, seed: int, num_frames: int = 30, width: 
         out_dir/gtFine/<split>/synth/synth_<seed>_<frame>_gtFine_labelTrainIds.png
         out_dir/flow/<split>/synth/synth_<seed>_<frame>_flowToNext.npz   (with write_flow)
 
-    Flow files hold ``flow`` (H, W, 2) float16 and ``valid`` (H, W) bool; read with :func:`read_flow`.
+    Flow files hold ``flow`` (H, W, 2) float16 and ``valid`` (H, W) bool; read with
+    :func:`read_flow`.
     ``progress`` is called once per written frame (e.g. a tqdm ``update``).
     """
     out_dir = Path(out_dir)
@@ -144,14 +163,19 @@ def write_sequence(out_dir: str | Path, seed: int, num_frames: int = 30, width: 
     for folder in (image_dir, label_dir) + ((flow_dir,) if write_flow else ()):
         folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for frame in generate_sequence(seed, num_frames, width, height, fps, effects=effects, with_flow=write_flow):
+    for frame in generate_sequence(
+        seed, num_frames, width, height, fps, effects=effects, with_flow=write_flow
+    ):
         stem = frame_stem(seed, frame.index)
         image_path = image_dir / f"{stem}_leftImg8bit.png"
         _imwrite(image_path, cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2BGR))
         _imwrite(label_dir / f"{stem}_gtFine_labelTrainIds.png", frame.labels)
         if write_flow and frame.flow_to_next is not None:
-            np.savez_compressed(flow_dir / f"{stem}_flowToNext.npz",
-                                flow=frame.flow_to_next.astype(np.float16), valid=frame.flow_valid)
+            np.savez_compressed(
+                flow_dir / f"{stem}_flowToNext.npz",
+                flow=frame.flow_to_next.astype(np.float16),
+                valid=frame.flow_valid,
+            )
         paths.append(image_path)
         if progress is not None:
             progress(1)

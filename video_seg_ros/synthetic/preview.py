@@ -10,7 +10,9 @@ import numpy as np
 from video_seg_ros.labels import CITYSCAPES, overlay
 
 
-def contact_sheet(frames, path: str | Path | None = None, tile_width: int = 512, alpha: float = 0.55) -> np.ndarray:
+def contact_sheet(
+    frames, path: str | Path | None = None, tile_width: int = 512, alpha: float = 0.55
+) -> np.ndarray:
     """Grid with one row per frame: the camera image and its labels blended over it.
 
     Args:
@@ -28,8 +30,16 @@ def contact_sheet(frames, path: str | Path | None = None, tile_width: int = 512,
         size = (tile_width, max(1, round(height * tile_width / width)))
         image = cv2.resize(frame.rgb, size, interpolation=cv2.INTER_AREA)
         labels = cv2.resize(frame.labels, size, interpolation=cv2.INTER_NEAREST)
-        rows.append(np.concatenate([image, np.full((size[1], 4, 3), 255, np.uint8),
-                                    overlay(image, labels, table, alpha)], axis=1))
+        rows.append(
+            np.concatenate(
+                [
+                    image,
+                    np.full((size[1], 4, 3), 255, np.uint8),
+                    overlay(image, labels, table, alpha),
+                ],
+                axis=1,
+            )
+        )
     if not rows:
         raise ValueError("contact_sheet needs at least one frame")
     gap = np.full((4, rows[0].shape[1], 3), 255, np.uint8)

@@ -1,4 +1,5 @@
-"""Ray-cast renderer for :mod:`video_seg_ros.synthetic.scene`: colour, trainIds, depth and true flow.
+"""Ray-cast renderer for :mod:`video_seg_ros.synthetic.scene`: colour, trainIds, depth and true
+flow.
 
 The camera never rotates, so a pixel's ray is ``(dx(u), dh(v), 1)`` and everything large is
 separable: the road's depth depends on the row only, a facade's depth on the column only. Objects
@@ -16,8 +17,8 @@ import numpy as np
 from video_seg_ros.labels import IGNORE_ID
 from video_seg_ros.synthetic.scene import TRAIN_ID, Mover, Scene
 
-NEAR = 0.5          # metres; nothing closer is drawn
-FAR_DRAW = 320.0    # metres; objects beyond are not drawn (sub-pixel anyway)
+NEAR = 0.5  # metres; nothing closer is drawn
+FAR_DRAW = 320.0  # metres; objects beyond are not drawn (sub-pixel anyway)
 HAZE_DISTANCE = 260.0
 
 
@@ -41,9 +42,11 @@ class RenderedView:
 def hash01(ix: np.ndarray, iy: np.ndarray, salt: int = 0) -> np.ndarray:
     """Deterministic pseudo-random value in [0, 1) per integer lattice point (vectorised)."""
     # uint32 arithmetic wraps around, which is exactly the integer hash we want.
-    h = (np.asarray(ix).astype(np.int64).astype(np.uint32) * np.uint32(73856093)) \
-        ^ (np.asarray(iy).astype(np.int64).astype(np.uint32) * np.uint32(19349663)) \
+    h = (
+        (np.asarray(ix).astype(np.int64).astype(np.uint32) * np.uint32(73856093))
+        ^ (np.asarray(iy).astype(np.int64).astype(np.uint32) * np.uint32(19349663))
         ^ np.uint32((salt * 83492791) & 0xFFFFFFFF)
+    )
     h ^= h >> np.uint32(16)
     h *= np.uint32(0x45D9F3B)
     h ^= h >> np.uint32(16)
@@ -53,7 +56,8 @@ def hash01(ix: np.ndarray, iy: np.ndarray, salt: int = 0) -> np.ndarray:
 
 
 def value_noise(x: np.ndarray, y: np.ndarray, salt: int = 0) -> np.ndarray:
-    """Smooth noise in [0, 1): bilinear blend of lattice hashes (texture anchored to world units)."""
+    """Smooth noise in [0, 1): bilinear blend of lattice hashes (texture anchored to world
+    units)."""
     x0, y0 = np.floor(x), np.floor(y)
     fx, fy = (x - x0).astype(np.float32), (y - y0).astype(np.float32)
     fx, fy = fx * fx * (3 - 2 * fx), fy * fy * (3 - 2 * fy)
@@ -104,9 +108,13 @@ class Renderer:
         sky = np.broadcast_to(sky, (height, self.width, 3)).copy()
         if scene.cloudiness > 0.2:
             # Clouds live at infinity: a function of the ray direction, so their true flow is zero.
-            clouds = value_noise(self.dx * 9.0, self.dh * 25.0, scene.seed) * 0.6 + \
-                value_noise(self.dx * 27.0, self.dh * 70.0, scene.seed + 1) * 0.4
-            amount = np.clip((clouds - (1.0 - 0.5 * scene.cloudiness)) * 3.0, 0, 1) * scene.cloudiness
+            clouds = (
+                value_noise(self.dx * 9.0, self.dh * 25.0, scene.seed) * 0.6
+                + value_noise(self.dx * 27.0, self.dh * 70.0, scene.seed + 1) * 0.4
+            )
+            amount = (
+                np.clip((clouds - (1.0 - 0.5 * scene.cloudiness)) * 3.0, 0, 1) * scene.cloudiness
+            )
             sky += (np.float32(235) - sky) * amount[..., None]
         return sky.astype(np.float32)
 
@@ -117,8 +125,8 @@ class Renderer:
         if rows.size == 0:
             return
         r0 = rows[0]
-        z = (cam_h / -self.dh[r0:])  # (R, 1) depth per row
-        x = cam_x + z * self.dx       # (R, W)
+        z = cam_h / -self.dh[r0:]  # (R, 1) depth per row
+        x = cam_x + z * self.dx  # (R, W)
         zw = np.broadcast_to(cam_z + z, x.shape)
         ax = np.abs(x)
         road = ax < scene.road_half_width
@@ -133,9 +141,13 @@ class Renderer:
         dash = np.mod(zw, 9.0) < 3.0
         paint = np.zeros(x.shape, bool)
         for line_x in scene.lane_lines:
-            paint |= (np.abs(x - line_x) < 0.07) & (dash if line_x != 0.0 else np.mod(zw, 6.0) < 4.0)
+            paint |= (np.abs(x - line_x) < 0.07) & (
+                dash if line_x != 0.0 else np.mod(zw, 6.0) < 4.0
+            )
         paint |= np.abs(ax - 2 * 3.5 - 0.1) < 0.08
-        for crossing in scene.crosswalks[(scene.crosswalks > cam_z - 5) & (scene.crosswalks < cam_z + 150)]:
+        for crossing in scene.crosswalks[
+            (scene.crosswalks > cam_z - 5) & (scene.crosswalks < cam_z + 150)
+        ]:
             paint |= (zw > crossing) & (zw < crossing + 4.0) & (np.mod(x, 1.0) < 0.5) & road
         colour = np.where(paint[..., None], np.float32(205) + 20 * grain[..., None], colour)
         # Sidewalk tiles with joints and a kerb stone edge.
@@ -146,12 +158,16 @@ class Renderer:
         side_colour = np.where(joints[..., None], side_colour * 0.8, side_colour)
         side_colour = np.where(kerb[..., None], np.float32(175), side_colour)
         colour = np.where(sidewalk[..., None], side_colour, colour)
-        grass = np.array((105, 135, 60), np.float32) * (0.8 + 0.35 * value_noise(x * 3, zw * 3, 14))[..., None]
+        grass = (
+            np.array((105, 135, 60), np.float32)
+            * (0.8 + 0.35 * value_noise(x * 3, zw * 3, 14))[..., None]
+        )
         colour = np.where(terrain[..., None], grass, colour)
         # Sun-lit side is brighter than the shaded side.
         colour *= np.where((x * scene.sun_side) > 0, np.float32(1.04), np.float32(0.96))[..., None]
-        ground_labels = np.where(road, TRAIN_ID["road"],
-                                 np.where(sidewalk, TRAIN_ID["sidewalk"], TRAIN_ID["terrain"])).astype(np.uint8)
+        ground_labels = np.where(
+            road, TRAIN_ID["road"], np.where(sidewalk, TRAIN_ID["sidewalk"], TRAIN_ID["terrain"])
+        ).astype(np.uint8)
         rgb[r0:] = colour
         labels[r0:] = ground_labels
         depth[r0:] = np.broadcast_to(z, x.shape)
@@ -162,16 +178,24 @@ class Renderer:
         if cols.size == 0:
             return
         c0, c1 = cols[0], cols[-1] + 1
-        z = (facades.side * facades.offset - cam_x) / self.dx[:, c0:c1]   # (1, C)
+        z = (facades.side * facades.offset - cam_x) / self.dx[:, c0:c1]  # (1, C)
         zw = cam_z + z
-        segment = np.clip(np.searchsorted(facades.starts, zw[0], side="right") - 1, 0, len(facades.starts) - 1)
+        segment = np.clip(
+            np.searchsorted(facades.starts, zw[0], side="right") - 1, 0, len(facades.starts) - 1
+        )
         seg_height = facades.heights[segment][None, :]
         kind = facades.kinds[segment][None, :]
-        h = cam_h + z * self.dh                                            # (H, C)
-        visible = (h >= 0) & (h <= seg_height) & (z < depth[:, c0:c1]) & (kind != 255) & (z < FAR_DRAW * 2)
+        h = cam_h + z * self.dh  # (H, C)
+        visible = (
+            (h >= 0)
+            & (h <= seg_height)
+            & (z < depth[:, c0:c1])
+            & (kind != 255)
+            & (z < FAR_DRAW * 2)
+        )
         if not visible.any():
             return
-        base = facades.colours[segment][None, :, :]                        # (1, C, 3)
+        base = facades.colours[segment][None, :, :]  # (1, C, 3)
         # Windows: a grid in (z along the facade, height) per building, ground floor shop windows.
         pitch_z = facades.window_pitch[segment, 0][None, :]
         floor_h = facades.window_pitch[segment, 1][None, :]
@@ -192,7 +216,9 @@ class Renderer:
         glass = np.stack([45 + 40 * glass_tone, 55 + 45 * glass_tone, 70 + 50 * glass_tone], -1)
         colour = np.where((window | shop)[..., None], glass, colour)
         # Cornice line under the roof and a darker plinth.
-        colour = np.where(((seg_height - h) < 0.35)[..., None] & building[..., None], base * 0.7, colour)
+        colour = np.where(
+            ((seg_height - h) < 0.35)[..., None] & building[..., None], base * 0.7, colour
+        )
         colour = np.where((h < 0.35)[..., None], base * 0.6, colour)
         # Fences get slats; everything on the shaded side is darker.
         slats = (kind == TRAIN_ID["fence"]) & (np.mod(zw * 6, 1.0) < 0.35)
@@ -212,13 +238,20 @@ class Renderer:
         z = (facades.side * facades.tree_line_offset - cam_x) / self.dx[:, c0:c1]
         zw = cam_z + z
         phase = facades.tree_line_phase
-        top = 7.0 + 2.5 * np.sin(zw * 0.21 + phase[0]) + 1.5 * np.sin(zw * 0.57 + phase[1]) \
+        top = (
+            7.0
+            + 2.5 * np.sin(zw * 0.21 + phase[0])
+            + 1.5 * np.sin(zw * 0.57 + phase[1])
             + 3.0 * value_noise(zw * 0.9, np.zeros_like(zw), int(phase[2] * 1000))
+        )
         h = cam_h + z * self.dh
         visible = (h >= 0) & (h <= top) & (z < depth[:, c0:c1])
         if not visible.any():
             return
-        leaves = value_noise(zw * 3.0, h * 3.0, 31) * 0.6 + hash01(np.floor(zw * 8), np.floor(h * 8), 32) * 0.4
+        leaves = (
+            value_noise(zw * 3.0, h * 3.0, 31) * 0.6
+            + hash01(np.floor(zw * 8), np.floor(h * 8), 32) * 0.4
+        )
         colour = np.stack([55 + 50 * leaves, 85 + 60 * leaves, 30 + 30 * leaves], -1)
         region_rgb, region_labels, region_depth = rgb[:, c0:c1], labels[:, c0:c1], depth[:, c0:c1]
         region_rgb[visible] = colour[visible]
@@ -235,37 +268,127 @@ class Renderer:
         if kind in ("car", "truck", "bus"):
             self._vehicle(pose, mover, x, z, rgb, labels, depth, velocity)
         elif kind == "person":
-            self._face(pose, x, z, mover.width, mover.height, _person_shape(mover), mover,
-                       rgb, labels, depth, velocity)
+            self._face(
+                pose,
+                x,
+                z,
+                mover.width,
+                mover.height,
+                _person_shape(mover),
+                mover,
+                rgb,
+                labels,
+                depth,
+                velocity,
+            )
         elif kind == "cyclist":
-            self._side(pose, x, z, z + mover.length, 2.0, _cyclist_shape(mover), mover,
-                       rgb, labels, depth, velocity)
+            self._side(
+                pose,
+                x,
+                z,
+                z + mover.length,
+                2.0,
+                _cyclist_shape(mover),
+                mover,
+                rgb,
+                labels,
+                depth,
+                velocity,
+            )
         elif kind == "pole":
-            self._face(pose, x, z, 2.0, mover.height, _pole_shape(mover, x > 0), mover,
-                       rgb, labels, depth, velocity)
+            self._face(
+                pose,
+                x,
+                z,
+                2.0,
+                mover.height,
+                _pole_shape(mover, x > 0),
+                mover,
+                rgb,
+                labels,
+                depth,
+                velocity,
+            )
         elif kind == "sign":
-            self._face(pose, x, z, mover.width, mover.height + mover.width, _sign_shape(mover), mover,
-                       rgb, labels, depth, velocity)
+            self._face(
+                pose,
+                x,
+                z,
+                mover.width,
+                mover.height + mover.width,
+                _sign_shape(mover),
+                mover,
+                rgb,
+                labels,
+                depth,
+                velocity,
+            )
         elif kind == "light":
-            self._face(pose, x, z, mover.width, mover.height + 1.0, _light_shape(mover), mover,
-                       rgb, labels, depth, velocity)
+            self._face(
+                pose,
+                x,
+                z,
+                mover.width,
+                mover.height + 1.0,
+                _light_shape(mover),
+                mover,
+                rgb,
+                labels,
+                depth,
+                velocity,
+            )
         elif kind == "tree":
-            self._face(pose, x, z, mover.width, mover.height, _tree_shape(mover), mover,
-                       rgb, labels, depth, velocity)
+            self._face(
+                pose,
+                x,
+                z,
+                mover.width,
+                mover.height,
+                _tree_shape(mover),
+                mover,
+                rgb,
+                labels,
+                depth,
+                velocity,
+            )
 
     def _vehicle(self, pose, mover, x, z, rgb, labels, depth, velocity) -> None:
         cam_x = pose[0]
         oncoming = mover.vz < 0
         # The face toward the camera is the front of oncoming vehicles and the rear of the others;
         # the visible side is the one nearer to the camera's x.
-        self._face(pose, x, z, mover.width, mover.height, _vehicle_end_shape(mover, oncoming), mover,
-                   rgb, labels, depth, velocity)
+        self._face(
+            pose,
+            x,
+            z,
+            mover.width,
+            mover.height,
+            _vehicle_end_shape(mover, oncoming),
+            mover,
+            rgb,
+            labels,
+            depth,
+            velocity,
+        )
         side_x = x - mover.width / 2 if x > cam_x else x + mover.width / 2
         if abs(side_x - cam_x) > 0.3 and (side_x - cam_x) * (x - cam_x) > 0:
-            self._side(pose, side_x, z, z + mover.length, mover.height,
-                       _vehicle_side_shape(mover, oncoming), mover, rgb, labels, depth, velocity)
+            self._side(
+                pose,
+                side_x,
+                z,
+                z + mover.length,
+                mover.height,
+                _vehicle_side_shape(mover, oncoming),
+                mover,
+                rgb,
+                labels,
+                depth,
+                velocity,
+            )
 
-    def _face(self, pose, x_centre, z, width, height, shape, mover, rgb, labels, depth, velocity) -> None:
+    def _face(
+        self, pose, x_centre, z, width, height, shape, mover, rgb, labels, depth, velocity
+    ) -> None:
         """Paint a face on the plane ``z`` spanning ``x_centre +- width/2`` and ``h`` 0..height."""
         cam_x, cam_h, cam_z = pose
         d = z - cam_z
@@ -279,15 +402,28 @@ class Renderer:
         u0, u1, v0, v1 = max(u0, 0), min(u1, self.width), max(v0, 0), min(v1, self.height)
         if u0 >= u1 or v0 >= v1:
             return
-        local_x = cam_x + d * self.dx[:, u0:u1] - x_centre          # (1, w)
-        local_h = cam_h + d * self.dh[v0:v1]                         # (h, 1)
+        local_x = cam_x + d * self.dx[:, u0:u1] - x_centre  # (1, w)
+        local_h = cam_h + d * self.dh[v0:v1]  # (h, 1)
         mask, lab, colour = shape(local_x, local_h)
         mask = mask & (depth[v0:v1, u0:u1] > d)
         if not mask.any():
             return
-        self._write(mask, lab, colour, d, mover, (slice(v0, v1), slice(u0, u1)), rgb, labels, depth, velocity)
+        self._write(
+            mask,
+            lab,
+            colour,
+            d,
+            mover,
+            (slice(v0, v1), slice(u0, u1)),
+            rgb,
+            labels,
+            depth,
+            velocity,
+        )
 
-    def _side(self, pose, x_plane, z0, z1, height, shape, mover, rgb, labels, depth, velocity) -> None:
+    def _side(
+        self, pose, x_plane, z0, z1, height, shape, mover, rgb, labels, depth, velocity
+    ) -> None:
         """Paint a face on the plane ``x = x_plane`` spanning ``z0..z1`` and ``h`` 0..height."""
         cam_x, cam_h, cam_z = pose
         cam = self.scene.camera
@@ -303,17 +439,29 @@ class Renderer:
             return
         dx = self.dx[:, u0:u1]
         with np.errstate(divide="ignore"):
-            d = np.where(np.abs(dx) > 1e-6, (x_plane - cam_x) / dx, np.inf).astype(np.float32)  # (1, w)
+            d = np.where(np.abs(dx) > 1e-6, (x_plane - cam_x) / dx, np.inf).astype(
+                np.float32
+            )  # (1, w)
         local_z = cam_z + d - z0
-        local_h = cam_h + d * self.dh[v0:v1]                          # (h, w)
+        local_h = cam_h + d * self.dh[v0:v1]  # (h, w)
         inside = (d > NEAR) & (local_z >= 0) & (local_z <= z1 - z0)
         mask, lab, colour = shape(local_z, local_h)
         d_full = np.broadcast_to(d, local_h.shape)
         mask = mask & inside & (depth[v0:v1, u0:u1] > d_full)
         if not mask.any():
             return
-        self._write(mask, lab, colour, d_full, mover, (slice(v0, v1), slice(u0, u1)),
-                    rgb, labels, depth, velocity)
+        self._write(
+            mask,
+            lab,
+            colour,
+            d_full,
+            mover,
+            (slice(v0, v1), slice(u0, u1)),
+            rgb,
+            labels,
+            depth,
+            velocity,
+        )
 
     @staticmethod
     def _write(mask, lab, colour, d, mover, region, rgb, labels, depth, velocity) -> None:
@@ -332,12 +480,13 @@ class Renderer:
     def _hood_mask(self) -> np.ndarray:
         height, width = self.height, self.width
         u = (np.arange(width, dtype=np.float32) + 0.5) / width - 0.5
-        top = height * (0.93 - 0.05 * (1 - (2 * u) ** 2))   # a gently curved bonnet edge
+        top = height * (0.93 - 0.05 * (1 - (2 * u) ** 2))  # a gently curved bonnet edge
         self._hood_colour = np.array((25, 27, 30), np.float32)
         return (np.arange(height, dtype=np.float32)[:, None] + 0.5) > top[None, :]
 
     def flow(self, view: RenderedView, next_pose, dt: float) -> np.ndarray:
-        """True flow (H, W, 2) float32 from ``view`` to the frame at ``next_pose``, ``dt`` later."""
+        """True flow (H, W, 2) float32 from ``view`` to the frame at ``next_pose``, ``dt``
+        later."""
         cam = self.scene.camera
         cam_x, cam_h, cam_z = view.pose
         nx, nh, nz = next_pose
@@ -352,12 +501,14 @@ class Renderer:
         u = np.arange(self.width, dtype=np.float32)[None, :] + 0.5
         v = np.arange(self.height, dtype=np.float32)[:, None] + 0.5
         flow = np.stack([u_next - u, v_next - v], -1).astype(np.float32)
-        flow[~finite | view.camera_fixed] = 0.0   # sky at infinity and the ego bonnet do not move
+        flow[~finite | view.camera_fixed] = 0.0  # sky at infinity and the ego bonnet do not move
         return flow
 
-    def visible_in_next(self, view: RenderedView, flow: np.ndarray, next_view: RenderedView,
-                        dt: float) -> np.ndarray:
-        """True where the surface seen at a pixel is still the one seen at ``pixel + flow`` next."""
+    def visible_in_next(
+        self, view: RenderedView, flow: np.ndarray, next_view: RenderedView, dt: float
+    ) -> np.ndarray:
+        """True where the surface seen at a pixel is still the one seen at ``pixel + flow``
+        next."""
         height, width = self.height, self.width
         cols = np.arange(width, dtype=np.float32)[None, :] + flow[..., 0]
         rows = np.arange(height, dtype=np.float32)[:, None] + flow[..., 1]
@@ -376,6 +527,7 @@ class Renderer:
 # --------------------------------------------------------------------------- object shapes
 # Each shape maps local coordinates on the object's plane to (mask, trainId, colour); arrays
 # broadcast, so a (1, w) x (h, 1) pair gives (h, w) results.
+
 
 def _ellipse(a, b, ca, cb, ra, rb):
     return ((a - ca) / ra) ** 2 + ((b - cb) / rb) ** 2 <= 1.0
@@ -410,11 +562,17 @@ def _cyclist_shape(mover: Mover):
         rear_r = np.hypot(z - rear, h - radius)
         front_r = np.hypot(z - front, h - radius)
         tyre = (np.abs(rear_r - radius + 0.03) < 0.04) | (np.abs(front_r - radius + 0.03) < 0.04)
-        spokes = ((rear_r < radius) | (front_r < radius)) & (np.mod(np.arctan2(h - radius, z - rear) * 4, 1) < 0.1)
+        spokes = ((rear_r < radius) | (front_r < radius)) & (
+            np.mod(np.arctan2(h - radius, z - rear) * 4, 1) < 0.1
+        )
         # Frame: the two triangles approximated by thick segments.
-        frame = _segment(z, h, rear, radius, 0.8, 0.85, 0.035) | _segment(z, h, 0.8, 0.85, front - 0.1, 0.95, 0.035) \
-            | _segment(z, h, rear, radius, 0.75, 0.4, 0.035) | _segment(z, h, 0.75, 0.4, 0.8, 0.85, 0.035) \
+        frame = (
+            _segment(z, h, rear, radius, 0.8, 0.85, 0.035)
+            | _segment(z, h, 0.8, 0.85, front - 0.1, 0.95, 0.035)
+            | _segment(z, h, rear, radius, 0.75, 0.4, 0.035)
+            | _segment(z, h, 0.75, 0.4, 0.8, 0.85, 0.035)
             | _segment(z, h, front - 0.1, 0.95, front, radius, 0.035)
+        )
         if motor:
             frame |= (z > rear) & (z < front) & (h > 0.3) & (h < 0.8)
         bike = tyre | frame | spokes
@@ -424,7 +582,9 @@ def _cyclist_shape(mover: Mover):
         arm = _segment(z, h, 1.05, 1.4, front - 0.1, 1.0, 0.05)
         rider = (torso | head | leg | arm) & ~(tyre & (h < 0.6))
         mask = bike | rider
-        lab = np.where(rider, TRAIN_ID["rider"], TRAIN_ID["motorcycle" if motor else "bicycle"]).astype(np.uint8)
+        lab = np.where(
+            rider, TRAIN_ID["rider"], TRAIN_ID["motorcycle" if motor else "bicycle"]
+        ).astype(np.uint8)
         colour = np.where(rider[..., None], mover.colour, mover.colour2)
         colour = np.where(tyre[..., None], np.float32(25), colour)
         colour = np.where(head[..., None], np.float32(190), colour)
@@ -448,13 +608,18 @@ def _vehicle_end_shape(mover: Mover, front: bool):
     def shape(x, h):
         ax = np.abs(x)
         body = (ax <= w / 2) & (h >= 0.18) & (h <= body_top)
-        cabin_w = w / 2 * (0.92 - 0.18 * np.clip((h - body_top) / max(height - body_top, 1e-3), 0, 1))
+        cabin_w = (
+            w / 2 * (0.92 - 0.18 * np.clip((h - body_top) / max(height - body_top, 1e-3), 0, 1))
+        )
         cabin = (ax <= cabin_w) & (h > body_top) & (h <= height)
         wheels = (ax >= w / 2 - 0.35) & (ax <= w / 2 - 0.05) & (h >= 0) & (h < 0.3)
         mask = body | cabin | wheels
         glass_top = height - (0.1 if car else 0.3)
-        window = (ax <= cabin_w - 0.08) & (h > body_top + 0.05) & (h < glass_top) if car else \
-            (ax <= w / 2 - 0.15) & (h > height * 0.55) & (h < glass_top)
+        window = (
+            (ax <= cabin_w - 0.08) & (h > body_top + 0.05) & (h < glass_top)
+            if car
+            else (ax <= w / 2 - 0.15) & (h > height * 0.55) & (h < glass_top)
+        )
         colour = np.broadcast_to(mover.colour, np.broadcast(x, h).shape + (3,))
         colour = np.where(window[..., None], mover.colour2, colour)
         lamp_h = body_top - 0.2
@@ -463,7 +628,9 @@ def _vehicle_end_shape(mover: Mover, front: bool):
         colour = np.where(lamps[..., None], lamp_colour, colour)
         plate = (ax < 0.25) & (np.abs(h - 0.45) < 0.06)
         colour = np.where(plate[..., None], np.float32(225), colour)
-        colour = np.where((wheels | (h < 0.3))[..., None] & ~plate[..., None], np.float32(28), colour)
+        colour = np.where(
+            (wheels | (h < 0.3))[..., None] & ~plate[..., None], np.float32(28), colour
+        )
         return mask, np.uint8(TRAIN_ID[mover.kind]), colour
 
     return shape
@@ -482,12 +649,26 @@ def _vehicle_side_shape(mover: Mover, oncoming: bool):
         cabin_lo = 0.28 * length + (h - body_top) * 0.6
         cabin_hi = 0.78 * length - (h - body_top) * 0.4
         body = (h >= 0.2) & (h <= body_top)
-        cabin = (h > body_top) & (h <= height) & ((zz >= cabin_lo) & (zz <= cabin_hi) if car else True)
+        cabin = (
+            (h > body_top) & (h <= height) & ((zz >= cabin_lo) & (zz <= cabin_hi) if car else True)
+        )
         wheel_z = (0.18 * length, 0.8 * length)
-        wheels = _ellipse(zz, h, wheel_z[0], radius, radius, radius) | _ellipse(zz, h, wheel_z[1], radius, radius, radius)
+        wheels = _ellipse(zz, h, wheel_z[0], radius, radius, radius) | _ellipse(
+            zz, h, wheel_z[1], radius, radius, radius
+        )
         mask = body | cabin | wheels
-        window = cabin & (h < height - 0.08) & (h > body_top + 0.05) & ((zz > cabin_lo + 0.1) & (zz < cabin_hi - 0.1)) \
-            if car else (h > height * 0.55) & (h < height - 0.3) & (np.mod(zz, 1.6) < 1.2) & (zz > 0.4) & (zz < length - 0.4)
+        window = (
+            cabin
+            & (h < height - 0.08)
+            & (h > body_top + 0.05)
+            & ((zz > cabin_lo + 0.1) & (zz < cabin_hi - 0.1))
+            if car
+            else (h > height * 0.55)
+            & (h < height - 0.3)
+            & (np.mod(zz, 1.6) < 1.2)
+            & (zz > 0.4)
+            & (zz < length - 0.4)
+        )
         colour = np.broadcast_to(mover.colour * 0.85, np.broadcast(z, h).shape + (3,))
         colour = np.where(window[..., None], mover.colour2, colour)
         colour = np.where(wheels[..., None], np.float32(25), colour)
@@ -505,7 +686,9 @@ def _pole_shape(mover: Mover, right_side: bool):
         arm = (np.abs(h - height + 0.1) < 0.06) & (x * arm_dir >= 0) & (x * arm_dir <= 1.6)
         lamp = (np.abs(h - height + 0.18) < 0.1) & (np.abs(x - arm_dir * 1.6) < 0.25)
         mask = shaft | arm | lamp
-        colour = np.where(lamp[..., None], np.float32(200), mover.colour * (0.9 + 0.2 * (x > 0))[..., None])
+        colour = np.where(
+            lamp[..., None], np.float32(200), mover.colour * (0.9 + 0.2 * (x > 0))[..., None]
+        )
         return mask, np.uint8(TRAIN_ID["pole"]), colour
 
     return shape
@@ -526,7 +709,9 @@ def _sign_shape(mover: Mover):
         else:
             rel = h - post
             board = (rel >= 0) & (rel <= plate) & (np.abs(x) <= (plate - rel) / 1.7)
-            inner = (rel >= 0.12) & (rel <= plate - 0.15) & (np.abs(x) <= (plate - rel - 0.1) / 1.9)
+            inner = (
+                (rel >= 0.12) & (rel <= plate - 0.15) & (np.abs(x) <= (plate - rel - 0.1) / 1.9)
+            )
         mask = stick | board
         lab = np.where(board, TRAIN_ID["traffic sign"], TRAIN_ID["pole"]).astype(np.uint8)
         colour = np.where(inner[..., None], mover.colour2, mover.colour)
