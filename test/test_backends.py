@@ -24,7 +24,9 @@ from video_seg_ros.checkpoint import Checkpoint, Preprocessing, add_memory_to_ch
 from video_seg_ros.engine import SegmentationEngine
 from video_seg_ros.models import register
 
-openvino = pytest.importorskip("openvino", reason="openvino is not installed (requirements.txt pins it)")
+openvino = pytest.importorskip(
+    "openvino", reason="openvino is not installed (requirements.txt pins it)"
+)
 
 pytestmark = pytest.mark.openvino
 
@@ -38,13 +40,16 @@ def cache_dir(tmp_path_factory):
 
 def trained_looking_memory(seed: int = 1) -> Checkpoint:
     """A tiny ESPNet + memory whose memory layers have random weights, so the memory changes outputs."""
-    checkpoint = add_memory_to_checkpoint(tiny_espnet(size=(128, 64)),
-                                          {"memory_length": 2, "window": 5, "dropout": 0.0})
+    checkpoint = add_memory_to_checkpoint(
+        tiny_espnet(size=(128, 64)), {"memory_length": 2, "window": 5, "dropout": 0.0}
+    )
     generator = torch.Generator().manual_seed(seed)
     checkpoint.state_dict = {
         key: torch.randn(value.shape, generator=generator) * 2.0
-        if not key.startswith("base.") and value.is_floating_point() else value
-        for key, value in checkpoint.state_dict.items()}
+        if not key.startswith("base.") and value.is_floating_point()
+        else value
+        for key, value in checkpoint.state_dict.items()
+    }
     return checkpoint
 
 
@@ -61,8 +66,13 @@ def memory_checkpoint():
 
 @pytest.fixture(scope="module", params=["torch", "openvino"])
 def memory_engine(request, memory_checkpoint, cache_dir):
-    return SegmentationEngine(memory_checkpoint, device="cpu", backend=request.param, precision="fp32",
-                              cache_dir=cache_dir)
+    return SegmentationEngine(
+        memory_checkpoint,
+        device="cpu",
+        backend=request.param,
+        precision="fp32",
+        cache_dir=cache_dir,
+    )
 
 
 # ---- denormals --------------------------------------------------------------------------------
@@ -92,12 +102,21 @@ def bf16_probe(request, monkeypatch):
 def test_openvino_bf16_agrees_with_fp32_and_shares_the_fp32_conversion(monkeypatch, cache_dir):
     monkeypatch.setenv(runtime.NATIVE_BF16_ENV, "1")
     checkpoint = tiny_espnet(size=(128, 64))
-    exact = SegmentationEngine(checkpoint, device="cpu", backend="openvino", precision="fp32", cache_dir=cache_dir)
-    reduced = SegmentationEngine(checkpoint, device="cpu", backend="openvino", precision="bf16", cache_dir=cache_dir)
-    assert reduced._runner.cache_path == exact._runner.cache_path  # one IR, precision chosen when compiling
+    exact = SegmentationEngine(
+        checkpoint, device="cpu", backend="openvino", precision="fp32", cache_dir=cache_dir
+    )
+    reduced = SegmentationEngine(
+        checkpoint, device="cpu", backend="openvino", precision="bf16", cache_dir=cache_dir
+    )
+    assert (
+        reduced._runner.cache_path == exact._runner.cache_path
+    )  # one IR, precision chosen when compiling
     assert reduced.precision == "bf16" and reduced.precision_decision.agreement is not None
     for frame in frames(2):
-        a, b = exact.segment(frame, with_confidence=True), reduced.segment(frame, with_confidence=True)
+        a, b = (
+            exact.segment(frame, with_confidence=True),
+            reduced.segment(frame, with_confidence=True),
+        )
         assert np.mean(a.labels == b.labels) >= 0.95
         assert np.abs(a.confidence - b.confidence).max() < 0.05
 
@@ -108,10 +127,14 @@ def test_openvino_gives_the_torch_labels_for_published_espnet_on_a_real_frame(sh
 
     weights = require_shared_file(shared, "weights/espnet/espnet_p_2_q_3.pth")
     checkpoint = import_weights("espnet", "cityscapes", weights)
-    checkpoint.preprocessing = dataclasses.replace(checkpoint.preprocessing, input_width=512, input_height=256)
+    checkpoint.preprocessing = dataclasses.replace(
+        checkpoint.preprocessing, input_width=512, input_height=256
+    )
     frame = cv2.imread(str(require_shared_file(shared, FRAME)))
     reference = SegmentationEngine(checkpoint, device="cpu", backend="torch", precision="fp32")
-    converted = SegmentationEngine(checkpoint, device="cpu", backend="openvino", precision="fp32", cache_dir=cache_dir)
+    converted = SegmentationEngine(
+        checkpoint, device="cpu", backend="openvino", precision="fp32", cache_dir=cache_dir
+    )
     assert converted.backend == "openvino" and converted.precision == "fp32"
     a = reference.segment(frame, "bgr", with_confidence=True)
     b = converted.segment(frame, "bgr", with_confidence=True)
@@ -120,10 +143,15 @@ def test_openvino_gives_the_torch_labels_for_published_espnet_on_a_real_frame(sh
     assert np.abs(a.confidence - b.confidence).max() < 1e-3
 
 
-def test_openvino_memory_model_follows_torch_over_a_sequence_with_a_reset(memory_checkpoint, cache_dir):
-    reference = SegmentationEngine(memory_checkpoint, device="cpu", backend="torch", precision="fp32")
-    converted = SegmentationEngine(memory_checkpoint, device="cpu", backend="openvino", precision="fp32",
-                                   cache_dir=cache_dir)
+def test_openvino_memory_model_follows_torch_over_a_sequence_with_a_reset(
+    memory_checkpoint, cache_dir
+):
+    reference = SegmentationEngine(
+        memory_checkpoint, device="cpu", backend="torch", precision="fp32"
+    )
+    converted = SegmentationEngine(
+        memory_checkpoint, device="cpu", backend="openvino", precision="fp32", cache_dir=cache_dir
+    )
     assert converted.backend == "openvino" and converted.is_temporal
     sequence = frames(5)
     outputs = []
@@ -131,38 +159,60 @@ def test_openvino_memory_model_follows_torch_over_a_sequence_with_a_reset(memory
         if i == 3:
             reference.reset()
             converted.reset()
-        a, b = reference.segment(frame, with_confidence=True), converted.segment(frame, with_confidence=True)
+        a, b = (
+            reference.segment(frame, with_confidence=True),
+            converted.segment(frame, with_confidence=True),
+        )
         # A random tiny model has near-ties (logits almost equal) everywhere: the strict check is the
         # confidence; a label may flip at a tie (1 of 8192 pixels seen).
         assert np.abs(a.confidence - b.confidence).max() < 1e-4, f"frame {i}"
         assert np.mean(a.labels == b.labels) >= 0.999, f"frame {i}"
         outputs.append(b.labels)
     # The memory matters (so the comparison above covers it) and the reset really empties it.
-    fresh = SegmentationEngine(memory_checkpoint, device="cpu", backend="openvino", precision="fp32",
-                               cache_dir=cache_dir)
-    assert np.mean(fresh.segment(sequence[2]).labels != outputs[2]) > 0.05  # frames 0-1 in memory changed frame 2
-    assert np.mean(fresh.segment(sequence[3]).labels != outputs[3]) > 0.05  # frame 2 in memory, vs none
+    fresh = SegmentationEngine(
+        memory_checkpoint, device="cpu", backend="openvino", precision="fp32", cache_dir=cache_dir
+    )
+    assert (
+        np.mean(fresh.segment(sequence[2]).labels != outputs[2]) > 0.05
+    )  # frames 0-1 in memory changed frame 2
+    assert (
+        np.mean(fresh.segment(sequence[3]).labels != outputs[3]) > 0.05
+    )  # frame 2 in memory, vs none
     fresh.reset()
     assert np.array_equal(fresh.segment(sequence[3]).labels, outputs[3])
 
 
 def test_openvino_conversion_is_cached_per_model_and_input_size(tmp_path):
     checkpoint = tiny_espnet(size=(64, 32))
-    first = SegmentationEngine(checkpoint, device="cpu", backend="openvino", precision="fp32", cache_dir=tmp_path)
+    first = SegmentationEngine(
+        checkpoint, device="cpu", backend="openvino", precision="fp32", cache_dir=tmp_path
+    )
     entries = list((tmp_path / "openvino").iterdir())
-    assert len(entries) == 1 and (entries[0] / "model.xml").is_file() and (entries[0] / "info.json").is_file()
-    second = SegmentationEngine(checkpoint, device="cpu", backend="openvino", precision="fp32", cache_dir=tmp_path)
+    assert (
+        len(entries) == 1
+        and (entries[0] / "model.xml").is_file()
+        and (entries[0] / "info.json").is_file()
+    )
+    second = SegmentationEngine(
+        checkpoint, device="cpu", backend="openvino", precision="fp32", cache_dir=tmp_path
+    )
     assert second._runner.cache_path == first._runner.cache_path
     assert len(list((tmp_path / "openvino").iterdir())) == 1  # found, not converted again
-    other = dataclasses.replace(checkpoint, preprocessing=dataclasses.replace(checkpoint.preprocessing, input_width=32))
-    SegmentationEngine(other, device="cpu", backend="openvino", precision="fp32", cache_dir=tmp_path)
+    other = dataclasses.replace(
+        checkpoint, preprocessing=dataclasses.replace(checkpoint.preprocessing, input_width=32)
+    )
+    SegmentationEngine(
+        other, device="cpu", backend="openvino", precision="fp32", cache_dir=tmp_path
+    )
     assert len(list((tmp_path / "openvino").iterdir())) == 2
     frame = frames(1, 32, 64)[0]
     assert np.array_equal(first.segment(frame).labels, second.segment(frame).labels)
 
 
 # ---- streams ------------------------------------------------------------------------------------
-def test_a_frame_of_one_stream_never_changes_another_streams_memory(memory_engine, memory_checkpoint):
+def test_a_frame_of_one_stream_never_changes_another_streams_memory(
+    memory_engine, memory_checkpoint
+):
     camera_a, camera_b = frames(3, seed=1), frames(3, seed=2)
     alone = SegmentationEngine(memory_checkpoint, device="cpu", backend="torch", precision="fp32")
     expected_b = [alone.segment(frame, with_confidence=True).confidence for frame in camera_b]
@@ -170,13 +220,20 @@ def test_a_frame_of_one_stream_never_changes_another_streams_memory(memory_engin
     interleaved = []
     for frame_a, frame_b in zip(camera_a, camera_b):
         memory_engine.segment_batch([frame_a], streams=["a"])
-        interleaved.append(memory_engine.segment_batch([frame_b], streams=["b"], with_confidence=True)[0].confidence)
+        interleaved.append(
+            memory_engine.segment_batch([frame_b], streams=["b"], with_confidence=True)[
+                0
+            ].confidence
+        )
     for got, want in zip(interleaved, expected_b):
         assert np.allclose(got, want, atol=1e-5)
     # ... and one batch holding both cameras' frames gives the same as separate calls.
     memory_engine.reset()
-    together = memory_engine.segment_batch([camera_a[0], camera_b[0], camera_a[1], camera_b[1], camera_b[2]],
-                                           streams=["a", "b", "a", "b", "b"], with_confidence=True)
+    together = memory_engine.segment_batch(
+        [camera_a[0], camera_b[0], camera_a[1], camera_b[1], camera_b[2]],
+        streams=["a", "b", "a", "b", "b"],
+        with_confidence=True,
+    )
     for got, want in zip([together[1], together[3], together[4]], expected_b):
         assert np.allclose(got.confidence, want, atol=1e-5)
 
@@ -187,7 +244,9 @@ def test_resetting_one_stream_leaves_the_others_memory(memory_engine, memory_che
     for frame in camera[:2]:
         memory_engine.segment_batch([frame, frame], streams=["kept", "reset"])
     memory_engine.reset(stream="reset")
-    kept, reset = memory_engine.segment_batch([camera[2], camera[2]], streams=["kept", "reset"], with_confidence=True)
+    kept, reset = memory_engine.segment_batch(
+        [camera[2], camera[2]], streams=["kept", "reset"], with_confidence=True
+    )
     alone = SegmentationEngine(memory_checkpoint, device="cpu", backend="torch", precision="fp32")
     after_reset = alone.segment(camera[2], with_confidence=True).confidence
     assert np.allclose(reset.confidence, after_reset, atol=1e-5)
@@ -196,7 +255,9 @@ def test_resetting_one_stream_leaves_the_others_memory(memory_engine, memory_che
 
 def test_streams_of_different_frame_sizes_come_back_at_their_own_sizes(memory_engine):
     small, large = frames(1, 48, 100, seed=4)[0], frames(1, 130, 260, seed=5)[0]
-    results = memory_engine.segment_batch([small, large], streams=["front", "rear"], with_confidence=True)
+    results = memory_engine.segment_batch(
+        [small, large], streams=["front", "rear"], with_confidence=True
+    )
     assert results[0].labels.shape == (48, 100) and results[1].labels.shape == (130, 260)
     assert results[1].confidence.shape == (130, 260)
     with pytest.raises(ValueError, match="one key per frame"):
@@ -222,21 +283,33 @@ def _erfcx_segmenter(num_classes: int = 20) -> nn.Module:
 
 def unconvertible_checkpoint() -> Checkpoint:
     model = ScaledErfcSegmenter()
-    return Checkpoint.for_label_set("test-erfcx", {"num_classes": 20}, model.state_dict(), "cityscapes",
-                                    Preprocessing(input_height=32, input_width=64))
+    return Checkpoint.for_label_set(
+        "test-erfcx",
+        {"num_classes": 20},
+        model.state_dict(),
+        "cityscapes",
+        Preprocessing(input_height=32, input_width=64),
+    )
 
 
 def test_openvino_requested_for_a_model_it_cannot_convert_fails_at_start_up(tmp_path):
     with pytest.raises(BackendError, match=r"could not be exported to ONNX.*erfcx"):
-        SegmentationEngine(unconvertible_checkpoint(), device="cpu", backend="openvino", cache_dir=tmp_path)
+        SegmentationEngine(
+            unconvertible_checkpoint(), device="cpu", backend="openvino", cache_dir=tmp_path
+        )
 
 
 def test_auto_falls_back_to_torch_and_says_why(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="video_seg_ros.engine"):
-        engine = SegmentationEngine(unconvertible_checkpoint(), device="cpu", backend="auto", cache_dir=tmp_path)
+        engine = SegmentationEngine(
+            unconvertible_checkpoint(), device="cpu", backend="auto", cache_dir=tmp_path
+        )
     assert engine.backend == "torch"
     assert "erfcx" in engine.fallback_reason
-    assert any("erfcx" in record.getMessage() and "torch" in record.getMessage() for record in caplog.records)
+    assert any(
+        "erfcx" in record.getMessage() and "torch" in record.getMessage()
+        for record in caplog.records
+    )
     assert engine.segment(frames(1, 32, 64)[0]).labels.shape == (32, 64)
 
 
@@ -246,12 +319,16 @@ def test_auto_picks_openvino_on_the_cpu_when_it_converts(cache_dir):
 
 
 # ---- TensorRT -----------------------------------------------------------------------------------
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="TensorRT needs a CUDA device; this machine has none")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="TensorRT needs a CUDA device; this machine has none"
+)
 def test_tensorrt_gives_the_torch_labels(tmp_path):
     pytest.importorskip("tensorrt", reason="the tensorrt wheel is not installed")
     checkpoint = tiny_espnet(size=(128, 64))
     reference = SegmentationEngine(checkpoint, device="cuda", backend="torch", precision="fp32")
-    built = SegmentationEngine(checkpoint, device="cuda", backend="tensorrt", precision="fp32", cache_dir=tmp_path)
+    built = SegmentationEngine(
+        checkpoint, device="cuda", backend="tensorrt", precision="fp32", cache_dir=tmp_path
+    )
     for frame in frames(2):
         assert np.mean(reference.segment(frame).labels == built.segment(frame).labels) >= 0.9999
 
@@ -262,7 +339,9 @@ def test_tensorrt_on_the_cpu_is_refused_with_a_clear_message():
 
 
 def test_auto_keeps_memory_models_on_torch_and_says_why(memory_checkpoint, cache_dir):
-    engine = SegmentationEngine(memory_checkpoint, device="cpu", backend="auto", cache_dir=cache_dir)
+    engine = SegmentationEngine(
+        memory_checkpoint, device="cpu", backend="auto", cache_dir=cache_dir
+    )
     assert engine.backend == "torch" and engine.is_temporal
     assert "memory" in engine.fallback_reason and "openvino" in engine.fallback_reason
 

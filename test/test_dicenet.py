@@ -62,10 +62,14 @@ def test_imported_dicenet_segments_the_real_cityscapes_frame_as_published(shared
     """The original network reaches 91.8-94.9 % pixel accuracy on this frame (../shared/README.md);
     measured through the engine: 94.82 % (s=1.75), 93.73 % (s=1.0)."""
     flush_denormals()  # published weights produce denormals that are very slow on x86 CPUs
-    checkpoint = import_weights("dicenet", "cityscapes", require_shared_file(shared, f"weights/dicenet/{file_name}"))
+    checkpoint = import_weights(
+        "dicenet", "cityscapes", require_shared_file(shared, f"weights/dicenet/{file_name}")
+    )
     frame_rgb = read_rgb(require_shared_file(shared, FRAME))
     truth = read_label(require_shared_file(shared, GROUND_TRUTH), "trainids")
-    result = SegmentationEngine(checkpoint, device="cpu", precision="fp32").segment(frame_rgb, channel_order="rgb")
+    result = SegmentationEngine(checkpoint, device="cpu", precision="fp32").segment(
+        frame_rgb, channel_order="rgb"
+    )
     assert result.labels.shape == truth.shape
     assert 0.918 <= ConfusionMatrix(19).update(result.labels, truth).pixel_accuracy <= 0.949
 
@@ -73,23 +77,45 @@ def test_imported_dicenet_segments_the_real_cityscapes_frame_as_published(shared
 def test_engine_input_equals_edgenets_normalisation(shared, random_dicenet_weights):
     """EdgeNets feeds RGB to_tensor (/255) normalised with ImageNet mean/std; given a frame
     already resized the way its script resizes (PIL bilinear), the engine's input is the same."""
-    frame = Image.open(require_shared_file(shared, FRAME)).convert("RGB").resize((1024, 512), Image.BILINEAR)
+    frame = (
+        Image.open(require_shared_file(shared, FRAME))
+        .convert("RGB")
+        .resize((1024, 512), Image.BILINEAR)
+    )
     pixels = np.asarray(frame)
     mean, std = np.float32([0.485, 0.456, 0.406]), np.float32([0.229, 0.224, 0.225])
     original = (pixels.astype(np.float32) / 255.0 - mean) / std
-    engine = SegmentationEngine(import_weights("dicenet", "cityscapes", random_dicenet_weights), device="cpu", precision="fp32")
+    engine = SegmentationEngine(
+        import_weights("dicenet", "cityscapes", random_dicenet_weights),
+        device="cpu",
+        precision="fp32",
+    )
     ours = engine.preprocess([pixels], channel_order="rgb")
     np.testing.assert_allclose(ours[0].permute(1, 2, 0).numpy(), original, atol=1e-5)
     assert torch.equal(engine.preprocess([pixels[..., ::-1].copy()], channel_order="bgr"), ours)
 
 
-def test_wrong_width_scale_or_architecture_is_rejected_with_advice(random_dicenet_weights, tmp_path, capsys):
-    with pytest.raises(WeightsImportError, match="--width-scale 1.75 given, but the weights have width scale 1.0"):
+def test_wrong_width_scale_or_architecture_is_rejected_with_advice(
+    random_dicenet_weights, tmp_path, capsys
+):
+    with pytest.raises(
+        WeightsImportError, match="--width-scale 1.75 given, but the weights have width scale 1.0"
+    ):
         import_weights("dicenet", "cityscapes", random_dicenet_weights, width_scale=1.75)
     espnet = tmp_path / "espnet.pth"
     torch.save(build_model("espnet", num_classes=20, p=2, q=3).state_dict(), espnet)
-    code = main(["--arch", "dicenet", "--preset", "cityscapes", "--weights", str(espnet),
-                 "-o", str(tmp_path / "out.pt")])
+    code = main(
+        [
+            "--arch",
+            "dicenet",
+            "--preset",
+            "cityscapes",
+            "--weights",
+            str(espnet),
+            "-o",
+            str(tmp_path / "out.pt"),
+        ]
+    )
     assert code != 0
     assert "not an EdgeNets DiCENet segmentation network" in capsys.readouterr().err
     assert not (tmp_path / "out.pt").exists()
@@ -98,11 +124,27 @@ def test_wrong_width_scale_or_architecture_is_rejected_with_advice(random_dicene
 def test_dicenet_checkpoint_works_in_the_trainer_teacher_slot(random_dicenet_weights, tmp_path):
     """The trainer's distillation takes logits and encoder features from the teacher in one call."""
     out = tmp_path / "teacher.pt"
-    assert main(["--arch", "dicenet", "--preset", "cityscapes", "--weights", str(random_dicenet_weights),
-                 "--width-scale", "1.0", "-o", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--arch",
+                "dicenet",
+                "--preset",
+                "cityscapes",
+                "--weights",
+                str(random_dicenet_weights),
+                "--width-scale",
+                "1.0",
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
     student_meta = {"label_set": "cityscapes", "output_to_class": list(range(19))}
     model, preprocessing, student_channels, teacher_channels = build_teacher(
-        {"teacher": {"checkpoint": str(out), "input_size": [1024, 512]}}, student_meta)
+        {"teacher": {"checkpoint": str(out), "input_size": [1024, 512]}}, student_meta
+    )
     assert isinstance(preprocessing, Preprocessing) and preprocessing.channel_order == "rgb"
     assert student_channels == teacher_channels == list(range(19))
     teacher = SegmenterWithFeatures(model, preprocessing).eval()

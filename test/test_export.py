@@ -12,13 +12,21 @@ import pytest
 import torch
 
 from checkpoints import tiny_espnet
-from video_seg_ros.backends.onnx_export import (IMAGE, LOGITS, STATE_INPUTS, STATE_OUTPUTS, empty_state,
-                                                export_onnx)
+from video_seg_ros.backends.onnx_export import (
+    IMAGE,
+    LOGITS,
+    STATE_INPUTS,
+    STATE_OUTPUTS,
+    empty_state,
+    export_onnx,
+)
 from video_seg_ros.models import build_from_checkpoint
 from video_seg_ros.checkpoint import add_memory_to_checkpoint
 from video_seg_ros.tools.export import main as export_main
 
-openvino = pytest.importorskip("openvino", reason="openvino is not installed (requirements.txt pins it)")
+openvino = pytest.importorskip(
+    "openvino", reason="openvino is not installed (requirements.txt pins it)"
+)
 onnx = pytest.importorskip("onnx", reason="onnx is not installed (requirements.txt pins it)")
 
 pytestmark = pytest.mark.openvino
@@ -35,12 +43,16 @@ def compile_onnx(path, shapes=None):
 
 
 def memory_checkpoint():
-    checkpoint = add_memory_to_checkpoint(tiny_espnet(size=SIZE), {"memory_length": 2, "window": 5, "dropout": 0.0})
+    checkpoint = add_memory_to_checkpoint(
+        tiny_espnet(size=SIZE), {"memory_length": 2, "window": 5, "dropout": 0.0}
+    )
     generator = torch.Generator().manual_seed(2)
     checkpoint.state_dict = {
         key: torch.randn(value.shape, generator=generator) * 2.0
-        if not key.startswith("base.") and value.is_floating_point() else value
-        for key, value in checkpoint.state_dict.items()}
+        if not key.startswith("base.") and value.is_floating_point()
+        else value
+        for key, value in checkpoint.state_dict.items()
+    }
     return checkpoint
 
 
@@ -80,8 +92,12 @@ def test_memory_through_the_exported_graph_equals_the_torch_memory_with_a_reset(
             valid = state[2][0]
             assert valid.sum() == len(stored)
             for slot, frame in zip(range(len(valid) - len(stored), len(valid)), stored):
-                np.testing.assert_allclose(state[0][0, slot], frame.keys.numpy(), rtol=1e-4, atol=1e-4)
-                np.testing.assert_allclose(state[1][0, slot], frame.values.numpy(), rtol=1e-4, atol=1e-4)
+                np.testing.assert_allclose(
+                    state[0][0, slot], frame.keys.numpy(), rtol=1e-4, atol=1e-4
+                )
+                np.testing.assert_allclose(
+                    state[1][0, slot], frame.values.numpy(), rtol=1e-4, atol=1e-4
+                )
         # ... and the memory changes the output (so the comparison covers it).
         model.reset_state()
         alone = model.step(images[2])
@@ -92,23 +108,39 @@ def test_memory_through_the_exported_graph_equals_the_torch_memory_with_a_reset(
 def test_export_tool_checks_and_writes_a_dynamic_graph(tmp_path, capsys):
     checkpoint = tiny_espnet(size=SIZE).save(tmp_path / "tiny.pt")
     out = tmp_path / "tiny.onnx"
-    assert export_main(["--checkpoint", str(checkpoint), "-o", str(out), "--dynamic-batch", "--dynamic-size"]) == 0
+    assert (
+        export_main(
+            ["--checkpoint", str(checkpoint), "-o", str(out), "--dynamic-batch", "--dynamic-size"]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
-    assert "max |logit difference|" in printed and "labels agree on" in printed and "(1, 3, 48, 96)" in printed
+    assert (
+        "max |logit difference|" in printed
+        and "labels agree on" in printed
+        and "(1, 3, 48, 96)" in printed
+    )
     graph = onnx.load(str(out))
     dims = [d.dim_param or d.dim_value for d in graph.graph.input[0].type.tensor_type.shape.dim]
     assert dims == ["batch", 3, "height", "width"]
     assert not (tmp_path / "tiny.onnx.partial").exists()
 
 
-def test_export_tool_writes_a_memory_checkpoint_with_its_state_and_refuses_dynamic_shapes(tmp_path, capsys):
+def test_export_tool_writes_a_memory_checkpoint_with_its_state_and_refuses_dynamic_shapes(
+    tmp_path, capsys
+):
     checkpoint = memory_checkpoint().save(tmp_path / "memory.pt")
     out = tmp_path / "memory.onnx"
     assert export_main(["--checkpoint", str(checkpoint), "-o", str(out)]) == 0
     assert "frame 2 (after a reset)" in capsys.readouterr().out
     names = [i.name for i in onnx.load(str(out)).graph.input]
     assert names == [IMAGE, *STATE_INPUTS]
-    assert export_main(["--checkpoint", str(checkpoint), "-o", str(tmp_path / "x.onnx"), "--dynamic-batch"]) == 2
+    assert (
+        export_main(
+            ["--checkpoint", str(checkpoint), "-o", str(tmp_path / "x.onnx"), "--dynamic-batch"]
+        )
+        == 2
+    )
     assert "fixed size" in capsys.readouterr().err and not (tmp_path / "x.onnx").exists()
 
 
@@ -121,16 +153,32 @@ def test_export_tool_refuses_to_write_a_graph_outside_the_tolerance(tmp_path, ca
     assert not out.exists() and not (tmp_path / "tiny.onnx.partial").exists()
 
 
-@pytest.mark.parametrize(("size", "window", "tile"), [((8, 16), 5, 8), ((13, 21), 9, 8), ((7, 9), 3, 4)])
-def test_static_tiling_for_export_copies_exactly_what_the_attention_tiling_copies(size, window, tile):
+@pytest.mark.parametrize(
+    ("size", "window", "tile"), [((8, 16), 5, 8), ((13, 21), 9, 8), ((7, 9), 3, 4)]
+)
+def test_static_tiling_for_export_copies_exactly_what_the_attention_tiling_copies(
+    size, window, tile
+):
     from video_seg_ros.models.local_attention import tile_memory_frame
     from video_seg_ros.models.memory import tile_memory_frame_static
 
     generator = torch.Generator().manual_seed(0)
-    key, value = torch.randn(2, 16, *size, generator=generator), torch.randn(2, 32, *size, generator=generator)
-    reference, static = tile_memory_frame(key, value, window, tile), tile_memory_frame_static(key, value, window, tile)
-    assert torch.equal(reference.keys, static.keys) and torch.equal(reference.values, static.values)
-    assert (reference.size, reference.batch, reference.radius) == (static.size, static.batch, static.radius)
+    key, value = (
+        torch.randn(2, 16, *size, generator=generator),
+        torch.randn(2, 32, *size, generator=generator),
+    )
+    reference, static = (
+        tile_memory_frame(key, value, window, tile),
+        tile_memory_frame_static(key, value, window, tile),
+    )
+    assert torch.equal(reference.keys, static.keys) and torch.equal(
+        reference.values, static.values
+    )
+    assert (reference.size, reference.batch, reference.radius) == (
+        static.size,
+        static.batch,
+        static.radius,
+    )
 
 
 def test_explicit_state_step_equals_the_streaming_step_for_each_batch_element():

@@ -20,8 +20,17 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "video_seg_ros"
 
 #: Packages that exist only in a ROS installation.
-ROS_PACKAGES = ("rclpy", "rosidl_runtime_py", "rosidl_parser", "sensor_msgs", "std_msgs",
-                "builtin_interfaces", "diagnostic_msgs", "ament_index_python", "launch_ros")
+ROS_PACKAGES = (
+    "rclpy",
+    "rosidl_runtime_py",
+    "rosidl_parser",
+    "sensor_msgs",
+    "std_msgs",
+    "builtin_interfaces",
+    "diagnostic_msgs",
+    "ament_index_python",
+    "launch_ros",
+)
 #: The node and the console scripts: the only parts that may import ROS.
 ROS_PARTS = (f"{PACKAGE}.ros", f"{PACKAGE}.tools")
 #: Imports of ROS packages outside ROS_PARTS that are allowed, and why.
@@ -178,10 +187,18 @@ for module in {modules!r}:
         culprits[module] = loaded
 print(json.dumps({{m: list(v) for m, v in culprits.items()}}))
 """
-    environment = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          env=environment, cwd=ROOT, timeout=600)
+    environment = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=ROOT,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     culprits = json.loads(done.stdout.strip().splitlines()[-1])
     assert culprits == {}, f"importing these modules loads ROS packages: {culprits}"
@@ -190,9 +207,14 @@ print(json.dumps({{m: list(v) for m, v in culprits.items()}}))
 def test_the_fresh_interpreter_check_sees_a_module_that_imports_rclpy(tmp_path):
     # The check above asks sys.modules; a planted module with a top-level rclpy import must show.
     (tmp_path / "uses_ros.py").write_text("import rclpy  # noqa: F401\n")
-    done = subprocess.run([sys.executable, "-c", "import sys, uses_ros; print('rclpy' in sys.modules)"],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=120,
-                          env=dict(os.environ, PYTHONPATH=str(tmp_path)))
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys, uses_ros; print('rclpy' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+        env=dict(os.environ, PYTHONPATH=str(tmp_path)),
+    )
     if "ModuleNotFoundError" in done.stderr:
         pytest.skip("rclpy is not installed here")
     assert done.stdout.strip() == "True", done.stderr[-2000:]
@@ -200,12 +222,18 @@ def test_the_fresh_interpreter_check_sees_a_module_that_imports_rclpy(tmp_path):
 
 # ---- the layers of ARCHITECTURE.md ----------------------------------------------------------------
 LAYER_RULES = [
-    ("models know neither how they are trained nor what runs them", MODELS,
-     TRAINING + ENGINE + BACKENDS),
+    (
+        "models know neither how they are trained nor what runs them",
+        MODELS,
+        TRAINING + ENGINE + BACKENDS,
+    ),
     ("backends do not reach back into the engine", BACKENDS, ENGINE + TRAINING),
     ("the engine never imports training", ENGINE, TRAINING),
-    ("nothing outside ros/ and tools/ imports ROS or the parts that may", None,
-     ROS_PACKAGES + ROS_PARTS),
+    (
+        "nothing outside ros/ and tools/ imports ROS or the parts that may",
+        None,
+        ROS_PACKAGES + ROS_PARTS,
+    ),
 ]
 
 
@@ -216,17 +244,22 @@ def test_layer_rules_hold_through_every_import_chain(graph, rule, sources, forbi
     else:
         starts = [m for m in graph if under(m, sources)]
     assert starts, f"no module matches {sources}"
-    broken = sorted({
-        f"{start}: {importer} imports {target}"
-        for start in starts
-        for importer, target in reachable_imports(graph, start)
-        if under(target, forbidden) and (importer, target) not in ROS_EXCEPTIONS
-    })
+    broken = sorted(
+        {
+            f"{start}: {importer} imports {target}"
+            for start in starts
+            for importer, target in reachable_imports(graph, start)
+            if under(target, forbidden) and (importer, target) not in ROS_EXCEPTIONS
+        }
+    )
     assert not broken, f"{rule}:\n" + "\n".join(broken)
 
 
 def test_the_layer_check_reports_a_forbidden_import_through_a_chain():
-    chain = {"p.models.a": {"p.util"}, "p.util": {"p.training.loop", "numpy"},
-             "p.training.loop": set()}
+    chain = {
+        "p.models.a": {"p.util"},
+        "p.util": {"p.training.loop", "numpy"},
+        "p.training.loop": set(),
+    }
     edges = reachable_imports(chain, "p.models.a")
     assert [e for e in edges if under(e[1], ("p.training",))] == [("p.util", "p.training.loop")]

@@ -23,7 +23,10 @@ ESPNET_WEIGHTS = {
     "espnet_p_2_q_3.pth": ("cityscapes", {"num_classes": 20, "p": 2, "q": 3}),
     "espnet_p_2_q_5.pth": ("cityscapes", {"num_classes": 20, "p": 2, "q": 5}),
     "espnet_p_2_q_8.pth": ("cityscapes", {"num_classes": 20, "p": 2, "q": 8}),
-    "espnet_p_2_q_8_camvid.pth": ("camvid", {"num_classes": 12, "p": 2, "q": 8, "decoder_skip_channels": 19}),
+    "espnet_p_2_q_8_camvid.pth": (
+        "camvid",
+        {"num_classes": 12, "p": 2, "q": 8, "decoder_skip_channels": 19},
+    ),
 }
 FRAME = "data/cityscapes_val/leftImg8bit/frankfurt_000001_058914_leftImg8bit.png"
 GROUND_TRUTH = "data/cityscapes_val/gtFine/frankfurt_000001_058914_gtFine_labelTrainIds.png"
@@ -57,7 +60,9 @@ def test_published_espnet_weights_load_with_no_missing_or_unexpected_keys(shared
 
 def test_published_cgnet_weights_load_and_keep_the_source_preprocessing(shared):
     weights = require_shared_file(shared, "weights/cgnet/cgnet_m3n21_camvid_trainval.pth")
-    inform = json.loads(require_shared_file(shared, "weights/cgnet/cgnet_camvid_inform.json").read_text())
+    inform = json.loads(
+        require_shared_file(shared, "weights/cgnet/cgnet_camvid_inform.json").read_text()
+    )
     published = torch.load(weights, map_location="cpu", weights_only=True)["model"]
     checkpoint = import_weights("cgnet", "camvid", weights)
     assert checkpoint.arch_kwargs == {"num_classes": 11, "m": 3, "n": 21}
@@ -70,7 +75,9 @@ def test_published_cgnet_weights_load_and_keep_the_source_preprocessing(shared):
 
 
 def test_checkpoint_records_labels_preprocessing_and_source(random_espnet_weights):
-    checkpoint = import_weights("espnet", "cityscapes", random_espnet_weights, command="video-seg-import x")
+    checkpoint = import_weights(
+        "espnet", "cityscapes", random_espnet_weights, command="video-seg-import x"
+    )
     assert checkpoint.output_to_class == list(range(19)) + [IGNORE_ID]  # background -> unlabelled
     assert len(checkpoint.class_names) == 19 and len(checkpoint.palette) == 19
     pre = checkpoint.preprocessing
@@ -85,8 +92,21 @@ def test_checkpoint_records_labels_preprocessing_and_source(random_espnet_weight
 
 def test_checkpoint_round_trip_gives_identical_outputs(random_espnet_weights, tmp_path):
     out = tmp_path / "espnet.pt"
-    assert main(["--arch", "espnet", "--preset", "cityscapes", "--weights", str(random_espnet_weights),
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--arch",
+                "espnet",
+                "--preset",
+                "cityscapes",
+                "--weights",
+                str(random_espnet_weights),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     loaded = load_checkpoint(out)
     assert loaded.source["command"].startswith("video-seg-import --arch espnet")
     reference = build_model("espnet", num_classes=20, p=2, q=3).eval()
@@ -100,8 +120,18 @@ def test_checkpoint_round_trip_gives_identical_outputs(random_espnet_weights, tm
 def test_corrupt_weights_file_is_reported_clearly(random_espnet_weights, tmp_path, capsys):
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(random_espnet_weights.read_bytes()[:2000])
-    code = main(["--arch", "espnet", "--preset", "cityscapes", "--weights", str(corrupt),
-                 "-o", str(tmp_path / "out.pt")])
+    code = main(
+        [
+            "--arch",
+            "espnet",
+            "--preset",
+            "cityscapes",
+            "--weights",
+            str(corrupt),
+            "-o",
+            str(tmp_path / "out.pt"),
+        ]
+    )
     assert code == 1  # a run-time failure (usage errors exit with 2)
     message = capsys.readouterr().err
     assert "could not read" in message and "damaged" in message
@@ -147,24 +177,37 @@ def test_engine_input_equals_original_espnet_preprocessing(shared, random_espnet
 
 def test_imported_espnet_p2q8_segments_the_real_cityscapes_frame_as_published(shared):
     """The original network reaches 92.7-94.3 % pixel accuracy on this frame (../shared/README.md)."""
-    checkpoint = import_weights("espnet", "cityscapes", require_shared_file(shared, "weights/espnet/espnet_p_2_q_8.pth"))
+    checkpoint = import_weights(
+        "espnet", "cityscapes", require_shared_file(shared, "weights/espnet/espnet_p_2_q_8.pth")
+    )
     frame_bgr = cv2.imread(str(require_shared_file(shared, FRAME)))
     truth = read_label(require_shared_file(shared, GROUND_TRUTH), "trainids")
-    result = SegmentationEngine(checkpoint, device="cpu", precision="fp32").segment(frame_bgr, channel_order="bgr")
+    result = SegmentationEngine(checkpoint, device="cpu", precision="fp32").segment(
+        frame_bgr, channel_order="bgr"
+    )
     assert result.labels.shape == truth.shape and result.labels.dtype == np.uint8
     scores = ConfusionMatrix(19).update(result.labels, truth)
     assert 0.92 <= scores.pixel_accuracy <= 0.95
     assert scores.miou > 0.45
 
 
-@pytest.mark.parametrize(("arch", "weights", "minimum_accuracy"), [
-    ("espnet", "weights/espnet/espnet_p_2_q_8_camvid.pth", 0.93),   # measured 94.8 %
-    ("cgnet", "weights/cgnet/cgnet_m3n21_camvid_trainval.pth", 0.96),  # measured 97.5 %
-])
-def test_imported_camvid_models_segment_a_real_camvid_frame(shared, arch, weights, minimum_accuracy):
+@pytest.mark.parametrize(
+    ("arch", "weights", "minimum_accuracy"),
+    [
+        ("espnet", "weights/espnet/espnet_p_2_q_8_camvid.pth", 0.93),  # measured 94.8 %
+        ("cgnet", "weights/cgnet/cgnet_m3n21_camvid_trainval.pth", 0.96),  # measured 97.5 %
+    ],
+)
+def test_imported_camvid_models_segment_a_real_camvid_frame(
+    shared, arch, weights, minimum_accuracy
+):
     """One CamVid val frame: a wrong channel order or statistics drops accuracy far below this."""
     checkpoint = import_weights(arch, "camvid", require_shared_file(shared, weights))
     frame_rgb = read_rgb(require_shared_file(shared, "data/camvid/val/0016E5_07959.png"))
-    truth = read_label(require_shared_file(shared, "data/camvid/valannot/0016E5_07959.png"), "camvid")
-    result = SegmentationEngine(checkpoint, device="cpu", precision="fp32").segment(frame_rgb, channel_order="rgb")
+    truth = read_label(
+        require_shared_file(shared, "data/camvid/valannot/0016E5_07959.png"), "camvid"
+    )
+    result = SegmentationEngine(checkpoint, device="cpu", precision="fp32").segment(
+        frame_rgb, channel_order="rgb"
+    )
     assert ConfusionMatrix(11).update(result.labels, truth).pixel_accuracy >= minimum_accuracy

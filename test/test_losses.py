@@ -15,7 +15,7 @@ def _scene(shift_x: int = 0, size=(24, 40)) -> torch.Tensor:
     height, width = size
     image = torch.full((1, 3, height, width), 0.3)
     pattern = torch.linspace(0.0, 1.0, 8 * 10).view(1, 1, 8, 10).expand(1, 3, 8, 10)
-    image[:, :, 8:16, 12 + shift_x:22 + shift_x] = pattern
+    image[:, :, 8:16, 12 + shift_x : 22 + shift_x] = pattern
     return image
 
 
@@ -54,8 +54,13 @@ def test_temporal_loss_zero_for_flow_consistent_predictions_and_positive_otherwi
     assert consistent.item() < 1e-8
     wrong_flow = L.temporal_loss(logits, neighbour_logits, image, neighbour, _shift_flow(0.0))
     assert wrong_flow.item() > 1e-3
-    flickering = L.temporal_loss(logits, neighbour_logits + torch.randn_like(neighbour_logits), image,
-                                 neighbour, _shift_flow(3.0))
+    flickering = L.temporal_loss(
+        logits,
+        neighbour_logits + torch.randn_like(neighbour_logits),
+        image,
+        neighbour,
+        _shift_flow(3.0),
+    )
     assert flickering.item() > 1e-2
 
 
@@ -81,7 +86,9 @@ def test_temporal_loss_gradient_reaches_the_student_only():
     assert grads and sum(g.abs().sum().item() for g in grads) > 0
     assert flow.grad is None  # flow and occlusion weight are constants
     # Images get gradient only through the student network, never through the occlusion weight.
-    image_only = L.temporal_loss(_logits_of(_scene(0)), _logits_of(_scene(2)), image, neighbour, flow)
+    image_only = L.temporal_loss(
+        _logits_of(_scene(0)), _logits_of(_scene(2)), image, neighbour, flow
+    )
     assert not image_only.requires_grad
 
 
@@ -89,8 +96,9 @@ def test_temporal_loss_detach_neighbour_trains_only_the_current_frame_side():
     logits = torch.randn(1, 4, 24, 40, requires_grad=True)
     neighbour_logits = torch.randn(1, 4, 24, 40, requires_grad=True)
     image = _scene(0)
-    L.temporal_loss(logits, neighbour_logits, image, image, _shift_flow(0.0),
-                    detach_neighbour=True).backward()
+    L.temporal_loss(
+        logits, neighbour_logits, image, image, _shift_flow(0.0), detach_neighbour=True
+    ).backward()
     assert logits.grad.abs().sum() > 0 and neighbour_logits.grad is None
     logits.grad = None
     L.temporal_loss(logits, neighbour_logits, image, image, _shift_flow(0.0)).backward()
@@ -111,12 +119,17 @@ def test_pairwise_distillation_compares_structure_not_channels():
     # A teacher with twice the channels but the same patch similarities gives zero loss.
     wide = torch.cat([features, features], 1)
     assert L.pairwise_distillation_loss(features, wide, grid=(6, 8)).item() < 1e-10
-    assert L.pairwise_distillation_loss(features, torch.randn(2, 16, 12, 16), grid=(6, 8)).item() > 1e-3
+    assert (
+        L.pairwise_distillation_loss(features, torch.randn(2, 16, 12, 16), grid=(6, 8)).item()
+        > 1e-3
+    )
 
 
 def test_cross_frame_distillation_zero_for_matching_affinities_and_positive_otherwise():
     f_t, f_n = torch.randn(1, 8, 8, 8), torch.randn(1, 8, 8, 8)
-    assert L.cross_frame_distillation_loss(f_t, f_n, f_t * 3.0, f_n * 3.0, grid=(4, 4)).item() < 1e-10
+    assert (
+        L.cross_frame_distillation_loss(f_t, f_n, f_t * 3.0, f_n * 3.0, grid=(4, 4)).item() < 1e-10
+    )
     assert L.cross_frame_distillation_loss(f_t, f_n, f_t, f_t, grid=(4, 4)).item() > 1e-3
 
 

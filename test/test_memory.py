@@ -8,13 +8,27 @@ import torch
 from torch import nn
 
 from checkpoints import tiny_espnet
-from video_seg_ros.checkpoint import (Checkpoint, add_memory_to_checkpoint, load_checkpoint,
-                                      strip_memory_from_checkpoint, with_memory_settings)
+from video_seg_ros.checkpoint import (
+    Checkpoint,
+    add_memory_to_checkpoint,
+    load_checkpoint,
+    strip_memory_from_checkpoint,
+    with_memory_settings,
+)
 from video_seg_ros.engine import SegmentationEngine
 from video_seg_ros.models import build_from_checkpoint
-from video_seg_ros.models.local_attention import (dense_local_attention, local_attention, local_window_attention,
-                                                  tile_memory_frame)
-from video_seg_ros.models.memory import MemoryAugmentedSegmenter, MemoryConfig, MemoryState, wrap_with_memory
+from video_seg_ros.models.local_attention import (
+    dense_local_attention,
+    local_attention,
+    local_window_attention,
+    tile_memory_frame,
+)
+from video_seg_ros.models.memory import (
+    MemoryAugmentedSegmenter,
+    MemoryConfig,
+    MemoryState,
+    wrap_with_memory,
+)
 
 
 class TinySegmenter(nn.Module):
@@ -24,17 +38,23 @@ class TinySegmenter(nn.Module):
         super().__init__()
         self.num_classes, self.feature_channels = num_classes, feature_channels
         self.encoder = nn.Sequential(
-            nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-            nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(8, feature_channels, 3, stride=2, padding=1), nn.ReLU())
+            nn.Conv2d(3, 8, 3, stride=2, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(8, feature_channels, 3, stride=2, padding=1),
+            nn.ReLU(),
+        )
         self.classifier = nn.Conv2d(feature_channels, num_classes, 1)
 
     def encode(self, x):
         return self.encoder(x), None
 
     def decode(self, features, skips, out_size):
-        return nn.functional.interpolate(self.classifier(features), size=tuple(out_size), mode="bilinear",
-                                         align_corners=False)
+        return nn.functional.interpolate(
+            self.classifier(features), size=tuple(out_size), mode="bilinear", align_corners=False
+        )
 
     def forward(self, x):
         return self.decode(*self.encode(x), x.shape[-2:])
@@ -42,8 +62,9 @@ class TinySegmenter(nn.Module):
 
 def tiny_memory_model(seed=0, **config) -> MemoryAugmentedSegmenter:
     torch.manual_seed(seed)
-    model = wrap_with_memory(TinySegmenter(), {"key_channels": 4, "value_channels": 6, "window": 3, "tile": 4,
-                                               **config})
+    model = wrap_with_memory(
+        TinySegmenter(), {"key_channels": 4, "value_channels": 6, "window": 3, "tile": 4, **config}
+    )
     # Give the fusion non-zero weights so the memory really changes the output in these tests.
     with torch.no_grad():
         for parameter in model.fusion.parameters():
@@ -56,13 +77,16 @@ def random_frames(*shape, seed=1):
 
 
 # ---- the local attention kernel --------------------------------------------------------------
-@pytest.mark.parametrize("batch,frames,height,width,window,tile", [
-    (2, 3, 13, 19, 5, 4),    # sizes not multiples of the tile, batch > 1
-    (1, 1, 10, 7, 9, 8),     # window wider than the image
-    (2, 2, 9, 9, 21, 8),     # the paper's 21x21 window
-    (1, 4, 16, 16, 3, 8),
-    (1, 2, 6, 11, 1, 2),     # 1x1 window: only the same pixel in each frame
-])
+@pytest.mark.parametrize(
+    "batch,frames,height,width,window,tile",
+    [
+        (2, 3, 13, 19, 5, 4),  # sizes not multiples of the tile, batch > 1
+        (1, 1, 10, 7, 9, 8),  # window wider than the image
+        (2, 2, 9, 9, 21, 8),  # the paper's 21x21 window
+        (1, 4, 16, 16, 3, 8),
+        (1, 2, 6, 11, 1, 2),  # 1x1 window: only the same pixel in each frame
+    ],
+)
 def test_local_attention_equals_dense_masked_reference(batch, frames, height, width, window, tile):
     g = torch.Generator().manual_seed(window * 7 + height)
     query = torch.randn(batch, 6, height, width, generator=g)
@@ -76,9 +100,11 @@ def test_local_attention_equals_dense_masked_reference(batch, frames, height, wi
 
 def test_local_attention_gradients_equal_dense_reference():
     g = torch.Generator().manual_seed(3)
-    inputs = [torch.randn(2, 4, 9, 10, generator=g, dtype=torch.float64).requires_grad_(),
-              torch.randn(2, 2, 4, 9, 10, generator=g, dtype=torch.float64).requires_grad_(),
-              torch.randn(2, 2, 3, 9, 10, generator=g, dtype=torch.float64).requires_grad_()]
+    inputs = [
+        torch.randn(2, 4, 9, 10, generator=g, dtype=torch.float64).requires_grad_(),
+        torch.randn(2, 2, 4, 9, 10, generator=g, dtype=torch.float64).requires_grad_(),
+        torch.randn(2, 2, 3, 9, 10, generator=g, dtype=torch.float64).requires_grad_(),
+    ]
     weight = torch.randn(2, 3, 9, 10, generator=g, dtype=torch.float64)
     (local_window_attention(*inputs, window=5, tile=4) * weight).sum().backward()
     fast_grads = [x.grad.clone() for x in inputs]
@@ -94,7 +120,9 @@ def test_local_attention_softmax_is_joint_over_all_memory_frames():
     # One frame whose keys match the query strongly takes (almost) all weight from the others.
     query = torch.ones(1, 2, 4, 4)
     weak = tile_memory_frame(torch.zeros(1, 2, 4, 4), torch.zeros(1, 1, 4, 4), window=3, tile=4)
-    strong = tile_memory_frame(torch.full((1, 2, 4, 4), 20.0), torch.ones(1, 1, 4, 4), window=3, tile=4)
+    strong = tile_memory_frame(
+        torch.full((1, 2, 4, 4), 20.0), torch.ones(1, 1, 4, 4), window=3, tile=4
+    )
     out = local_attention(query, [weak, strong, weak])
     assert torch.allclose(out, torch.ones_like(out), atol=1e-6)
 
@@ -109,7 +137,9 @@ def test_local_attention_rejects_memory_of_another_size():
 
 # ---- the memory state --------------------------------------------------------------------------
 def _entry(value: float):
-    return tile_memory_frame(torch.full((1, 2, 3, 3), value), torch.full((1, 1, 3, 3), value), window=3)
+    return tile_memory_frame(
+        torch.full((1, 2, 3, 3), value), torch.full((1, 1, 3, 3), value), window=3
+    )
 
 
 def test_memory_state_is_fifo_and_bounded():
@@ -208,7 +238,7 @@ def test_batched_streams_equal_separate_streams():
         separate = []
         for b in range(2):
             model.reset_state()
-            separate.append([model.step(frames[b:b + 1, t]) for t in range(4)])
+            separate.append([model.step(frames[b : b + 1, t]) for t in range(4)])
     for t in range(4):
         assert torch.allclose(batched[t], torch.cat([separate[0][t], separate[1][t]]), atol=1e-5)
 
@@ -260,32 +290,45 @@ def test_memory_config_errors_say_what_is_wrong():
 @pytest.fixture(scope="module")
 def espnet_checkpoint() -> Checkpoint:
     """A small random-weight ESPNet (p=1, q=1) base checkpoint, built once for this module."""
-    return tiny_espnet(p=1, q=1, size=(96, 64), channel_order="bgr", mean=(72.4, 82.9, 73.2),
-                       std=(45.3, 46.2, 44.9), scale=1 / 255)
+    return tiny_espnet(
+        p=1,
+        q=1,
+        size=(96, 64),
+        channel_order="bgr",
+        mean=(72.4, 82.9, 73.2),
+        std=(45.3, 46.2, 44.9),
+        scale=1 / 255,
+    )
 
 
 def _trained_looking_memory(checkpoint: Checkpoint) -> Checkpoint:
     """add_memory_to_checkpoint, then non-zero fusion weights so the memory matters."""
     with_memory = add_memory_to_checkpoint(checkpoint, {"window": 5, "memory_length": 2})
     g = torch.Generator().manual_seed(4)
-    with_memory.state_dict = {k: (v + 0.2 * torch.randn(v.shape, generator=g) if k.startswith("fusion.") else v)
-                              for k, v in with_memory.state_dict.items()}
+    with_memory.state_dict = {
+        k: (v + 0.2 * torch.randn(v.shape, generator=g) if k.startswith("fusion.") else v)
+        for k, v in with_memory.state_dict.items()
+    }
     return with_memory
 
 
 def _video(n=5, h=48, w=80):
     rng = np.random.default_rng(0)
     base = rng.integers(0, 256, (h, w + 2 * n, 3), dtype=np.uint8)
-    return [np.ascontiguousarray(base[:, i:i + w]) for i in range(n)]  # a panning camera
+    return [np.ascontiguousarray(base[:, i : i + w]) for i in range(n)]  # a panning camera
 
 
-def test_memory_checkpoint_round_trip_gives_identical_streaming_outputs(tmp_path, espnet_checkpoint):
+def test_memory_checkpoint_round_trip_gives_identical_streaming_outputs(
+    tmp_path, espnet_checkpoint
+):
     checkpoint = _trained_looking_memory(espnet_checkpoint)
     path = checkpoint.save(tmp_path / "memory.pt")
     loaded = load_checkpoint(path)
     assert loaded.memory == checkpoint.memory and loaded.model_name.endswith("+memory")
-    before, after = SegmentationEngine(checkpoint, device="cpu", precision="fp32"), SegmentationEngine(
-        loaded, device="cpu", precision="fp32")
+    before, after = (
+        SegmentationEngine(checkpoint, device="cpu", precision="fp32"),
+        SegmentationEngine(loaded, device="cpu", precision="fp32"),
+    )
     assert after.is_temporal
     frames = _video()
     out_before = [before.segment(f, with_confidence=True) for f in frames]
@@ -295,7 +338,9 @@ def test_memory_checkpoint_round_trip_gives_identical_streaming_outputs(tmp_path
         assert np.array_equal(a.confidence, b.confidence)
     # The engine really streams: after reset() the first frame's output comes back.
     after.reset()
-    assert np.array_equal(after.segment(frames[0], with_confidence=True).confidence, out_after[0].confidence)
+    assert np.array_equal(
+        after.segment(frames[0], with_confidence=True).confidence, out_after[0].confidence
+    )
     assert not np.array_equal(out_after[0].confidence, out_after[-1].confidence)
 
 
@@ -307,7 +352,10 @@ def test_base_checkpoint_loads_and_untrained_memory_matches_it(espnet_checkpoint
     base_engine = SegmentationEngine(base_checkpoint, device="cpu", precision="fp32")
     memory_engine = SegmentationEngine(with_memory, device="cpu", precision="fp32")
     for frame in frames:
-        a, b = base_engine.segment(frame, with_confidence=True), memory_engine.segment(frame, with_confidence=True)
+        a, b = (
+            base_engine.segment(frame, with_confidence=True),
+            memory_engine.segment(frame, with_confidence=True),
+        )
         assert np.array_equal(a.labels, b.labels)
         assert np.allclose(a.confidence, b.confidence, atol=1e-5)
     with pytest.raises(ValueError, match="already has a memory"):
@@ -319,7 +367,10 @@ def test_memory_can_be_stripped_or_retuned_without_retraining(espnet_checkpoint)
     with_memory = _trained_looking_memory(base_checkpoint)
     stripped = strip_memory_from_checkpoint(with_memory)
     assert stripped.memory is None
-    base_model, stripped_model = build_from_checkpoint(base_checkpoint), build_from_checkpoint(stripped)
+    base_model, stripped_model = (
+        build_from_checkpoint(base_checkpoint),
+        build_from_checkpoint(stripped),
+    )
     for (name, a), b in zip(base_model.state_dict().items(), stripped_model.state_dict().values()):
         assert torch.equal(a, b), name
     longer = with_memory_settings(with_memory, memory_length=4, window=7)

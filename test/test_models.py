@@ -99,7 +99,9 @@ def test_espnet_rejects_an_unknown_decoder_skip_width():
         build_model("espnet", decoder_skip_channels=17)
 
 
-@pytest.mark.parametrize(("output_stride", "feature_size"), [(8, (4, 6)), (16, (2, 3)), (32, (1, 2))])
+@pytest.mark.parametrize(
+    ("output_stride", "feature_size"), [(8, (4, 6)), (16, (2, 3)), (32, (1, 2))]
+)
 def test_pspnet18_output_stride_option(output_stride, feature_size):
     model = build_model("pspnet18", num_classes=5, output_stride=output_stride).eval()
     with torch.inference_mode():
@@ -112,10 +114,17 @@ def test_pspnet18_backbone_keeps_resnet18_weight_shapes():
     """Dilation changes strides and rates only, so ImageNet ResNet-18 weights still fit."""
     from torchvision.models import resnet18
 
-    reference = {k: v.shape for k, v in resnet18(weights=None).state_dict().items() if not k.startswith("fc.")}
+    reference = {
+        k: v.shape
+        for k, v in resnet18(weights=None).state_dict().items()
+        if not k.startswith("fc.")
+    }
     model = build_model("pspnet18", num_classes=19)
-    ours = {k.replace("stem.0.", "conv1.").replace("stem.1.", "bn1."): v.shape
-            for k, v in model.state_dict().items() if k.startswith(("stem.", "layer"))}
+    ours = {
+        k.replace("stem.0.", "conv1.").replace("stem.1.", "bn1."): v.shape
+        for k, v in model.state_dict().items()
+        if k.startswith(("stem.", "layer"))
+    }
     assert ours == reference
 
 

@@ -38,24 +38,32 @@ def write_moving_square_sequences(root: Path, sequences=("seqa", "seqb"), frames
             label = np.full((HEIGHT, WIDTH), 8, np.uint8)
             label[24:] = 0
             x = 6 + 3 * t + 4 * seq_number
-            image[8:20, x:x + 12, 0] = texture + 50
-            image[8:20, x:x + 12, 1] = texture // 2
-            image[8:20, x:x + 12, 2] = 200 - texture
-            label[8:20, x:x + 12] = 13
+            image[8:20, x : x + 12, 0] = texture + 50
+            image[8:20, x : x + 12, 1] = texture // 2
+            image[8:20, x : x + 12, 2] = 200 - texture
+            label[8:20, x : x + 12] = 13
             cv2.imwrite(str(root / "images" / f"{sequence}_{t:06d}.png"), image[..., ::-1])
             cv2.imwrite(str(root / "labels" / f"{sequence}_{t:06d}.png"), label)
     return root
 
 
 def tiny_config(data: Path, run_dir: Path, **extra) -> dict:
-    folder = {"type": "folder", "images": str(data / "images"), "labels": str(data / "labels"),
-              "label_format": "trainids"}
+    folder = {
+        "type": "folder",
+        "images": str(data / "images"),
+        "labels": str(data / "labels"),
+        "label_format": "trainids",
+    }
     config = {
         "run_dir": str(run_dir),
         "model": {"arch": "espnet", "kwargs": {"p": 1, "q": 1, "num_classes": 19}},
-        "data": {"train": [dict(folder, exclude_sequences=["seqb"])],
-                 "val": [dict(folder, sequences=["seqb"])],
-                 "crop": [48, 32], "scale_range": [0.9, 1.2], "max_gap": 2},
+        "data": {
+            "train": [dict(folder, exclude_sequences=["seqb"])],
+            "val": [dict(folder, sequences=["seqb"])],
+            "crop": [48, 32],
+            "scale_range": [0.9, 1.2],
+            "max_gap": 2,
+        },
         "train": {"epochs": 1, "batch_size": 2, "lr": 0.01, "log_every": 1, "device": "cpu"},
         "losses": {"temporal": {"weight": 1.0}},
     }
@@ -85,7 +93,9 @@ def test_config_rejects_unknown_keys_with_the_known_ones_listed(tmp_path, sequen
 
 def test_config_overrides_parse_yaml_values(tmp_path, sequences):
     path = write_config(tmp_path / "c.yaml", tiny_config(sequences, tmp_path / "run"))
-    config = load_config(path, ["train.epochs=3", "data.crop=[32, 16]", "losses.temporal.weight=0.4"])
+    config = load_config(
+        path, ["train.epochs=3", "data.crop=[32, 16]", "losses.temporal.weight=0.4"]
+    )
     assert config["train"]["epochs"] == 3 and config["data"]["crop"] == [32, 16]
     assert config["losses"]["temporal"]["weight"] == 0.4
     assert config["losses"]["ce"]["weight"] == 1.0  # defaults stay
@@ -123,10 +133,16 @@ def test_flow_stays_aligned_with_the_frames_through_scale_crop_and_flip(sequence
 
 
 def test_crop_larger_than_the_frame_pads_labels_with_ignore_and_marks_padding_invalid():
-    sample = AlignedSample([np.full((4, 6, 3), 9, np.uint8)], np.zeros((4, 6), np.uint8), [],
-                           np.ones((4, 6), np.uint8))
+    sample = AlignedSample(
+        [np.full((4, 6, 3), 9, np.uint8)],
+        np.zeros((4, 6), np.uint8),
+        [],
+        np.ones((4, 6), np.uint8),
+    )
     cropped = crop_sample(sample, 0, 0, 8, 5)
-    assert cropped.label.shape == (5, 8) and cropped.label[4, 7] == 255 and cropped.label[0, 0] == 0
+    assert (
+        cropped.label.shape == (5, 8) and cropped.label[4, 7] == 255 and cropped.label[0, 0] == 0
+    )
     assert cropped.valid.sum() == 24 and cropped.frames[0][4, 7].tolist() == [0, 0, 0]
 
 
@@ -147,10 +163,23 @@ def test_flow_cache_computes_once_then_reads_from_disk(tmp_path, sequences):
 
 
 def test_pair_samples_are_reproducible_and_labelled(tmp_path, sequences):
-    data = {"resize": None, "crop": [48, 32], "scale_range": [0.8, 1.2], "hflip": True, "mode": "pair",
-            "max_gap": 2, "direction": "both", "clip_length": 3, "clip_stride": 1}
+    data = {
+        "resize": None,
+        "crop": [48, 32],
+        "scale_range": [0.8, 1.2],
+        "hflip": True,
+        "mode": "pair",
+        "max_gap": 2,
+        "direction": "both",
+        "clip_length": 3,
+        "clip_stride": 1,
+    }
     cache = FlowCache(DisFlowEstimator("ultrafast"), tmp_path / "cache")
-    entry = {"images": str(sequences / "images"), "labels": str(sequences / "labels"), "label_format": "trainids"}
+    entry = {
+        "images": str(sequences / "images"),
+        "labels": str(sequences / "labels"),
+        "label_format": "trainids",
+    }
     dataset = SequenceSampleDataset(entry, data, cache, seed=1)
     assert len(dataset) == 12  # every frame of both sequences is labelled
     a, b = dataset[3], dataset[3]
@@ -164,13 +193,28 @@ def test_pair_samples_are_reproducible_and_labelled(tmp_path, sequences):
 
 
 def test_clip_samples_end_at_the_labelled_frame(sequences):
-    data = {"resize": None, "crop": None, "scale_range": [1.0, 1.0], "hflip": False, "mode": "clip",
-            "max_gap": 1, "direction": "forward", "clip_length": 3, "clip_stride": 1}
-    entry = {"images": str(sequences / "images"), "labels": str(sequences / "labels"), "label_format": "trainids"}
+    data = {
+        "resize": None,
+        "crop": None,
+        "scale_range": [1.0, 1.0],
+        "hflip": False,
+        "mode": "clip",
+        "max_gap": 1,
+        "direction": "forward",
+        "clip_length": 3,
+        "clip_stride": 1,
+    }
+    entry = {
+        "images": str(sequences / "images"),
+        "labels": str(sequences / "labels"),
+        "label_format": "trainids",
+    }
     dataset = SequenceSampleDataset(entry, data, None)
     sample = dataset[4]  # seqa frame 4: frames 2, 3, 4
     assert sample["clip"].shape == (3, 3, HEIGHT, WIDTH)
-    last = torch.from_numpy(cv2.imread(str(sequences / "images" / "seqa_000004.png"))[..., ::-1].copy())
+    last = torch.from_numpy(
+        cv2.imread(str(sequences / "images" / "seqa_000004.png"))[..., ::-1].copy()
+    )
     assert torch.allclose(sample["clip"][-1].permute(1, 2, 0) * 255, last.float(), atol=0.5)
 
 
@@ -191,7 +235,14 @@ def test_train_cli_writes_a_loadable_checkpoint_and_resume_continues(tmp_path, s
     run_dir = tmp_path / "run"
     config_path = write_config(tmp_path / "tiny.yaml", tiny_config(sequences, run_dir))
     assert train_main(["--config", str(config_path), "--no-progress"]) == 0
-    for name in ("last.pt", "best.pt", "trainer_state.pt", "metrics.csv", "steps.csv", "metrics.png"):
+    for name in (
+        "last.pt",
+        "best.pt",
+        "trainer_state.pt",
+        "metrics.csv",
+        "steps.csv",
+        "metrics.png",
+    ):
         assert (run_dir / name).is_file(), name
     checkpoint = load_checkpoint(run_dir / "last.pt")
     assert checkpoint.arch == "espnet" and checkpoint.training["config"]["train"]["epochs"] == 1
@@ -202,13 +253,19 @@ def test_train_cli_writes_a_loadable_checkpoint_and_resume_continues(tmp_path, s
     first = _read_csv(run_dir / "metrics.csv")
     assert len(first) == 1 and float(first[0]["loss_temporal"]) > 0 and first[0]["val_miou"] != ""
 
-    assert train_main(["--config", str(config_path), "--no-progress", "--resume", "train.epochs=2"]) == 0
+    assert (
+        train_main(["--config", str(config_path), "--no-progress", "--resume", "train.epochs=2"])
+        == 0
+    )
     rows = _read_csv(run_dir / "metrics.csv")
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     assert int(rows[1]["iteration"]) == 2 * int(rows[0]["iteration"])
     resumed = load_checkpoint(run_dir / "last.pt")
     assert resumed.training["epoch"] == 2
-    assert any(not torch.equal(resumed.state_dict[k], checkpoint.state_dict[k]) for k in checkpoint.state_dict)
+    assert any(
+        not torch.equal(resumed.state_dict[k], checkpoint.state_dict[k])
+        for k in checkpoint.state_dict
+    )
 
 
 def test_train_cli_reports_a_bad_config_without_a_traceback(tmp_path, capsys):
@@ -227,19 +284,34 @@ def test_memory_training_on_clips_keeps_a_frozen_base_unchanged(tmp_path, sequen
     base_config = tiny_config(sequences, base_run)
     base_config["losses"]["temporal"]["weight"] = 0.0
     base_config["data"]["val"] = []
-    assert train_main(["--config", str(write_config(tmp_path / "base.yaml", base_config)), "--no-progress"]) == 0
+    assert (
+        train_main(
+            ["--config", str(write_config(tmp_path / "base.yaml", base_config)), "--no-progress"]
+        )
+        == 0
+    )
     memory_config = tiny_config(sequences, tmp_path / "memory")
     memory_config["model"] = {"init": str(base_run / "last.pt")}
     memory_config["memory"] = {"freeze_base": True, "memory_length": 2, "window": 5}
     memory_config["data"].update({"mode": "clip", "clip_length": 3, "val": []})
     memory_config["losses"]["temporal"]["weight"] = 0.0
     memory_config["train"]["optimizer"] = "adam"
-    assert train_main(["--config", str(write_config(tmp_path / "memory.yaml", memory_config)),
-                       "--no-progress"]) == 0
+    assert (
+        train_main(
+            [
+                "--config",
+                str(write_config(tmp_path / "memory.yaml", memory_config)),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     base = load_checkpoint(base_run / "last.pt")
     trained = load_checkpoint(tmp_path / "memory" / "last.pt")
     assert trained.memory["memory_length"] == 2 and trained.model_name.endswith("+memory")
-    assert all(torch.equal(base.state_dict[k], trained.state_dict["base." + k]) for k in base.state_dict)
+    assert all(
+        torch.equal(base.state_dict[k], trained.state_dict["base." + k]) for k in base.state_dict
+    )
     fresh = {k: v for k, v in trained.state_dict.items() if k.startswith("fusion.")}
     assert fresh  # the memory layers were saved (and trained: the gates start at zero)
     assert any(v.abs().sum() > 0 for k, v in fresh.items() if "gate" in k or "proj" in k)
@@ -252,19 +324,40 @@ def test_full_etc_run_distils_from_a_20_output_teacher_at_its_own_input_size(tmp
     torch.manual_seed(1)
     teacher = build_model("espnet", num_classes=20, p=1, q=1)
     teacher_path = Checkpoint.for_label_set(
-        "espnet", {"num_classes": 20, "p": 1, "q": 1}, teacher.state_dict(), "cityscapes",
-        Preprocessing(64, 128, "bgr", [72.0, 82.0, 73.0], [45.0, 46.0, 44.0])).save(tmp_path / "teacher.pt")
+        "espnet",
+        {"num_classes": 20, "p": 1, "q": 1},
+        teacher.state_dict(),
+        "cityscapes",
+        Preprocessing(64, 128, "bgr", [72.0, 82.0, 73.0], [45.0, 46.0, 44.0]),
+    ).save(tmp_path / "teacher.pt")
     config = tiny_config(sequences, tmp_path / "etc")
     config["teacher"] = {"checkpoint": str(teacher_path), "input_size": [96, 48]}
     config["data"]["val"] = []
-    config["losses"].update({"distill_pixel": {"weight": 1.0}, "distill_pairwise": {"weight": 1.0, "grid": [4, 6]},
-                             "distill_cross_frame": {"weight": 1.0, "grid": [4, 6]},
-                             "distill_temporal": {"weight": 1.0, "grid": [4, 6]}})
-    assert train_main(["--config", str(write_config(tmp_path / "etc.yaml", config)), "--no-progress"]) == 0
+    config["losses"].update(
+        {
+            "distill_pixel": {"weight": 1.0},
+            "distill_pairwise": {"weight": 1.0, "grid": [4, 6]},
+            "distill_cross_frame": {"weight": 1.0, "grid": [4, 6]},
+            "distill_temporal": {"weight": 1.0, "grid": [4, 6]},
+        }
+    )
+    assert (
+        train_main(["--config", str(write_config(tmp_path / "etc.yaml", config)), "--no-progress"])
+        == 0
+    )
     row = _read_csv(tmp_path / "etc" / "metrics.csv")[0]
-    for name in ("ce", "temporal", "distill_pixel", "distill_pairwise", "distill_cross_frame", "distill_temporal"):
+    for name in (
+        "ce",
+        "temporal",
+        "distill_pixel",
+        "distill_pairwise",
+        "distill_cross_frame",
+        "distill_temporal",
+    ):
         assert float(row[f"loss_{name}"]) > 0, name
-    assert load_checkpoint(tmp_path / "etc" / "last.pt").num_outputs == 19  # the student keeps its head
+    assert (
+        load_checkpoint(tmp_path / "etc" / "last.pt").num_outputs == 19
+    )  # the student keeps its head
 
 
 def test_unknown_teacher_setting_is_rejected_by_name(tmp_path, sequences, capsys):
@@ -281,8 +374,13 @@ def _saved_espnet(path: Path, num_classes: int, label_set: str = "cityscapes") -
     from video_seg_ros.models import build_model
 
     model = build_model("espnet", num_classes=num_classes, p=1, q=1)
-    return Checkpoint.for_label_set("espnet", {"num_classes": num_classes, "p": 1, "q": 1}, model.state_dict(),
-                                    label_set, Preprocessing(64, 128)).save(path)
+    return Checkpoint.for_label_set(
+        "espnet",
+        {"num_classes": num_classes, "p": 1, "q": 1},
+        model.state_dict(),
+        label_set,
+        Preprocessing(64, 128),
+    ).save(path)
 
 
 def test_teacher_without_the_students_background_channel_distils_the_shared_classes(tmp_path):
@@ -290,10 +388,16 @@ def test_teacher_without_the_students_background_channel_distils_the_shared_clas
     from video_seg_ros.training.modeling import build_teacher
 
     teacher = _saved_espnet(tmp_path / "teacher19.pt", 19)
-    student_meta = {"label_set": "cityscapes", "output_to_class": output_to_class_for("cityscapes", 20)}
-    _, _, student_channels, teacher_channels = build_teacher({"teacher": {"checkpoint": str(teacher)}},
-                                                             student_meta)
-    assert student_channels == list(range(19))  # channel 19 (background, published 255) is left out
+    student_meta = {
+        "label_set": "cityscapes",
+        "output_to_class": output_to_class_for("cityscapes", 20),
+    }
+    _, _, student_channels, teacher_channels = build_teacher(
+        {"teacher": {"checkpoint": str(teacher)}}, student_meta
+    )
+    assert student_channels == list(
+        range(19)
+    )  # channel 19 (background, published 255) is left out
     assert teacher_channels == list(range(19))
 
 
@@ -302,25 +406,38 @@ def test_teacher_of_another_label_set_is_rejected_naming_the_missing_class(tmp_p
     from video_seg_ros.training.modeling import build_teacher
 
     teacher = _saved_espnet(tmp_path / "camvid.pt", 11, label_set="camvid")
-    student_meta = {"label_set": "cityscapes", "output_to_class": output_to_class_for("cityscapes", 19)}
+    student_meta = {
+        "label_set": "cityscapes",
+        "output_to_class": output_to_class_for("cityscapes", 19),
+    }
     with pytest.raises(ValueError, match="no output for class id 11"):
         build_teacher({"teacher": {"checkpoint": str(teacher)}}, student_meta)
 
 
 # ---- config values, precision, flow-cache reuse, profiling ------------------------------------------
-@pytest.mark.parametrize("override, message", [
-    ("train.val_every=-1", r"train.val_every must be an integer >= 0 \(epochs between validations; 0 = never"),
-    ("train.save_every=-2", r"train.save_every must be an integer >= 0"),
-    ("train.epochs=0", r"train.epochs must be an integer >= 1"),
-    ("train.batch_size=true", r"train.batch_size must be an integer >= 1 .*got True"),
-    ("train.log_every=0", r"train.log_every must be an integer >= 1"),
-    ("train.max_iters_per_epoch=0", r"train.max_iters_per_epoch must be an integer >= 1 or null"),
-    ("train.max_iters=2.5", r"train.max_iters must be an integer >= 1 or null"),
-    ("train.precision=fp8", r"train.precision must be null or one of auto, fp32, bf16, fp16"),
-    ("train.epochs=null", r"train.epochs is null.*set train.max_iters"),
-])
-def test_bad_integer_and_precision_values_are_refused_when_the_config_is_read(tmp_path, sequences, override,
-                                                                             message):
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "train.val_every=-1",
+            r"train.val_every must be an integer >= 0 \(epochs between validations; 0 = never",
+        ),
+        ("train.save_every=-2", r"train.save_every must be an integer >= 0"),
+        ("train.epochs=0", r"train.epochs must be an integer >= 1"),
+        ("train.batch_size=true", r"train.batch_size must be an integer >= 1 .*got True"),
+        ("train.log_every=0", r"train.log_every must be an integer >= 1"),
+        (
+            "train.max_iters_per_epoch=0",
+            r"train.max_iters_per_epoch must be an integer >= 1 or null",
+        ),
+        ("train.max_iters=2.5", r"train.max_iters must be an integer >= 1 or null"),
+        ("train.precision=fp8", r"train.precision must be null or one of auto, fp32, bf16, fp16"),
+        ("train.epochs=null", r"train.epochs is null.*set train.max_iters"),
+    ],
+)
+def test_bad_integer_and_precision_values_are_refused_when_the_config_is_read(
+    tmp_path, sequences, override, message
+):
     path = write_config(tmp_path / "c.yaml", tiny_config(sequences, tmp_path / "run"))
     with pytest.raises(ConfigError, match=message):
         load_config(path, [override])
@@ -329,7 +446,9 @@ def test_bad_integer_and_precision_values_are_refused_when_the_config_is_read(tm
 def test_val_every_0_never_validates_and_best_is_the_last_checkpoint(tmp_path, sequences):
     run_dir = tmp_path / "run"
     config = tiny_config(sequences, run_dir)
-    config["train"].update({"epochs": 2, "val_every": 0, "save_every": 0, "max_iters_per_epoch": 1})
+    config["train"].update(
+        {"epochs": 2, "val_every": 0, "save_every": 0, "max_iters_per_epoch": 1}
+    )
     assert train_main(["--config", str(write_config(tmp_path / "c.yaml", config)), "--quiet"]) == 0
     rows = _read_csv(run_dir / "metrics.csv")
     assert [r["epoch"] for r in rows] == ["1", "2"] and all(r["val_miou"] == "" for r in rows)
@@ -341,8 +460,10 @@ def test_val_every_0_never_validates_and_best_is_the_last_checkpoint(tmp_path, s
 def test_max_iters_ends_the_run_inside_an_epoch(tmp_path, sequences):
     from video_seg_ros.training.trainer import Trainer
 
-    config = load_config(write_config(tmp_path / "c.yaml", tiny_config(sequences, tmp_path / "run")),
-                         ["train.epochs=5", "train.max_iters=2", "train.val_every=0"])
+    config = load_config(
+        write_config(tmp_path / "c.yaml", tiny_config(sequences, tmp_path / "run")),
+        ["train.epochs=5", "train.max_iters=2", "train.val_every=0"],
+    )
     trainer = Trainer(config, progress=False)
     assert trainer.iters_per_epoch == 3 and trainer.total_iters == 2
     trainer.fit()
@@ -353,8 +474,10 @@ def test_epochs_null_runs_the_epochs_max_iters_needs_and_records_their_number(tm
     from video_seg_ros.training.trainer import Trainer
 
     run_dir = tmp_path / "run"
-    config = load_config(write_config(tmp_path / "c.yaml", tiny_config(sequences, run_dir)),
-                         ["train.epochs=null", "train.max_iters=4", "train.val_every=0"])
+    config = load_config(
+        write_config(tmp_path / "c.yaml", tiny_config(sequences, run_dir)),
+        ["train.epochs=null", "train.max_iters=4", "train.val_every=0"],
+    )
     trainer = Trainer(config, progress=False)
     # 3 steps per epoch: 4 steps take 2 epochs, the second one cut short by the budget.
     assert trainer.total_iters == 4 and trainer.config["train"]["epochs"] == 2
@@ -364,7 +487,9 @@ def test_epochs_null_runs_the_epochs_max_iters_needs_and_records_their_number(tm
     assert load_checkpoint(run_dir / "last.pt").training["config"]["train"]["epochs"] == 2
 
 
-def test_a_checkpoint_that_is_init_and_teacher_is_read_once_and_copied_into_each(tmp_path, sequences):
+def test_a_checkpoint_that_is_init_and_teacher_is_read_once_and_copied_into_each(
+    tmp_path, sequences
+):
     from video_seg_ros.checkpoint import CheckpointCache
     from video_seg_ros.training.trainer import Trainer
 
@@ -382,7 +507,9 @@ def test_a_checkpoint_that_is_init_and_teacher_is_read_once_and_copied_into_each
     assert student.keys() == teacher.keys()
     assert all(torch.equal(student[k], teacher[k]) for k in student)
     # Shared reading, not shared tensors: training the student leaves the teacher as it was.
-    assert all(student[k].data_ptr() != teacher[k].data_ptr() for k in student if student[k].numel())
+    assert all(
+        student[k].data_ptr() != teacher[k].data_ptr() for k in student if student[k].numel()
+    )
 
 
 def test_trainer_flushes_denormals_and_refuses_emulated_bf16_naming_the_cpu(tmp_path, sequences):
@@ -398,30 +525,45 @@ def test_trainer_flushes_denormals_and_refuses_emulated_bf16_naming_the_cpu(tmp_
     finally:
         denormal_after = torch.tensor([1e-40]).mul(1.0).item()
         flush_denormals(True)
-    assert denormal_after == 0.0  # a denormal float32 reads as zero: the trainer switched the flush on
+    assert (
+        denormal_after == 0.0
+    )  # a denormal float32 reads as zero: the trainer switched the flush on
     assert trainer.precision == "fp32" and not trainer.use_amp
     if cpu_has_native_bf16():
-        assert Trainer(load_config(path, ["train.precision=bf16"]), progress=False).amp_dtype == torch.bfloat16
+        assert (
+            Trainer(load_config(path, ["train.precision=bf16"]), progress=False).amp_dtype
+            == torch.bfloat16
+        )
     else:
-        with pytest.raises(PrecisionError, match="needs a CPU with native bf16.*Use 'fp32' or 'auto'"):
+        with pytest.raises(
+            PrecisionError, match="needs a CPU with native bf16.*Use 'fp32' or 'auto'"
+        ):
             Trainer(load_config(path, ["train.precision=bf16"]), progress=False)
     old_style = Trainer(load_config(path, ["train.amp=true"]), progress=False)  # amp is CUDA-only
     assert old_style.precision == "fp32"
 
 
-def test_a_second_dataset_over_the_same_frames_reads_the_flow_cache_instead_of_computing(tmp_path, sequences):
+def test_a_second_dataset_over_the_same_frames_reads_the_flow_cache_instead_of_computing(
+    tmp_path, sequences
+):
     from video_seg_ros.training.datasets import build_training_dataset
     from video_seg_ros.training.flow_cache import bytes_per_pair
 
-    config = load_config(write_config(tmp_path / "c.yaml", tiny_config(sequences, tmp_path / "run")),
-                         [f"data.flow.cache_dir={tmp_path / 'flow'}", "data.max_gap=1", "data.direction=forward"])
+    config = load_config(
+        write_config(tmp_path / "c.yaml", tiny_config(sequences, tmp_path / "run")),
+        [f"data.flow.cache_dir={tmp_path / 'flow'}", "data.max_gap=1", "data.direction=forward"],
+    )
     first = build_training_dataset(config, tmp_path / "run")
     for index in range(len(first)):
         first[index]
     cache = first.datasets[0].flow_cache
-    assert cache.misses == 6 and cache.hits == 0  # seqa: 6 anchors, each with its (forward) neighbour
+    assert (
+        cache.misses == 6 and cache.hits == 0
+    )  # seqa: 6 anchors, each with its (forward) neighbour
     files, size = cache.disk_usage()
-    assert files == 6 and size == 6 * bytes_per_pair(WIDTH, HEIGHT)  # one float16 file per (t, t+k) pair
+    assert files == 6 and size == 6 * bytes_per_pair(
+        WIDTH, HEIGHT
+    )  # one float16 file per (t, t+k) pair
     second = build_training_dataset(config, tmp_path / "other_run")  # another run, same cache_dir
     for index in range(len(second)):
         second[index]
@@ -430,15 +572,35 @@ def test_a_second_dataset_over_the_same_frames_reads_the_flow_cache_instead_of_c
     assert again.disk_usage() == (files, size)
 
 
-def test_profile_flag_prints_where_the_step_time_goes_without_touching_the_run(tmp_path, sequences, capsys):
+def test_profile_flag_prints_where_the_step_time_goes_without_touching_the_run(
+    tmp_path, sequences, capsys
+):
     run_dir = tmp_path / "run"
     config = tiny_config(sequences, run_dir)
     config["data"]["flow"] = {"cache_dir": str(tmp_path / "flow")}
-    assert train_main(["--config", str(write_config(tmp_path / "c.yaml", config)), "--quiet",
-                       "--profile", "3"]) == 0
+    assert (
+        train_main(
+            [
+                "--config",
+                str(write_config(tmp_path / "c.yaml", config)),
+                "--quiet",
+                "--profile",
+                "3",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
-    for phase in ("| data |", "| data.read |", "| data.flow_compute |", "| student |", "| loss.temporal |",
-                  "| backward |", "| optimizer |", "| step |"):
+    for phase in (
+        "| data |",
+        "| data.read |",
+        "| data.flow_compute |",
+        "| student |",
+        "| loss.temporal |",
+        "| backward |",
+        "| optimizer |",
+        "| step |",
+    ):
         assert phase in out, phase
     assert "flow cache" in out and (run_dir / "profile" / "profile.md").read_text() in out
     assert not (run_dir / "last.pt").exists()  # profiling writes into run_dir/profile only
@@ -481,12 +643,27 @@ def _recipe_checkpoint(reference: str, imports: Path) -> Path:
         arch, weights = IMPORTED_FROM_SHARED[path.name]
         shared = shared_dir()
         if shared is None or not (shared / weights).is_file():
-            pytest.skip(f"{reference} is absent and is video-seg-import's output of ../shared/{weights}, "
-                        "which is not here (a fresh clone has no ../shared)")
+            pytest.skip(
+                f"{reference} is absent and is video-seg-import's output of ../shared/{weights}, "
+                "which is not here (a fresh clone has no ../shared)"
+            )
         out = imports / path.name
         if not out.is_file():
-            assert import_main(["--arch", arch, "--preset", "cityscapes", "--weights", str(shared / weights),
-                                "--out", str(out)]) == 0
+            assert (
+                import_main(
+                    [
+                        "--arch",
+                        arch,
+                        "--preset",
+                        "cityscapes",
+                        "--weights",
+                        str(shared / weights),
+                        "--out",
+                        str(out),
+                    ]
+                )
+                == 0
+            )
         return out
     producer = _recipe_run_dirs().get(path.parent.resolve())
     if producer is not None and path.name in ("last.pt", "best.pt"):
@@ -504,32 +681,58 @@ def imported_weights(tmp_path_factory):
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
-def test_every_recipe_config_loads_and_trains_two_steps_on_tiny_frames(recipe, tmp_path, sequences,
-                                                                       imported_weights):
+def test_every_recipe_config_loads_and_trains_two_steps_on_tiny_frames(
+    recipe, tmp_path, sequences, imported_weights
+):
     from video_seg_ros.training.config import config_from_dict
     from video_seg_ros.training.trainer import Trainer
 
     config = load_config(recipe)  # the recipe as written: keys and values valid
     if config["model"].get("init"):
-        config["model"]["init"] = str(_recipe_checkpoint(config["model"]["init"], imported_weights))
+        config["model"]["init"] = str(
+            _recipe_checkpoint(config["model"]["init"], imported_weights)
+        )
     if (config.get("teacher") or {}).get("checkpoint"):
-        config["teacher"]["checkpoint"] = str(_recipe_checkpoint(config["teacher"]["checkpoint"], imported_weights))
+        config["teacher"]["checkpoint"] = str(
+            _recipe_checkpoint(config["teacher"]["checkpoint"], imported_weights)
+        )
     if (config.get("teacher") or {}).get("input_size"):
         config["teacher"]["input_size"] = [2 * WIDTH, 2 * HEIGHT]
     # Only the data and the budget shrink; model, teacher, memory, losses and precision stay.
     config["run_dir"] = str(tmp_path / "run")
-    config["data"].update({
-        "train": [{"type": "folder", "images": str(sequences / "images"), "labels": str(sequences / "labels"),
-                   "label_format": "trainids"}],
-        "val": [], "resize": [WIDTH, HEIGHT], "val_resize": None, "workers": 0,
-        "crop": [48, 32] if config["data"]["crop"] else None,
-        "flow": dict(config["data"]["flow"], cache_dir=str(tmp_path / "flow")),
-    })
-    config["train"].update({"max_iters": 2, "max_iters_per_epoch": None, "batch_size": 2, "val_every": 0,
-                            "device": "cpu", "log_every": 1})
+    config["data"].update(
+        {
+            "train": [
+                {
+                    "type": "folder",
+                    "images": str(sequences / "images"),
+                    "labels": str(sequences / "labels"),
+                    "label_format": "trainids",
+                }
+            ],
+            "val": [],
+            "resize": [WIDTH, HEIGHT],
+            "val_resize": None,
+            "workers": 0,
+            "crop": [48, 32] if config["data"]["crop"] else None,
+            "flow": dict(config["data"]["flow"], cache_dir=str(tmp_path / "flow")),
+        }
+    )
+    config["train"].update(
+        {
+            "max_iters": 2,
+            "max_iters_per_epoch": None,
+            "batch_size": 2,
+            "val_every": 0,
+            "device": "cpu",
+            "log_every": 1,
+        }
+    )
     trainer = Trainer(config_from_dict(config), progress=False)
     trainer.fit()
     assert trainer.iteration == 2 and (tmp_path / "run" / "last.pt").is_file()
     enabled = {name for name, spec in config["losses"].items() if spec["weight"]}
     assert {row["iteration"] for row in trainer.step_log} == {1, 2}
-    assert enabled <= set(trainer.step_log[-1]) and all(math.isfinite(row["total"]) for row in trainer.step_log)
+    assert enabled <= set(trainer.step_log[-1]) and all(
+        math.isfinite(row["total"]) for row in trainer.step_log
+    )

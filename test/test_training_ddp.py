@@ -31,20 +31,49 @@ def test_two_process_gloo_ddp_matches_a_single_process_on_the_same_data(tmp_path
     data = write_moving_square_sequences(tmp_path / "frames")
     common = dict(train__freeze_bn=True, train__epochs=1, train__optimizer="sgd", train__lr=0.05)
     single = tiny_config(data, tmp_path / "single", **common)
-    single["data"].update({"val": [], "scale_range": [1.0, 1.2]})  # no crop padding: equal pixel counts
+    single["data"].update(
+        {"val": [], "scale_range": [1.0, 1.2]}
+    )  # no crop padding: equal pixel counts
     single["train"]["batch_size"] = 2
     ddp = tiny_config(data, tmp_path / "ddp", **common)
     ddp["data"].update({"val": [], "scale_range": [1.0, 1.2]})
     ddp["train"]["batch_size"] = 1  # per process: 2 processes x 1 = the single run's batch of 2
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
 
-    subprocess.run([sys.executable, "-m", "video_seg_ros.tools.train", "--no-progress",
-                    "--config", str(write_config(tmp_path / "single.yaml", single))],
-                   cwd=REPO_ROOT, env=env, check=True, capture_output=True, timeout=240)
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                             "--nproc_per_node=2", "-m", "video_seg_ros.tools.train", "--no-progress",
-                             "--config", str(write_config(tmp_path / "ddp.yaml", ddp))],
-                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "video_seg_ros.tools.train",
+            "--no-progress",
+            "--config",
+            str(write_config(tmp_path / "single.yaml", single)),
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=240,
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "video_seg_ros.tools.train",
+            "--no-progress",
+            "--config",
+            str(write_config(tmp_path / "ddp.yaml", ddp)),
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
     single_losses, ddp_losses = _losses(tmp_path / "single"), _losses(tmp_path / "ddp")

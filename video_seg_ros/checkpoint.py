@@ -88,19 +88,32 @@ class Checkpoint:
     training: dict[str, Any] | None = None
 
     @classmethod
-    def for_label_set(cls, arch: str, arch_kwargs: dict[str, Any], state_dict: dict[str, torch.Tensor],
-                      label_set: str, preprocessing: Preprocessing, **extra: Any) -> "Checkpoint":
+    def for_label_set(
+        cls,
+        arch: str,
+        arch_kwargs: dict[str, Any],
+        state_dict: dict[str, torch.Tensor],
+        label_set: str,
+        preprocessing: Preprocessing,
+        **extra: Any,
+    ) -> "Checkpoint":
         """A checkpoint whose class names, palette and output mapping come from a named label set.
 
         ``arch_kwargs["num_classes"]`` outputs are published through :func:`output_to_class_for`;
         ``extra`` sets ``memory``, ``source`` or ``training``.
         """
         labels = LABEL_SETS[label_set]
-        return cls(arch=arch, arch_kwargs=dict(arch_kwargs), state_dict=state_dict,
-                   label_set=label_set, class_names=list(labels.names),
-                   palette=[list(c) for c in labels.palette],
-                   output_to_class=output_to_class_for(label_set, int(arch_kwargs["num_classes"])),
-                   preprocessing=preprocessing, **extra)
+        return cls(
+            arch=arch,
+            arch_kwargs=dict(arch_kwargs),
+            state_dict=state_dict,
+            label_set=label_set,
+            class_names=list(labels.names),
+            palette=[list(c) for c in labels.palette],
+            output_to_class=output_to_class_for(label_set, int(arch_kwargs["num_classes"])),
+            preprocessing=preprocessing,
+            **extra,
+        )
 
     @property
     def num_outputs(self) -> int:
@@ -114,7 +127,9 @@ class Checkpoint:
             kind = self.arch_kwargs.get("output", "logits")
             suffix = "" if kind == "logits" else f"({kind})"
             return f"onnx:{Path(self.source['weights_file']).stem}{suffix}"
-        args = ",".join(f"{k}={v}" for k, v in sorted(self.arch_kwargs.items()) if k != "num_classes")
+        args = ",".join(
+            f"{k}={v}" for k, v in sorted(self.arch_kwargs.items()) if k != "num_classes"
+        )
         name = f"{self.arch}({args})" if args else self.arch
         return name + ("+memory" if self.memory else "")
 
@@ -165,8 +180,10 @@ class Checkpoint:
                 training=meta.get("training"),
             )
         except (KeyError, TypeError, ValueError) as error:
-            raise CheckpointError(f"{origin} is an incomplete or damaged checkpoint: {error!r}. "
-                                  "Re-create it with `video-seg-import` or `video-seg-train`.") from error
+            raise CheckpointError(
+                f"{origin} is an incomplete or damaged checkpoint: {error!r}. "
+                "Re-create it with `video-seg-import` or `video-seg-train`."
+            ) from error
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically (temporary file + rename), so a crash never leaves half a checkpoint."""
@@ -226,8 +243,11 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 def output_class_lookup(output_to_class: list[int], device=None) -> torch.Tensor:
     """uint8 tensor mapping a model output channel to its published id (out-of-range -> 255)."""
-    return torch.tensor([c if 0 <= c < 256 else IGNORE_ID for c in output_to_class],
-                        dtype=torch.uint8, device=device)
+    return torch.tensor(
+        [c if 0 <= c < 256 else IGNORE_ID for c in output_to_class],
+        dtype=torch.uint8,
+        device=device,
+    )
 
 
 def output_to_class_for(label_set: str, num_outputs: int) -> list[int]:
@@ -266,8 +286,9 @@ class CheckpointCache:
 # Model code is imported inside these functions only: reading and checking a checkpoint needs none.
 
 
-def add_memory_to_checkpoint(checkpoint: Checkpoint, config: dict[str, Any] | None = None,
-                             seed: int = 0) -> Checkpoint:
+def add_memory_to_checkpoint(
+    checkpoint: Checkpoint, config: dict[str, Any] | None = None, seed: int = 0
+) -> Checkpoint:
     """A new :class:`Checkpoint` = the base checkpoint plus a fresh memory (models/memory.py).
 
     The base weights are kept; the memory layers are initialised (deterministically from ``seed``);
@@ -277,8 +298,10 @@ def add_memory_to_checkpoint(checkpoint: Checkpoint, config: dict[str, Any] | No
     from video_seg_ros.models.memory import MemoryConfig, wrap_with_memory
 
     if checkpoint.memory:
-        raise ValueError("this checkpoint already has a memory; use strip_memory_from_checkpoint() first "
-                         "to replace it")
+        raise ValueError(
+            "this checkpoint already has a memory; use strip_memory_from_checkpoint() first "
+            "to replace it"
+        )
     memory_config = MemoryConfig.from_dict(config)
     base = build_from_checkpoint(checkpoint)
     with torch.random.fork_rng(devices=[]):
@@ -287,7 +310,9 @@ def add_memory_to_checkpoint(checkpoint: Checkpoint, config: dict[str, Any] | No
     result = copy.copy(checkpoint)
     result.state_dict = {k: v.detach().clone() for k, v in model.state_dict().items()}
     result.memory = memory_config.to_dict()
-    result.source = dict(checkpoint.source, memory_added="add_memory_to_checkpoint (untrained memory)")
+    result.source = dict(
+        checkpoint.source, memory_added="add_memory_to_checkpoint (untrained memory)"
+    )
     return result
 
 
@@ -296,7 +321,9 @@ def strip_memory_from_checkpoint(checkpoint: Checkpoint) -> Checkpoint:
     if not checkpoint.memory:
         return checkpoint
     result = copy.copy(checkpoint)
-    result.state_dict = {k[len("base."):]: v for k, v in checkpoint.state_dict.items() if k.startswith("base.")}
+    result.state_dict = {
+        k[len("base.") :]: v for k, v in checkpoint.state_dict.items() if k.startswith("base.")
+    }
     result.memory = None
     return result
 
@@ -313,7 +340,9 @@ def with_memory_settings(checkpoint: Checkpoint, **overrides: Any) -> Checkpoint
     allowed = {"memory_length", "window", "tile"}
     bad = sorted(set(overrides) - allowed)
     if bad:
-        raise ValueError(f"only {', '.join(sorted(allowed))} can change without retraining, not {', '.join(bad)}")
+        raise ValueError(
+            f"only {', '.join(sorted(allowed))} can change without retraining, not {', '.join(bad)}"
+        )
     result = copy.copy(checkpoint)
     result.memory = MemoryConfig.from_dict({**checkpoint.memory, **overrides}).to_dict()
     return result

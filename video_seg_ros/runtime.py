@@ -72,8 +72,12 @@ def _copy_float_environment_to_openmp_team(num_threads: int) -> bool:
         return False
     # GOMP_parallel(fn, data, num_threads, flags) runs fn(data) on each thread of the team; every
     # OpenMP runtime PyTorch ships with (GNU, LLVM, Intel) exports this GNU entry point.
-    openmp.GOMP_parallel(ctypes.cast(libm.fesetenv, ctypes.c_void_p), environment,
-                         ctypes.c_uint(num_threads), ctypes.c_uint(0))
+    openmp.GOMP_parallel(
+        ctypes.cast(libm.fesetenv, ctypes.c_void_p),
+        environment,
+        ctypes.c_uint(num_threads),
+        ctypes.c_uint(0),
+    )
     return True
 
 
@@ -170,7 +174,9 @@ def precision_candidate(precision: str, device: torch.device) -> tuple[str, str]
     """:func:`resolve_precision` and why, in a few words (for logs, diagnostics and reports)."""
     precision = (precision or "auto").strip().lower()
     if precision not in PRECISIONS:
-        raise PrecisionError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}.")
+        raise PrecisionError(
+            f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}."
+        )
     if precision != "auto":
         _check_explicit_precision(precision, device)
         return precision, f"{precision} asked for"
@@ -185,12 +191,16 @@ def _check_explicit_precision(precision: str, device: torch.device) -> None:
     if device.type == "cuda":
         return
     if precision == "fp16":
-        raise PrecisionError("precision 'fp16' runs on CUDA only; on the CPU use 'fp32', or 'bf16' "
-                             "on a CPU with AMX-BF16/AVX512-BF16.")
+        raise PrecisionError(
+            "precision 'fp16' runs on CUDA only; on the CPU use 'fp32', or 'bf16' "
+            "on a CPU with AMX-BF16/AVX512-BF16."
+        )
     if precision == "bf16" and not cpu_has_native_bf16():
-        raise PrecisionError(f"precision 'bf16' needs a CPU with native bf16 (AMX-BF16 or "
-                             f"AVX512-BF16); this one is {cpu_description()}, where bf16 would be "
-                             "emulated and slower than fp32. Use 'fp32' or 'auto'.")
+        raise PrecisionError(
+            f"precision 'bf16' needs a CPU with native bf16 (AMX-BF16 or "
+            f"AVX512-BF16); this one is {cpu_description()}, where bf16 would be "
+            "emulated and slower than fp32. Use 'fp32' or 'auto'."
+        )
 
 
 def autocast_dtype(precision: str) -> torch.dtype | None:

@@ -19,8 +19,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from video_seg_ros.backends.onnx_export import (IMAGE, LOGITS, STATE_INPUTS, STATE_OUTPUTS, empty_state,
-                                                is_temporal, output_names)
+from video_seg_ros.backends.onnx_export import (
+    IMAGE,
+    LOGITS,
+    STATE_INPUTS,
+    STATE_OUTPUTS,
+    empty_state,
+    is_temporal,
+    output_names,
+)
 from video_seg_ros.backends.onnx_graph import GraphError, first_line
 from video_seg_ros.backends.openvino_backend import import_openvino
 
@@ -45,11 +52,17 @@ class GraphCheck:
         self.max_abs_diff = max(self.max_abs_diff, diff)
         self.agreeing += agree
         self.pixels += pixels
-        self.lines.append(f"{what}: max |logit difference| {diff:.2e}, labels agree on {agree / pixels:.4%}")
+        self.lines.append(
+            f"{what}: max |logit difference| {diff:.2e}, labels agree on {agree / pixels:.4%}"
+        )
 
 
-def check_onnx_against_torch(model: nn.Module, onnx_path: str | os.PathLike,
-                             images: list[torch.Tensor], reset_before: int | None = None) -> GraphCheck:
+def check_onnx_against_torch(
+    model: nn.Module,
+    onnx_path: str | os.PathLike,
+    images: list[torch.Tensor],
+    reset_before: int | None = None,
+) -> GraphCheck:
     """Run the ONNX graph (with OpenVINO, fp32) and ``model`` on normalised ``images`` and compare.
 
     ``images``: (N, 3, H, W) tensors. A per-frame model sees each one alone; a temporal model sees
@@ -67,7 +80,9 @@ def check_onnx_against_torch(model: nn.Module, onnx_path: str | os.PathLike,
         if shapes not in compiled:
             reshaped = ov_model.clone()
             reshaped.reshape({name: list(shape) for name, shape in shapes})
-            compiled[shapes] = core.compile_model(reshaped, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+            compiled[shapes] = core.compile_model(
+                reshaped, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
+            )
         outputs = compiled[shapes]({name: t.numpy() for name, t in inputs.items()})
         return {name: torch.from_numpy(outputs[name]) for name in output_names(model)}
 
@@ -75,7 +90,9 @@ def check_onnx_against_torch(model: nn.Module, onnx_path: str | os.PathLike,
     with torch.inference_mode():
         if not is_temporal(model):
             for i, image in enumerate(images):
-                check.add(f"input {i} {tuple(image.shape)}", model(image), run({IMAGE: image})[LOGITS])
+                check.add(
+                    f"input {i} {tuple(image.shape)}", model(image), run({IMAGE: image})[LOGITS]
+                )
             return check
         model.reset_state()
         size = (images[0].shape[-1], images[0].shape[-2])
@@ -87,7 +104,11 @@ def check_onnx_against_torch(model: nn.Module, onnx_path: str | os.PathLike,
             reference = model.step(image)
             outputs = run({IMAGE: image, **dict(zip(STATE_INPUTS, state))})
             state = tuple(outputs[name] for name in STATE_OUTPUTS)
-            check.add(f"frame {i}{' (after a reset)' if i == reset_before else ''}", reference, outputs[LOGITS])
+            check.add(
+                f"frame {i}{' (after a reset)' if i == reset_before else ''}",
+                reference,
+                outputs[LOGITS],
+            )
         model.reset_state()
     return check
 
@@ -106,8 +127,12 @@ def run_with_openvino(data: bytes, input_size: tuple[int, int], batch: int = 1) 
             if converted.input(IMAGE).get_partial_shape().is_dynamic:
                 converted.reshape({IMAGE: [batch, 3, height, width]})
             compiled = core.compile_model(converted, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-            image = torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(0)).numpy()
+            image = torch.randn(
+                batch, 3, height, width, generator=torch.Generator().manual_seed(0)
+            ).numpy()
             return np.asarray(compiled({IMAGE: image})[LOGITS])
         except Exception as error:  # OpenVINO raises its own types
-            raise GraphError(f"OpenVINO could not run the graph at {width}x{height}: {type(error).__name__}: "
-                             f"{first_line(error)}") from error
+            raise GraphError(
+                f"OpenVINO could not run the graph at {width}x{height}: {type(error).__name__}: "
+                f"{first_line(error)}"
+            ) from error

@@ -78,13 +78,17 @@ def feature_size(model: nn.Module, input_size: tuple[int, int]) -> tuple[int, in
     return tuple(features.shape[-2:])
 
 
-def empty_state(model: nn.Module, input_size: tuple[int, int], batch: int = 1) -> tuple[torch.Tensor, ...]:
+def empty_state(
+    model: nn.Module, input_size: tuple[int, int], batch: int = 1
+) -> tuple[torch.Tensor, ...]:
     """Zero memory inputs (an empty memory) for a temporal model at input ``size`` (W, H)."""
     device = next(model.parameters()).device
     return model.empty_explicit_state(feature_size(model, input_size), batch, device=device)
 
 
-def example_inputs(model: nn.Module, input_size: tuple[int, int], batch: int = 1) -> tuple[torch.Tensor, ...]:
+def example_inputs(
+    model: nn.Module, input_size: tuple[int, int], batch: int = 1
+) -> tuple[torch.Tensor, ...]:
     """Inputs to trace with: a random image (and an empty memory for temporal models)."""
     width, height = input_size
     device = next(model.parameters()).device
@@ -95,8 +99,14 @@ def example_inputs(model: nn.Module, input_size: tuple[int, int], batch: int = 1
     return (image, *empty_state(model, input_size, batch))
 
 
-def export_onnx(model: nn.Module, input_size: tuple[int, int], path: str | os.PathLike, batch: int = 1,
-                dynamic_batch: bool = False, dynamic_size: bool = False) -> Path:
+def export_onnx(
+    model: nn.Module,
+    input_size: tuple[int, int],
+    path: str | os.PathLike,
+    batch: int = 1,
+    dynamic_batch: bool = False,
+    dynamic_size: bool = False,
+) -> Path:
     """Write ``model`` as an ONNX graph for ``batch`` inputs of ``input_size`` (W, H) to ``path``.
 
     ``dynamic_batch`` leaves N free; ``dynamic_size`` also H and W. Both are for per-frame models
@@ -104,9 +114,11 @@ def export_onnx(model: nn.Module, input_size: tuple[int, int], path: str | os.Pa
     Raises :class:`ExportError` with the reason.
     """
     if (dynamic_size or dynamic_batch) and is_temporal(model):
-        raise ExportError("a memory model exports with a fixed batch size and input size (the memory's "
-                          "tiling needs static shapes in ONNX); export once per size, and run one "
-                          "frame per camera at a time.")
+        raise ExportError(
+            "a memory model exports with a fixed batch size and input size (the memory's "
+            "tiling needs static shapes in ONNX); export once per size, and run one "
+            "frame per camera at a time."
+        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     graph = SegmentationGraph(model).eval()
@@ -125,12 +137,24 @@ def export_onnx(model: nn.Module, input_size: tuple[int, int], path: str | os.Pa
             # The TorchScript exporter warns that it is deprecated, and the tracer about every
             # Python-level shape check; neither is actionable here.
             warnings.simplefilter("ignore")
-            torch.onnx.export(graph, example_inputs(model, input_size, batch), str(path), dynamo=False,
-                              opset_version=OPSET, input_names=inputs, output_names=outputs,
-                              dynamic_axes=dynamic_axes or None, do_constant_folding=True)
-    except Exception as error:  # the exporter raises many types (UnsupportedOperatorError, RuntimeError...)
-        raise ExportError(f"{type(model).__name__} could not be exported to ONNX: "
-                          f"{type(error).__name__}: {_first_line(error)}") from error
+            torch.onnx.export(
+                graph,
+                example_inputs(model, input_size, batch),
+                str(path),
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=inputs,
+                output_names=outputs,
+                dynamic_axes=dynamic_axes or None,
+                do_constant_folding=True,
+            )
+    except (
+        Exception
+    ) as error:  # the exporter raises many types (UnsupportedOperatorError, RuntimeError...)
+        raise ExportError(
+            f"{type(model).__name__} could not be exported to ONNX: "
+            f"{type(error).__name__}: {_first_line(error)}"
+        ) from error
     finally:
         model.train(was_training)
     return path

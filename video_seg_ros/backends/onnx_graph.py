@@ -52,8 +52,10 @@ def import_onnx_package():
     try:
         import onnx
     except ImportError as error:
-        raise GraphError("the onnx package is not installed: `pip install onnx==1.23.2` (pinned in "
-                         "requirements.txt)") from error
+        raise GraphError(
+            "the onnx package is not installed: `pip install onnx==1.23.2` (pinned in "
+            "requirements.txt)"
+        ) from error
     return onnx
 
 
@@ -66,14 +68,20 @@ def parse_graph(data: bytes, origin: str, advice: str):
     try:
         model = onnx.load_from_string(data)
     except Exception as error:  # protobuf's DecodeError, and others for foreign files
-        raise GraphError(f"{origin} is not a readable ONNX graph (truncated or damaged: "
-                         f"{type(error).__name__}: {first_line(error)}); {advice}") from error
+        raise GraphError(
+            f"{origin} is not a readable ONNX graph (truncated or damaged: "
+            f"{type(error).__name__}: {first_line(error)}); {advice}"
+        ) from error
     if not model.graph.node:
-        raise GraphError(f"{origin} holds no ONNX graph (no nodes; truncated, or not an ONNX file); {advice}")
+        raise GraphError(
+            f"{origin} holds no ONNX graph (no nodes; truncated, or not an ONNX file); {advice}"
+        )
     try:
         onnx.checker.check_model(model)
     except Exception as error:  # ValidationError, and others from damaged protobufs
-        raise GraphError(f"{origin} is not a valid ONNX graph ({first_line(error)}); {advice}") from error
+        raise GraphError(
+            f"{origin} is not a valid ONNX graph ({first_line(error)}); {advice}"
+        ) from error
     return model
 
 
@@ -98,14 +106,20 @@ class TensorInfo:
     @property
     def type_name(self) -> str:
         onnx = import_onnx_package()
-        return onnx.helper.tensor_dtype_to_np_dtype(self.elem_type).name if self.elem_type else "unknown"
+        return (
+            onnx.helper.tensor_dtype_to_np_dtype(self.elem_type).name
+            if self.elem_type
+            else "unknown"
+        )
 
     @property
     def is_float(self) -> bool:
         return self.elem_type in _FLOAT_TYPES
 
     def describe(self) -> str:
-        dims = "?" if self.dims is None else "x".join("?" if d is None else str(d) for d in self.dims)
+        dims = (
+            "?" if self.dims is None else "x".join("?" if d is None else str(d) for d in self.dims)
+        )
         return f"'{self.name}' ({self.type_name}, {dims})"
 
 
@@ -113,8 +127,10 @@ def _info(value_info) -> TensorInfo:
     tensor = value_info.type.tensor_type
     dims = None
     if tensor.HasField("shape"):
-        dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-                     for d in tensor.shape.dim)
+        dims = tuple(
+            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+            for d in tensor.shape.dim
+        )
     return TensorInfo(value_info.name, tensor.elem_type, dims)
 
 
@@ -159,7 +175,7 @@ def read_metadata(model) -> dict[str, Any]:
     for prop in model.metadata_props:
         if not prop.key.startswith(METADATA_PREFIX):
             continue
-        key = prop.key[len(METADATA_PREFIX):]
+        key = prop.key[len(METADATA_PREFIX) :]
         try:
             found[key] = json.loads(prop.value)
         except ValueError:
@@ -169,7 +185,11 @@ def read_metadata(model) -> dict[str, Any]:
 
 def metadata_entries(values: dict[str, Any]) -> dict[str, str]:
     """``{"label_set": "cityscapes", ...}`` -> metadata_props entries (prefixed keys, JSON values)."""
-    return {METADATA_PREFIX + key: json.dumps(value) for key, value in values.items() if value is not None}
+    return {
+        METADATA_PREFIX + key: json.dumps(value)
+        for key, value in values.items()
+        if value is not None
+    }
 
 
 def write_metadata(path: str | os.PathLike, values: dict[str, Any]) -> None:
@@ -185,8 +205,14 @@ def write_metadata(path: str | os.PathLike, values: dict[str, Any]) -> None:
 
 
 # ---- adaptation -----------------------------------------------------------------------------------
-def adapt_graph(data: bytes, output_kind: str, output_name: str, input_size: tuple[int, int],
-                num_classes: int | None = None, origin: str = "the ONNX graph in this checkpoint") -> bytes:
+def adapt_graph(
+    data: bytes,
+    output_kind: str,
+    output_name: str,
+    input_size: tuple[int, int],
+    num_classes: int | None = None,
+    origin: str = "the ONNX graph in this checkpoint",
+) -> bytes:
     """The graph in ``data`` with the package's contract (module docstring): ``image`` -> ``logits``.
 
     ``num_classes``: the class table's size, for class-id outputs (ids >= it are unlabelled).
@@ -194,11 +220,16 @@ def adapt_graph(data: bytes, output_kind: str, output_name: str, input_size: tup
     import_onnx_package()
     from onnx import TensorProto, helper, numpy_helper
 
-    model = parse_graph(data, origin,
-                        "import the ONNX file again with `video-seg-import --onnx FILE -o CHECKPOINT`")
+    model = parse_graph(
+        data,
+        origin,
+        "import the ONNX file again with `video-seg-import --onnx FILE -o CHECKPOINT`",
+    )
     if opset_of(model) < MIN_OPSET:
-        raise GraphError(f"{origin} uses opset {opset_of(model)}; export it with opset >= {MIN_OPSET} "
-                         "(torch.onnx.export(..., opset_version=17))")
+        raise GraphError(
+            f"{origin} uses opset {opset_of(model)}; export it with opset >= {MIN_OPSET} "
+            "(torch.onnx.export(..., opset_version=17))"
+        )
     (image,) = graph_inputs(model)
     width, height = input_size
     model = _with_input_size(model, input_size)
@@ -222,7 +253,9 @@ def adapt_graph(data: bytes, output_kind: str, output_name: str, input_size: tup
         return f"vsr_{name}"
 
     def add(op, inputs, name, **attributes):
-        nodes.append(helper.make_node(op, inputs, [f"vsr_{name}"], name=f"vsr_{name}", **attributes))
+        nodes.append(
+            helper.make_node(op, inputs, [f"vsr_{name}"], name=f"vsr_{name}", **attributes)
+        )
         return f"vsr_{name}"
 
     # Input: "image", float32, with the graph's batch dimension and the fixed height and width; an
@@ -232,7 +265,9 @@ def adapt_graph(data: bytes, output_kind: str, output_name: str, input_size: tup
         if image.elem_type == TensorProto.FLOAT:
             handover = helper.make_node("Identity", [IMAGE], [input_name], name="vsr_input")
         else:
-            handover = helper.make_node("Cast", [IMAGE], [input_name], name="vsr_input", to=image.elem_type)
+            handover = helper.make_node(
+                "Cast", [IMAGE], [input_name], name="vsr_input", to=image.elem_type
+            )
         graph.node.insert(0, handover)
         original.name = IMAGE
         original.type.tensor_type.elem_type = TensorProto.FLOAT
@@ -243,19 +278,26 @@ def adapt_graph(data: bytes, output_kind: str, output_name: str, input_size: tup
         if not needs_resize:
             return tensor
         shape = add("Shape", [tensor], f"{mode}_shape")
-        leading = add("Slice", [shape, constant("start", [0]), constant("two", [2])], f"{mode}_leading")
+        leading = add(
+            "Slice", [shape, constant("start", [0]), constant("two", [2])], f"{mode}_leading"
+        )
         target = constant("size", np.array([height, width], np.int64))
         sizes = add("Concat", [leading, target], f"{mode}_sizes", axis=0)
-        settings = ({"coordinate_transformation_mode": "half_pixel"} if mode == "linear" else
-                    {"coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"})
+        settings = (
+            {"coordinate_transformation_mode": "half_pixel"}
+            if mode == "linear"
+            else {"coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}
+        )
         # Opsets 11-12 require a roi input (unused by these modes); later ones take "" for it.
         roi = "" if opset_of(model) >= 13 else constant("roi", np.zeros(0, np.float32))
         return add("Resize", [tensor, roi, "", sizes], f"{mode}_resize", mode=mode, **settings)
 
     if output_kind == "class_ids":
         if out.dims is not None and len(out.dims) != 3:
-            raise GraphError(f"output {out.describe()} is not class ids (N, H, W); pass --output-kind "
-                             "logits or probabilities for (N, C, H, W) scores")
+            raise GraphError(
+                f"output {out.describe()} is not class ids (N, H, W); pass --output-kind "
+                "logits or probabilities for (N, C, H, W) scores"
+            )
         if num_classes is None:
             raise ValueError("class-id outputs need num_classes")
         ids = add("Cast", [output_name], "ids", to=TensorProto.INT64)
@@ -270,10 +312,15 @@ def adapt_graph(data: bytes, output_kind: str, output_name: str, input_size: tup
         result = resized(scores, "nearest")
     else:
         if out.dims is not None and len(out.dims) != 4:
-            raise GraphError(f"output {out.describe()} is not (N, C, H, W) scores; pass --output-kind "
-                             "class-ids for an (N, H, W) map of class ids")
-        scores = output_name if out.elem_type == TensorProto.FLOAT else add("Cast", [output_name], "float",
-                                                                           to=TensorProto.FLOAT)
+            raise GraphError(
+                f"output {out.describe()} is not (N, C, H, W) scores; pass --output-kind "
+                "class-ids for an (N, H, W) map of class ids"
+            )
+        scores = (
+            output_name
+            if out.elem_type == TensorProto.FLOAT
+            else add("Cast", [output_name], "float", to=TensorProto.FLOAT)
+        )
         result = resized(scores, "linear")
         if output_kind == "probabilities":
             floor = add("Max", [result, constant("eps", np.array(1e-12, np.float32))], "floor")
@@ -283,14 +330,18 @@ def adapt_graph(data: bytes, output_kind: str, output_name: str, input_size: tup
     graph.initializer.extend(constants)
     del graph.output[:]
     batch = next(v for v in graph.input if v.name == IMAGE).type.tensor_type.shape.dim[0]
-    channels = num_classes + 1 if output_kind == "class_ids" else (out.dims[1] if out.dims else None)
+    channels = (
+        num_classes + 1 if output_kind == "class_ids" else (out.dims[1] if out.dims else None)
+    )
     shape = [batch.dim_value or batch.dim_param or None, channels or "classes", height, width]
     graph.output.append(helper.make_tensor_value_info(LOGITS, TensorProto.FLOAT, shape))
     del graph.value_info[:]  # may be stale after a rename; backends infer shapes themselves
     try:
         return model.SerializeToString()
     except ValueError as error:  # protobuf's 2 GB limit
-        raise GraphError(f"{origin} is over 2 GB; graphs with external data are not supported") from error
+        raise GraphError(
+            f"{origin} is over 2 GB; graphs with external data are not supported"
+        ) from error
 
 
 def _rename(graph, old: str, new: str) -> None:
@@ -314,8 +365,9 @@ def imported_graph(model) -> bool:
     return not getattr(model, "runs_in_torch", True)
 
 
-def write_graph(model, input_size: tuple[int, int], path: str | os.PathLike,
-                dynamic_batch: bool = False) -> Path:
+def write_graph(
+    model, input_size: tuple[int, int], path: str | os.PathLike, dynamic_batch: bool = False
+) -> Path:
     """The ONNX file a backend converts: an imported graph adapted to the contract, else
     :func:`~.onnx_export.export_onnx` of the module."""
     if not imported_graph(model):
@@ -323,7 +375,9 @@ def write_graph(model, input_size: tuple[int, int], path: str | os.PathLike,
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     classes = model.num_classes - 1 if model.output_kind == "class_ids" else None
-    adapted = adapt_graph(model.graph_bytes, model.output_kind, model.output_name, input_size, classes)
+    adapted = adapt_graph(
+        model.graph_bytes, model.output_kind, model.output_name, input_size, classes
+    )
     path.write_bytes(adapted)
     return path
 
@@ -350,4 +404,4 @@ def run_in_fixed_batches(run, batch: torch.Tensor, size: int) -> torch.Tensor:
         if len(part) < size:
             part = torch.cat([part, part[-1:].expand(size - len(part), *part.shape[1:])])
         chunks.append(run(part.contiguous()))
-    return torch.cat(chunks)[:len(batch)]
+    return torch.cat(chunks)[: len(batch)]

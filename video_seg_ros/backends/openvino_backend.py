@@ -27,8 +27,14 @@ import torch
 from torch import nn
 
 from video_seg_ros.backends import BackendError, default_cache_dir, model_fingerprint
-from video_seg_ros.backends.onnx_export import (GRAPH_VERSION, IMAGE, LOGITS, STATE_INPUTS, STATE_OUTPUTS,
-                                                is_temporal)
+from video_seg_ros.backends.onnx_export import (
+    GRAPH_VERSION,
+    IMAGE,
+    LOGITS,
+    STATE_INPUTS,
+    STATE_OUTPUTS,
+    is_temporal,
+)
 from video_seg_ros.backends.onnx_graph import run_in_fixed_batches, write_graph
 
 LOG = logging.getLogger(__name__)
@@ -44,8 +50,10 @@ def import_openvino():
     try:
         import openvino
     except ImportError as error:
-        raise BackendError("OpenVINO is not installed: `pip install openvino==2026.4.1` (pinned in "
-                           "requirements.txt), or use backend 'torch'.") from error
+        raise BackendError(
+            "OpenVINO is not installed: `pip install openvino==2026.4.1` (pinned in "
+            "requirements.txt), or use backend 'torch'."
+        ) from error
     return openvino
 
 
@@ -71,9 +79,16 @@ class OpenVinoRunner:
 
     name = "openvino"
 
-    def __init__(self, model: nn.Module, input_size: tuple[int, int], precision: str = "fp32",
-                 cache_dir: str | os.PathLike | None = None, threads: int | None = None,
-                 flush_denormals: bool = True, fingerprint_extra: tuple = ()):
+    def __init__(
+        self,
+        model: nn.Module,
+        input_size: tuple[int, int],
+        precision: str = "fp32",
+        cache_dir: str | os.PathLike | None = None,
+        threads: int | None = None,
+        flush_denormals: bool = True,
+        fingerprint_extra: tuple = (),
+    ):
         if precision not in _PRECISION_HINTS:
             raise BackendError(f"the OpenVINO backend runs fp32 or bf16, not {precision!r}")
         ov = import_openvino()
@@ -83,8 +98,14 @@ class OpenVinoRunner:
         self.precision = precision
         # The IR keeps fp32 weights whatever the precision (chosen at compile time), so one
         # conversion serves fp32 and bf16 and an engine falling back from bf16 does not convert again.
-        key = model_fingerprint(model, tuple(input_size), GRAPH_VERSION, ov.get_version(),
-                                torch.__version__, *fingerprint_extra)[:32]
+        key = model_fingerprint(
+            model,
+            tuple(input_size),
+            GRAPH_VERSION,
+            ov.get_version(),
+            torch.__version__,
+            *fingerprint_extra,
+        )[:32]
         root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.cache_path = root / "openvino" / key
         self._core = ov.Core()
@@ -98,15 +119,21 @@ class OpenVinoRunner:
         }
         self._requests: dict[int, object] = {}
         if self.temporal:
-            self._state_shapes = [tuple(self._ov_model.input(name).get_shape()) for name in STATE_INPUTS]
+            self._state_shapes = [
+                tuple(self._ov_model.input(name).get_shape()) for name in STATE_INPUTS
+            ]
         # An imported graph may fix its batch size (torch.onnx.export's default: 1): frames run in chunks.
         batch_dim = self._ov_model.input(IMAGE).get_partial_shape()[0]
-        self._fixed_batch = None if self.temporal or batch_dim.is_dynamic else batch_dim.get_length()
+        self._fixed_batch = (
+            None if self.temporal or batch_dim.is_dynamic else batch_dim.get_length()
+        )
         try:
             # compile now: a model OpenVINO cannot compile fails at start-up
             self._request(self._fixed_batch or 1)
         except RuntimeError as error:
-            raise BackendError(f"OpenVINO could not compile the converted model: {str(error)[:300]}") from error
+            raise BackendError(
+                f"OpenVINO could not compile the converted model: {str(error)[:300]}"
+            ) from error
 
     # ---- conversion cache --------------------------------------------------------------------
     def _load_or_convert(self, model: nn.Module):
@@ -117,16 +144,22 @@ class OpenVinoRunner:
                 os.utime(self.cache_path / "info.json", None)  # most recently used
                 return ov_model
             except (RuntimeError, OSError) as error:
-                LOG.warning("ignoring unreadable OpenVINO cache entry %s (%s); converting again",
-                            self.cache_path, error)
+                LOG.warning(
+                    "ignoring unreadable OpenVINO cache entry %s (%s); converting again",
+                    self.cache_path,
+                    error,
+                )
         with tempfile.TemporaryDirectory(prefix="video_seg_ov_") as tmp:
-            onnx_path = write_graph(model, self.input_size, Path(tmp) / "model.onnx",
-                                    dynamic_batch=not self.temporal)
+            onnx_path = write_graph(
+                model, self.input_size, Path(tmp) / "model.onnx", dynamic_batch=not self.temporal
+            )
             try:
                 ov_model = self._ov.convert_model(str(onnx_path))
             except Exception as error:  # OpenVINO raises its own exception types
-                raise BackendError(f"OpenVINO could not convert the exported model: "
-                                   f"{type(error).__name__}: {str(error).strip()[:300]}") from error
+                raise BackendError(
+                    f"OpenVINO could not convert the exported model: "
+                    f"{type(error).__name__}: {str(error).strip()[:300]}"
+                ) from error
             self._store(ov_model)
         return ov_model
 
@@ -138,18 +171,30 @@ class OpenVinoRunner:
             staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=parent))
             # fp32 weights in the IR: the precision is chosen when compiling, not here.
             self._ov.save_model(ov_model, str(staging / "model.xml"), compress_to_fp16=False)
-            (staging / "info.json").write_text(json.dumps({
-                "input_size": list(self.input_size), "temporal": self.temporal,
-                "openvino": self._ov.get_version(), "torch": torch.__version__, "graph_version": GRAPH_VERSION,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
+            (staging / "info.json").write_text(
+                json.dumps(
+                    {
+                        "input_size": list(self.input_size),
+                        "temporal": self.temporal,
+                        "openvino": self._ov.get_version(),
+                        "torch": torch.__version__,
+                        "graph_version": GRAPH_VERSION,
+                        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    },
+                    indent=2,
+                )
+            )
             try:
                 os.replace(staging, self.cache_path)
             except OSError:  # another process stored the same conversion first
                 shutil.rmtree(staging, ignore_errors=True)
             _prune(parent, CACHE_ENTRIES)
         except OSError as error:
-            LOG.warning("could not write the OpenVINO conversion cache %s (%s); converting again next time",
-                        parent, error)
+            LOG.warning(
+                "could not write the OpenVINO conversion cache %s (%s); converting again next time",
+                parent,
+                error,
+            )
 
     # ---- inference ---------------------------------------------------------------------------
     def _request(self, batch: int):
@@ -167,7 +212,9 @@ class OpenVinoRunner:
     def new_memory(self) -> ExplicitMemory:
         return ExplicitMemory(self._state_shapes)
 
-    def run(self, batch: torch.Tensor, memories: list[ExplicitMemory] | None = None) -> torch.Tensor:
+    def run(
+        self, batch: torch.Tensor, memories: list[ExplicitMemory] | None = None
+    ) -> torch.Tensor:
         """Logits (N, C, h, w) of a normalised CPU batch; temporal models update ``memories``."""
         image = batch.detach().contiguous().numpy()
         if self._fixed_batch and len(image) != self._fixed_batch:
@@ -179,7 +226,7 @@ class OpenVinoRunner:
         logits = []
         request = self._request(1)
         for i, memory in enumerate(memories):
-            inputs = {IMAGE: image[i:i + 1], **dict(zip(STATE_INPUTS, memory.arrays))}
+            inputs = {IMAGE: image[i : i + 1], **dict(zip(STATE_INPUTS, memory.arrays))}
             outputs = request.infer(inputs)
             memory.arrays = [outputs[name] for name in STATE_OUTPUTS]
             logits.append(torch.from_numpy(outputs[LOGITS]))

@@ -20,8 +20,14 @@ import torch
 from torch import nn
 
 from video_seg_ros.backends import BackendError, default_cache_dir, model_fingerprint
-from video_seg_ros.backends.onnx_export import (GRAPH_VERSION, IMAGE, LOGITS, STATE_INPUTS, STATE_OUTPUTS,
-                                                is_temporal)
+from video_seg_ros.backends.onnx_export import (
+    GRAPH_VERSION,
+    IMAGE,
+    LOGITS,
+    STATE_INPUTS,
+    STATE_OUTPUTS,
+    is_temporal,
+)
 from video_seg_ros.backends.onnx_graph import run_in_fixed_batches, write_graph
 
 #: Largest batch a per-frame engine is built for (larger batches run in chunks).
@@ -35,8 +41,10 @@ def import_tensorrt():
     try:
         import tensorrt
     except ImportError as error:
-        raise BackendError("TensorRT is not installed: `pip install tensorrt` (the wheel matching this "
-                           "machine's CUDA), or use backend 'torch'.") from error
+        raise BackendError(
+            "TensorRT is not installed: `pip install tensorrt` (the wheel matching this "
+            "machine's CUDA), or use backend 'torch'."
+        ) from error
     return tensorrt
 
 
@@ -58,17 +66,34 @@ class TensorRtRunner:
 
     name = "tensorrt"
 
-    def __init__(self, model: nn.Module, input_size: tuple[int, int], precision: str, device: torch.device,
-                 cache_dir: str | os.PathLike | None = None, fingerprint_extra: tuple = ()):
+    def __init__(
+        self,
+        model: nn.Module,
+        input_size: tuple[int, int],
+        precision: str,
+        device: torch.device,
+        cache_dir: str | os.PathLike | None = None,
+        fingerprint_extra: tuple = (),
+    ):
         if device.type != "cuda":
-            raise BackendError("backend 'tensorrt' runs on CUDA devices only; on the CPU use 'openvino' or 'torch'.")
+            raise BackendError(
+                "backend 'tensorrt' runs on CUDA devices only; on the CPU use 'openvino' or 'torch'."
+            )
         trt = import_tensorrt()
         self._trt = trt
         self.device = device
         self.temporal = is_temporal(model)
         self.input_size = tuple(input_size)
-        key = model_fingerprint(model, tuple(input_size), precision, GRAPH_VERSION, trt.__version__,
-                                torch.__version__, torch.cuda.get_device_name(device), *fingerprint_extra)[:32]
+        key = model_fingerprint(
+            model,
+            tuple(input_size),
+            precision,
+            GRAPH_VERSION,
+            trt.__version__,
+            torch.__version__,
+            torch.cuda.get_device_name(device),
+            *fingerprint_extra,
+        )[:32]
         root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         plan_path = root / "tensorrt" / key / "model.plan"
         self._logger = trt.Logger(trt.Logger.WARNING)
@@ -78,10 +103,14 @@ class TensorRtRunner:
             runtime = trt.Runtime(self._logger)
             self._engine = runtime.deserialize_cuda_engine(plan_path.read_bytes())
             if self._engine is None:
-                raise BackendError(f"TensorRT could not load {plan_path}; delete it to rebuild the engine.")
+                raise BackendError(
+                    f"TensorRT could not load {plan_path}; delete it to rebuild the engine."
+                )
             self._context = self._engine.create_execution_context()
         if self.temporal:
-            self._state_shapes = [tuple(self._engine.get_tensor_shape(name)) for name in STATE_INPUTS]
+            self._state_shapes = [
+                tuple(self._engine.get_tensor_shape(name)) for name in STATE_INPUTS
+            ]
         # An imported graph may fix its batch size (torch.onnx.export's default: 1): frames run in chunks.
         fixed = int(self._engine.get_tensor_shape(IMAGE)[0])
         self._fixed_batch = fixed if fixed > 0 and not self.temporal else None
@@ -92,8 +121,9 @@ class TensorRtRunner:
         network = builder.create_network(0)  # explicit batch (the only mode in TensorRT >= 10)
         parser = trt.OnnxParser(network, self._logger)
         with tempfile.TemporaryDirectory(prefix="video_seg_trt_") as tmp:
-            onnx_path = write_graph(model, self.input_size, Path(tmp) / "model.onnx",
-                                    dynamic_batch=not self.temporal)
+            onnx_path = write_graph(
+                model, self.input_size, Path(tmp) / "model.onnx", dynamic_batch=not self.temporal
+            )
             if not parser.parse_from_file(str(onnx_path)):
                 errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
                 raise BackendError(f"TensorRT could not parse the exported model: {errors[:300]}")
@@ -102,18 +132,24 @@ class TensorRtRunner:
         flag = {"fp16": "FP16", "bf16": "BF16"}.get(precision)
         if flag is not None:
             if not hasattr(trt.BuilderFlag, flag):
-                raise BackendError(f"this TensorRT ({trt.__version__}) has no {flag} builder flag; build the "
-                                   "engine with trtexec from `video-seg-export`'s ONNX file, or use "
-                                   "precision 'fp32'.")
+                raise BackendError(
+                    f"this TensorRT ({trt.__version__}) has no {flag} builder flag; build the "
+                    "engine with trtexec from `video-seg-export`'s ONNX file, or use "
+                    "precision 'fp32'."
+                )
             config.set_flag(getattr(trt.BuilderFlag, flag))
         if not self.temporal and network.get_input(0).shape[0] < 0:  # a free batch needs a profile
             width, height = self.input_size
             profile = builder.create_optimization_profile()
-            profile.set_shape(IMAGE, (1, 3, height, width), (1, 3, height, width), (MAX_BATCH, 3, height, width))
+            profile.set_shape(
+                IMAGE, (1, 3, height, width), (1, 3, height, width), (MAX_BATCH, 3, height, width)
+            )
             config.add_optimization_profile(profile)
         serialized = builder.build_serialized_network(network, config)
         if serialized is None:
-            raise BackendError("TensorRT could not build an engine for this model (see its log above).")
+            raise BackendError(
+                "TensorRT could not build an engine for this model (see its log above)."
+            )
         plan_path.parent.mkdir(parents=True, exist_ok=True)
         partial = plan_path.with_name(plan_path.name + ".partial")
         partial.write_bytes(bytes(serialized))
@@ -122,13 +158,17 @@ class TensorRtRunner:
     def new_memory(self) -> TensorMemory:
         return TensorMemory(self._state_shapes, self.device)
 
-    def _execute(self, tensors: dict[str, torch.Tensor], output_names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    def _execute(
+        self, tensors: dict[str, torch.Tensor], output_names: tuple[str, ...]
+    ) -> dict[str, torch.Tensor]:
         for name, tensor in tensors.items():
             self._context.set_input_shape(name, tuple(tensor.shape))
             self._context.set_tensor_address(name, tensor.data_ptr())
         outputs = {}
         for name in output_names:
-            outputs[name] = torch.empty(tuple(self._context.get_tensor_shape(name)), device=self.device)
+            outputs[name] = torch.empty(
+                tuple(self._context.get_tensor_shape(name)), device=self.device
+            )
             self._context.set_tensor_address(name, outputs[name].data_ptr())
         stream = torch.cuda.current_stream(self.device)
         if not self._context.execute_async_v3(stream.cuda_stream):
@@ -140,12 +180,17 @@ class TensorRtRunner:
         if self._fixed_batch and len(batch) != self._fixed_batch:
             return run_in_fixed_batches(self.run, batch, self._fixed_batch)
         if not self.temporal:
-            chunks = [self._execute({IMAGE: chunk.contiguous()}, (LOGITS,))[LOGITS]
-                      for chunk in batch.split(MAX_BATCH)]
+            chunks = [
+                self._execute({IMAGE: chunk.contiguous()}, (LOGITS,))[LOGITS]
+                for chunk in batch.split(MAX_BATCH)
+            ]
             return torch.cat(chunks)
         logits = []
         for i, memory in enumerate(memories):
-            inputs = {IMAGE: batch[i:i + 1].contiguous(), **dict(zip(STATE_INPUTS, memory.tensors))}
+            inputs = {
+                IMAGE: batch[i : i + 1].contiguous(),
+                **dict(zip(STATE_INPUTS, memory.tensors)),
+            }
             outputs = self._execute(inputs, (LOGITS, *STATE_OUTPUTS))
             memory.tensors = [outputs[name] for name in STATE_OUTPUTS]
             logits.append(outputs[LOGITS])

@@ -29,8 +29,14 @@ class TorchRunner:
 
     name = "torch"
 
-    def __init__(self, model: nn.Module, device: torch.device, precision: str, cpu_mkldnn: bool,
-                 owned: bool = True):
+    def __init__(
+        self,
+        model: nn.Module,
+        device: torch.device,
+        precision: str,
+        cpu_mkldnn: bool,
+        owned: bool = True,
+    ):
         self.model = model
         self.device = device
         self.precision = precision
@@ -43,12 +49,20 @@ class TorchRunner:
         stack = contextlib.ExitStack()
         dtype = autocast_dtype(self.precision)
         if self.device.type == "cuda":
-            stack.enter_context(torch.autocast("cuda", dtype=dtype or torch.float16, enabled=dtype is not None))
+            stack.enter_context(
+                torch.autocast("cuda", dtype=dtype or torch.float16, enabled=dtype is not None)
+            )
         else:
             # Only toggle oneDNN: the flags' default allow_tf32=True makes torch warn about Intel
             # GPUs on every CPU-only build.
-            stack.enter_context(torch.backends.mkldnn.flags(enabled=self.cpu_mkldnn, deterministic=None,
-                                                            allow_tf32=None, fp32_precision=None))
+            stack.enter_context(
+                torch.backends.mkldnn.flags(
+                    enabled=self.cpu_mkldnn,
+                    deterministic=None,
+                    allow_tf32=None,
+                    fp32_precision=None,
+                )
+            )
             if dtype is not None:
                 stack.enter_context(torch.autocast("cpu", dtype=dtype))
         return stack
@@ -92,7 +106,7 @@ class TorchRunner:
                     for j, newest in enumerate(_split(state.frames[-1])):
                         memories[indices[j]].push(newest)
                 for j, i in enumerate(indices):
-                    logits[i] = out[j:j + 1]
+                    logits[i] = out[j : j + 1]
         finally:
             self.model.state = own_state
         return torch.cat(logits)
@@ -103,8 +117,12 @@ class TorchRunner:
 
 def _join(frames: tuple[TiledMemoryFrame, ...]) -> TiledMemoryFrame:
     """Single-stream memory frames -> one frame of a batch (tiles are stored batch-major)."""
-    return replace(frames[0], keys=torch.cat([f.keys for f in frames]), values=torch.cat([f.values for f in frames]),
-                   batch=sum(f.batch for f in frames))
+    return replace(
+        frames[0],
+        keys=torch.cat([f.keys for f in frames]),
+        values=torch.cat([f.values for f in frames]),
+        batch=sum(f.batch for f in frames),
+    )
 
 
 def _split(frame: TiledMemoryFrame) -> list[TiledMemoryFrame]:

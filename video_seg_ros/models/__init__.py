@@ -33,7 +33,9 @@ def build_model(arch: str, **kwargs: Any) -> nn.Module:
     """Build an architecture by its registered name with its keyword arguments."""
     _import_model_modules()
     if arch not in BUILDERS:
-        raise ValueError(f"unknown architecture {arch!r}; available: {', '.join(sorted(BUILDERS))}")
+        raise ValueError(
+            f"unknown architecture {arch!r}; available: {', '.join(sorted(BUILDERS))}"
+        )
     return BUILDERS[arch](**kwargs)
 
 

@@ -23,8 +23,9 @@ class DepthwiseConv(nn.Module):
 
     def __init__(self, channels: int, dilation: int = 1):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=dilation, dilation=dilation,
-                              groups=channels, bias=False)
+        self.conv = nn.Conv2d(
+            channels, channels, 3, padding=dilation, dilation=dilation, groups=channels, bias=False
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)
@@ -35,8 +36,12 @@ class GlobalContext(nn.Module):
 
     def __init__(self, channels: int, reduction: int):
         super().__init__()
-        self.fc = nn.Sequential(nn.Linear(channels, channels // reduction), nn.ReLU(inplace=True),
-                                nn.Linear(channels // reduction, channels), nn.Sigmoid())
+        self.fc = nn.Sequential(
+            nn.Linear(channels, channels // reduction),
+            nn.ReLU(inplace=True),
+            nn.Linear(channels // reduction, channels),
+            nn.Sigmoid(),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = self.fc(x.mean(dim=(2, 3)))
@@ -49,7 +54,9 @@ class ContextGuidedDown(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, dilation: int, reduction: int):
         super().__init__()
-        self.conv1x1 = ConvBNPReLU(in_channels, out_channels, 3, stride=2)  # a 3x3 despite its name
+        self.conv1x1 = ConvBNPReLU(
+            in_channels, out_channels, 3, stride=2
+        )  # a 3x3 despite its name
         self.F_loc = DepthwiseConv(out_channels)
         self.F_sur = DepthwiseConv(out_channels, dilation)
         self.bn = nn.BatchNorm2d(2 * out_channels, eps=1e-3)
@@ -105,10 +112,14 @@ class CGNet(nn.Module):
         self.sample2 = ImagePyramid(2)
         self.b1 = BNPReLU(32 + 3)
         self.level2_0 = ContextGuidedDown(32 + 3, 64, dilation=2, reduction=8)
-        self.level2 = nn.ModuleList([ContextGuidedBlock(64, dilation=2, reduction=8) for _ in range(m - 1)])
+        self.level2 = nn.ModuleList(
+            [ContextGuidedBlock(64, dilation=2, reduction=8) for _ in range(m - 1)]
+        )
         self.bn_prelu_2 = BNPReLU(128 + 3)
         self.level3_0 = ContextGuidedDown(128 + 3, 128, dilation=4, reduction=16)
-        self.level3 = nn.ModuleList([ContextGuidedBlock(128, dilation=4, reduction=16) for _ in range(n - 1)])
+        self.level3 = nn.ModuleList(
+            [ContextGuidedBlock(128, dilation=4, reduction=16) for _ in range(n - 1)]
+        )
         self.bn_prelu_3 = BNPReLU(256)
         self.classifier = nn.Sequential(Conv(256, num_classes, 1))
 
@@ -129,8 +140,9 @@ class CGNet(nn.Module):
 
     def decode(self, features: torch.Tensor, skips, out_size) -> torch.Tensor:
         """features (N, 256, h, w) -> logits (N, num_classes, *out_size)."""
-        return F.interpolate(self.classifier(features), size=tuple(out_size), mode="bilinear",
-                             align_corners=False)
+        return F.interpolate(
+            self.classifier(features), size=tuple(out_size), mode="bilinear", align_corners=False
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features, skips = self.encode(x)

@@ -61,14 +61,28 @@ _PYRAMID_SCALES = (2.0, 1.5, 1.0, 0.5, 0.1)
 class CBR(nn.Module):
     """``cbr`` = conv (no bias, 'same' padding) -> BatchNorm -> PReLU."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 groups: int = 1):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        groups: int = 1,
+    ):
         super().__init__()
         self.cbr = nn.Sequential(
-            nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride,
-                      padding=(kernel_size - 1) // 2, groups=groups, bias=False),
+            nn.Conv2d(
+                in_channels,
+                out_channels,
+                kernel_size,
+                stride=stride,
+                padding=(kernel_size - 1) // 2,
+                groups=groups,
+                bias=False,
+            ),
             nn.BatchNorm2d(out_channels),
-            nn.PReLU(out_channels))
+            nn.PReLU(out_channels),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.cbr(x)
@@ -115,18 +129,23 @@ class DICE(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, height: int, width: int):
         super().__init__()
         self.height, self.width = height, width
-        self.conv_channel = nn.Conv2d(in_channels, in_channels, 3, padding=1, groups=in_channels, bias=False)
+        self.conv_channel = nn.Conv2d(
+            in_channels, in_channels, 3, padding=1, groups=in_channels, bias=False
+        )
         self.conv_width = nn.Conv2d(width, width, 3, padding=1, groups=width, bias=False)
         self.conv_height = nn.Conv2d(height, height, 3, padding=1, groups=height, bias=False)
         self.br_act = BR(3 * in_channels)
         self.weight_avg_layer = CBR(3 * in_channels, in_channels, 1, groups=in_channels)
-        self.proj_layer = CBR(in_channels, out_channels, 3, groups=math.gcd(in_channels, out_channels))
+        self.proj_layer = CBR(
+            in_channels, out_channels, 3, groups=math.gcd(in_channels, out_channels)
+        )
         self.linear_comb_layer = nn.Sequential(
             nn.AdaptiveAvgPool2d(1),
             nn.Conv2d(in_channels, in_channels // 4, 1, bias=False),
             nn.ReLU(inplace=True),
             nn.Conv2d(in_channels // 4, out_channels, 1, bias=False),
-            nn.Sigmoid())
+            nn.Sigmoid(),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
@@ -151,11 +170,14 @@ class StridedDICE(nn.Module):
 
     def __init__(self, channels: int, height: int, width: int):
         super().__init__()
-        self.left_layer = nn.Sequential(CBR(channels, channels, 3, stride=2, groups=channels),
-                                        CBR(channels, channels, 1))
-        self.right_layer = nn.Sequential(nn.AvgPool2d(3, stride=2, padding=1),
-                                         DICE(channels, channels, height, width),
-                                         CBR(channels, channels, 1))
+        self.left_layer = nn.Sequential(
+            CBR(channels, channels, 3, stride=2, groups=channels), CBR(channels, channels, 1)
+        )
+        self.right_layer = nn.Sequential(
+            nn.AvgPool2d(3, stride=2, padding=1),
+            DICE(channels, channels, height, width),
+            CBR(channels, channels, 1),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return channel_shuffle(torch.cat([self.left_layer(x), self.right_layer(x)], 1), 2)
@@ -171,12 +193,14 @@ class ShuffleDICEBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, height: int, width: int):
         super().__init__()
         self.kept = round(in_channels / 2)
-        self.layer_right = nn.Sequential(CBR(in_channels - self.kept, out_channels - self.kept, 1),
-                                         DICE(out_channels - self.kept, out_channels - self.kept, height, width))
+        self.layer_right = nn.Sequential(
+            CBR(in_channels - self.kept, out_channels - self.kept, 1),
+            DICE(out_channels - self.kept, out_channels - self.kept, height, width),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        right = self.layer_right(x[:, self.kept:])
-        return channel_shuffle(torch.cat([x[:, :self.kept], right], 1), 2)
+        right = self.layer_right(x[:, self.kept :])
+        return channel_shuffle(torch.cat([x[:, : self.kept], right], 1), 2)
 
 
 class DiCENetEncoder(nn.Module):
@@ -195,10 +219,18 @@ class DiCENetEncoder(nn.Module):
         self.level2 = nn.MaxPool2d(3, stride=2, padding=1)
         self.level3 = nn.Sequential(
             StridedDICE(c2, size3, size3),
-            *[ShuffleDICEBlock(2 * c2 if i == 0 else c3, c3, size3, size3) for i in range(_BLOCKS_LEVEL3)])
+            *[
+                ShuffleDICEBlock(2 * c2 if i == 0 else c3, c3, size3, size3)
+                for i in range(_BLOCKS_LEVEL3)
+            ],
+        )
         self.level4 = nn.Sequential(
             StridedDICE(c3, size4, size4),
-            *[ShuffleDICEBlock(2 * c3 if i == 0 else c4, c4, size4, size4) for i in range(_BLOCKS_LEVEL4)])
+            *[
+                ShuffleDICEBlock(2 * c3 if i == 0 else c4, c4, size4, size4)
+                for i in range(_BLOCKS_LEVEL4)
+            ],
+        )
 
     def forward(self, x: torch.Tensor):
         level1 = self.level1(x)
@@ -213,17 +245,22 @@ class EfficientPyramidPooling(nn.Module):
     grouped 3x3 and a 1x1 (with BN+PReLU after it unless ``last_layer_br=False``: the classifier).
     Original name EfficientPyrPool."""
 
-    def __init__(self, in_channels: int, proj_channels: int, out_channels: int, last_layer_br: bool = True):
+    def __init__(
+        self, in_channels: int, proj_channels: int, out_channels: int, last_layer_br: bool = True
+    ):
         super().__init__()
         n = len(_PYRAMID_SCALES)
         self.projection_layer = CBR(in_channels, proj_channels, 1)
-        self.stages = nn.ModuleList(nn.Conv2d(proj_channels, proj_channels, 3, padding=1,
-                                              groups=proj_channels, bias=False) for _ in range(n))
+        self.stages = nn.ModuleList(
+            nn.Conv2d(proj_channels, proj_channels, 3, padding=1, groups=proj_channels, bias=False)
+            for _ in range(n)
+        )
         self.merge_layer = nn.Sequential(
             BR(proj_channels * n),
             _Shuffle(n),
             CBR(proj_channels * n, proj_channels, 3, groups=proj_channels),
-            nn.Conv2d(proj_channels, out_channels, 1, bias=not last_layer_br))
+            nn.Conv2d(proj_channels, out_channels, 1, bias=not last_layer_br),
+        )
         self.br = BR(out_channels) if last_layer_br else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -233,9 +270,16 @@ class EfficientPyramidPooling(nn.Module):
         for scale, stage in zip(_PYRAMID_SCALES, self.stages):
             scaled = tuple(max(5, math.ceil(d * scale)) for d in size)
             if scale > 1.0:
-                y = F.adaptive_avg_pool2d(stage(F.interpolate(x, scaled, mode="bilinear", align_corners=True)), size)
+                y = F.adaptive_avg_pool2d(
+                    stage(F.interpolate(x, scaled, mode="bilinear", align_corners=True)), size
+                )
             elif scale < 1.0:
-                y = F.interpolate(stage(F.adaptive_avg_pool2d(x, scaled)), size, mode="bilinear", align_corners=True)
+                y = F.interpolate(
+                    stage(F.adaptive_avg_pool2d(x, scaled)),
+                    size,
+                    mode="bilinear",
+                    align_corners=True,
+                )
             else:
                 y = stage(x)
             branches.append(y)
@@ -260,9 +304,14 @@ class GatedProjection(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
-        self.wt_layer = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(in_channels, out_channels, 1, bias=False),
-                                      nn.Sigmoid())
-        self.expansion_layer = CBR(in_channels, out_channels, 3, groups=math.gcd(in_channels, out_channels))
+        self.wt_layer = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(in_channels, out_channels, 1, bias=False),
+            nn.Sigmoid(),
+        )
+        self.expansion_layer = CBR(
+            in_channels, out_channels, 3, groups=math.gcd(in_channels, out_channels)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.expansion_layer(x) * self.wt_layer(x)
@@ -298,9 +347,13 @@ class DiCENet(nn.Module):
     def __init__(self, num_classes: int = 20, width_scale: float = 1.0, base_size: int = 224):
         super().__init__()
         if width_scale not in LEVEL_CHANNELS:
-            raise ValueError(f"DiCENet width_scale must be one of {sorted(LEVEL_CHANNELS)}, got {width_scale!r}")
+            raise ValueError(
+                f"DiCENet width_scale must be one of {sorted(LEVEL_CHANNELS)}, got {width_scale!r}"
+            )
         if base_size % 32 or base_size <= 0:
-            raise ValueError(f"DiCENet base_size must be a positive multiple of 32, got {base_size}")
+            raise ValueError(
+                f"DiCENet base_size must be a positive multiple of 32, got {base_size}"
+            )
         if num_classes < 2:
             raise ValueError("DiCENet needs num_classes >= 2")
         c1, c2, c3, c4 = LEVEL_CHANNELS[width_scale]
@@ -312,7 +365,9 @@ class DiCENet(nn.Module):
         self.eff_pool_16x16 = EfficientPyramidPooling(c4, pyramid, planes[0])
         self.eff_pool_32x32 = EfficientPyramidPooling(planes[0], pyramid, planes[1])
         self.eff_pool_64x64 = EfficientPyramidPooling(planes[1], pyramid, planes[2])
-        self.eff_pool_128x128 = EfficientPyramidPooling(planes[2], pyramid, num_classes, last_layer_br=False)
+        self.eff_pool_128x128 = EfficientPyramidPooling(
+            planes[2], pyramid, num_classes, last_layer_br=False
+        )
         self.proj_enc_32x32 = GatedProjection(c3, planes[0])
         self.proj_enc_64x64 = GatedProjection(c2, planes[1])
         self.proj_enc_128x128 = GatedProjection(c1, planes[2])
@@ -347,7 +402,9 @@ def dicenet(num_classes: int = 20, width_scale: float = 1.0, base_size: int = 22
     return DiCENet(num_classes=num_classes, width_scale=width_scale, base_size=base_size)
 
 
-def dicenet_arguments(state_dict: dict[str, torch.Tensor], width_scale: float | None = None) -> dict:
+def dicenet_arguments(
+    state_dict: dict[str, torch.Tensor], width_scale: float | None = None
+) -> dict:
     """Builder arguments (classes, width scale, base size) read from an EdgeNets DiCENet
     segmentation state_dict; ``width_scale``, when given, is checked against the weights.
     Raises ValueError saying what does not fit."""
@@ -356,15 +413,21 @@ def dicenet_arguments(state_dict: dict[str, torch.Tensor], width_scale: float | 
         rows = int(state_dict["base_net.level3.0.right_layer.1.conv_height.weight"].shape[0])
         num_classes = int(state_dict["eff_pool_128x128.merge_layer.3.weight"].shape[0])
     except KeyError as error:
-        raise ValueError(f"these weights are not an EdgeNets DiCENet segmentation network (no {error}); "
-                         "ImageNet classification weights have no decoder and are not supported") from None
+        raise ValueError(
+            f"these weights are not an EdgeNets DiCENet segmentation network (no {error}); "
+            "ImageNet classification weights have no decoder and are not supported"
+        ) from None
     found = [s for s, channels in LEVEL_CHANNELS.items() if channels[2] == level3]
     if not found:
-        raise ValueError(f"the weights' level-3 width {level3} matches no DiCENet width scale "
-                         f"({', '.join(map(str, sorted(LEVEL_CHANNELS)))})")
+        raise ValueError(
+            f"the weights' level-3 width {level3} matches no DiCENet width scale "
+            f"({', '.join(map(str, sorted(LEVEL_CHANNELS)))})"
+        )
     if width_scale is not None and float(width_scale) != found[0]:
-        raise ValueError(f"--width-scale {width_scale} given, but the weights have width scale "
-                         f"{found[0]} (level-3 width {level3}); drop --width-scale or fix it.")
+        raise ValueError(
+            f"--width-scale {width_scale} given, but the weights have width scale "
+            f"{found[0]} (level-3 width {level3}); drop --width-scale or fix it."
+        )
     arguments = {"num_classes": num_classes, "width_scale": found[0]}
     if rows * 8 != 224:  # every published file uses the ImageNet base size; keeps names short
         arguments["base_size"] = rows * 8

@@ -31,8 +31,14 @@ class ConvBNPReLU(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1):
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride,
-                              padding=(kernel_size - 1) // 2, bias=False)
+        self.conv = nn.Conv2d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=(kernel_size - 1) // 2,
+            bias=False,
+        )
         self.bn = nn.BatchNorm2d(out_channels, eps=_BN_EPS)
         self.act = nn.PReLU(out_channels)
 
@@ -55,11 +61,24 @@ class BNPReLU(nn.Module):
 class Conv(nn.Module):
     """A bias-free convolution wrapped in ``.conv`` (keeps the original's key names: C/CDilated)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 dilation: int = 1):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        dilation: int = 1,
+    ):
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride,
-                              padding=(kernel_size - 1) // 2 * dilation, dilation=dilation, bias=False)
+        self.conv = nn.Conv2d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=(kernel_size - 1) // 2 * dilation,
+            dilation=dilation,
+            bias=False,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)
@@ -72,7 +91,9 @@ class _SpatialPyramid(nn.Module):
     how ESPNet avoids gridding artefacts. ``out_channels`` = n1 + 4n with n = out_channels // 5.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, reduce_kernel: int, reduce_stride: int):
+    def __init__(
+        self, in_channels: int, out_channels: int, reduce_kernel: int, reduce_stride: int
+    ):
         super().__init__()
         n = out_channels // 5
         n1 = out_channels - 4 * n
@@ -189,10 +210,14 @@ class ESPNet(nn.Module):
     # load from other processes oneDNN with two threads degraded badly; cpu_mkldnn=False then.)
     prefers_mkldnn = True
 
-    def __init__(self, num_classes: int = 20, p: int = 2, q: int = 8, decoder_skip_channels: int = 16):
+    def __init__(
+        self, num_classes: int = 20, p: int = 2, q: int = 8, decoder_skip_channels: int = 16
+    ):
         super().__init__()
         if decoder_skip_channels not in (16, 19):
-            raise ValueError("decoder_skip_channels must be 16 (Cityscapes weights) or 19 (CamVid weights)")
+            raise ValueError(
+                "decoder_skip_channels must be 16 (Cityscapes weights) or 19 (CamVid weights)"
+            )
         if p < 1 or q < 1 or num_classes < 2:
             raise ValueError("ESPNet needs p >= 1, q >= 1 and num_classes >= 2")
         self.num_classes = num_classes
@@ -203,11 +228,16 @@ class ESPNet(nn.Module):
         self.level3_C = Conv(128 + 3, num_classes, 1)
         self.br = nn.BatchNorm2d(num_classes, eps=_BN_EPS)
         self.conv = ConvBNPReLU(decoder_skip_channels + num_classes, num_classes, 3)
-        self.up_l3 = nn.Sequential(nn.ConvTranspose2d(num_classes, num_classes, 2, stride=2, bias=False))
-        self.combine_l2_l3 = nn.Sequential(BNPReLU(2 * num_classes),
-                                           ESPBlock(2 * num_classes, num_classes, residual=False))
-        self.up_l2 = nn.Sequential(nn.ConvTranspose2d(num_classes, num_classes, 2, stride=2, bias=False),
-                                   BNPReLU(num_classes))
+        self.up_l3 = nn.Sequential(
+            nn.ConvTranspose2d(num_classes, num_classes, 2, stride=2, bias=False)
+        )
+        self.combine_l2_l3 = nn.Sequential(
+            BNPReLU(2 * num_classes), ESPBlock(2 * num_classes, num_classes, residual=False)
+        )
+        self.up_l2 = nn.Sequential(
+            nn.ConvTranspose2d(num_classes, num_classes, 2, stride=2, bias=False),
+            BNPReLU(num_classes),
+        )
         self.classifier = nn.ConvTranspose2d(num_classes, num_classes, 2, stride=2, bias=False)
 
     def encode(self, x: torch.Tensor):
@@ -225,7 +255,9 @@ class ESPNet(nn.Module):
         combined = _match_size(combined, skip1)
         logits = self.classifier(self.conv(torch.cat([combined, skip1], 1)))
         if tuple(logits.shape[-2:]) != tuple(out_size):
-            logits = F.interpolate(logits, size=tuple(out_size), mode="bilinear", align_corners=False)
+            logits = F.interpolate(
+                logits, size=tuple(out_size), mode="bilinear", align_corners=False
+            )
         return logits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -241,6 +273,8 @@ def _match_size(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
 
 
 @register("espnet")
-def espnet(num_classes: int = 20, p: int = 2, q: int = 8, decoder_skip_channels: int = 16) -> ESPNet:
+def espnet(
+    num_classes: int = 20, p: int = 2, q: int = 8, decoder_skip_channels: int = 16
+) -> ESPNet:
     """ESPNet-(p, q) with the RUM decoder; see :class:`ESPNet` for the arguments."""
     return ESPNet(num_classes=num_classes, p=p, q=q, decoder_skip_channels=decoder_skip_channels)

@@ -62,7 +62,9 @@ class TiledMemoryFrame:
 def check_window(window: int) -> int:
     """Return the radius of an odd window size; raise ValueError with advice otherwise."""
     if not isinstance(window, int) or window < 1 or window % 2 == 0:
-        raise ValueError(f"window must be a positive odd number of feature pixels (e.g. 9 or 21), got {window!r}")
+        raise ValueError(
+            f"window must be a positive odd number of feature pixels (e.g. 9 or 21), got {window!r}"
+        )
     return window // 2
 
 
@@ -73,8 +75,15 @@ def _padded_size(h: int, w: int, tile: int) -> tuple[int, int]:
 def tile_memory_frame(key: Tensor, value: Tensor, window: int, tile: int = 8) -> TiledMemoryFrame:
     """Lay out one frame's ``key`` (N, K, h, w) and ``value`` (N, V, h, w) as attention tiles."""
     radius = check_window(window)
-    if key.dim() != 4 or value.dim() != 4 or key.shape[0] != value.shape[0] or key.shape[-2:] != value.shape[-2:]:
-        raise ValueError(f"key (N,K,h,w) and value (N,V,h,w) must agree, got {tuple(key.shape)} and {tuple(value.shape)}")
+    if (
+        key.dim() != 4
+        or value.dim() != 4
+        or key.shape[0] != value.shape[0]
+        or key.shape[-2:] != value.shape[-2:]
+    ):
+        raise ValueError(
+            f"key (N,K,h,w) and value (N,V,h,w) must agree, got {tuple(key.shape)} and {tuple(value.shape)}"
+        )
     n, k_channels, h, w = key.shape
     hp, wp = _padded_size(h, w, tile)
     pad = (radius, radius + wp - w, radius, radius + hp - h)
@@ -84,18 +93,27 @@ def tile_memory_frame(key: Tensor, value: Tensor, window: int, tile: int = 8) ->
     # (N, C, ny, nx, side, side) view -> one copy into (N * ny * nx, side * side, C)
     tiles = stacked.unfold(2, side, tile).unfold(3, side, tile)
     tiles = tiles.permute(0, 2, 3, 4, 5, 1).reshape(-1, side * side, stacked.shape[1])
-    return TiledMemoryFrame(keys=tiles[..., :k_channels + 1].contiguous(),
-                            values=tiles[..., k_channels + 1:].contiguous(),
-                            radius=radius, tile=tile, size=(h, w), batch=n)
+    return TiledMemoryFrame(
+        keys=tiles[..., : k_channels + 1].contiguous(),
+        values=tiles[..., k_channels + 1 :].contiguous(),
+        radius=radius,
+        tile=tile,
+        size=(h, w),
+        batch=n,
+    )
 
 
 def _band_mask(tile: int, radius: int, device, dtype) -> Tensor:
     """(tile*tile, side*side): 0 where key (a, c) of the tile block lies in query (i, j)'s window."""
     side = tile + 2 * radius
-    offset = torch.arange(side, device=device).view(1, side) - torch.arange(tile, device=device).view(tile, 1)
+    offset = torch.arange(side, device=device).view(1, side) - torch.arange(
+        tile, device=device
+    ).view(tile, 1)
     inside = (offset >= 0) & (offset <= 2 * radius)  # (tile, side), per axis
     inside = inside.view(tile, 1, side, 1) & inside.view(1, tile, 1, side)
-    mask = torch.zeros(inside.shape, device=device, dtype=dtype).masked_fill_(~inside, MASKED_SCORE)
+    mask = torch.zeros(inside.shape, device=device, dtype=dtype).masked_fill_(
+        ~inside, MASKED_SCORE
+    )
     return mask.view(tile * tile, side * side)
 
 
@@ -109,17 +127,30 @@ def local_attention(query: Tensor, memory: list[TiledMemoryFrame]) -> Tensor:
     first = memory[0]
     n, k_channels, h, w = query.shape
     for frame in memory:
-        if (frame.size, frame.batch, frame.radius, frame.tile) != ((h, w), n, first.radius, first.tile):
-            raise ValueError(f"memory frame of size {frame.size} x batch {frame.batch} does not match the "
-                             f"query (batch {n}, {h}x{w}); reset the memory when the input size changes")
+        if (frame.size, frame.batch, frame.radius, frame.tile) != (
+            (h, w),
+            n,
+            first.radius,
+            first.tile,
+        ):
+            raise ValueError(
+                f"memory frame of size {frame.size} x batch {frame.batch} does not match the "
+                f"query (batch {n}, {h}x{w}); reset the memory when the input size changes"
+            )
         if frame.keys.shape[-1] != k_channels + 1:
-            raise ValueError(f"query has {k_channels} key channels, memory keys {frame.keys.shape[-1] - 1}")
+            raise ValueError(
+                f"query has {k_channels} key channels, memory keys {frame.keys.shape[-1] - 1}"
+            )
     tile, radius = first.tile, first.radius
     hp, wp = _padded_size(h, w, tile)
     ny, nx = hp // tile, wp // tile
     q = F.pad(query * (1.0 / math.sqrt(k_channels)), (0, wp - w, 0, hp - h))
     q = torch.cat([q, q.new_ones(n, 1, hp, wp)], dim=1)  # the ones channel picks up the frame mask
-    q = q.view(n, k_channels + 1, ny, tile, nx, tile).permute(0, 2, 4, 3, 5, 1).reshape(-1, tile * tile, k_channels + 1)
+    q = (
+        q.view(n, k_channels + 1, ny, tile, nx, tile)
+        .permute(0, 2, 4, 3, 5, 1)
+        .reshape(-1, tile * tile, k_channels + 1)
+    )
     keys = memory[0].keys if len(memory) == 1 else torch.cat([f.keys for f in memory], dim=1)
     values = memory[0].values if len(memory) == 1 else torch.cat([f.values for f in memory], dim=1)
     band = _band_mask(tile, radius, q.device, q.dtype).repeat(1, len(memory))
@@ -129,13 +160,21 @@ def local_attention(query: Tensor, memory: list[TiledMemoryFrame]) -> Tensor:
     weights = torch.softmax(scores, dim=-1).to(values.dtype)
     out = torch.bmm(weights, values)  # (N*tiles, tile*tile, V)
     v_channels = values.shape[-1]
-    out = out.view(n, ny, nx, tile, tile, v_channels).permute(0, 5, 1, 3, 2, 4).reshape(n, v_channels, hp, wp)
+    out = (
+        out.view(n, ny, nx, tile, tile, v_channels)
+        .permute(0, 5, 1, 3, 2, 4)
+        .reshape(n, v_channels, hp, wp)
+    )
     return out[:, :, :h, :w]
 
 
-def local_window_attention(query: Tensor, keys: Tensor, values: Tensor, window: int, tile: int = 8) -> Tensor:
+def local_window_attention(
+    query: Tensor, keys: Tensor, values: Tensor, window: int, tile: int = 8
+) -> Tensor:
     """Convenience form: ``query`` (N, K, h, w), ``keys`` (N, T, K, h, w), ``values`` (N, T, V, h, w)."""
-    frames = [tile_memory_frame(keys[:, t], values[:, t], window, tile) for t in range(keys.shape[1])]
+    frames = [
+        tile_memory_frame(keys[:, t], values[:, t], window, tile) for t in range(keys.shape[1])
+    ]
     return local_attention(query, frames)
 
 
@@ -143,7 +182,9 @@ def dense_local_attention(query: Tensor, keys: Tensor, values: Tensor, window: i
     """Naive reference: full (h*w) x (T*h*w) attention, masked to the local window. Tests only."""
     radius = check_window(window)
     n, t, k_channels, h, w = keys.shape
-    scores = torch.einsum("nkp,ntkq->nptq", query.flatten(2), keys.flatten(3)) / math.sqrt(k_channels)
+    scores = torch.einsum("nkp,ntkq->nptq", query.flatten(2), keys.flatten(3)) / math.sqrt(
+        k_channels
+    )
     ys = torch.arange(h, device=query.device).repeat_interleave(w)
     xs = torch.arange(w, device=query.device).repeat(h)
     near = ((ys[:, None] - ys[None]).abs() <= radius) & ((xs[:, None] - xs[None]).abs() <= radius)

@@ -53,8 +53,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from video_seg_ros.models.local_attention import (MASKED_SCORE, TiledMemoryFrame, check_window, local_attention,
-                                                  tile_memory_frame)
+from video_seg_ros.models.local_attention import (
+    MASKED_SCORE,
+    TiledMemoryFrame,
+    check_window,
+    local_attention,
+    tile_memory_frame,
+)
 
 FUSION_VARIANTS = ("residual-gated", "paper")
 
@@ -74,18 +79,24 @@ class MemoryConfig:
 
     def __post_init__(self):
         if not isinstance(self.memory_length, int) or self.memory_length < 1:
-            raise ValueError(f"memory.memory_length must be an integer >= 1 (paper: 3 or 4), got {self.memory_length!r}")
+            raise ValueError(
+                f"memory.memory_length must be an integer >= 1 (paper: 3 or 4), got {self.memory_length!r}"
+            )
         check_window(self.window)
         for name in ("key_channels", "value_channels", "tile"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"memory.{name} must be a positive integer, got {value!r}")
         if self.fusion not in FUSION_VARIANTS:
-            raise ValueError(f"memory.fusion must be one of {', '.join(FUSION_VARIANTS)}, got {self.fusion!r}")
+            raise ValueError(
+                f"memory.fusion must be one of {', '.join(FUSION_VARIANTS)}, got {self.fusion!r}"
+            )
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"memory.dropout must be in [0, 1), got {self.dropout!r}")
         if self.method != "lmanet":
-            raise ValueError(f"memory.method {self.method!r} is not known; this package implements 'lmanet'")
+            raise ValueError(
+                f"memory.method {self.method!r} is not known; this package implements 'lmanet'"
+            )
 
     @classmethod
     def from_dict(cls, config: dict[str, Any] | None) -> "MemoryConfig":
@@ -94,7 +105,9 @@ class MemoryConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(config) - known)
         if unknown:
-            raise ValueError(f"unknown memory setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            raise ValueError(
+                f"unknown memory setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
         return cls(**config)
 
     def to_dict(self) -> dict[str, Any]:
@@ -117,10 +130,12 @@ class MemoryState:
     def push(self, frame: TiledMemoryFrame) -> None:
         """Append the newest frame, dropping the oldest beyond ``capacity``."""
         if not self.accepts(frame.batch, frame.size, frame.device):
-            raise ValueError("memory frame differs in batch size, feature size or device from the stored ones; "
-                             "call reset() before changing the input")
+            raise ValueError(
+                "memory frame differs in batch size, feature size or device from the stored ones; "
+                "call reset() before changing the input"
+            )
         self._frames.append(frame)
-        del self._frames[:-self.capacity]
+        del self._frames[: -self.capacity]
 
     def reset(self) -> None:
         self._frames.clear()
@@ -156,7 +171,9 @@ class ResidualGatedFusion(nn.Module):
     Shapes: features (N, C, h, w), read (N, V, h, w), query (N, K, h, w) -> (N, C, h, w).
     """
 
-    def __init__(self, feature_channels: int, key_channels: int, value_channels: int, dropout: float):
+    def __init__(
+        self, feature_channels: int, key_channels: int, value_channels: int, dropout: float
+    ):
         super().__init__()
         self.dropout = nn.Dropout2d(dropout)
         self.hidden = _conv3x3(key_channels + value_channels, value_channels)
@@ -183,7 +200,10 @@ class PaperFusion(nn.Module):
     def __init__(self, feature_channels: int, value_channels: int, dropout: float):
         super().__init__()
         c, v = feature_channels, value_channels
-        self.norm_current, self.norm_memory = nn.BatchNorm2d(c, eps=1e-3), nn.BatchNorm2d(v, eps=1e-3)
+        self.norm_current, self.norm_memory = (
+            nn.BatchNorm2d(c, eps=1e-3),
+            nn.BatchNorm2d(v, eps=1e-3),
+        )
         self.dropout_current, self.dropout_memory = nn.Dropout2d(dropout), nn.Dropout2d(dropout)
         self.conv_current, self.conv_memory = _conv3x3(c, c), _conv3x3(v, c)
         self.gate_current, self.gate_memory = _conv3x3(c + v, c), _conv3x3(c + v, c)
@@ -193,8 +213,9 @@ class PaperFusion(nn.Module):
         current = F.relu(self.dropout_current(self.norm_current(features)))
         memory = F.relu(self.dropout_memory(self.norm_memory(read)))
         both = torch.cat([current, memory], 1)
-        fused = (self.conv_current(current) * torch.sigmoid(self.gate_current(both))
-                 + self.conv_memory(memory) * torch.sigmoid(self.gate_memory(both)))
+        fused = self.conv_current(current) * torch.sigmoid(
+            self.gate_current(both)
+        ) + self.conv_memory(memory) * torch.sigmoid(self.gate_memory(both))
         return F.relu(self.norm_out(fused))
 
 
@@ -218,21 +239,29 @@ class MemoryAugmentedSegmenter(nn.Module):
             config = MemoryConfig.from_dict(config)
         for attribute in ("encode", "decode", "feature_channels", "num_classes"):
             if not hasattr(base, attribute):
-                raise TypeError(f"{type(base).__name__} does not follow the encoder/decoder contract "
-                                f"(no {attribute!r}); see video_seg_ros.models")
+                raise TypeError(
+                    f"{type(base).__name__} does not follow the encoder/decoder contract "
+                    f"(no {attribute!r}); see video_seg_ros.models"
+                )
         if getattr(base, "is_temporal", False):
-            raise TypeError("the base model already has a temporal state; wrap a per-frame segmenter")
+            raise TypeError(
+                "the base model already has a temporal state; wrap a per-frame segmenter"
+            )
         self.config = config
         self.base = base
         channels = base.feature_channels
         self.memory_key = _conv3x3(channels, config.key_channels)
         self.memory_value = _conv3x3(channels, config.value_channels)
         self.query_key = _conv3x3(channels, config.key_channels)
-        self.query_key.load_state_dict(self.memory_key.state_dict())  # paper: query starts as memory key
+        self.query_key.load_state_dict(
+            self.memory_key.state_dict()
+        )  # paper: query starts as memory key
         if config.fusion == "paper":
             self.fusion = PaperFusion(channels, config.value_channels, config.dropout)
         else:
-            self.fusion = ResidualGatedFusion(channels, config.key_channels, config.value_channels, config.dropout)
+            self.fusion = ResidualGatedFusion(
+                channels, config.key_channels, config.value_channels, config.dropout
+            )
         self.state = MemoryState(config.memory_length)
         self._base_frozen = False
 
@@ -278,7 +307,11 @@ class MemoryAugmentedSegmenter(nn.Module):
     def _memory_context(self, device: torch.device):
         # The 3x3 convs on C channels are 10-15x faster with oneDNN on a CPU even for bases that run
         # faster without it (ESPNet's thin dilated convs), so the memory layers always use it there.
-        if device.type == "cpu" and torch.backends.mkldnn.is_available() and not torch.backends.mkldnn.enabled:
+        if (
+            device.type == "cpu"
+            and torch.backends.mkldnn.is_available()
+            and not torch.backends.mkldnn.enabled
+        ):
             return _mkldnn_enabled()
         return contextlib.nullcontext()
 
@@ -312,22 +345,30 @@ class MemoryAugmentedSegmenter(nn.Module):
         return logits
 
     # ---- explicit state (exported graphs) ----------------------------------------------------
-    def explicit_state_shapes(self, feature_size: tuple[int, int], batch: int = 1) -> dict[str, tuple[int, ...]]:
+    def explicit_state_shapes(
+        self, feature_size: tuple[int, int], batch: int = 1
+    ) -> dict[str, tuple[int, ...]]:
         """Shapes of ``keys``, ``values`` and ``valid`` for features of ``feature_size`` (h, w)."""
         radius, tile = check_window(self.config.window), self.config.tile
         h, w = feature_size
         tiles = -(-h // tile) * -(-w // tile)
         side = (tile + 2 * radius) ** 2
         t = self.config.memory_length
-        return {"keys": (batch, t, tiles, side, self.config.key_channels + 1),
-                "values": (batch, t, tiles, side, self.config.value_channels),
-                "valid": (batch, t)}
+        return {
+            "keys": (batch, t, tiles, side, self.config.key_channels + 1),
+            "values": (batch, t, tiles, side, self.config.value_channels),
+            "valid": (batch, t),
+        }
 
-    def empty_explicit_state(self, feature_size: tuple[int, int], batch: int = 1,
-                             device=None, dtype=torch.float32) -> tuple[Tensor, Tensor, Tensor]:
+    def empty_explicit_state(
+        self, feature_size: tuple[int, int], batch: int = 1, device=None, dtype=torch.float32
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """An empty memory as ``(keys, values, valid)`` tensors (see the module docstring)."""
         shapes = self.explicit_state_shapes(feature_size, batch)
-        return tuple(torch.zeros(shapes[name], device=device, dtype=dtype) for name in ("keys", "values", "valid"))
+        return tuple(
+            torch.zeros(shapes[name], device=device, dtype=dtype)
+            for name in ("keys", "values", "valid")
+        )
 
     def step_with_state(self, x: Tensor, keys: Tensor, values: Tensor, valid: Tensor):
         """:meth:`step` with the memory as tensors: ``-> (logits, keys, values, valid)`` after this frame.
@@ -338,8 +379,12 @@ class MemoryAugmentedSegmenter(nn.Module):
         """
         features, skips = self.base.encode(x)
         with self._memory_context(features.device):
-            entry = tile_memory_frame_static(self.memory_key(features), self.memory_value(features),
-                                             self.config.window, self.config.tile)
+            entry = tile_memory_frame_static(
+                self.memory_key(features),
+                self.memory_value(features),
+                self.config.window,
+                self.config.tile,
+            )
         n, slots = valid.shape
         new_keys = entry.keys.view(n, 1, *keys.shape[2:])
         new_values = entry.values.view(n, 1, *values.shape[2:])
@@ -348,14 +393,28 @@ class MemoryAugmentedSegmenter(nn.Module):
         last_valid = torch.where(empty, torch.ones_like(valid[:, -1:]), valid[:, -1:])
         slot_valid = torch.cat([valid[:, :-1], last_valid], dim=1)
         use_current = empty.view(n, 1, 1, 1, 1)
-        slot_keys = torch.cat([keys[:, :-1], torch.where(use_current, new_keys, keys[:, -1:])], dim=1)
-        slot_values = torch.cat([values[:, :-1], torch.where(use_current, new_values, values[:, -1:])], dim=1)
-        slot_mask = slot_keys[..., -1:] + (1.0 - slot_valid).view(n, slots, 1, 1, 1).to(keys.dtype) * MASKED_SCORE
+        slot_keys = torch.cat(
+            [keys[:, :-1], torch.where(use_current, new_keys, keys[:, -1:])], dim=1
+        )
+        slot_values = torch.cat(
+            [values[:, :-1], torch.where(use_current, new_values, values[:, -1:])], dim=1
+        )
+        slot_mask = (
+            slot_keys[..., -1:]
+            + (1.0 - slot_valid).view(n, slots, 1, 1, 1).to(keys.dtype) * MASKED_SCORE
+        )
         slot_keys = torch.cat([slot_keys[..., :-1], slot_mask], dim=-1)
-        memory = [TiledMemoryFrame(keys=slot_keys[:, t].reshape(entry.keys.shape),
-                                   values=slot_values[:, t].reshape(entry.values.shape),
-                                   radius=entry.radius, tile=entry.tile, size=entry.size, batch=n)
-                  for t in range(slots)]
+        memory = [
+            TiledMemoryFrame(
+                keys=slot_keys[:, t].reshape(entry.keys.shape),
+                values=slot_values[:, t].reshape(entry.values.shape),
+                radius=entry.radius,
+                tile=entry.tile,
+                size=entry.size,
+                batch=n,
+            )
+            for t in range(slots)
+        ]
         logits = self.base.decode(self.read_and_fuse(features, memory), skips, x.shape[-2:])
         next_keys = torch.cat([keys[:, 1:], new_keys.to(keys.dtype)], dim=1)
         next_values = torch.cat([values[:, 1:], new_values.to(values.dtype)], dim=1)
@@ -377,7 +436,7 @@ class MemoryAugmentedSegmenter(nn.Module):
         if frames.dim() != 5 or frames.shape[1] < 1:
             raise ValueError(f"frames must be (N, T+1, 3, H, W), got {tuple(frames.shape)}")
         n, length = frames.shape[:2]
-        past = frames[:, max(0, length - 1 - self.config.memory_length):length - 1]
+        past = frames[:, max(0, length - 1 - self.config.memory_length) : length - 1]
         features, skips = self.base.encode(frames[:, -1])
         if past.shape[1]:
             grad = torch.is_grad_enabled() and not self._base_frozen
@@ -390,7 +449,9 @@ class MemoryAugmentedSegmenter(nn.Module):
         return self.base.decode(self.read_and_fuse(features, memory), skips, frames.shape[-2:])
 
 
-def tile_memory_frame_static(key: Tensor, value: Tensor, window: int, tile: int = 8) -> TiledMemoryFrame:
+def tile_memory_frame_static(
+    key: Tensor, value: Tensor, window: int, tile: int = 8
+) -> TiledMemoryFrame:
     """:func:`~video_seg_ros.models.local_attention.tile_memory_frame` with the tile layout as a
     constant gather index, so that an ONNX export sees static shapes.
 
@@ -408,9 +469,14 @@ def tile_memory_frame_static(key: Tensor, value: Tensor, window: int, tile: int 
     side = tile + 2 * radius
     tiles = stacked.flatten(2).index_select(2, index).view(n, stacked.shape[1], -1, side * side)
     tiles = tiles.permute(0, 2, 3, 1).reshape(-1, side * side, stacked.shape[1])
-    return TiledMemoryFrame(keys=tiles[..., :k_channels + 1].contiguous(),
-                            values=tiles[..., k_channels + 1:].contiguous(),
-                            radius=radius, tile=tile, size=(h, w), batch=n)
+    return TiledMemoryFrame(
+        keys=tiles[..., : k_channels + 1].contiguous(),
+        values=tiles[..., k_channels + 1 :].contiguous(),
+        radius=radius,
+        tile=tile,
+        size=(h, w),
+        batch=n,
+    )
 
 
 def _tile_index(rows: int, cols: int, tile: int, radius: int, device) -> Tensor:
@@ -418,9 +484,11 @@ def _tile_index(rows: int, cols: int, tile: int, radius: int, device) -> Tensor:
     side = tile + 2 * radius
     width = cols * tile + 2 * radius
     block = torch.arange(side, device=device)
-    block = block.view(side, 1) * width + block.view(1, side)          # (side, side)
-    starts = torch.arange(rows, device=device).view(rows, 1) * (tile * width) \
-        + torch.arange(cols, device=device).view(1, cols) * tile       # (rows, cols)
+    block = block.view(side, 1) * width + block.view(1, side)  # (side, side)
+    starts = (
+        torch.arange(rows, device=device).view(rows, 1) * (tile * width)
+        + torch.arange(cols, device=device).view(1, cols) * tile
+    )  # (rows, cols)
     return (starts.view(-1, 1) + block.view(1, -1)).reshape(-1)
 
 
@@ -439,6 +507,8 @@ def _detached(entry: TiledMemoryFrame) -> TiledMemoryFrame:
     return replace(entry, keys=entry.keys.detach(), values=entry.values.detach())
 
 
-def wrap_with_memory(base_model: nn.Module, config: dict[str, Any] | MemoryConfig | None) -> MemoryAugmentedSegmenter:
+def wrap_with_memory(
+    base_model: nn.Module, config: dict[str, Any] | MemoryConfig | None
+) -> MemoryAugmentedSegmenter:
     """Wrap a per-frame segmenter with a freshly initialised LMANet memory (config: see MemoryConfig)."""
     return MemoryAugmentedSegmenter(base_model, config)

@@ -49,8 +49,10 @@ class ImportedGraph(nn.Module):
         return self.graph.detach().cpu().numpy().tobytes()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        raise RuntimeError("an imported ONNX graph does not run in PyTorch; run it with backend "
-                           "'openvino' (CPU), 'tensorrt' (CUDA) or 'auto'")
+        raise RuntimeError(
+            "an imported ONNX graph does not run in PyTorch; run it with backend "
+            "'openvino' (CPU), 'tensorrt' (CUDA) or 'auto'"
+        )
 
 
 @register("onnx")

@@ -28,17 +28,25 @@ class PyramidPooling(nn.Module):
     def __init__(self, in_channels: int, bins=(1, 2, 3, 6)):
         super().__init__()
         reduced = in_channels // len(bins)
-        self.stages = nn.ModuleList([
-            nn.Sequential(nn.AdaptiveAvgPool2d(size), nn.Conv2d(in_channels, reduced, 1, bias=False),
-                          nn.BatchNorm2d(reduced), nn.ReLU(inplace=True))
-            for size in bins
-        ])
+        self.stages = nn.ModuleList(
+            [
+                nn.Sequential(
+                    nn.AdaptiveAvgPool2d(size),
+                    nn.Conv2d(in_channels, reduced, 1, bias=False),
+                    nn.BatchNorm2d(reduced),
+                    nn.ReLU(inplace=True),
+                )
+                for size in bins
+            ]
+        )
         self.out_channels = in_channels + reduced * len(bins)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]
-        pooled = [F.interpolate(stage(x), size=size, mode="bilinear", align_corners=False)
-                  for stage in self.stages]
+        pooled = [
+            F.interpolate(stage(x), size=size, mode="bilinear", align_corners=False)
+            for stage in self.stages
+        ]
         return torch.cat([x, *pooled], 1)
 
 
@@ -74,8 +82,13 @@ class PSPNet18(nn.Module):
     # Measured in bench/engine.py: oneDNN 1.6-1.9x faster on ResNet's dense 3x3 convolutions.
     prefers_mkldnn = True
 
-    def __init__(self, num_classes: int = 19, output_stride: int = 8, bottleneck_channels: int = 256,
-                 dropout: float = 0.1):
+    def __init__(
+        self,
+        num_classes: int = 19,
+        output_stride: int = 8,
+        bottleneck_channels: int = 256,
+        dropout: float = 0.1,
+    ):
         super().__init__()
         if output_stride not in (8, 16, 32):
             raise ValueError("output_stride must be 8, 16 or 32")
@@ -95,7 +108,9 @@ class PSPNet18(nn.Module):
         self.ppm = PyramidPooling(512)
         self.head = nn.Sequential(
             nn.Conv2d(self.ppm.out_channels, bottleneck_channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(bottleneck_channels), nn.ReLU(inplace=True), nn.Dropout2d(dropout),
+            nn.BatchNorm2d(bottleneck_channels),
+            nn.ReLU(inplace=True),
+            nn.Dropout2d(dropout),
         )
         self.classifier = nn.Conv2d(bottleneck_channels, num_classes, 1)
 
@@ -116,8 +131,16 @@ class PSPNet18(nn.Module):
 
 
 @register("pspnet18")
-def pspnet18(num_classes: int = 19, output_stride: int = 8, bottleneck_channels: int = 256,
-             dropout: float = 0.1) -> PSPNet18:
+def pspnet18(
+    num_classes: int = 19,
+    output_stride: int = 8,
+    bottleneck_channels: int = 256,
+    dropout: float = 0.1,
+) -> PSPNet18:
     """PSPNet-ResNet18 (ETC's PSP18), randomly initialised; see :class:`PSPNet18`."""
-    return PSPNet18(num_classes=num_classes, output_stride=output_stride,
-                    bottleneck_channels=bottleneck_channels, dropout=dropout)
+    return PSPNet18(
+        num_classes=num_classes,
+        output_stride=output_stride,
+        bottleneck_channels=bottleneck_channels,
+        dropout=dropout,
+    )

@@ -45,12 +45,16 @@ class TorchvisionSegmenter(nn.Module):
     def __init__(self, name: str, num_classes: int):
         super().__init__()
         if name not in TORCHVISION_SEGMENTERS:
-            raise ValueError(f"unknown torchvision segmenter {name!r}; available: "
-                             f"{', '.join(PREFIX + n for n in TORCHVISION_SEGMENTERS)}")
+            raise ValueError(
+                f"unknown torchvision segmenter {name!r}; available: "
+                f"{', '.join(PREFIX + n for n in TORCHVISION_SEGMENTERS)}"
+            )
         from torchvision.models import segmentation
 
         builder = getattr(segmentation, name)
-        network = builder(weights=None, weights_backbone=None, num_classes=int(num_classes), aux_loss=False)
+        network = builder(
+            weights=None, weights_backbone=None, num_classes=int(num_classes), aux_loss=False
+        )
         self.name = name
         self.backbone = network.backbone
         self.classifier = network.classifier
@@ -82,10 +86,13 @@ def _channels_of(model: TorchvisionSegmenter) -> int:
 
 def _register_all() -> None:
     for name in TORCHVISION_SEGMENTERS:
+
         def builder(num_classes: int = 21, _name: str = name) -> TorchvisionSegmenter:
             return TorchvisionSegmenter(_name, num_classes)
 
-        builder.__doc__ = f"torchvision's {name} (weights=None, weights_backbone=None) returning logits."
+        builder.__doc__ = (
+            f"torchvision's {name} (weights=None, weights_backbone=None) returning logits."
+        )
         register(PREFIX + name)(builder)
 
 

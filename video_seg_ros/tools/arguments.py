@@ -29,9 +29,13 @@ def parse_size(text: str, minimum: tuple[int, int] = (1, 1)) -> tuple[int, int]:
     try:
         width, height = (int(part) for part in text.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like 1024x512 (WIDTHxHEIGHT), got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"size must look like 1024x512 (WIDTHxHEIGHT), got {text!r}"
+        ) from None
     if width < minimum[0] or height < minimum[1]:
-        raise argparse.ArgumentTypeError(f"size {text} is too small; use at least {minimum[0]}x{minimum[1]}")
+        raise argparse.ArgumentTypeError(
+            f"size {text} is too small; use at least {minimum[0]}x{minimum[1]}"
+        )
     return width, height
 
 
@@ -83,8 +87,9 @@ def int_range(low: int, high: int):
     return parse
 
 
-def add_deprecated_alias(parser: argparse.ArgumentParser, old: str, new: str, dest: str, *,
-                         flag: bool = False, **kwargs) -> None:
+def add_deprecated_alias(
+    parser: argparse.ArgumentParser, old: str, new: str, dest: str, *, flag: bool = False, **kwargs
+) -> None:
     """Accept ``old`` as a hidden spelling of ``new`` (same ``dest``) for one release.
 
     Using it prints ``<prog>: warning: <old> is deprecated; use <new>`` on stderr. ``flag`` for
@@ -94,24 +99,37 @@ def add_deprecated_alias(parser: argparse.ArgumentParser, old: str, new: str, de
 
     class Alias(argparse.Action):
         def __call__(self, parser, namespace, values, option_string=None):
-            print(f"{parser.prog}: warning: {option_string} is deprecated and will be removed in the "
-                  f"next release; use {new}", file=sys.stderr)
+            print(
+                f"{parser.prog}: warning: {option_string} is deprecated and will be removed in the "
+                f"next release; use {new}",
+                file=sys.stderr,
+            )
             setattr(namespace, self.dest, True if flag else values)
 
     if flag:
         kwargs["nargs"] = 0
-    parser.add_argument(old, dest=dest, action=Alias, default=argparse.SUPPRESS, help=argparse.SUPPRESS,
-                        **kwargs)
+    parser.add_argument(
+        old, dest=dest, action=Alias, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs
+    )
 
 
-def add_output_argument(parser: argparse.ArgumentParser, help: str, *, required: bool = False,
-                        default=None, type=None, metavar: str = "PATH", old: tuple[str, ...] = ()) -> None:
+def add_output_argument(
+    parser: argparse.ArgumentParser,
+    help: str,
+    *,
+    required: bool = False,
+    default=None,
+    type=None,
+    metavar: str = "PATH",
+    old: tuple[str, ...] = (),
+) -> None:
     """``-o/--output`` (dest ``output``), plus deprecated old spellings such as ``--out``."""
     from pathlib import Path
 
     type = type or Path
-    parser.add_argument("-o", "--output", type=type, default=default, required=False, metavar=metavar,
-                        help=help)
+    parser.add_argument(
+        "-o", "--output", type=type, default=default, required=False, metavar=metavar, help=help
+    )
     for spelling in old:
         add_deprecated_alias(parser, spelling, "-o/--output", "output", type=type, metavar=metavar)
     if required:
@@ -127,22 +145,27 @@ def check_required_output(parser: argparse.ArgumentParser, args: argparse.Namesp
         parser.error("the following arguments are required: -o/--output")
 
 
-def add_quiet_argument(parser: argparse.ArgumentParser, help: str = "no progress bars or progress lines",
-                       old: tuple[str, ...] = ()) -> None:
+def add_quiet_argument(
+    parser: argparse.ArgumentParser,
+    help: str = "no progress bars or progress lines",
+    old: tuple[str, ...] = (),
+) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help=help)
     for spelling in old:
         add_deprecated_alias(parser, spelling, "--quiet", "quiet", flag=True)
 
 
-def add_limit_argument(parser: argparse.ArgumentParser, help: str, *, default=None,
-                       old: tuple[str, ...] = ()) -> None:
+def add_limit_argument(
+    parser: argparse.ArgumentParser, help: str, *, default=None, old: tuple[str, ...] = ()
+) -> None:
     parser.add_argument("--limit", type=positive_int, default=default, metavar="N", help=help)
     for spelling in old:
         add_deprecated_alias(parser, spelling, "--limit", "limit", type=positive_int, metavar="N")
 
 
-def add_engine_arguments(parser: argparse.ArgumentParser, what: str = "inference",
-                         precision: str = "auto") -> None:
+def add_engine_arguments(
+    parser: argparse.ArgumentParser, what: str = "inference", precision: str = "auto"
+) -> None:
     """``--device``, ``--backend``, ``--precision`` and ``--upsample`` as the engine takes them.
 
     Tools that report figures pass ``precision=runtime.EVALUATION_PRECISION`` (fp32: the same
@@ -154,23 +177,41 @@ def add_engine_arguments(parser: argparse.ArgumentParser, what: str = "inference
     from video_seg_ros.engine import UPSAMPLE_MODES
     from video_seg_ros.runtime import PRECISIONS
 
-    parser.add_argument("--device", default="auto",
-                        help=f"{what} device: auto (CUDA if present, else CPU), cpu or cuda[:N]")
-    parser.add_argument("--backend", choices=BACKENDS, default="auto",
-                        help="inference backend: torch, openvino (Intel CPUs), tensorrt (CUDA, needs "
-                             "the tensorrt wheel), or auto (the fastest available; the report says "
-                             "which ran and why)")
-    scored = (" Default fp32, so that figures do not depend on the CPU; auto scores what the node "
-              "runs." if precision == "fp32" else "")
-    parser.add_argument("--precision", choices=PRECISIONS, default=precision,
-                        help="arithmetic: fp32, bf16 (CPUs with native bf16, CUDA), fp16 (CUDA), or "
-                             "auto (a reduced precision only where it keeps the fp32 labels on "
-                             "calibration frames; the report says which ran and why)." + scored)
-    parser.add_argument("--upsample", choices=UPSAMPLE_MODES, default="auto",
-                        help="how predictions reach the frame size: 'logits' resizes class scores "
-                             "bilinearly before the argmax (finer boundaries), 'labels' resizes the "
-                             "class map nearest-neighbour (much cheaper on large frames); 'auto': "
-                             "logits on CUDA, labels on the CPU")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help=f"{what} device: auto (CUDA if present, else CPU), cpu or cuda[:N]",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="inference backend: torch, openvino (Intel CPUs), tensorrt (CUDA, needs "
+        "the tensorrt wheel), or auto (the fastest available; the report says "
+        "which ran and why)",
+    )
+    scored = (
+        " Default fp32, so that figures do not depend on the CPU; auto scores what the node runs."
+        if precision == "fp32"
+        else ""
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=precision,
+        help="arithmetic: fp32, bf16 (CPUs with native bf16, CUDA), fp16 (CUDA), or "
+        "auto (a reduced precision only where it keeps the fp32 labels on "
+        "calibration frames; the report says which ran and why)." + scored,
+    )
+    parser.add_argument(
+        "--upsample",
+        choices=UPSAMPLE_MODES,
+        default="auto",
+        help="how predictions reach the frame size: 'logits' resizes class scores "
+        "bilinearly before the argmax (finer boundaries), 'labels' resizes the "
+        "class map nearest-neighbour (much cheaper on large frames); 'auto': "
+        "logits on CUDA, labels on the CPU",
+    )
 
 
 def add_temporal_arguments(parser: argparse.ArgumentParser) -> None:
@@ -180,19 +221,36 @@ def add_temporal_arguments(parser: argparse.ArgumentParser) -> None:
     from video_seg_ros.temporal import TEMPORAL_MODES, TemporalSettings
 
     defaults = TemporalSettings()
-    parser.add_argument("--temporal", choices=TEMPORAL_MODES, default=defaults.mode,
-                        help="off: every frame on its own; fuse: blend each frame's class probabilities "
-                             "with the previous fused ones warped by optical flow; adaptive: run the "
-                             "network on keyframes only and warp the fused probabilities in between")
-    parser.add_argument("--fusion-weight", type=float, default=defaults.fusion_weight, metavar="W",
-                        help="weight 0..1 of the current frame where the warp is trusted (1 = the "
-                             "per-frame result)")
-    parser.add_argument("--keyframe-max-interval", type=positive_int, default=defaults.max_interval,
-                        metavar="N", help="adaptive: run the network at least every N frames")
+    parser.add_argument(
+        "--temporal",
+        choices=TEMPORAL_MODES,
+        default=defaults.mode,
+        help="off: every frame on its own; fuse: blend each frame's class probabilities "
+        "with the previous fused ones warped by optical flow; adaptive: run the "
+        "network on keyframes only and warp the fused probabilities in between",
+    )
+    parser.add_argument(
+        "--fusion-weight",
+        type=float,
+        default=defaults.fusion_weight,
+        metavar="W",
+        help="weight 0..1 of the current frame where the warp is trusted (1 = the "
+        "per-frame result)",
+    )
+    parser.add_argument(
+        "--keyframe-max-interval",
+        type=positive_int,
+        default=defaults.max_interval,
+        metavar="N",
+        help="adaptive: run the network at least every N frames",
+    )
 
 
-_TEMPORAL_OPTIONS = {"mode": "--temporal", "fusion_weight": "--fusion-weight",
-                     "max_interval": "--keyframe-max-interval"}
+_TEMPORAL_OPTIONS = {
+    "mode": "--temporal",
+    "fusion_weight": "--fusion-weight",
+    "max_interval": "--keyframe-max-interval",
+}
 
 
 def temporal_from_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace):
@@ -201,8 +259,13 @@ def temporal_from_arguments(parser: argparse.ArgumentParser, args: argparse.Name
     from video_seg_ros.temporal import TemporalSettings, TemporalSettingsError
 
     try:
-        return TemporalSettings.coerce({"mode": args.temporal, "fusion_weight": args.fusion_weight,
-                                        "max_interval": args.keyframe_max_interval})
+        return TemporalSettings.coerce(
+            {
+                "mode": args.temporal,
+                "fusion_weight": args.fusion_weight,
+                "max_interval": args.keyframe_max_interval,
+            }
+        )
     except TemporalSettingsError as error:
         parser.error(f"{_TEMPORAL_OPTIONS.get(error.field, error.field)} {error.reason}")
 

@@ -32,7 +32,11 @@ def resize_sample(sample: AlignedSample, width: int, height: int) -> AlignedSamp
         return sample
     size = (width, height)
     frames = [cv2.resize(f, size, interpolation=cv2.INTER_LINEAR) for f in sample.frames]
-    label = None if sample.label is None else cv2.resize(sample.label, size, interpolation=cv2.INTER_NEAREST)
+    label = (
+        None
+        if sample.label is None
+        else cv2.resize(sample.label, size, interpolation=cv2.INTER_NEAREST)
+    )
     factor = np.array([width / old_w, height / old_h], np.float32)
     flows = [cv2.resize(f, size, interpolation=cv2.INTER_LINEAR) * factor for f in sample.flows]
     valid = cv2.resize(sample.valid, size, interpolation=cv2.INTER_NEAREST)
@@ -49,12 +53,16 @@ def _pad(array: np.ndarray, height: int, width: int, value) -> np.ndarray:
 
 def crop_sample(sample: AlignedSample, x0: int, y0: int, width: int, height: int) -> AlignedSample:
     """Crop (padding first where the sample is smaller than the crop: label 255, valid 0)."""
-    def cut(array, value):
-        return _pad(array, y0 + height, x0 + width, value)[y0:y0 + height, x0:x0 + width]
 
-    return AlignedSample([cut(f, 0) for f in sample.frames],
-                         None if sample.label is None else cut(sample.label, IGNORE_ID),
-                         [cut(f, 0.0) for f in sample.flows], cut(sample.valid, 0))
+    def cut(array, value):
+        return _pad(array, y0 + height, x0 + width, value)[y0 : y0 + height, x0 : x0 + width]
+
+    return AlignedSample(
+        [cut(f, 0) for f in sample.frames],
+        None if sample.label is None else cut(sample.label, IGNORE_ID),
+        [cut(f, 0.0) for f in sample.flows],
+        cut(sample.valid, 0),
+    )
 
 
 def flip_sample(sample: AlignedSample) -> AlignedSample:
@@ -63,9 +71,12 @@ def flip_sample(sample: AlignedSample) -> AlignedSample:
         mirrored = flow[:, ::-1].copy()
         mirrored[..., 0] *= -1.0
         flows.append(mirrored)
-    return AlignedSample([np.ascontiguousarray(f[:, ::-1]) for f in sample.frames],
-                         None if sample.label is None else np.ascontiguousarray(sample.label[:, ::-1]),
-                         flows, np.ascontiguousarray(sample.valid[:, ::-1]))
+    return AlignedSample(
+        [np.ascontiguousarray(f[:, ::-1]) for f in sample.frames],
+        None if sample.label is None else np.ascontiguousarray(sample.label[:, ::-1]),
+        flows,
+        np.ascontiguousarray(sample.valid[:, ::-1]),
+    )
 
 
 class AlignedAugmentation:
@@ -81,7 +92,9 @@ class AlignedAugmentation:
         low, high = self.scale_range
         if high > low or low != 1.0:
             scale = rng.uniform(low, high) if high > low else low
-            sample = resize_sample(sample, max(1, round(width * scale)), max(1, round(height * scale)))
+            sample = resize_sample(
+                sample, max(1, round(width * scale)), max(1, round(height * scale))
+            )
         if self.crop:
             crop_w, crop_h = self.crop
             height, width = sample.frames[0].shape[:2]

@@ -33,9 +33,9 @@ DEFAULTS: dict[str, Any] = {
     "run_dir": "runs/train",
     "seed": 0,
     "model": {
-        "arch": None,            # registered architecture name (video_seg_ros.models)
-        "kwargs": {},            # builder keyword arguments (num_classes is filled in if missing)
-        "init": None,            # project-format checkpoint to start from (weights + arch if arch unset)
+        "arch": None,  # registered architecture name (video_seg_ros.models)
+        "kwargs": {},  # builder keyword arguments (num_classes is filled in if missing)
+        "init": None,  # project-format checkpoint to start from (weights + arch if arch unset)
         "label_set": "cityscapes",
         # Input normalisation written into the checkpoint; None = the init checkpoint's, else ImageNet.
         "preprocessing": None,
@@ -45,39 +45,39 @@ DEFAULTS: dict[str, Any] = {
     "data": {
         "train": [],
         "val": [],
-        "resize": None,          # [W, H] every frame is resized to first (flow is computed at it)
-        "crop": None,            # [W, H] random crop after scaling; None = the whole resized frame
+        "resize": None,  # [W, H] every frame is resized to first (flow is computed at it)
+        "crop": None,  # [W, H] random crop after scaling; None = the whole resized frame
         "scale_range": [1.0, 1.0],
         "hflip": True,
-        "mode": "pair",          # pair: frame t + neighbour t+k; clip: clip_length frames ending at t
-        "max_gap": 3,            # k is drawn uniformly from 1..max_gap (pair mode)
+        "mode": "pair",  # pair: frame t + neighbour t+k; clip: clip_length frames ending at t
+        "max_gap": 3,  # k is drawn uniformly from 1..max_gap (pair mode)
         "direction": "forward",  # forward (t+k), backward (t-k) or both (either, at random)
         "clip_length": 3,
         "clip_stride": 1,
         "flow": {"method": "dis", "preset": "ultrafast", "max_width": None, "cache_dir": None},
         "workers": 0,
-        "val_resize": None,      # [W, H] for validation; None = data.resize
+        "val_resize": None,  # [W, H] for validation; None = data.resize
     },
     "train": {
-        "epochs": 10,            # null: as many as train.max_iters needs (set max_iters then)
+        "epochs": 10,  # null: as many as train.max_iters needs (set max_iters then)
         "batch_size": 4,
         "optimizer": "sgd",
         "lr": 0.01,
         "momentum": 0.9,
         "weight_decay": 1e-4,
         "poly_power": 0.9,
-        "amp": True,             # float16 autocast on CUDA when train.precision is null
+        "amp": True,  # float16 autocast on CUDA when train.precision is null
         # null: fp16 on CUDA if train.amp, else fp32 (the behaviour before this key existed);
         # auto|fp32|bf16|fp16: video_seg_ros.runtime.resolve_precision (bf16 needs a CPU with native bf16).
         "precision": None,
-        "freeze_bn": False,      # BatchNorm layers in eval mode (small batches, exact DDP parity)
-        "val_every": 1,          # epochs between validations; 0 = never validate during training
-        "save_every": 1,         # epochs between last.pt saves; 0 = only at the end (and on a new best)
+        "freeze_bn": False,  # BatchNorm layers in eval mode (small batches, exact DDP parity)
+        "val_every": 1,  # epochs between validations; 0 = never validate during training
+        "save_every": 1,  # epochs between last.pt saves; 0 = only at the end (and on a new best)
         "max_iters_per_epoch": None,
-        "max_iters": None,       # total step budget over all epochs (stops the run early); null = none
+        "max_iters": None,  # total step budget over all epochs (stops the run early); null = none
         "device": "auto",
         "log_every": 10,
-        "profile": False,        # per-phase seconds of every step in steps.csv (see training/profiling.py)
+        "profile": False,  # per-phase seconds of every step in steps.csv (see training/profiling.py)
         "val_max_frames": None,  # per validation sequence; None = all
         "find_unused_parameters": False,  # DDP: needed only if some parameters get no gradient
     },
@@ -97,12 +97,28 @@ DEFAULTS: dict[str, Any] = {
 #: Integer settings: key -> (smallest allowed value, may be null, what the value means).
 _INTEGER_KEYS = {
     "seed": (0, False, "the random seed"),
-    "train.epochs": (1, True, "passes over the training data; null = as many as train.max_iters needs"),
+    "train.epochs": (
+        1,
+        True,
+        "passes over the training data; null = as many as train.max_iters needs",
+    ),
     "train.batch_size": (1, False, "samples per step (per process under DDP)"),
-    "train.val_every": (0, False, "epochs between validations; 0 = never validate during training"),
-    "train.save_every": (0, False, "epochs between last.pt saves; 0 = only at the end and on a new best"),
+    "train.val_every": (
+        0,
+        False,
+        "epochs between validations; 0 = never validate during training",
+    ),
+    "train.save_every": (
+        0,
+        False,
+        "epochs between last.pt saves; 0 = only at the end and on a new best",
+    ),
     "train.log_every": (1, False, "steps between steps.csv rows"),
-    "train.max_iters_per_epoch": (1, True, "a cap on the steps of one epoch; null = the whole data"),
+    "train.max_iters_per_epoch": (
+        1,
+        True,
+        "a cap on the steps of one epoch; null = the whole data",
+    ),
     "train.max_iters": (1, True, "the total step budget; null = epochs x steps per epoch"),
     "train.val_max_frames": (1, True, "frames per validation sequence; null = all"),
     "data.workers": (0, False, "data-loader worker processes; 0 = load in the training process"),
@@ -145,7 +161,9 @@ def apply_override(config: dict, override: str) -> None:
             if node.get(part) is None and ".".join(parts[: depth + 1]) in ("memory", "teacher"):
                 node[part] = {}
             else:
-                raise ConfigError(f"override {override!r}: '{'.'.join(parts[:depth + 1])}' is not a section")
+                raise ConfigError(
+                    f"override {override!r}: '{'.'.join(parts[: depth + 1])}' is not a section"
+                )
         node = node[part]
     node[parts[-1]] = value
 
@@ -156,11 +174,15 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"config file not found: {path}. Pass --config config/train/<name>.yaml.")
+            raise ConfigError(
+                f"config file not found: {path}. Pass --config config/train/<name>.yaml."
+            )
         with open(path) as stream:
             user = yaml.safe_load(stream) or {}
         if not isinstance(user, dict):
-            raise ConfigError(f"{path} must hold a YAML mapping (sections model, data, train, losses)")
+            raise ConfigError(
+                f"{path} must hold a YAML mapping (sections model, data, train, losses)"
+            )
     config = _merge(DEFAULTS, user)
     for override in overrides:
         apply_override(config, override)
@@ -201,7 +223,9 @@ def validate(config: dict) -> None:
     _check_integers(config)
     model = config["model"]
     if not model.get("arch") and not model.get("init"):
-        raise ConfigError("model.arch or model.init must be set (an architecture name or a checkpoint)")
+        raise ConfigError(
+            "model.arch or model.init must be set (an architecture name or a checkpoint)"
+        )
     data = config["data"]
     if not data["train"]:
         raise ConfigError("data.train lists no dataset; add e.g. {type: folder, images: PATH}")
@@ -216,30 +240,45 @@ def validate(config: dict) -> None:
     low, high = data["scale_range"]
     if not 0 < low <= high:
         raise ConfigError("data.scale_range must be [low, high] with 0 < low <= high")
-    if (low, high) != (1.0, 1.0) and not data.get("crop") and int(config["train"]["batch_size"]) > 1:
-        raise ConfigError("data.scale_range other than [1, 1] gives frames of different sizes; set "
-                          "data.crop: [width, height] so a batch can be stacked")
+    if (
+        (low, high) != (1.0, 1.0)
+        and not data.get("crop")
+        and int(config["train"]["batch_size"]) > 1
+    ):
+        raise ConfigError(
+            "data.scale_range other than [1, 1] gives frames of different sizes; set "
+            "data.crop: [width, height] so a batch can be stacked"
+        )
     train = config["train"]
     if train["epochs"] is None and train["max_iters"] is None:
-        raise ConfigError("train.epochs is null, which means 'as many as train.max_iters needs': set "
-                          "train.max_iters (the total step budget) or give train.epochs a number")
+        raise ConfigError(
+            "train.epochs is null, which means 'as many as train.max_iters needs': set "
+            "train.max_iters (the total step budget) or give train.epochs a number"
+        )
     if train["optimizer"] not in ("sgd", "adam", "adamw"):
         raise ConfigError("train.optimizer must be sgd, adam or adamw")
     precision = train["precision"]
     if precision is not None and str(precision).lower() not in PRECISIONS:
-        raise ConfigError(f"train.precision must be null or one of {', '.join(PRECISIONS)}; got {precision!r}")
+        raise ConfigError(
+            f"train.precision must be null or one of {', '.join(PRECISIONS)}; got {precision!r}"
+        )
     if not isinstance(train["amp"], bool):
         raise ConfigError(f"train.amp must be true or false; got {train['amp']!r}")
     if not 0.0 <= float(config["losses"]["pseudo_label"]["confidence"]) <= 1.0:
         raise ConfigError("losses.pseudo_label.confidence must be a probability in [0, 1]")
     losses = config["losses"]
-    distill = [name for name in losses if (name.startswith("distill_") or name == "pseudo_label")
-               and losses[name]["weight"]]
+    distill = [
+        name
+        for name in losses
+        if (name.startswith("distill_") or name == "pseudo_label") and losses[name]["weight"]
+    ]
     if distill and not config.get("teacher"):
         raise ConfigError(f"losses {', '.join(distill)} need a teacher: set teacher.checkpoint")
     if data["mode"] == "clip" and any(losses[n]["weight"] for n in losses if n != "ce"):
-        raise ConfigError("data.mode 'clip' (memory training) supports only the ce loss; set the "
-                          "other loss weights to 0")
+        raise ConfigError(
+            "data.mode 'clip' (memory training) supports only the ce loss; set the "
+            "other loss weights to 0"
+        )
 
 
 def dump_config(config: dict) -> str:

@@ -62,8 +62,10 @@ def bytes_per_pair(width: int, height: int) -> int:
 
 def build_flow_cache(flow_settings: dict, run_dir: Path) -> "FlowCache":
     """The cache a run uses: ``flow.cache_dir`` when set, else ``<run_dir>/flow_cache``."""
-    return FlowCache(make_flow_estimator(dict(flow_settings)),
-                     flow_settings.get("cache_dir") or Path(run_dir) / "flow_cache")
+    return FlowCache(
+        make_flow_estimator(dict(flow_settings)),
+        flow_settings.get("cache_dir") or Path(run_dir) / "flow_cache",
+    )
 
 
 class FlowCache:
@@ -92,7 +94,9 @@ class FlowCache:
         text = f"{_file_identity(path_a)}|{_file_identity(path_b)}|{size[0]}x{size[1]}|{self.estimator.settings}"
         return hashlib.sha1(text.encode()).hexdigest()
 
-    def get(self, path_a: Path, path_b: Path, frame_a: np.ndarray, frame_b: np.ndarray) -> np.ndarray:
+    def get(
+        self, path_a: Path, path_b: Path, frame_a: np.ndarray, frame_b: np.ndarray
+    ) -> np.ndarray:
         """(H, W, 2) float32 flow from ``frame_a`` to ``frame_b`` (the decoded, resized frames)."""
         if path_a == path_b:
             return np.zeros(frame_a.shape[:2] + (2,), np.float32)

@@ -50,9 +50,15 @@ def occlusion_weight(image: torch.Tensor, neighbour_warped: torch.Tensor) -> tor
     return torch.exp(-torch.abs(((image - neighbour_warped) / std).sum(1, keepdim=True)))
 
 
-def temporal_loss(logits: torch.Tensor, neighbour_logits: torch.Tensor, image: torch.Tensor,
-                  neighbour: torch.Tensor, flow: torch.Tensor, valid: torch.Tensor | None = None,
-                  detach_neighbour: bool = False) -> torch.Tensor:
+def temporal_loss(
+    logits: torch.Tensor,
+    neighbour_logits: torch.Tensor,
+    image: torch.Tensor,
+    neighbour: torch.Tensor,
+    flow: torch.Tensor,
+    valid: torch.Tensor | None = None,
+    detach_neighbour: bool = False,
+) -> torch.Tensor:
     """MSE(M * logits_t, M * warp(logits_{t+k}, F)) on logits upsampled to the image size.
 
     Args:
@@ -75,15 +81,16 @@ def temporal_loss(logits: torch.Tensor, neighbour_logits: torch.Tensor, image: t
     return F.mse_loss(logits * mask, warped * mask)
 
 
-def pixel_distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                            temperature: float = 1.0) -> torch.Tensor:
+def pixel_distillation_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
     """KL(teacher || student) of softened class distributions, summed over classes, averaged over
     pixels, times T^2 (so the gradient scale does not depend on T). (N, C, h, w) each."""
     student_logits = upsample_to(student_logits, teacher_logits.shape[-2:]).float()
     log_p_student = F.log_softmax(student_logits / temperature, dim=1)
     log_p_teacher = F.log_softmax(teacher_logits.float() / temperature, dim=1)
     kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(1)
-    return kl.mean() * temperature ** 2
+    return kl.mean() * temperature**2
 
 
 def _pooled_unit_nodes(features: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -92,24 +99,34 @@ def _pooled_unit_nodes(features: torch.Tensor, grid: tuple[int, int]) -> torch.T
     return F.normalize(pooled.flatten(2), dim=1, eps=1e-6)
 
 
-def affinity(features_a: torch.Tensor, features_b: torch.Tensor | None = None,
-             grid: tuple[int, int] = (16, 32)) -> torch.Tensor:
+def affinity(
+    features_a: torch.Tensor,
+    features_b: torch.Tensor | None = None,
+    grid: tuple[int, int] = (16, 32),
+) -> torch.Tensor:
     """Cosine affinity between pooled patches of a and b (b = a if None): (N, P, P), P = grid area."""
     nodes_a = _pooled_unit_nodes(features_a, grid)
     nodes_b = nodes_a if features_b is None else _pooled_unit_nodes(features_b, grid)
     return torch.bmm(nodes_a.transpose(1, 2), nodes_b)
 
 
-def pairwise_distillation_loss(student_features: torch.Tensor, teacher_features: torch.Tensor,
-                               grid: tuple[int, int] = (16, 32)) -> torch.Tensor:
+def pairwise_distillation_loss(
+    student_features: torch.Tensor,
+    teacher_features: torch.Tensor,
+    grid: tuple[int, int] = (16, 32),
+) -> torch.Tensor:
     """Structure distillation: MSE between student and teacher self-affinity matrices. Channel
     counts may differ (the affinity is channel-free); both are pooled to the same grid."""
     return F.mse_loss(affinity(student_features, grid=grid), affinity(teacher_features, grid=grid))
 
 
-def cross_frame_distillation_loss(student_t: torch.Tensor, student_n: torch.Tensor,
-                                  teacher_t: torch.Tensor, teacher_n: torch.Tensor,
-                                  grid: tuple[int, int] = (16, 32)) -> torch.Tensor:
+def cross_frame_distillation_loss(
+    student_t: torch.Tensor,
+    student_n: torch.Tensor,
+    teacher_t: torch.Tensor,
+    teacher_n: torch.Tensor,
+    grid: tuple[int, int] = (16, 32),
+) -> torch.Tensor:
     """MSE between student and teacher affinities from frame t's patches to frame t+k's."""
     return F.mse_loss(affinity(student_t, student_n, grid), affinity(teacher_t, teacher_n, grid))
 
@@ -120,8 +137,12 @@ class ConvLSTMCell(nn.Module):
     def __init__(self, input_channels: int, hidden_channels: int, kernel_size: int = 3):
         super().__init__()
         self.hidden_channels = hidden_channels
-        self.gates = nn.Conv2d(input_channels + hidden_channels, 4 * hidden_channels, kernel_size,
-                               padding=kernel_size // 2)
+        self.gates = nn.Conv2d(
+            input_channels + hidden_channels,
+            4 * hidden_channels,
+            kernel_size,
+            padding=kernel_size // 2,
+        )
 
     def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None):
         if state is None:
@@ -159,13 +180,18 @@ class TemporalDistillationLoss(nn.Module):
             state = self.cell(affinity(features, grid=self.grid).unsqueeze(1), state)
         return state[0]
 
-    def forward(self, student_sequence: list[torch.Tensor], teacher_sequence: list[torch.Tensor]) -> torch.Tensor:
+    def forward(
+        self, student_sequence: list[torch.Tensor], teacher_sequence: list[torch.Tensor]
+    ) -> torch.Tensor:
         return F.mse_loss(self._embed(student_sequence), self._embed(teacher_sequence))
 
 
-def confident_pseudo_labels(teacher_logits: torch.Tensor, confidence: float,
-                            channels: torch.Tensor | None = None,
-                            valid: torch.Tensor | None = None) -> torch.Tensor:
+def confident_pseudo_labels(
+    teacher_logits: torch.Tensor,
+    confidence: float,
+    channels: torch.Tensor | None = None,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Teacher logits (N, C, h, w) -> (N, h, w) int64 targets: the argmax where the teacher's max
     softmax probability is >= ``confidence``, ``IGNORE_ID`` elsewhere.
 
@@ -184,8 +210,13 @@ def confident_pseudo_labels(teacher_logits: torch.Tensor, confidence: float,
         return torch.where(keep, index, torch.full_like(index, IGNORE_ID))
 
 
-def pseudo_label_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, confidence: float,
-                      channels: torch.Tensor | None = None, valid: torch.Tensor | None = None) -> torch.Tensor:
+def pseudo_label_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    confidence: float,
+    channels: torch.Tensor | None = None,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Cross-entropy of the student on the teacher's confident pixels (self-training on unlabelled
     video, as in UDA-VSS); 0 when no pixel is confident. Gradient: student only."""
     targets = confident_pseudo_labels(teacher_logits, confidence, channels, valid)

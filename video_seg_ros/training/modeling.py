@@ -13,14 +13,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from video_seg_ros.checkpoint import (Checkpoint, CheckpointCache, Preprocessing, output_to_class_for,
-                                      strip_memory_from_checkpoint)
+from video_seg_ros.checkpoint import (
+    Checkpoint,
+    CheckpointCache,
+    Preprocessing,
+    output_to_class_for,
+    strip_memory_from_checkpoint,
+)
 from video_seg_ros.labels import IGNORE_ID, LABEL_SETS
 from video_seg_ros.models import build_from_checkpoint, build_model
 
 #: torchvision-style ImageNet statistics, the default for students trained from scratch.
-IMAGENET_PREPROCESSING = {"channel_order": "rgb", "mean": [123.675, 116.28, 103.53],
-                          "std": [58.395, 57.12, 57.375], "scale": 1.0}
+IMAGENET_PREPROCESSING = {
+    "channel_order": "rgb",
+    "mean": [123.675, 116.28, 103.53],
+    "std": [58.395, 57.12, 57.375],
+    "scale": 1.0,
+}
 
 
 class InputNormalizer(nn.Module):
@@ -30,7 +39,9 @@ class InputNormalizer(nn.Module):
         super().__init__()
         self.bgr = preprocessing.channel_order == "bgr"
         mean = torch.tensor(preprocessing.mean, dtype=torch.float32).view(1, 3, 1, 1)
-        factor = torch.tensor([preprocessing.scale / s for s in preprocessing.std]).view(1, 3, 1, 1)
+        factor = torch.tensor([preprocessing.scale / s for s in preprocessing.std]).view(
+            1, 3, 1, 1
+        )
         self.register_buffer("mean", mean, persistent=False)
         self.register_buffer("factor", factor, persistent=False)
 
@@ -84,8 +95,9 @@ def _preprocessing_from(config_pre: dict | None, init: Checkpoint | None, size) 
     return Preprocessing(**values)
 
 
-def build_student(config: dict, checkpoints: CheckpointCache | None = None
-                  ) -> tuple[nn.Module, dict[str, Any]]:
+def build_student(
+    config: dict, checkpoints: CheckpointCache | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
     """The student model and the metadata its checkpoints carry (arch, kwargs, labels, preprocessing).
 
     ``model.init`` (a project checkpoint) supplies the weights and, unless overridden, the
@@ -113,7 +125,9 @@ def build_student(config: dict, checkpoints: CheckpointCache | None = None
             model = build_from_checkpoint(init)
         else:
             # A memory checkpoint initialises a per-frame student with its base weights.
-            _load_matching(base, strip_memory_from_checkpoint(init).state_dict, str(model_cfg["init"]))
+            _load_matching(
+                base, strip_memory_from_checkpoint(init).state_dict, str(model_cfg["init"])
+            )
             model = base
     else:
         model = base
@@ -127,15 +141,23 @@ def build_student(config: dict, checkpoints: CheckpointCache | None = None
         model.freeze_base(freeze_base)  # no gradients into the base, its BatchNorm in eval mode
         memory_settings = model.config.to_dict()
     num_outputs = int(kwargs["num_classes"])
-    size = config["data"].get("val_resize") or config["data"].get("resize") or (
-        (init.preprocessing.input_width, init.preprocessing.input_height) if init else (1024, 512))
+    size = (
+        config["data"].get("val_resize")
+        or config["data"].get("resize")
+        or (
+            (init.preprocessing.input_width, init.preprocessing.input_height)
+            if init
+            else (1024, 512)
+        )
+    )
     meta = {
         "arch": arch,
         "arch_kwargs": kwargs,
         "label_set": label_set,
         "class_names": list(LABEL_SETS[label_set].names),
         "palette": [list(c) for c in LABEL_SETS[label_set].palette],
-        "output_to_class": list(init.output_to_class) if init is not None and init.num_outputs == num_outputs
+        "output_to_class": list(init.output_to_class)
+        if init is not None and init.num_outputs == num_outputs
         else output_to_class_for(label_set, num_outputs),
         "preprocessing": _preprocessing_from(model_cfg.get("preprocessing"), init, size),
         "memory": memory_settings,
@@ -151,18 +173,24 @@ def _load_matching(model: nn.Module, state: dict, origin: str) -> None:
     unknown = sorted(set(state) - set(own))
     missing = sorted(set(own) - set(state))
     if unknown or missing:
-        raise ValueError(f"model.init {origin} does not fit model.arch/kwargs: "
-                         f"{len(missing)} missing and {len(unknown)} unexpected tensors "
-                         f"(e.g. {(missing + unknown)[:3]}); check model.kwargs against the checkpoint")
+        raise ValueError(
+            f"model.init {origin} does not fit model.arch/kwargs: "
+            f"{len(missing)} missing and {len(unknown)} unexpected tensors "
+            f"(e.g. {(missing + unknown)[:3]}); check model.kwargs against the checkpoint"
+        )
     skipped = [k for k, v in state.items() if own[k].shape != v.shape]
     model.load_state_dict({k: v for k, v in state.items() if k not in skipped}, strict=False)
     if skipped:
-        print(f"model.init: {len(skipped)} tensors differ in shape and start fresh: {', '.join(skipped[:6])}"
-              + (" ..." if len(skipped) > 6 else ""), flush=True)
+        print(
+            f"model.init: {len(skipped)} tensors differ in shape and start fresh: {', '.join(skipped[:6])}"
+            + (" ..." if len(skipped) > 6 else ""),
+            flush=True,
+        )
 
 
-def build_teacher(config: dict, student_meta: dict, checkpoints: CheckpointCache | None = None
-                  ) -> tuple[nn.Module, Preprocessing, list[int], list[int]] | None:
+def build_teacher(
+    config: dict, student_meta: dict, checkpoints: CheckpointCache | None = None
+) -> tuple[nn.Module, Preprocessing, list[int], list[int]] | None:
     """Teacher model (eval, no gradients), its preprocessing, and the student channels that are
     distilled with the teacher channel of the same published class id for each, or None without a
     teacher section.
@@ -177,8 +205,10 @@ def build_teacher(config: dict, student_meta: dict, checkpoints: CheckpointCache
         return None
     unknown = set(teacher_cfg) - {"checkpoint", "arch", "kwargs", "preprocessing", "input_size"}
     if unknown:
-        raise ValueError(f"unknown teacher setting(s) {sorted(unknown)}; known: checkpoint, arch, kwargs, "
-                         "preprocessing, input_size")
+        raise ValueError(
+            f"unknown teacher setting(s) {sorted(unknown)}; known: checkpoint, arch, kwargs, "
+            "preprocessing, input_size"
+        )
     if teacher_cfg.get("checkpoint"):
         checkpoint = (checkpoints or CheckpointCache()).load(teacher_cfg["checkpoint"])
         _refuse_imported_graph(checkpoint, "teacher.checkpoint")
@@ -199,16 +229,20 @@ def build_teacher(config: dict, student_meta: dict, checkpoints: CheckpointCache
             student_channels.append(channel)
             teacher_channels.append(channel_of_class[cls])
         elif cls != IGNORE_ID:
-            raise ValueError(f"the teacher has no output for class id {cls} (student channel {channel}); "
-                             "distillation needs a teacher trained on the same label set")
+            raise ValueError(
+                f"the teacher has no output for class id {cls} (student channel {channel}); "
+                "distillation needs a teacher trained on the same label set"
+            )
     model.eval().requires_grad_(False)
     return model, preprocessing, student_channels, teacher_channels
 
 
 def _refuse_imported_graph(checkpoint: Checkpoint | None, key: str) -> None:
     if checkpoint is not None and checkpoint.arch == "onnx":
-        raise ValueError(f"{key} is an imported ONNX graph, which PyTorch cannot run or train; use a "
-                         "checkpoint of a package or torchvision:NAME architecture (docs/byo_model.md)")
+        raise ValueError(
+            f"{key} is an imported ONNX graph, which PyTorch cannot run or train; use a "
+            "checkpoint of a package or torchvision:NAME architecture (docs/byo_model.md)"
+        )
 
 
 def set_batchnorm_eval(model: nn.Module) -> None:

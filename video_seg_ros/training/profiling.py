@@ -89,18 +89,32 @@ class StepProfiler:
         names = [n for n in PHASES if any(n in s for s in self.steps)]
         names += sorted({n for s in self.steps for n in s} - set(PHASES) - {"step"})
         step_median = statistics.median(s["step"] for s in timed)
-        lines = [f"Per-phase wall seconds over {len(timed)} step(s)"
-                 + (f" (the first {skip_first} left out, shown apart)" if len(self.steps) > skip_first else ""),
-                 "", "| phase | median s | mean s | share of step | first step s | what |",
-                 "|---|---:|---:|---:|---:|---|"]
+        lines = [
+            f"Per-phase wall seconds over {len(timed)} step(s)"
+            + (
+                f" (the first {skip_first} left out, shown apart)"
+                if len(self.steps) > skip_first
+                else ""
+            ),
+            "",
+            "| phase | median s | mean s | share of step | first step s | what |",
+            "|---|---:|---:|---:|---:|---|",
+        ]
         for name in names + ["step"]:
             values = [s.get(name, 0.0) for s in timed]
             median = statistics.median(values)
-            share = "100 %" if name == "step" else f"{100.0 * median / max(step_median, 1e-12):.1f} %"
-            meaning = "the whole step" if name == "step" else PHASES.get(name, "loss forward" if name.startswith(
-                "loss.") else "")
-            lines.append(f"| {name} | {median:.4f} | {statistics.fmean(values):.4f} | {share} | "
-                         f"{first.get(name, 0.0):.4f} | {meaning} |")
+            share = (
+                "100 %" if name == "step" else f"{100.0 * median / max(step_median, 1e-12):.1f} %"
+            )
+            meaning = (
+                "the whole step"
+                if name == "step"
+                else PHASES.get(name, "loss forward" if name.startswith("loss.") else "")
+            )
+            lines.append(
+                f"| {name} | {median:.4f} | {statistics.fmean(values):.4f} | {share} | "
+                f"{first.get(name, 0.0):.4f} | {meaning} |"
+            )
         if self.counters:
             lines += ["", ", ".join(f"{k}: {v}" for k, v in sorted(self.counters.items()))]
         return "\n".join(lines) + "\n"

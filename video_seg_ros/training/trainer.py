@@ -27,16 +27,37 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from video_seg_ros.checkpoint import Checkpoint, CheckpointCache, load_checkpoint
 from video_seg_ros.engine import resolve_device
-from video_seg_ros.runtime import EVALUATION_PRECISION, autocast_dtype, flush_denormals, resolve_precision
+from video_seg_ros.runtime import (
+    EVALUATION_PRECISION,
+    autocast_dtype,
+    flush_denormals,
+    resolve_precision,
+)
 from video_seg_ros.training import losses as L
 from video_seg_ros.training.datasets import build_training_dataset, build_validation_sequences
-from video_seg_ros.training.distributed import DistributedContext, init_distributed, shutdown_distributed
+from video_seg_ros.training.distributed import (
+    DistributedContext,
+    init_distributed,
+    shutdown_distributed,
+)
 from video_seg_ros.training.flow_cache import build_flow_cache
-from video_seg_ros.training.modeling import SegmenterWithFeatures, build_student, build_teacher, set_batchnorm_eval
+from video_seg_ros.training.modeling import (
+    SegmenterWithFeatures,
+    build_student,
+    build_teacher,
+    set_batchnorm_eval,
+)
 from video_seg_ros.training.profiling import StepProfiler
 
-LOSS_NAMES = ("ce", "temporal", "distill_pixel", "distill_pairwise", "distill_cross_frame", "distill_temporal",
-              "pseudo_label")
+LOSS_NAMES = (
+    "ce",
+    "temporal",
+    "distill_pixel",
+    "distill_pairwise",
+    "distill_cross_frame",
+    "distill_temporal",
+    "pseudo_label",
+)
 
 
 def _plain(value):
@@ -62,8 +83,13 @@ def poly_factor(iteration: int, total: int, power: float) -> float:
 
 
 class Trainer:
-    def __init__(self, config: dict, resume: bool = False, progress: bool = True,
-                 checkpoints: CheckpointCache | None = None):
+    def __init__(
+        self,
+        config: dict,
+        resume: bool = False,
+        progress: bool = True,
+        checkpoints: CheckpointCache | None = None,
+    ):
         """``checkpoints``: the reader of the run's input checkpoints (``model.init``,
         ``teacher.checkpoint``), each file read once; pass the caller's to share what it read."""
         # train.epochs: null is replaced by the derived count below, in the trainer's copy only.
@@ -91,14 +117,21 @@ class Trainer:
         self.weights = weights
         clip_mode = config["data"]["mode"] == "clip"
         self.clip_mode = clip_mode
-        self.needs_teacher = any(weights[n] for n in LOSS_NAMES if n.startswith("distill_") or n == "pseudo_label")
-        self.needs_features = any(weights[n] for n in ("distill_pairwise", "distill_cross_frame", "distill_temporal"))
+        self.needs_teacher = any(
+            weights[n] for n in LOSS_NAMES if n.startswith("distill_") or n == "pseudo_label"
+        )
+        self.needs_features = any(
+            weights[n] for n in ("distill_pairwise", "distill_cross_frame", "distill_temporal")
+        )
         losses_cfg = config["losses"]
         self.needs_neighbour = not clip_mode and bool(
-            weights["temporal"] or weights["distill_cross_frame"] or weights["distill_temporal"]
+            weights["temporal"]
+            or weights["distill_cross_frame"]
+            or weights["distill_temporal"]
             or (weights["distill_pixel"] and losses_cfg["distill_pixel"]["neighbour_weight"])
             or (weights["distill_pairwise"] and losses_cfg["distill_pairwise"]["neighbour_weight"])
-            or (weights["pseudo_label"] and losses_cfg["pseudo_label"]["neighbour_weight"]))
+            or (weights["pseudo_label"] and losses_cfg["pseudo_label"]["neighbour_weight"])
+        )
 
         student, self.meta = build_student(config, self.checkpoints)
         self.net = SegmenterWithFeatures(student, self.meta["preprocessing"]).to(device)
@@ -108,20 +141,40 @@ class Trainer:
         teacher_size = (config.get("teacher") or {}).get("input_size")
         self.teacher_size = (int(teacher_size[1]), int(teacher_size[0])) if teacher_size else None
         if self.needs_teacher:
-            teacher, teacher_pre, self.student_channels, self.teacher_channels = build_teacher(config, self.meta, self.checkpoints)
+            teacher, teacher_pre, self.student_channels, self.teacher_channels = build_teacher(
+                config, self.meta, self.checkpoints
+            )
             self.teacher = SegmenterWithFeatures(teacher, teacher_pre).to(device).eval()
-            self.pseudo_label_channels = torch.tensor(self.student_channels, dtype=torch.long, device=device)
+            self.pseudo_label_channels = torch.tensor(
+                self.student_channels, dtype=torch.long, device=device
+            )
         self.temporal_distill = L.TemporalDistillationLoss(
-            losses_cfg["distill_temporal"]["grid"], losses_cfg["distill_temporal"]["hidden"],
-            losses_cfg["distill_temporal"]["seed"]).to(device)
+            losses_cfg["distill_temporal"]["grid"],
+            losses_cfg["distill_temporal"]["hidden"],
+            losses_cfg["distill_temporal"]["seed"],
+        ).to(device)
 
-        self.dataset = build_training_dataset(config, self.run_dir, needs_neighbour=self.needs_neighbour,
-                                              needs_flow=bool(weights["temporal"]))
-        self.sampler = DistributedSampler(self.dataset, num_replicas=self.ctx.world_size, rank=self.ctx.rank,
-                                          shuffle=True, seed=int(config["seed"]))
-        self.loader = DataLoader(self.dataset, batch_size=int(train_cfg["batch_size"]), sampler=self.sampler,
-                                 num_workers=int(config["data"]["workers"]), drop_last=False,
-                                 pin_memory=device.type == "cuda")
+        self.dataset = build_training_dataset(
+            config,
+            self.run_dir,
+            needs_neighbour=self.needs_neighbour,
+            needs_flow=bool(weights["temporal"]),
+        )
+        self.sampler = DistributedSampler(
+            self.dataset,
+            num_replicas=self.ctx.world_size,
+            rank=self.ctx.rank,
+            shuffle=True,
+            seed=int(config["seed"]),
+        )
+        self.loader = DataLoader(
+            self.dataset,
+            batch_size=int(train_cfg["batch_size"]),
+            sampler=self.sampler,
+            num_workers=int(config["data"]["workers"]),
+            drop_last=False,
+            pin_memory=device.type == "cuda",
+        )
         # No persistent workers: each epoch's workers get a fresh copy of the dataset carrying the
         # new epoch number, which seeds that epoch's augmentation and neighbour choice.
         cap = train_cfg.get("max_iters_per_epoch")
@@ -137,28 +190,37 @@ class Trainer:
 
         params = [p for p in self.net.parameters() if p.requires_grad]
         if not params:
-            raise ValueError("the student has no trainable parameters (memory.freeze_base on a model "
-                             "without memory parameters?)")
+            raise ValueError(
+                "the student has no trainable parameters (memory.freeze_base on a model "
+                "without memory parameters?)"
+            )
         lr, wd = float(train_cfg["lr"]), float(train_cfg["weight_decay"])
         if train_cfg["optimizer"] == "sgd":
-            self.optimizer = torch.optim.SGD(params, lr=lr, momentum=float(train_cfg["momentum"]), weight_decay=wd)
+            self.optimizer = torch.optim.SGD(
+                params, lr=lr, momentum=float(train_cfg["momentum"]), weight_decay=wd
+            )
         elif train_cfg["optimizer"] == "adam":
             self.optimizer = torch.optim.Adam(params, lr=lr, weight_decay=wd)
         else:
             self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=wd)
         power = float(train_cfg["poly_power"])
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda it: poly_factor(it, self.total_iters, power))
+            self.optimizer, lambda it: poly_factor(it, self.total_iters, power)
+        )
         # use_amp: autocast on (fp16 on CUDA, bf16 on CUDA or a CPU with native bf16); only fp16
         # needs the gradient scaler (bf16 has fp32's exponent range).
         self.amp_dtype = autocast_dtype(self.precision)
         self.use_amp = self.amp_dtype is not None
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16" and device.type == "cuda")
+        self.scaler = torch.amp.GradScaler(
+            "cuda", enabled=self.precision == "fp16" and device.type == "cuda"
+        )
         self.model = self.net
         if self.ctx.enabled:
             self.model = DistributedDataParallel(
-                self.net, device_ids=[device.index] if device.type == "cuda" else None,
-                find_unused_parameters=bool(train_cfg.get("find_unused_parameters", False)))
+                self.net,
+                device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=bool(train_cfg.get("find_unused_parameters", False)),
+            )
 
         self.epoch = 0
         self.iteration = 0
@@ -173,20 +235,33 @@ class Trainer:
             # As many epochs as the step budget needs from where the run stands: the number the
             # progress bar shows and the checkpoints' config records.
             train_cfg["epochs"] = self.epoch + math.ceil(
-                (self.total_iters - self.iteration) / max(1, self.iters_per_epoch))
+                (self.total_iters - self.iteration) / max(1, self.iters_per_epoch)
+            )
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def _checkpoint(self, metrics: dict | None) -> Checkpoint:
         meta = self.meta
         return Checkpoint(
-            arch=meta["arch"], arch_kwargs=dict(meta["arch_kwargs"]),
-            state_dict=self.net.model.state_dict(), label_set=meta["label_set"],
-            class_names=meta["class_names"], palette=meta["palette"],
-            output_to_class=meta["output_to_class"], preprocessing=meta["preprocessing"],
+            arch=meta["arch"],
+            arch_kwargs=dict(meta["arch_kwargs"]),
+            state_dict=self.net.model.state_dict(),
+            label_set=meta["label_set"],
+            class_names=meta["class_names"],
+            palette=meta["palette"],
+            output_to_class=meta["output_to_class"],
+            preprocessing=meta["preprocessing"],
             memory=meta["memory"],
             source={"tool": "video-seg-train", "run_dir": str(self.run_dir), "init": meta["init"]},
-            training=_plain({"config": self.config, "epoch": self.epoch, "iteration": self.iteration,
-                             "world_size": self.ctx.world_size, "metrics": metrics}))
+            training=_plain(
+                {
+                    "config": self.config,
+                    "epoch": self.epoch,
+                    "iteration": self.iteration,
+                    "world_size": self.ctx.world_size,
+                    "metrics": metrics,
+                }
+            ),
+        )
 
     def save(self, metrics: dict | None, best: bool) -> None:
         if not self.ctx.is_main:
@@ -195,9 +270,15 @@ class Trainer:
         checkpoint.save(self.run_dir / "last.pt")
         if best:
             checkpoint.save(self.run_dir / "best.pt")
-        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                 "scaler": self.scaler.state_dict(), "epoch": self.epoch, "iteration": self.iteration,
-                 "best_miou": self.best_miou, "history": _plain(self.history)}
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "iteration": self.iteration,
+            "best_miou": self.best_miou,
+            "history": _plain(self.history),
+        }
         tmp = self.run_dir / "trainer_state.pt.partial"
         torch.save(state, tmp)
         tmp.replace(self.run_dir / "trainer_state.pt")
@@ -205,8 +286,10 @@ class Trainer:
     def _resume(self) -> None:
         last, state_file = self.run_dir / "last.pt", self.run_dir / "trainer_state.pt"
         if not last.is_file() or not state_file.is_file():
-            raise FileNotFoundError(f"--resume: no last.pt and trainer_state.pt in {self.run_dir}; "
-                                    "start without --resume or point run_dir at an earlier run")
+            raise FileNotFoundError(
+                f"--resume: no last.pt and trainer_state.pt in {self.run_dir}; "
+                "start without --resume or point run_dir at an earlier run"
+            )
         checkpoint = load_checkpoint(last)
         self.net.model.load_state_dict(checkpoint.state_dict)
         state = torch.load(state_file, map_location="cpu", weights_only=True)
@@ -219,8 +302,15 @@ class Trainer:
         steps_file = self.run_dir / "steps.csv"
         if steps_file.is_file():  # keep the per-step log of the steps before the resume
             with open(steps_file, newline="") as stream:
-                self.step_log = [{k: int(v) if k == "iteration" else float(v) for k, v in row.items() if v != ""}
-                                 for row in csv.DictReader(stream) if int(row["iteration"]) <= self.iteration]
+                self.step_log = [
+                    {
+                        k: int(v) if k == "iteration" else float(v)
+                        for k, v in row.items()
+                        if v != ""
+                    }
+                    for row in csv.DictReader(stream)
+                    if int(row["iteration"]) <= self.iteration
+                ]
 
     # ---- one training step ---------------------------------------------------------------------
     def _train_mode(self) -> None:
@@ -258,17 +348,26 @@ class Trainer:
         if w["temporal"]:
             with phase("loss.temporal"):
                 out["temporal"] = w["temporal"] * L.temporal_loss(
-                    logits, logits_n, image, batch["neighbour"], batch["flow"], batch["valid"],
-                    detach_neighbour=bool(cfg["temporal"]["detach_neighbour"]))
+                    logits,
+                    logits_n,
+                    image,
+                    batch["neighbour"],
+                    batch["flow"],
+                    batch["valid"],
+                    detach_neighbour=bool(cfg["temporal"]["detach_neighbour"]),
+                )
         if self.teacher is not None:
             teacher_inputs = inputs
             if self.teacher_size is not None and tuple(inputs.shape[-2:]) != self.teacher_size:
                 # A teacher trained at a higher resolution is far better there; its logits are then
                 # compared at its resolution and its features pooled to the same affinity grid.
-                teacher_inputs = torch.nn.functional.interpolate(inputs, size=self.teacher_size,
-                                                                 mode="bilinear", align_corners=False)
+                teacher_inputs = torch.nn.functional.interpolate(
+                    inputs, size=self.teacher_size, mode="bilinear", align_corners=False
+                )
             with phase("teacher"), torch.no_grad(), self.autocast():
-                t_logits_all, t_features_all = self.teacher(teacher_inputs, with_features=self.needs_features)
+                t_logits_all, t_features_all = self.teacher(
+                    teacher_inputs, with_features=self.needs_features
+                )
             t_logits_all = t_logits_all[:, self.teacher_channels].float()
             t_logits, t_logits_n = t_logits_all[:n], t_logits_all[n:]
             t_feat = t_features_all[:n] if t_features_all is not None else None
@@ -277,11 +376,17 @@ class Trainer:
                 with phase("loss.pseudo_label"):
                     c = cfg["pseudo_label"]
                     valid = batch["valid"]
-                    loss = L.pseudo_label_loss(logits, t_logits, float(c["confidence"]),
-                                               self.pseudo_label_channels, valid)
+                    loss = L.pseudo_label_loss(
+                        logits, t_logits, float(c["confidence"]), self.pseudo_label_channels, valid
+                    )
                     if self.needs_neighbour and c["neighbour_weight"]:
                         loss = loss + c["neighbour_weight"] * L.pseudo_label_loss(
-                            logits_n, t_logits_n, float(c["confidence"]), self.pseudo_label_channels, valid)
+                            logits_n,
+                            t_logits_n,
+                            float(c["confidence"]),
+                            self.pseudo_label_channels,
+                            valid,
+                        )
                     out["pseudo_label"] = w["pseudo_label"] * loss
             if w["distill_pixel"]:
                 with phase("loss.distill_pixel"):
@@ -290,7 +395,8 @@ class Trainer:
                     loss = L.pixel_distillation_loss(logits[:, shared], t_logits, c["temperature"])
                     if self.needs_neighbour and c["neighbour_weight"]:
                         loss = loss + c["neighbour_weight"] * L.pixel_distillation_loss(
-                            logits_n[:, shared], t_logits_n, c["temperature"])
+                            logits_n[:, shared], t_logits_n, c["temperature"]
+                        )
                     out["distill_pixel"] = w["distill_pixel"] * loss
             if w["distill_pairwise"]:
                 with phase("loss.distill_pairwise"):
@@ -298,16 +404,21 @@ class Trainer:
                     loss = L.pairwise_distillation_loss(features, t_feat, c["grid"])
                     if self.needs_neighbour and c["neighbour_weight"]:
                         loss = loss + c["neighbour_weight"] * L.pairwise_distillation_loss(
-                            features_n, t_feat_n, c["grid"])
+                            features_n, t_feat_n, c["grid"]
+                        )
                     out["distill_pairwise"] = w["distill_pairwise"] * loss
             if w["distill_cross_frame"]:
                 with phase("loss.distill_cross_frame"):
-                    out["distill_cross_frame"] = w["distill_cross_frame"] * L.cross_frame_distillation_loss(
-                        features, features_n, t_feat, t_feat_n, cfg["distill_cross_frame"]["grid"])
+                    out["distill_cross_frame"] = w[
+                        "distill_cross_frame"
+                    ] * L.cross_frame_distillation_loss(
+                        features, features_n, t_feat, t_feat_n, cfg["distill_cross_frame"]["grid"]
+                    )
             if w["distill_temporal"]:
                 with phase("loss.distill_temporal"):
                     out["distill_temporal"] = w["distill_temporal"] * self.temporal_distill(
-                        [features, features_n], [t_feat, t_feat_n])
+                        [features, features_n], [t_feat, t_feat_n]
+                    )
         return out
 
     def _to_device(self, batch: dict) -> dict:
@@ -329,8 +440,12 @@ class Trainer:
         if self.progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=steps_now, desc=f"epoch {self.epoch + 1}/{self.config['train']['epochs']}",
-                       leave=False, dynamic_ncols=True)
+            bar = tqdm(
+                total=steps_now,
+                desc=f"epoch {self.epoch + 1}/{self.config['train']['epochs']}",
+                leave=False,
+                dynamic_ncols=True,
+            )
         log_every = int(self.config["train"]["log_every"])
         phase = self.profiler.phase
         batches = iter(self.loader)
@@ -355,7 +470,9 @@ class Trainer:
                 self.scheduler.step()
             self.iteration += 1
             frames += batch["label"].shape[0] * self.ctx.world_size
-            values = torch.stack([total.detach().float()] + [v.detach().float() for v in parts.values()])
+            values = torch.stack(
+                [total.detach().float()] + [v.detach().float() for v in parts.values()]
+            )
             values = self.ctx.mean(values).cpu().tolist()
             record = dict(zip(["total"] + list(parts), values))
             for key, value in record.items():
@@ -363,21 +480,36 @@ class Trainer:
             timings = {"step_s": time.perf_counter() - step_start, "data_s": data_s}
             phases = self.profiler.end_step(timings["step_s"])
             if step % log_every == 0 or step == steps_now - 1:
-                self.step_log.append({"iteration": self.iteration, **record, **timings,
-                                      **{f"s_{k}": v for k, v in phases.items() if k != "step"}})
+                self.step_log.append(
+                    {
+                        "iteration": self.iteration,
+                        **record,
+                        **timings,
+                        **{f"s_{k}": v for k, v in phases.items() if k != "step"},
+                    }
+                )
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{record['total']:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+                bar.set_postfix(
+                    loss=f"{record['total']:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}"
+                )
             if not math.isfinite(record["total"]):
-                raise FloatingPointError(f"loss became {record['total']} at iteration {self.iteration}; "
-                                         "lower train.lr or check the data")
+                raise FloatingPointError(
+                    f"loss became {record['total']} at iteration {self.iteration}; "
+                    "lower train.lr or check the data"
+                )
         if bar is not None:
             bar.close()
         steps = max(1, step + 1)
         seconds = time.perf_counter() - start
         result = {f"loss_{k}": v / steps for k, v in sums.items()}
-        result.update({"seconds": seconds, "frames_per_s": frames / max(seconds, 1e-9),
-                       "lr": self.scheduler.get_last_lr()[0]})
+        result.update(
+            {
+                "seconds": seconds,
+                "frames_per_s": frames / max(seconds, 1e-9),
+                "lr": self.scheduler.get_last_lr()[0],
+            }
+        )
         return result
 
     # ---- validation -----------------------------------------------------------------------------
@@ -399,16 +531,30 @@ class Trainer:
         def frames():
             for name, items in self.val_sequences.items():
                 for item in items[: int(limit) if limit else None]:
-                    label = (read_label(item.label_path, item.label_format)
-                             if item.label_path is not None else None)
-                    yield EvalFrame(read_rgb(item.record.path), item.record.key, name, item.record.frame,
-                                    label, None if item.label_path is None else str(item.label_path))
+                    label = (
+                        read_label(item.label_path, item.label_format)
+                        if item.label_path is not None
+                        else None
+                    )
+                    yield EvalFrame(
+                        read_rgb(item.record.path),
+                        item.record.key,
+                        name,
+                        item.record.frame,
+                        label,
+                        None if item.label_path is None else str(item.label_path),
+                    )
 
         self.net.eval()
         try:
             # Figures follow the package's one precision rule (fp32), whatever precision trains.
-            engine = SegmentationEngine(self._checkpoint(None), device=str(self.device), backend="torch",
-                                        precision=EVALUATION_PRECISION, model=self.net.model)
+            engine = SegmentationEngine(
+                self._checkpoint(None),
+                device=str(self.device),
+                backend="torch",
+                precision=EVALUATION_PRECISION,
+                model=self.net.model,
+            )
             evaluator = evaluate(engine, frames())
         finally:
             self._train_mode()
@@ -427,7 +573,9 @@ class Trainer:
             for row in self.history:
                 writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
         with open(self.run_dir / "steps.csv", "w", newline="") as stream:
-            keys = ["iteration"] + sorted({k for row in self.step_log for k in row if k != "iteration"})
+            keys = ["iteration"] + sorted(
+                {k for row in self.step_log for k in row if k != "iteration"}
+            )
             writer = csv.DictWriter(stream, keys)
             writer.writeheader()
             writer.writerows(self.step_log)
@@ -445,8 +593,11 @@ class Trainer:
                 final = self.epoch == epochs or self.iteration >= self.total_iters
                 row = {"epoch": self.epoch, "iteration": self.iteration, **result}
                 # val_every 0: never validate here (figures then come from video-seg-eval).
-                validate_now = bool(self.val_sequences) and val_every > 0 and (
-                    self.epoch % val_every == 0 or final)
+                validate_now = (
+                    bool(self.val_sequences)
+                    and val_every > 0
+                    and (self.epoch % val_every == 0 or final)
+                )
                 if validate_now and self.ctx.is_main:
                     row.update(self.validate())
                 self.ctx.barrier()
@@ -457,12 +608,17 @@ class Trainer:
                 # Without any validated mIoU there is nothing to rank by: best.pt is the last model.
                 never_validated = not any(r.get("val_miou") is not None for r in self.history)
                 if (save_every and self.epoch % save_every == 0) or final or best:
-                    self.save({k: row.get(k) for k in ("val_miou", "val_tc")}, best or never_validated)
+                    self.save(
+                        {k: row.get(k) for k in ("val_miou", "val_tc")}, best or never_validated
+                    )
                 self.write_logs()
                 if self.ctx.is_main:
-                    shown = ", ".join(f"{k}={v:.4g}" for k, v in row.items()
-                                      if isinstance(v, float) and (k.startswith(("loss_", "val_"))
-                                                                   or k == "frames_per_s"))
+                    shown = ", ".join(
+                        f"{k}={v:.4g}"
+                        for k, v in row.items()
+                        if isinstance(v, float)
+                        and (k.startswith(("loss_", "val_")) or k == "frames_per_s")
+                    )
                     print(f"epoch {self.epoch}/{epochs}: {shown}", flush=True)
                 self.ctx.barrier()
         finally:
