@@ -39,7 +39,8 @@ def cache_dir(tmp_path_factory):
 
 
 def trained_looking_memory(seed: int = 1) -> Checkpoint:
-    """A tiny ESPNet + memory whose memory layers have random weights, so the memory changes outputs."""
+    """A tiny ESPNet + memory whose memory layers have random weights, so the memory changes
+    outputs."""
     checkpoint = add_memory_to_checkpoint(
         tiny_espnet(size=(128, 64)), {"memory_length": 2, "window": 5, "dropout": 0.0}
     )
@@ -54,7 +55,8 @@ def trained_looking_memory(seed: int = 1) -> Checkpoint:
 
 
 def frames(count: int, height: int = 64, width: int = 128, seed: int = 0) -> list[np.ndarray]:
-    """Unrelated noise frames: a memory of them changes the outputs much more than a smooth video."""
+    """Unrelated noise frames: a memory of them changes the outputs much more than a smooth
+    video."""
     rng = np.random.default_rng(seed)
     return [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(count)]
 
@@ -77,14 +79,16 @@ def memory_engine(request, memory_checkpoint, cache_dir):
 
 # ---- denormals --------------------------------------------------------------------------------
 def denormals_survive() -> bool:
-    """Whether this thread (and its OpenMP team: the tensor is large enough to be split) keeps denormals."""
+    """Whether this thread (and its OpenMP team: the tensor is large enough to be split) keeps
+    denormals."""
     big = torch.full((1 << 20,), 3e-39)
     return bool((torch.tensor([1e-40]) * 1.0).item() != 0.0) or bool(((big * 1.0) != 0).any())
 
 
 @pytest.fixture
 def unflushed():
-    """This thread with denormals computed (skips where the CPU cannot flush them); flushed after."""
+    """This thread with denormals computed (skips where the CPU cannot flush them); flushed
+    after."""
     if not runtime.flush_denormals(False):
         pytest.skip("this CPU cannot flush denormals (no DAZ/FTZ)")
     yield
@@ -163,7 +167,8 @@ def test_openvino_memory_model_follows_torch_over_a_sequence_with_a_reset(
             reference.segment(frame, with_confidence=True),
             converted.segment(frame, with_confidence=True),
         )
-        # A random tiny model has near-ties (logits almost equal) everywhere: the strict check is the
+        # A random tiny model has near-ties (logits almost equal) everywhere: the strict check is
+        # the
         # confidence; a label may flip at a tie (1 of 8192 pixels seen).
         assert np.abs(a.confidence - b.confidence).max() < 1e-4, f"frame {i}"
         assert np.mean(a.labels == b.labels) >= 0.999, f"frame {i}"
@@ -266,7 +271,8 @@ def test_streams_of_different_frame_sizes_come_back_at_their_own_sizes(memory_en
 
 # ---- start-up errors and fallback ---------------------------------------------------------------
 class ScaledErfcSegmenter(nn.Module):
-    """A 1x1 conv followed by erfcx, an operator ONNX has no form for (so no backend can convert it)."""
+    """A 1x1 conv followed by erfcx, an operator ONNX has no form for (so no backend can convert
+    it)."""
 
     def __init__(self, num_classes: int = 20):
         super().__init__()

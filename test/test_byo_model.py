@@ -1,4 +1,5 @@
-"""Bring your own model (docs/byo_model.md): ONNX graphs and torchvision networks as checkpoints that
+"""Bring your own model (docs/byo_model.md): ONNX graphs and torchvision networks as checkpoints
+that
 run everywhere a model runs, and ONNX files that carry their own class table.
 
 Real onnx, OpenVINO and torch throughout (no mocks). Tiny random-init models at small inputs keep
@@ -134,7 +135,7 @@ def tiny_onnx(tmp):
     return path, native
 
 
-# ---- refusals ---------------------------------------------------------------------------------------
+# ---- refusals -----------------------------------------------------------------------------------
 class TwoInputs(nn.Module):
     def __init__(self):
         super().__init__()
@@ -293,7 +294,7 @@ def test_an_onnx_file_given_as_a_checkpoint_says_to_import_it(tiny_onnx):
         load_checkpoint(path)
 
 
-# ---- ONNX import runs like the native model ---------------------------------------------------------
+# ---- ONNX import runs like the native model -----------------------------------------------------
 def test_plain_torch_export_of_espnet_imported_with_flags_gives_the_native_labels(
     tmp, tiny_onnx, cache, capsys
 ):
@@ -463,7 +464,8 @@ def test_class_ids_outside_the_class_table_are_published_unlabelled(tmp, cache):
 
 
 def _one_conv_graph(input_name, input_type, middle_name, output_name) -> bytes:
-    """A hand-written ONNX graph: a 1x1 convolution to 19 classes (a Cast first for a float16 input)."""
+    """A hand-written ONNX graph: a 1x1 convolution to 19 classes (a Cast first for a float16
+    input)."""
     from onnx import TensorProto, helper, numpy_helper
 
     weight = np.random.default_rng(0).standard_normal((19, 3, 1, 1)).astype(np.float32)
@@ -504,7 +506,7 @@ def test_float16_inputs_and_tensors_already_named_image_or_logits_are_adapted(tm
         assert np.mean(labels[name] == labels["plain"]) >= 0.999, name
 
 
-# ---- self-describing export -------------------------------------------------------------------------
+# ---- self-describing export ---------------------------------------------------------------------
 def test_export_writes_the_class_table_and_import_rebuilds_the_checkpoint_with_identical_labels(
     tmp, cache
 ):
@@ -546,7 +548,7 @@ def load_checkpoint_from(onnx_path, tmp):
     return load_checkpoint(checkpoint.save(tmp / (onnx_path.stem + ".pt")))
 
 
-# ---- torchvision by name ----------------------------------------------------------------------------
+# ---- torchvision by name ------------------------------------------------------------------------
 def test_torchvision_builders_return_logits_at_the_input_size_and_load_torchvision_state_dicts():
     from torchvision.models.segmentation import lraspp_mobilenet_v3_large
 
@@ -648,7 +650,7 @@ def test_training_refuses_an_imported_graph_as_init_saying_why(tmp, tiny_onnx, c
     assert "model.init is an imported ONNX graph, which PyTorch cannot run or train" in err
 
 
-# ---- the tools that take a checkpoint ---------------------------------------------------------------
+# ---- the tools that take a checkpoint -----------------------------------------------------------
 def test_video_seg_eval_scores_an_imported_graph_and_names_its_file(tmp, tiny_onnx, cache):
     from test_evaluate import write_sequence_folder
 
@@ -696,7 +698,7 @@ def test_palette_of_a_yaml_class_table_colours_the_labels(tmp):
     assert colours[0, 1].tolist() == [5, 10, 15] and colours[1, 1].tolist() == [0, 0, 0]
 
 
-# ---- a real node process ----------------------------------------------------------------------------
+# ---- a real node process ------------------------------------------------------------------------
 NODE_STARTUP_TIMEOUT = 300.0  # torch import and the OpenVINO conversion on a loaded 2-core machine
 CAMERA_FRAME = "data/cityscapes_val/leftImg8bit/frankfurt_000001_058914_leftImg8bit.png"
 
@@ -717,7 +719,8 @@ def _camera_frame():
 def byo_nodes(tmp_path_factory):
     """Three node processes started together: the torchvision LR-ASPP checkpoint (torch backend),
     the same network exported by torchvision's own module and imported from ONNX with a YAML class
-    table (backend auto), and a checkpoint whose graph bytes are truncated (must refuse to start)."""
+    table (backend auto), and a checkpoint whose graph bytes are truncated (must refuse to
+    start)."""
     pytest.importorskip("rclpy", reason="ROS 2 rclpy is not installed")
     from torchvision.models.segmentation import lraspp_mobilenet_v3_large
 
@@ -750,7 +753,8 @@ def byo_nodes(tmp_path_factory):
     graph = damaged.state_dict["graph"]
     damaged.state_dict = {"graph": graph[: len(graph) // 3].clone()}
     damaged_path = damaged.save(tmp / "damaged.pt")
-    # Fusion on: the package's temporal layer sits on the user's network (a camera's first frame has
+    # Fusion on: the package's temporal layer sits on the user's network (a camera's first frame
+    # has
     # no history, so its fused labels are the per-frame ones compared below).
     common = {
         "device": "cpu",

@@ -30,7 +30,8 @@ GROUND_TRUTH = "data/cityscapes_val/gtFine/frankfurt_000001_058914_gtFine_labelT
 
 @pytest.fixture
 def random_dicenet_weights(tmp_path):
-    """A plain state_dict file shaped like the published s=1.0 Cityscapes DiCENet, random values."""
+    """A plain state_dict file shaped like the published s=1.0 Cityscapes DiCENet, random
+    values."""
     torch.manual_seed(0)
     path = tmp_path / "dicenet_random.pth"
     torch.save(build_model("dicenet", num_classes=20, width_scale=1.0).state_dict(), path)
@@ -122,7 +123,8 @@ def test_wrong_width_scale_or_architecture_is_rejected_with_advice(
 
 
 def test_dicenet_checkpoint_works_in_the_trainer_teacher_slot(random_dicenet_weights, tmp_path):
-    """The trainer's distillation takes logits and encoder features from the teacher in one call."""
+    """The trainer's distillation takes logits and encoder features from the teacher in one
+    call."""
     out = tmp_path / "teacher.pt"
     assert (
         main(

@@ -1,4 +1,5 @@
-"""ONNX export (``video-seg-export`` and ``backends.onnx_export``): the graph computes what the torch
+"""ONNX export (``video-seg-export`` and ``backends.onnx_export``): the graph computes what the
+torch
 model computes, memory included, and the tool refuses to write a graph that does not.
 
 The ONNX files run with OpenVINO (onnxruntime is not a dependency). Tiny random-init models at
@@ -87,7 +88,8 @@ def test_memory_through_the_exported_graph_equals_the_torch_memory_with_a_reset(
             outputs = graph({IMAGE: image.numpy(), **dict(zip(STATE_INPUTS, state))})
             state = [outputs[name] for name in STATE_OUTPUTS]
             assert (torch.from_numpy(outputs[LOGITS]) - expected).abs().max() < 1e-4, f"frame {i}"
-            # The state the graph hands back is the torch memory: same frames, same keys, newest last.
+            # The state the graph hands back is the torch memory: same frames, same keys, newest
+            # last.
             stored = model.state.frames
             valid = state[2][0]
             assert valid.sum() == len(stored)

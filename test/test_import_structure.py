@@ -146,7 +146,7 @@ def graph():
     return import_graph(ROOT, PACKAGE)
 
 
-# ---- cycles ---------------------------------------------------------------------------------------
+# ---- cycles -------------------------------------------------------------------------------------
 def test_the_cycle_check_finds_planted_cycles_lazy_and_relative_ones_included(tmp_path):
     files = {
         "planted/__init__.py": "",
@@ -172,7 +172,7 @@ def test_no_import_cycle_among_the_package_modules(graph):
     assert not cycles, "import cycles: " + " | ".join(describe_cycle(graph, c) for c in cycles)
 
 
-# ---- ROS only in ros/ and tools/ ------------------------------------------------------------------
+# ---- ROS only in ros/ and tools/ ----------------------------------------------------------------
 def test_importing_every_module_outside_ros_in_a_fresh_interpreter_imports_no_ros(graph):
     modules = sorted(m for m in graph if not under(m, (f"{PACKAGE}.ros",)))
     # One interpreter for all: the first import that brings a ROS package in is the one named.
@@ -182,7 +182,8 @@ ros = {ROS_PACKAGES!r}
 culprits = {{}}
 for module in {modules!r}:
     importlib.import_module(module)
-    loaded = sorted(p for p in ros if p in sys.modules and p not in set().union(*culprits.values()))
+    seen = set().union(*culprits.values())
+    loaded = sorted(p for p in ros if p in sys.modules and p not in seen)
     if loaded:
         culprits[module] = loaded
 print(json.dumps({{m: list(v) for m, v in culprits.items()}}))
@@ -220,7 +221,7 @@ def test_the_fresh_interpreter_check_sees_a_module_that_imports_rclpy(tmp_path):
     assert done.stdout.strip() == "True", done.stderr[-2000:]
 
 
-# ---- the layers of ARCHITECTURE.md ----------------------------------------------------------------
+# ---- the layers of ARCHITECTURE.md --------------------------------------------------------------
 LAYER_RULES = [
     (
         "models know neither how they are trained nor what runs them",

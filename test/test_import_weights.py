@@ -1,4 +1,5 @@
-"""video-seg-import: published ESPNet weights -> project checkpoints that behave as the original."""
+"""video-seg-import: published ESPNet weights -> project checkpoints that behave as the
+original."""
 
 from __future__ import annotations
 
@@ -176,7 +177,8 @@ def test_engine_input_equals_original_espnet_preprocessing(shared, random_espnet
 
 
 def test_imported_espnet_p2q8_segments_the_real_cityscapes_frame_as_published(shared):
-    """The original network reaches 92.7-94.3 % pixel accuracy on this frame (../shared/README.md)."""
+    """The original network reaches 92.7-94.3 % pixel accuracy on this frame
+    (../shared/README.md)."""
     checkpoint = import_weights(
         "espnet", "cityscapes", require_shared_file(shared, "weights/espnet/espnet_p_2_q_8.pth")
     )

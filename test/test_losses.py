@@ -1,4 +1,5 @@
-"""The ETC losses: zero when both sides agree, positive otherwise, and gradients only where intended."""
+"""The ETC losses: zero when both sides agree, positive otherwise, and gradients only where
+intended."""
 
 from __future__ import annotations
 

@@ -188,7 +188,8 @@ def test_empty_memory_attends_to_the_current_frame():
         features, skips = model.base.encode(x)
         own = model.read_and_fuse(features, [model.memory_entry(features)])
         expected = model.base.decode(own, skips, x.shape[-2:])
-        # A static scene: a memory full of the same frame reads the same values as the empty memory.
+        # A static scene: a memory full of the same frame reads the same values as the empty
+        # memory.
         later_steps = [model.step(x) for _ in range(3)]
     assert torch.isfinite(single).all()
     assert torch.equal(single, first_step)

@@ -61,7 +61,8 @@ def test_forward_equals_decode_of_encode(arch, kwargs):
     with torch.inference_mode():
         features, skips = model.encode(x)
         assert torch.equal(model(x), model.decode(features, skips, x.shape[-2:]))
-        # The decoder also serves other output sizes (the memory wrapper and the engine rely on it).
+        # The decoder also serves other output sizes (the memory wrapper and the engine rely on
+        # it).
         assert model.decode(features, skips, (32, 40)).shape == (1, kwargs["num_classes"], 32, 40)
 
 

@@ -1,4 +1,5 @@
-"""ETC training pipeline: config, aligned augmentation, flow cache, datasets and the CLI end to end."""
+"""ETC training pipeline: config, aligned augmentation, flow cache, datasets and the CLI end to
+end."""
 
 from __future__ import annotations
 
@@ -83,7 +84,7 @@ def sequences(tmp_path_factory):
     return write_moving_square_sequences(tmp_path_factory.mktemp("frames"))
 
 
-# ---- config ---------------------------------------------------------------------------------------
+# ---- config -------------------------------------------------------------------------------------
 def test_config_rejects_unknown_keys_with_the_known_ones_listed(tmp_path, sequences):
     config = tiny_config(sequences, tmp_path / "run")
     config["train"]["epochs_total"] = 3
@@ -107,9 +108,10 @@ def test_config_requires_a_teacher_for_distillation(tmp_path, sequences):
         load_config(path, ["losses.distill_pixel.weight=1.0"])
 
 
-# ---- aligned augmentation -------------------------------------------------------------------------
+# ---- aligned augmentation -----------------------------------------------------------------------
 def _warp_error(sample: AlignedSample) -> float:
-    """Mean abs difference between the anchor and the neighbour warped back with the sample's flow."""
+    """Mean abs difference between the anchor and the neighbour warped back with the sample's
+    flow."""
     warped = warp_image(sample.frames[1].astype(np.float32), sample.flows[0])
     inner = (slice(2, -2), slice(2, -2))
     return float(np.abs(warped[inner] - sample.frames[0].astype(np.float32)[inner]).mean())
@@ -146,7 +148,7 @@ def test_crop_larger_than_the_frame_pads_labels_with_ignore_and_marks_padding_in
     assert cropped.valid.sum() == 24 and cropped.frames[0][4, 7].tolist() == [0, 0, 0]
 
 
-# ---- datasets and flow cache ----------------------------------------------------------------------
+# ---- datasets and flow cache --------------------------------------------------------------------
 def test_flow_cache_computes_once_then_reads_from_disk(tmp_path, sequences):
     frames = sorted((sequences / "images").glob("seqa_*.png"))
     image_a = cv2.imread(str(frames[0]))
@@ -225,7 +227,7 @@ def test_missing_image_folder_is_reported_with_its_path(tmp_path):
         load_sequences({"images": str(tmp_path / "nowhere")})
 
 
-# ---- the CLI end to end ---------------------------------------------------------------------------
+# ---- the CLI end to end -------------------------------------------------------------------------
 def _read_csv(path: Path) -> list[dict]:
     with open(path) as stream:
         return list(csv.DictReader(stream))
@@ -414,7 +416,7 @@ def test_teacher_of_another_label_set_is_rejected_naming_the_missing_class(tmp_p
         build_teacher({"teacher": {"checkpoint": str(teacher)}}, student_meta)
 
 
-# ---- config values, precision, flow-cache reuse, profiling ------------------------------------------
+# ---- config values, precision, flow-cache reuse, profiling --------------------------------------
 @pytest.mark.parametrize(
     "override, message",
     [
@@ -608,11 +610,12 @@ def test_profile_flag_prints_where_the_step_time_goes_without_touching_the_run(
     assert len(steps) == 3 and float(steps[0]["s_student"]) > 0 and float(steps[0]["step_s"]) > 0
 
 
-# ---- every recipe in config/train loads and trains two steps ----------------------------------------
+# ---- every recipe in config/train loads and trains two steps ------------------------------------
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "config" / "train").glob("*.yaml"))
 
-#: Checkpoints the recipes name that ``video-seg-import`` makes from ../shared/weights (the recipes'
+#: Checkpoints the recipes name that ``video-seg-import`` makes from ../shared/weights (the
+#: recipes'
 #: comments and docs/training.md give the commands): file name -> (arch, weights inside ../shared).
 IMPORTED_FROM_SHARED = {
     "espnet_p2_q3_cityscapes.pt": ("espnet", "weights/espnet/espnet_p_2_q_3.pth"),

@@ -2,7 +2,8 @@
 
 With BatchNorm frozen (train.freeze_bn), per-sample losses are independent of how the batch is
 split, so 2 processes x batch 1 must log the same loss, step after step, as 1 process x batch 2:
-DistributedSampler hands out the same samples, DDP averages the gradients, the optimiser steps agree.
+DistributedSampler hands out the same samples, DDP averages the gradients, the optimiser steps
+agree.
 """
 
 from __future__ import annotations

@@ -69,7 +69,8 @@ class ClassTable:
 def class_table(
     label_set: str | None = None, classes: str | Path | None = None, ignore_id: int | None = None
 ) -> ClassTable | None:
-    """The table named by ``label_set`` or read from the YAML file ``classes`` (None: neither given);
+    """The table named by ``label_set`` or read from the YAML file ``classes`` (None: neither
+    given);
     ``ignore_id`` overrides the file's."""
     if label_set and classes:
         raise ModelImportError("give either --label-set or --classes, not both")
@@ -94,7 +95,8 @@ def class_table(
 
 
 def output_mapping(table: ClassTable, channels: int, what: str) -> list[int]:
-    """Model output channel -> published id: channel ``i`` is class ``i``; the table's ``ignore_id``
+    """Model output channel -> published id: channel ``i`` is class ``i``; the table's
+    ``ignore_id``
     (possibly one channel past the classes, as ESPNet's background) is unlabelled."""
     n = table.size
     if channels == n or (channels == n + 1 and table.ignore_id == n):
@@ -153,8 +155,10 @@ def import_onnx(
 ) -> Checkpoint:
     """An ONNX file as a :class:`Checkpoint` (``arch: onnx``, the file's bytes in the state_dict).
 
-    The adapted graph (:func:`~video_seg_ros.backends.onnx_graph.adapt_graph`) runs once in OpenVINO
-    fp32 before the checkpoint is made, so a graph that cannot run is refused here, not in the node.
+    The adapted graph (:func:`~video_seg_ros.backends.onnx_graph.adapt_graph`) runs once in
+    OpenVINO
+    fp32 before the checkpoint is made, so a graph that cannot run is refused here, not in the
+    node.
     Raises :class:`ModelImportError`.
     """
     from video_seg_ros.backends import BackendError
@@ -418,8 +422,10 @@ def _static_channels(out, kind: str, classes: int, origin: str) -> int:
 
 
 def graph_metadata(checkpoint: Checkpoint) -> dict[str, Any]:
-    """What ``video-seg-export`` writes into an ONNX file's metadata_props (``video_seg_ros.*``), so
-    ``video-seg-import --onnx`` rebuilds the checkpoint's labels and preprocessing with no flags."""
+    """What ``video-seg-export`` writes into an ONNX file's metadata_props (``video_seg_ros.*``),
+    so
+    ``video-seg-import --onnx`` rebuilds the checkpoint's labels and preprocessing with no
+    flags."""
     return {
         "format": METADATA_FORMAT,
         "model": checkpoint.model_name,
@@ -434,7 +440,7 @@ def graph_metadata(checkpoint: Checkpoint) -> dict[str, Any]:
     }
 
 
-# ---- torchvision ----------------------------------------------------------------------------------
+# ---- torchvision --------------------------------------------------------------------------------
 def import_torchvision(
     arch: str,
     *,
@@ -451,7 +457,8 @@ def import_torchvision(
     interpolation: str | None = None,
     command: str | None = None,
 ) -> Checkpoint:
-    """A torchvision segmentation network (``arch`` = ``torchvision:NAME``) as a :class:`Checkpoint`:
+    """A torchvision segmentation network (``arch`` = ``torchvision:NAME``) as a
+    :class:`Checkpoint`:
     random init, or ``weights`` (a state_dict read with ``weights_only=True``). Preprocessing
     defaults to torchvision's ImageNet statistics at 1024x512. Raises :class:`ModelImportError`."""
     from video_seg_ros.models import build_model
@@ -532,7 +539,8 @@ def _load_torchvision_weights(model: torch.nn.Module, path: Path, what: str) -> 
             f"{path} holds no state_dict (a dict of tensors); save one with "
             "torch.save(model.state_dict(), path)"
         )
-    # DataParallel's prefix goes; the auxiliary head (torchvision's aux_loss training) is not built.
+    # DataParallel's prefix goes; the auxiliary head (torchvision's aux_loss training) is not
+    # built.
     state = {re.sub(r"^module\.", "", k): v for k, v in data.items()}
     state = {k: v for k, v in state.items() if not k.startswith("aux_classifier.")}
     own = model.state_dict()

@@ -12,9 +12,10 @@ dicts::
         "label_set": "cityscapes", "class_names": [...], "palette": [[r, g, b], ...],
         "output_to_class": [0, 1, ..., 18, 255],   # model channel -> published id (255 = none)
         "preprocessing": {"input_height": 512, "input_width": 1024, "channel_order": "bgr",
-                          "mean": [...], "std": [...], "scale": 0.00392, "interpolation": "linear"},
+                          "mean": [...], "std": [...], "scale": 0.00392,
+                          "interpolation": "linear"},
         "memory": None or {...},        # local-memory-attention settings (models/memory.py)
-        "source": {...},                # where the weights came from (import command, training run)
+        "source": {...},                # where the weights came from (import, training run)
         "training": None or {...},      # the training config, for checkpoints we trained
       },
     }
@@ -47,7 +48,8 @@ DEFAULT_CHECKPOINT_NAME = "default_model.pt"
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint is missing, unreadable or not in the project format; the message says what to do."""
+    """A checkpoint is missing, unreadable or not in the project format; the message says what to
+    do."""
 
 
 @dataclass
@@ -156,12 +158,14 @@ class Checkpoint:
     def from_dict(cls, data: dict[str, Any], origin: str = "<dict>") -> "Checkpoint":
         if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
             raise CheckpointError(
-                f"{origin} is not a video_seg_ros checkpoint (no 'format': '{FORMAT_NAME}' entry). "
+                f"{origin} is not a video_seg_ros checkpoint (no 'format': '{FORMAT_NAME}' "
+                "entry). "
                 "If it is a published state_dict, convert it first with `video-seg-import`."
             )
         if data.get("version") != FORMAT_VERSION:
             raise CheckpointError(
-                f"{origin} has checkpoint format version {data.get('version')!r}; this package reads "
+                f"{origin} has checkpoint format version {data.get('version')!r}; this package "
+                "reads "
                 f"version {FORMAT_VERSION}. Re-export it with a matching video_seg_ros."
             )
         try:
@@ -186,7 +190,8 @@ class Checkpoint:
             ) from error
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write atomically (temporary file + rename), so a crash never leaves half a checkpoint."""
+        """Write atomically (temporary file + rename), so a crash never leaves half a
+        checkpoint."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".partial")
@@ -218,7 +223,8 @@ def load_checkpoint(path: str | os.PathLike | None) -> Checkpoint:
         )
     if resolved.suffix.lower() == ".onnx":
         raise CheckpointError(
-            f"{resolved} is an ONNX graph, not a checkpoint: import it first with `video-seg-import --onnx "
+            f"{resolved} is an ONNX graph, not a checkpoint: import it first with "
+            "`video-seg-import --onnx "
             f"{resolved} -o model.pt` (class table and preprocessing from its metadata or flags; "
             "docs/byo_model.md) and pass model.pt."
         )
@@ -282,7 +288,7 @@ class CheckpointCache:
         return list(self._read)
 
 
-# ---- checkpoint surgery: a memory added, stripped or re-set --------------------------------------
+# ---- checkpoint surgery: a memory added, stripped or re-set -------------------------------------
 # Model code is imported inside these functions only: reading and checking a checkpoint needs none.
 
 
@@ -331,7 +337,8 @@ def strip_memory_from_checkpoint(checkpoint: Checkpoint) -> Checkpoint:
 def with_memory_settings(checkpoint: Checkpoint, **overrides: Any) -> Checkpoint:
     """A copy of a memory checkpoint with run-time settings changed (memory_length, window, tile).
 
-    These three change no weights: a longer memory or a wider window can be tried without retraining.
+    These three change no weights: a longer memory or a wider window can be tried without
+    retraining.
     """
     from video_seg_ros.models.memory import MemoryConfig
 
@@ -341,7 +348,8 @@ def with_memory_settings(checkpoint: Checkpoint, **overrides: Any) -> Checkpoint
     bad = sorted(set(overrides) - allowed)
     if bad:
         raise ValueError(
-            f"only {', '.join(sorted(allowed))} can change without retraining, not {', '.join(bad)}"
+            f"only {', '.join(sorted(allowed))} can change without retraining, not "
+            f"{', '.join(bad)}"
         )
     result = copy.copy(checkpoint)
     result.memory = MemoryConfig.from_dict({**checkpoint.memory, **overrides}).to_dict()

@@ -123,7 +123,8 @@ def cpu_flags() -> frozenset[str]:
 
 
 def cpu_has_native_bf16() -> bool:
-    """True where the CPU has bf16 arithmetic (AMX-BF16 or AVX512-BF16); elsewhere bf16 is emulated.
+    """True where the CPU has bf16 arithmetic (AMX-BF16 or AVX512-BF16); elsewhere bf16 is
+    emulated.
 
     ``$VIDEO_SEG_ROS_NATIVE_BF16`` (0 or 1), when set, is the answer instead.
     """

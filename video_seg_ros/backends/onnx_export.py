@@ -1,14 +1,16 @@
-"""The segmentation network as an ONNX graph: export, input/output names and the memory state layout.
+"""The segmentation network as an ONNX graph: export, input/output names and the memory state
+layout.
 
 The graph (opset 17, float32 weights and tensors)::
 
-    input  image   (N, 3, H, W)   the normalised frame(s), as SegmentationEngine.preprocess makes them
+    input  image   (N, 3, H, W)   the normalised frame(s) (SegmentationEngine.preprocess)
     output logits  (N, C, H, W)   class scores; argmax over C gives the model's output channel
 
 Temporal (memory) models add their memory as explicit state, so that the caller keeps one per
 camera and nothing hides inside the graph::
 
-    inputs  memory_keys (N, T, tiles, S, K+1), memory_values (N, T, tiles, S, V), memory_valid (N, T)
+    inputs  memory_keys (N, T, tiles, S, K+1), memory_values (N, T, tiles, S, V),
+            memory_valid (N, T)
     outputs next_memory_keys, next_memory_values, next_memory_valid   (same shapes)
 
 Start a camera (and reset it) with all three inputs zero, then feed each frame's ``next_*`` outputs
@@ -40,7 +42,8 @@ STATE_OUTPUTS = ("next_memory_keys", "next_memory_values", "next_memory_valid")
 
 
 class ExportError(BackendError):
-    """The model cannot be exported to ONNX (an operator without an ONNX form, a dynamic shape...)."""
+    """The model cannot be exported to ONNX (an operator without an ONNX form, a dynamic
+    shape...)."""
 
 
 class SegmentationGraph(nn.Module):
@@ -110,7 +113,8 @@ def export_onnx(
     """Write ``model`` as an ONNX graph for ``batch`` inputs of ``input_size`` (W, H) to ``path``.
 
     ``dynamic_batch`` leaves N free; ``dynamic_size`` also H and W. Both are for per-frame models
-    only: the memory's tiling needs static shapes in ONNX, and its layout depends on the input size.
+    only: the memory's tiling needs static shapes in ONNX, and its layout depends on the input
+    size.
     Raises :class:`ExportError` with the reason.
     """
     if (dynamic_size or dynamic_batch) and is_temporal(model):

@@ -168,7 +168,7 @@ def _with_input_size(model, input_size):
     return copy
 
 
-# ---- metadata ------------------------------------------------------------------------------------
+# ---- metadata -----------------------------------------------------------------------------------
 def read_metadata(model) -> dict[str, Any]:
     """The graph's ``video_seg_ros.*`` metadata_props, JSON values decoded, prefix removed."""
     found = {}
@@ -184,7 +184,8 @@ def read_metadata(model) -> dict[str, Any]:
 
 
 def metadata_entries(values: dict[str, Any]) -> dict[str, str]:
-    """``{"label_set": "cityscapes", ...}`` -> metadata_props entries (prefixed keys, JSON values)."""
+    """``{"label_set": "cityscapes", ...}`` -> metadata_props entries (prefixed keys, JSON
+    values)."""
     return {
         METADATA_PREFIX + key: json.dumps(value)
         for key, value in values.items()
@@ -204,7 +205,7 @@ def write_metadata(path: str | os.PathLike, values: dict[str, Any]) -> None:
     onnx.save(model, str(path))
 
 
-# ---- adaptation -----------------------------------------------------------------------------------
+# ---- adaptation ---------------------------------------------------------------------------------
 def adapt_graph(
     data: bytes,
     output_kind: str,
@@ -213,7 +214,8 @@ def adapt_graph(
     num_classes: int | None = None,
     origin: str = "the ONNX graph in this checkpoint",
 ) -> bytes:
-    """The graph in ``data`` with the package's contract (module docstring): ``image`` -> ``logits``.
+    """The graph in ``data`` with the package's contract (module docstring): ``image`` ->
+    ``logits``.
 
     ``num_classes``: the class table's size, for class-id outputs (ids >= it are unlabelled).
     """
@@ -235,7 +237,8 @@ def adapt_graph(
     model = _with_input_size(model, input_size)
     graph = model.graph
     out = output_info(model, output_name, input_size)
-    # Tensors already called "image" (other than a float input of that name) or "logits" step aside;
+    # Tensors already called "image" (other than a float input of that name) or "logits" step
+    # aside;
     # no other tensor is renamed, so references from subgraphs stay valid.
     taken = {name for node in graph.node for name in (*node.input, *node.output)}
     taken |= {t.name for t in graph.initializer} | {v.name for v in (*graph.input, *graph.output)}
@@ -361,7 +364,8 @@ def _rename(graph, old: str, new: str) -> None:
 
 
 def imported_graph(model) -> bool:
-    """Is ``model`` an :class:`~video_seg_ros.models.onnx_graph.ImportedGraph` (no torch forward)?"""
+    """Is ``model`` an :class:`~video_seg_ros.models.onnx_graph.ImportedGraph` (no torch
+    forward)?"""
     return not getattr(model, "runs_in_torch", True)
 
 

@@ -1,11 +1,13 @@
-"""OpenVINO backend: the exported ONNX graph (:mod:`.onnx_export`) converted and compiled for the CPU.
+"""OpenVINO backend: the exported ONNX graph (:mod:`.onnx_export`) converted and compiled for the
+CPU.
 
 Conversion (export, ``openvino.convert_model``, IR written with fp32 weights) runs once per model
 and is cached under ``<cache_dir>/openvino/<key>/`` (default cache dir
 :func:`~video_seg_ros.backends.default_cache_dir`); the key covers the weights and model settings,
 the input size, the graph version and the OpenVINO and PyTorch versions, so a
 changed checkpoint never finds a stale model (the precision is not in the key: the IR keeps fp32
-weights and the precision is a compile-time hint). The newest :data:`CACHE_ENTRIES` conversions are kept.
+weights and the precision is a compile-time hint). The newest :data:`CACHE_ENTRIES` conversions are
+kept.
 
 Compiled for ``CPU`` with ``INFERENCE_PRECISION_HINT`` f32 (``fp32``: OpenVINO's exact path; it
 would pick bf16 by itself on AMX CPUs) or bf16, the latency hint with one stream, as many threads
@@ -97,7 +99,8 @@ class OpenVinoRunner:
         self.input_size = tuple(input_size)
         self.precision = precision
         # The IR keeps fp32 weights whatever the precision (chosen at compile time), so one
-        # conversion serves fp32 and bf16 and an engine falling back from bf16 does not convert again.
+        # conversion serves fp32 and bf16 and an engine falling back from bf16 does not convert
+        # again.
         key = model_fingerprint(
             model,
             tuple(input_size),
@@ -122,7 +125,8 @@ class OpenVinoRunner:
             self._state_shapes = [
                 tuple(self._ov_model.input(name).get_shape()) for name in STATE_INPUTS
             ]
-        # An imported graph may fix its batch size (torch.onnx.export's default: 1): frames run in chunks.
+        # An imported graph may fix its batch size (torch.onnx.export's default: 1): frames run in
+        # chunks.
         batch_dim = self._ov_model.input(IMAGE).get_partial_shape()[0]
         self._fixed_batch = (
             None if self.temporal or batch_dim.is_dynamic else batch_dim.get_length()
@@ -164,7 +168,8 @@ class OpenVinoRunner:
         return ov_model
 
     def _store(self, ov_model) -> None:
-        """Write the IR atomically (temporary folder + rename); a read-only cache is only logged."""
+        """Write the IR atomically (temporary folder + rename); a read-only cache is only
+        logged."""
         parent = self.cache_path.parent
         try:
             parent.mkdir(parents=True, exist_ok=True)
@@ -191,7 +196,8 @@ class OpenVinoRunner:
             _prune(parent, CACHE_ENTRIES)
         except OSError as error:
             LOG.warning(
-                "could not write the OpenVINO conversion cache %s (%s); converting again next time",
+                "could not write the OpenVINO conversion cache %s (%s); converting again next "
+                "time",
                 parent,
                 error,
             )

@@ -1,4 +1,5 @@
-"""TensorRT backend (CUDA only): the exported ONNX graph (:mod:`.onnx_export`) built into a TensorRT engine.
+"""TensorRT backend (CUDA only): the exported ONNX graph (:mod:`.onnx_export`) built into a
+TensorRT engine.
 
 Needs the ``tensorrt`` Python wheel matching the machine's CUDA (``pip install tensorrt``; not a
 dependency of this package, imported only when this backend is asked for). The built engine is
@@ -77,7 +78,8 @@ class TensorRtRunner:
     ):
         if device.type != "cuda":
             raise BackendError(
-                "backend 'tensorrt' runs on CUDA devices only; on the CPU use 'openvino' or 'torch'."
+                "backend 'tensorrt' runs on CUDA devices only; on the CPU use 'openvino' or "
+                "'torch'."
             )
         trt = import_tensorrt()
         self._trt = trt
@@ -111,7 +113,8 @@ class TensorRtRunner:
             self._state_shapes = [
                 tuple(self._engine.get_tensor_shape(name)) for name in STATE_INPUTS
             ]
-        # An imported graph may fix its batch size (torch.onnx.export's default: 1): frames run in chunks.
+        # An imported graph may fix its batch size (torch.onnx.export's default: 1): frames run in
+        # chunks.
         fixed = int(self._engine.get_tensor_shape(IMAGE)[0])
         self._fixed_batch = fixed if fixed > 0 and not self.temporal else None
 

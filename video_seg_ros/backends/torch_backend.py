@@ -1,4 +1,5 @@
-"""PyTorch backend: the module itself, on the CPU (oneDNN or native kernels) or CUDA, with autocast.
+"""PyTorch backend: the module itself, on the CPU (oneDNN or native kernels) or CUDA, with
+autocast.
 
 Temporal models keep one :class:`~video_seg_ros.models.memory.MemoryState` per stream (held in the
 engine's per-stream temporal state, :class:`~video_seg_ros.temporal.StreamTemporalState`); the

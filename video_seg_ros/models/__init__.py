@@ -55,4 +55,6 @@ def _import_model_modules() -> None:
     # Importing registers the builders; done lazily so `import video_seg_ros` stays light
     # (pspnet pulls in torchvision).
     from video_seg_ros.models import cgnet, dicenet, espnet, pspnet  # noqa: F401
-    from video_seg_ros.models import onnx_graph, torchvision_models  # noqa: F401 (bring your own model)
+
+    # Bring your own model: an imported ONNX graph, a torchvision network by name.
+    from video_seg_ros.models import onnx_graph, torchvision_models  # noqa: F401

@@ -1,4 +1,5 @@
-"""CGNet (Wu et al., 2018): Context Guided Network, a light-weight segmenter (M=3, N=21: 0.5 M params).
+"""CGNet (Wu et al., 2018): Context Guided Network, a light-weight segmenter (M=3, N=21: 0.5 M
+params).
 
 Submodule names follow wutianyiRosun/CGNet's ``Context_Guided_Network`` so that its published
 state_dicts load unchanged (``level1_0`` ... ``bn_prelu_3``, ``classifier.0``).
@@ -19,7 +20,8 @@ from video_seg_ros.models.espnet import BNPReLU, Conv, ConvBNPReLU, ImagePyramid
 
 
 class DepthwiseConv(nn.Module):
-    """3x3 depthwise convolution (optionally dilated) in ``.conv``: (N, C, H, W) -> (N, C, H, W)."""
+    """3x3 depthwise convolution (optionally dilated) in ``.conv``: (N, C, H, W) -> (N, C, H,
+    W)."""
 
     def __init__(self, channels: int, dilation: int = 1):
         super().__init__()

@@ -100,7 +100,8 @@ class BR(nn.Module):
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """Interleave ``groups`` equal channel groups: (N, g*k, H, W) -> channel order 0, k, 2k, ..., 1, k+1, ..."""
+    """Interleave ``groups`` equal channel groups: (N, g*k, H, W) -> channel order 0, k, 2k, ...,
+    1, k+1, ..."""
     n, c, h, w = x.shape
     return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
 

@@ -59,7 +59,8 @@ class BNPReLU(nn.Module):
 
 
 class Conv(nn.Module):
-    """A bias-free convolution wrapped in ``.conv`` (keeps the original's key names: C/CDilated)."""
+    """A bias-free convolution wrapped in ``.conv`` (keeps the original's key names:
+    C/CDilated)."""
 
     def __init__(
         self,
@@ -142,7 +143,8 @@ class ESPBlock(_SpatialPyramid):
 
 
 class ImagePyramid(nn.Module):
-    """Halves an image ``times`` times with 3x3 average pooling (the input reinforcement of ESPNet)."""
+    """Halves an image ``times`` times with 3x3 average pooling (the input reinforcement of
+    ESPNet)."""
 
     def __init__(self, times: int):
         super().__init__()
@@ -205,7 +207,8 @@ class ESPNet(nn.Module):
     Shapes: (N, 3, H, W) -> (N, num_classes, H, W).
     """
 
-    # Measured on the quiet 2-core machine (bench/engine.py, docs/models.md): oneDNN 2.0-2.3x faster
+    # Measured on the quiet 2-core machine (bench/engine.py, docs/models.md): oneDNN 2.0-2.3x
+    # faster
     # than the native CPU convolutions for p2q3 and p2q8 at 1024x512 and 512x256. (Under heavy
     # load from other processes oneDNN with two threads degraded badly; cpu_mkldnn=False then.)
     prefers_mkldnn = True
@@ -266,7 +269,8 @@ class ESPNet(nn.Module):
 
 
 def _match_size(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    # Only for input sizes not divisible by 8, where strided maps round up and 2x upsampling overshoots.
+    # Only for input sizes not divisible by 8, where strided maps round up and 2x upsampling
+    # overshoots.
     if x.shape[-2:] == reference.shape[-2:]:
         return x
     return F.interpolate(x, size=reference.shape[-2:], mode="bilinear", align_corners=False)

@@ -1,13 +1,15 @@
 """Local window attention over memory frames, without an HW x HW attention matrix.
 
 Every query pixel ``p`` of the current frame attends to the ``window x window`` neighbourhood of
-``p`` in each of ``T`` memory frames; one softmax runs over all ``T * window**2`` candidates and the
+``p`` in each of ``T`` memory frames; one softmax runs over all ``T * window**2`` candidates and
+the
 attended values are summed (LMANet, Paul et al., IROS 2021). Candidates that fall outside the frame
 do not exist (they get no weight), exactly as if a full attention matrix were masked to the window:
 :func:`dense_local_attention` is that naive reference, kept for the tests.
 
 Implementation: tiles of batched matrix products. The query map is cut into ``tile x tile`` blocks;
-every block attends to the ``(tile + 2r)**2`` key block around it (r = window // 2) with one ``bmm``,
+every block attends to the ``(tile + 2r)**2`` key block around it (r = window // 2) with one
+``bmm``,
 and a fixed band mask removes the candidates outside each pixel's own window. A handful of large
 GEMMs run at full BLAS/cuBLAS speed on CPU and GPU, whereas the alternatives measured on the 2-core
 CPU of this project (T=3, 16 key / 32 value channels, 64x128 feature map) were 8-200x slower:
@@ -20,7 +22,8 @@ extra score entries (3.2x at 9x9 with tile 8), cheap next to the GEMM speed-up. 
 Each memory frame is laid out as tiles once (:func:`tile_memory_frame`) and can be reused for the
 next ``T`` frames, so a streaming step only re-tiles the newest frame.
 
-Out-of-frame candidates are handled with one extra key channel that holds ``0`` inside the frame and
+Out-of-frame candidates are handled with one extra key channel that holds ``0`` inside the frame
+and
 ``-1e4`` outside, multiplied by a constant ``1`` query channel: the GEMM itself adds the mask, and
 ``exp(-1e4)`` is exactly zero in float32 and float16 without creating NaN gradients as ``-inf``
 would.
@@ -63,7 +66,8 @@ def check_window(window: int) -> int:
     """Return the radius of an odd window size; raise ValueError with advice otherwise."""
     if not isinstance(window, int) or window < 1 or window % 2 == 0:
         raise ValueError(
-            f"window must be a positive odd number of feature pixels (e.g. 9 or 21), got {window!r}"
+            f"window must be a positive odd number of feature pixels (e.g. 9 or 21), got "
+            f"{window!r}"
         )
     return window // 2
 
@@ -82,7 +86,8 @@ def tile_memory_frame(key: Tensor, value: Tensor, window: int, tile: int = 8) ->
         or key.shape[-2:] != value.shape[-2:]
     ):
         raise ValueError(
-            f"key (N,K,h,w) and value (N,V,h,w) must agree, got {tuple(key.shape)} and {tuple(value.shape)}"
+            f"key (N,K,h,w) and value (N,V,h,w) must agree, got {tuple(key.shape)} and "
+            f"{tuple(value.shape)}"
         )
     n, k_channels, h, w = key.shape
     hp, wp = _padded_size(h, w, tile)
@@ -104,7 +109,8 @@ def tile_memory_frame(key: Tensor, value: Tensor, window: int, tile: int = 8) ->
 
 
 def _band_mask(tile: int, radius: int, device, dtype) -> Tensor:
-    """(tile*tile, side*side): 0 where key (a, c) of the tile block lies in query (i, j)'s window."""
+    """(tile*tile, side*side): 0 where key (a, c) of the tile block lies in query (i, j)'s
+    window."""
     side = tile + 2 * radius
     offset = torch.arange(side, device=device).view(1, side) - torch.arange(
         tile, device=device
@@ -171,7 +177,8 @@ def local_attention(query: Tensor, memory: list[TiledMemoryFrame]) -> Tensor:
 def local_window_attention(
     query: Tensor, keys: Tensor, values: Tensor, window: int, tile: int = 8
 ) -> Tensor:
-    """Convenience form: ``query`` (N, K, h, w), ``keys`` (N, T, K, h, w), ``values`` (N, T, V, h, w)."""
+    """Convenience form: ``query`` (N, K, h, w), ``keys`` (N, T, K, h, w), ``values`` (N, T, V, h,
+    w)."""
     frames = [
         tile_memory_frame(keys[:, t], values[:, t], window, tile) for t in range(keys.shape[1])
     ]

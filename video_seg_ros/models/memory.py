@@ -29,14 +29,17 @@ Fusion variants (``fusion`` in the config):
   bases (no C x C 3x3 conv).
 - ``"paper"``: LMANet's fusion module (their ``sigmoid-do1``): BatchNorm, dropout and ReLU on both
   inputs, a 3x3 conv each (to C channels) multiplied by sigmoid gates from 3x3 convs over the
-  concatenation, then BatchNorm + ReLU. Costs four C-channel 3x3 convs; needs training from scratch.
+  concatenation, then BatchNorm + ReLU. Costs four C-channel 3x3 convs; needs training from
+  scratch.
 
 Explicit state (:meth:`MemoryAugmentedSegmenter.step_with_state`, for exported graphs: ONNX,
 OpenVINO, TensorRT): the memory travels as tensors instead of living in the module, so an engine
 can keep one per camera. ``keys`` (N, T, tiles, S, K+1) and ``values`` (N, T, tiles, S, V) are the
-T stored frames in the tiled layout of :func:`~video_seg_ros.models.local_attention.tile_memory_frame`
+T stored frames in the tiled layout of
+:func:`~video_seg_ros.models.local_attention.tile_memory_frame`
 (oldest first, newest last), ``valid`` (N, T) marks the slots that hold a frame (1) or not (0). An
-empty memory (all ``valid`` 0) attends to the current frame, exactly like :meth:`step` after a reset.
+empty memory (all ``valid`` 0) attends to the current frame, exactly like :meth:`step` after a
+reset.
 
 Configuration (``Checkpoint.memory``; :class:`MemoryConfig` validates it): ``memory_length`` T,
 ``window`` (odd, feature pixels), ``key_channels``, ``value_channels``, ``fusion``, ``dropout``,
@@ -80,7 +83,8 @@ class MemoryConfig:
     def __post_init__(self):
         if not isinstance(self.memory_length, int) or self.memory_length < 1:
             raise ValueError(
-                f"memory.memory_length must be an integer >= 1 (paper: 3 or 4), got {self.memory_length!r}"
+                f"memory.memory_length must be an integer >= 1 (paper: 3 or 4), got "
+                f"{self.memory_length!r}"
             )
         check_window(self.window)
         for name in ("key_channels", "value_channels", "tile"):
@@ -106,7 +110,8 @@ class MemoryConfig:
         unknown = sorted(set(config) - known)
         if unknown:
             raise ValueError(
-                f"unknown memory setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+                f"unknown memory setting(s) {', '.join(unknown)}; known: "
+                f"{', '.join(sorted(known))}"
             )
         return cls(**config)
 
@@ -166,7 +171,8 @@ def _conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
 
 
 class ResidualGatedFusion(nn.Module):
-    """fused = 2 sigmoid(g_cur) * features + sigmoid(g_mem) * proj(read); exactly ``features`` at init.
+    """fused = 2 sigmoid(g_cur) * features + sigmoid(g_mem) * proj(read); exactly ``features`` at
+    init.
 
     Shapes: features (N, C, h, w), read (N, V, h, w), query (N, K, h, w) -> (N, C, h, w).
     """
@@ -220,11 +226,13 @@ class PaperFusion(nn.Module):
 
 
 class MemoryAugmentedSegmenter(nn.Module):
-    """A base segmenter (encoder/decoder contract of :mod:`video_seg_ros.models`) plus LMANet memory.
+    """A base segmenter (encoder/decoder contract of :mod:`video_seg_ros.models`) plus LMANet
+    memory.
 
     - ``step(x)``: streaming, one frame (N, 3, H, W) -> logits (N, classes, H, W); attends to the
       stored frames, then stores this one. ``reset_state()`` empties the memory.
-    - ``forward_sequence(frames)``: (N, T+1, 3, H, W) -> logits of the last frame, with the T frames
+    - ``forward_sequence(frames)``: (N, T+1, 3, H, W) -> logits of the last frame, with the T
+    frames
       before it as memory (training; same result as reset + T+1 steps).
     - ``forward(x)``: one frame with an empty memory (it attends to itself), no state change.
 
@@ -282,7 +290,8 @@ class MemoryAugmentedSegmenter(nn.Module):
 
     # ---- training helpers ----------------------------------------------------------------------
     def freeze_base(self, frozen: bool = True) -> "MemoryAugmentedSegmenter":
-        """Freeze (or unfreeze) the base encoder/decoder: no gradients, BatchNorm kept in eval mode."""
+        """Freeze (or unfreeze) the base encoder/decoder: no gradients, BatchNorm kept in eval
+        mode."""
         self._base_frozen = frozen
         for parameter in self.base.parameters():
             parameter.requires_grad_(not frozen)
@@ -305,8 +314,10 @@ class MemoryAugmentedSegmenter(nn.Module):
 
     # ---- memory --------------------------------------------------------------------------------
     def _memory_context(self, device: torch.device):
-        # The 3x3 convs on C channels are 10-15x faster with oneDNN on a CPU even for bases that run
-        # faster without it (ESPNet's thin dilated convs), so the memory layers always use it there.
+        # The 3x3 convs on C channels are 10-15x faster with oneDNN on a CPU even for bases that
+        # run
+        # faster without it (ESPNet's thin dilated convs), so the memory layers always use it
+        # there.
         if (
             device.type == "cpu"
             and torch.backends.mkldnn.is_available()
@@ -371,7 +382,8 @@ class MemoryAugmentedSegmenter(nn.Module):
         )
 
     def step_with_state(self, x: Tensor, keys: Tensor, values: Tensor, valid: Tensor):
-        """:meth:`step` with the memory as tensors: ``-> (logits, keys, values, valid)`` after this frame.
+        """:meth:`step` with the memory as tensors: ``-> (logits, keys, values, valid)`` after this
+        frame.
 
         No Python branch depends on the values, so a traced graph (ONNX export) handles any number
         of stored frames, 0 included. Invalid slots get :data:`MASKED_SCORE` on the frame-mask
@@ -388,7 +400,8 @@ class MemoryAugmentedSegmenter(nn.Module):
         n, slots = valid.shape
         new_keys = entry.keys.view(n, 1, *keys.shape[2:])
         new_values = entry.values.view(n, 1, *values.shape[2:])
-        # An empty memory attends to the current frame (as step() does): it goes in the newest slot.
+        # An empty memory attends to the current frame (as step() does): it goes in the newest
+        # slot.
         empty = (valid.sum(dim=1) == 0).view(n, 1)
         last_valid = torch.where(empty, torch.ones_like(valid[:, -1:]), valid[:, -1:])
         slot_valid = torch.cat([valid[:, :-1], last_valid], dim=1)
@@ -510,5 +523,6 @@ def _detached(entry: TiledMemoryFrame) -> TiledMemoryFrame:
 def wrap_with_memory(
     base_model: nn.Module, config: dict[str, Any] | MemoryConfig | None
 ) -> MemoryAugmentedSegmenter:
-    """Wrap a per-frame segmenter with a freshly initialised LMANet memory (config: see MemoryConfig)."""
+    """Wrap a per-frame segmenter with a freshly initialised LMANet memory (config: see
+    MemoryConfig)."""
     return MemoryAugmentedSegmenter(base_model, config)

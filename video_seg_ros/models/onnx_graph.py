@@ -1,4 +1,5 @@
-"""An imported ONNX graph as a module: the graph's bytes in the state_dict, nothing PyTorch can run.
+"""An imported ONNX graph as a module: the graph's bytes in the state_dict, nothing PyTorch can
+run.
 
 ``video-seg-import --onnx FILE`` writes a checkpoint with ``arch: onnx`` whose state_dict holds
 the file's bytes as one uint8 tensor (``graph``), so the one checkpoint format (read with
@@ -23,7 +24,8 @@ OUTPUT_KINDS = ("logits", "probabilities", "class_ids")
 
 
 class ImportedGraph(nn.Module):
-    """Holds an ONNX graph (``graph``: uint8 tensor of the file's bytes) and how to read its output."""
+    """Holds an ONNX graph (``graph``: uint8 tensor of the file's bytes) and how to read its
+    output."""
 
     runs_in_torch = False
     is_temporal = False

@@ -23,7 +23,8 @@ from video_seg_ros.models.registry import register
 
 
 class PyramidPooling(nn.Module):
-    """(N, C, h, w) -> (N, C + len(bins) * C/len(bins), h, w): the input and its pooled summaries."""
+    """(N, C, h, w) -> (N, C + len(bins) * C/len(bins), h, w): the input and its pooled
+    summaries."""
 
     def __init__(self, in_channels: int, bins=(1, 2, 3, 6)):
         super().__init__()

@@ -100,7 +100,8 @@ def add_deprecated_alias(
     class Alias(argparse.Action):
         def __call__(self, parser, namespace, values, option_string=None):
             print(
-                f"{parser.prog}: warning: {option_string} is deprecated and will be removed in the "
+                f"{parser.prog}: warning: {option_string} is deprecated and will be removed in "
+                "the "
                 f"next release; use {new}",
                 file=sys.stderr,
             )

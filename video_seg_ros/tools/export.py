@@ -1,9 +1,11 @@
-"""``video-seg-export``: a checkpoint's network as an ONNX file, checked against PyTorch before it is written.
+"""``video-seg-export``: a checkpoint's network as an ONNX file, checked against PyTorch before it
+is written.
 
 Example::
 
     video-seg-export --checkpoint outputs/espnet_city.pt -o outputs/espnet_city.onnx
-    trtexec --onnx=outputs/espnet_city.onnx --fp16 --saveEngine=outputs/espnet_city.plan   # on the vehicle
+    # on the vehicle:
+    trtexec --onnx=outputs/espnet_city.onnx --fp16 --saveEngine=outputs/espnet_city.plan
 
 The graph takes the normalised frame (the checkpoint's preprocessing, done by the caller) and
 returns logits; memory checkpoints add their memory as explicit inputs and outputs
@@ -48,7 +50,8 @@ CHECK_FRAMES = 4
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Export a checkpoint's network to ONNX (opset 17, fp32) for OpenVINO, TensorRT or "
+        description="Export a checkpoint's network to ONNX (opset 17, fp32) for OpenVINO, "
+        "TensorRT or "
         "any ONNX runtime, after checking the graph against the PyTorch model.",
         epilog="TensorRT on the vehicle: trtexec --onnx=MODEL.onnx --fp16 --saveEngine=MODEL.plan "
         "(with --dynamic-batch add --minShapes=image:1x3xHxW --optShapes=... --maxShapes=...).",
@@ -201,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     for line in check.lines:
         print(f"  {line}")
     print(
-        f"max |logit difference| {check.max_abs_diff:.2e} (tolerance {args.atol:g}), labels agree on "
+        f"max |logit difference| {check.max_abs_diff:.2e} (tolerance {args.atol:g}), labels agree "
+        "on "
         f"{check.label_agreement:.4%} (at least {args.min_agreement:.2%})"
     )
     if check.max_abs_diff > args.atol or check.label_agreement < args.min_agreement:
@@ -253,8 +257,10 @@ def _export_imported_graph(parser, checkpoint, args, argv) -> int:
         return fail(PROG, error)
     os.replace(partial, output)
     print(
-        f"{command_line(PROG, argv)}\n{checkpoint.model_name}: an imported ONNX graph, written adapted to "
-        f"image (N, 3, {size[1]}, {size[0]}) -> logits (not re-checked: there is no PyTorch model to "
+        f"{command_line(PROG, argv)}\n{checkpoint.model_name}: an imported ONNX graph, written "
+        "adapted to "
+        f"image (N, 3, {size[1]}, {size[0]}) -> logits (not re-checked: there is no PyTorch model "
+        "to "
         f"compare with)\nwrote {output}"
     )
     return 0

@@ -7,9 +7,11 @@ Examples::
         --weights ../shared/weights/espnet/espnet_p_2_q_8.pth -o outputs/espnet_city.pt
     video-seg-import --onnx my_net.onnx --label-set cityscapes --size 1024x512 \\
         --mean 123.675 116.28 103.53 --std 58.395 57.12 57.375 --scale 1 -o outputs/my_net.pt
-    video-seg-import --arch torchvision:lraspp_mobilenet_v3_large --label-set cityscapes -o outputs/lraspp.pt
+    video-seg-import --arch torchvision:lraspp_mobilenet_v3_large --label-set cityscapes \\
+        -o outputs/lraspp.pt
 
-The last two are the "bring your own model" paths (:mod:`video_seg_ros.byo_model`, docs/byo_model.md).
+The last two are the "bring your own model" paths (:mod:`video_seg_ros.byo_model`,
+docs/byo_model.md).
 
 The checkpoint records the architecture and its arguments (read from the weights' shapes), the
 label set, palette, the output channel -> class id mapping (extra background/void channels -> 255),
@@ -71,7 +73,8 @@ _ESPNET_CAMVID_MEAN = [110.33102643, 108.40886315, 105.03319369]
 _ESPNET_CAMVID_STD = [72.12571015, 72.69074534, 69.90434816]
 
 # CGNet, wutianyiRosun/CGNet: OpenCV read, channels reversed to RGB, float 0..255 minus the
-# dataset mean (dataset/wtfile/camvid_inform.pkl; ../shared/weights/cgnet/cgnet_camvid_inform.json),
+# dataset mean (dataset/wtfile/camvid_inform.pkl;
+# ../shared/weights/cgnet/cgnet_camvid_inform.json),
 # no std division; evaluated at CamVid's 480x360.
 _CGNET_CAMVID_MEAN_RGB = [105.65775299072266, 103.329833984375, 99.62540435791016]
 
@@ -123,7 +126,8 @@ PRESETS: dict[tuple[str, str], Preset] = {
             scale=1.0,
             interpolation="linear",
         ),
-        note="wutianyiRosun/CGNet CamVid evaluation preprocessing (RGB, 0..255 minus mean, no std)",
+        note="wutianyiRosun/CGNet CamVid evaluation preprocessing (RGB, 0..255 minus mean, "
+        "no std)",
     ),
     ("dicenet", "cityscapes"): Preset(
         label_set="cityscapes",
@@ -137,7 +141,8 @@ PRESETS: dict[tuple[str, str], Preset] = {
             scale=1.0,
             interpolation="linear",
         ),
-        note="sacmehta/EdgeNets test_segmentation.py preprocessing (RGB, ImageNet mean/std, 1024x512); channel 19 = background",
+        note="sacmehta/EdgeNets test_segmentation.py preprocessing (RGB, ImageNet mean/std, "
+        "1024x512); channel 19 = background",
     ),
 }
 
@@ -154,7 +159,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated zip, pickle garbage, foreign format ...
         raise WeightsImportError(
-            f"could not read {path} as PyTorch weights ({type(error).__name__}: {str(error)[:160]}). "
+            f"could not read {path} as PyTorch weights ({type(error).__name__}: "
+            f"{str(error)[:160]}). "
             "The file is damaged or not a PyTorch state_dict; download it again from its source."
         ) from error
     if isinstance(data, dict):
@@ -175,9 +181,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def check_keys(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], what: str) -> None:
-    """Raise :class:`WeightsImportError` listing missing, unexpected and mis-shaped keys, if any."""
+    """Raise :class:`WeightsImportError` listing missing, unexpected and mis-shaped keys, if
+    any."""
     expected = model.state_dict()
-    # Weights saved by PyTorch < 0.4 have no BatchNorm 'num_batches_tracked' counters; loading fills
+    # Weights saved by PyTorch < 0.4 have no BatchNorm 'num_batches_tracked' counters; loading
+    # fills
     # them in (they only matter for training with momentum=None), so they are not "missing".
     missing = sorted(
         k for k in set(expected) - set(state_dict) if not k.endswith(".num_batches_tracked")
@@ -282,7 +290,8 @@ def import_weights(
     command: str | None = None,
     width_scale: float | None = None,
 ) -> Checkpoint:
-    """Convert published weights to a :class:`Checkpoint` (validated: every key used, none missing)."""
+    """Convert published weights to a :class:`Checkpoint` (validated: every key used, none
+    missing)."""
     if (arch, preset_name) not in PRESETS:
         known = ", ".join(f"{a}/{s}" for a, s in PRESETS)
         raise WeightsImportError(
@@ -322,7 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     torchvision_names = [PREFIX + name for name in TORCHVISION_SEGMENTERS]
     parser = argparse.ArgumentParser(
         prog="video-seg-import",
-        description="Convert a published state_dict, an ONNX graph (--onnx) or a torchvision network "
+        description="Convert a published state_dict, an ONNX graph (--onnx) or a torchvision "
+        "network "
         "(--arch torchvision:NAME) into a video_seg_ros checkpoint (weights + architecture + "
         "labels + preprocessing). Bring-your-own-model paths: docs/byo_model.md.",
         epilog="presets: "
@@ -605,7 +615,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         if checkpoint.arch == "onnx" or checkpoint.arch.startswith("torchvision:"):
             print(
-                f"preprocessing: (pixel - {pre.mean}) / {pre.std} * {pre.scale:g}, {pre.interpolation} "
+                f"preprocessing: (pixel - {pre.mean}) / {pre.std} * {pre.scale:g}, "
+                f"{pre.interpolation} "
                 "resize; check it against how the network was trained"
             )
     return 0

@@ -18,7 +18,8 @@ from video_seg_ros.labels import IGNORE_ID
 @dataclass
 class AlignedSample:
     """Frames (H, W, 3) uint8 RGB, the anchor's label (H, W) uint8 or None, flows (H, W, 2) float32
-    from the anchor to each other frame, and ``valid`` (H, W) uint8: 1 on real pixels, 0 on padding."""
+    from the anchor to each other frame, and ``valid`` (H, W) uint8: 1 on real pixels, 0 on
+    padding."""
 
     frames: list[np.ndarray]
     label: np.ndarray | None
@@ -80,7 +81,8 @@ def flip_sample(sample: AlignedSample) -> AlignedSample:
 
 
 class AlignedAugmentation:
-    """Random scale in ``scale_range``, random crop to ``crop`` ([W, H] or None) and horizontal flip."""
+    """Random scale in ``scale_range``, random crop to ``crop`` ([W, H] or None) and horizontal
+    flip."""
 
     def __init__(self, scale_range=(1.0, 1.0), crop=None, hflip: bool = True):
         self.scale_range = tuple(float(s) for s in scale_range)

@@ -13,7 +13,8 @@ A config has these sections (see ``config/train/*.yaml`` for complete examples):
                precision, freeze_bn, val_every, save_every, max_iters_per_epoch, max_iters,
                device, log_every, profile}
     losses:   {ce, temporal, distill_pixel, distill_pairwise, distill_cross_frame,
-               distill_temporal, pseudo_label}: each {weight: w, ...}; weight 0 switches a loss off.
+               distill_temporal, pseudo_label}: each {weight: w, ...}; weight 0 switches a
+               loss off.
 
 Overrides on the command line use dotted keys: ``train.epochs=3 losses.temporal.weight=0.4``;
 values are parsed as YAML (``true``, ``[512, 256]``, ``null``).
@@ -37,7 +38,8 @@ DEFAULTS: dict[str, Any] = {
         "kwargs": {},  # builder keyword arguments (num_classes is filled in if missing)
         "init": None,  # project-format checkpoint to start from (weights + arch if arch unset)
         "label_set": "cityscapes",
-        # Input normalisation written into the checkpoint; None = the init checkpoint's, else ImageNet.
+        # Input normalisation written into the checkpoint; None = the init checkpoint's, else
+        # ImageNet.
         "preprocessing": None,
     },
     "memory": None,
@@ -68,7 +70,8 @@ DEFAULTS: dict[str, Any] = {
         "poly_power": 0.9,
         "amp": True,  # float16 autocast on CUDA when train.precision is null
         # null: fp16 on CUDA if train.amp, else fp32 (the behaviour before this key existed);
-        # auto|fp32|bf16|fp16: video_seg_ros.runtime.resolve_precision (bf16 needs a CPU with native bf16).
+        # auto|fp32|bf16|fp16: video_seg_ros.runtime.resolve_precision (bf16 needs a CPU with
+        # native bf16).
         "precision": None,
         "freeze_bn": False,  # BatchNorm layers in eval mode (small batches, exact DDP parity)
         "val_every": 1,  # epochs between validations; 0 = never validate during training
@@ -77,7 +80,8 @@ DEFAULTS: dict[str, Any] = {
         "max_iters": None,  # total step budget over all epochs (stops the run early); null = none
         "device": "auto",
         "log_every": 10,
-        "profile": False,  # per-phase seconds of every step in steps.csv (see training/profiling.py)
+        # per-phase seconds of every step in steps.csv (see training/profiling.py)
+        "profile": False,
         "val_max_frames": None,  # per validation sequence; None = all
         "find_unused_parameters": False,  # DDP: needed only if some parameters get no gradient
     },

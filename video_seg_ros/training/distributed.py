@@ -32,7 +32,8 @@ class DistributedContext:
             dist.barrier()
 
     def mean(self, values: torch.Tensor) -> torch.Tensor:
-        """Average a tensor over processes (for logging: every rank then reports the same number)."""
+        """Average a tensor over processes (for logging: every rank then reports the same
+        number)."""
         if not self.enabled:
             return values
         values = values.clone()
@@ -41,7 +42,8 @@ class DistributedContext:
 
 
 def init_distributed(device_kind: str) -> DistributedContext:
-    """Join the process group when launched by torchrun; returns the single-process context otherwise."""
+    """Join the process group when launched by torchrun; returns the single-process context
+    otherwise."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistributedContext()

@@ -2,7 +2,8 @@
 
 The temporal loss needs the flow from frame t to its neighbour t+k at the resolution the frames are
 resized to. DIS (OpenCV) is the default estimator; any other estimator only has to be a callable
-``(frame_a, frame_b) -> (H, W, 2) float32`` with a ``settings`` string that identifies it, registered
+``(frame_a, frame_b) -> (H, W, 2) float32`` with a ``settings`` string that identifies it,
+registered
 in :data:`FLOW_METHODS`. Cache files are keyed by both frame files (path, size and mtime), the
 resolution and the estimator settings, so changing any of them recomputes instead of reusing.
 """
@@ -69,7 +70,8 @@ def build_flow_cache(flow_settings: dict, run_dir: Path) -> "FlowCache":
 
 
 class FlowCache:
-    """Flow between two frame files at a given size, read from ``cache_dir`` or computed and stored.
+    """Flow between two frame files at a given size, read from ``cache_dir`` or computed and
+    stored.
 
     Files are float16 ``.npy`` (half the disk of float32; sub-pixel error is far below DIS's own):
     4 bytes per pixel, so 2 MiB per frame pair at 1024x512 (:func:`bytes_per_pair`). Writes are
@@ -91,7 +93,8 @@ class FlowCache:
         return len(sizes), sum(sizes)
 
     def key(self, path_a: Path, path_b: Path, size: tuple[int, int]) -> str:
-        text = f"{_file_identity(path_a)}|{_file_identity(path_b)}|{size[0]}x{size[1]}|{self.estimator.settings}"
+        identities = f"{_file_identity(path_a)}|{_file_identity(path_b)}"
+        text = f"{identities}|{size[0]}x{size[1]}|{self.estimator.settings}"
         return hashlib.sha1(text.encode()).hexdigest()
 
     def get(

@@ -104,7 +104,8 @@ def affinity(
     features_b: torch.Tensor | None = None,
     grid: tuple[int, int] = (16, 32),
 ) -> torch.Tensor:
-    """Cosine affinity between pooled patches of a and b (b = a if None): (N, P, P), P = grid area."""
+    """Cosine affinity between pooled patches of a and b (b = a if None): (N, P, P), P = grid
+    area."""
     nodes_a = _pooled_unit_nodes(features_a, grid)
     nodes_b = nodes_a if features_b is None else _pooled_unit_nodes(features_b, grid)
     return torch.bmm(nodes_a.transpose(1, 2), nodes_b)
@@ -157,7 +158,8 @@ class ConvLSTMCell(nn.Module):
 
 class TemporalDistillationLoss(nn.Module):
     """Temporal distillation over affinity sequences, as ETC's ConvLSTM criterion: the sequence of
-    self-affinity maps (one per frame, as a 1-channel P x P image) of the student and of the teacher
+    self-affinity maps (one per frame, as a 1-channel P x P image) of the student and of the
+    teacher
     go through the same ConvLSTM; the final hidden states are matched with MSE.
 
     Simplification (documented): the ConvLSTM here is randomly initialised from ``seed`` and frozen

@@ -33,7 +33,8 @@ IMAGENET_PREPROCESSING = {
 
 
 class InputNormalizer(nn.Module):
-    """[0, 1] RGB (N, 3, H, W) -> the model's input: ``(pixel - mean) / std * scale`` in its channel order."""
+    """[0, 1] RGB (N, 3, H, W) -> the model's input: ``(pixel - mean) / std * scale`` in its
+    channel order."""
 
     def __init__(self, preprocessing: Preprocessing):
         super().__init__()
@@ -98,7 +99,8 @@ def _preprocessing_from(config_pre: dict | None, init: Checkpoint | None, size) 
 def build_student(
     config: dict, checkpoints: CheckpointCache | None = None
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """The student model and the metadata its checkpoints carry (arch, kwargs, labels, preprocessing).
+    """The student model and the metadata its checkpoints carry (arch, kwargs, labels,
+    preprocessing).
 
     ``model.init`` (a project checkpoint) supplies the weights and, unless overridden, the
     architecture, label set and preprocessing. ``memory`` wraps the model with local memory
@@ -182,8 +184,8 @@ def _load_matching(model: nn.Module, state: dict, origin: str) -> None:
     model.load_state_dict({k: v for k, v in state.items() if k not in skipped}, strict=False)
     if skipped:
         print(
-            f"model.init: {len(skipped)} tensors differ in shape and start fresh: {', '.join(skipped[:6])}"
-            + (" ..." if len(skipped) > 6 else ""),
+            f"model.init: {len(skipped)} tensors differ in shape and start fresh: "
+            f"{', '.join(skipped[:6])}" + (" ..." if len(skipped) > 6 else ""),
             flush=True,
         )
 

@@ -3,7 +3,8 @@
 One :class:`Trainer` runs a config (see :mod:`video_seg_ros.training.config`): it builds the
 student (optionally wrapped with local memory attention), the teacher, the datasets, the optimiser
 with a poly learning-rate schedule, and then for every epoch trains, validates (mIoU and TC with
-:mod:`video_seg_ros.metrics`), writes ``metrics.csv`` + ``metrics.png`` and saves checkpoints in the
+:mod:`video_seg_ros.metrics`), writes ``metrics.csv`` + ``metrics.png`` and saves checkpoints in
+the
 project format (``last.pt``, ``best.pt``; the optimiser state for ``--resume`` goes to
 ``trainer_state.pt`` beside them).
 
@@ -605,7 +606,8 @@ class Trainer:
                 best = row.get("val_miou") is not None and row["val_miou"] > self.best_miou
                 if best:
                     self.best_miou = row["val_miou"]
-                # Without any validated mIoU there is nothing to rank by: best.pt is the last model.
+                # Without any validated mIoU there is nothing to rank by: best.pt is the last
+                # model.
                 never_validated = not any(r.get("val_miou") is not None for r in self.history)
                 if (save_every and self.epoch % save_every == 0) or final or best:
                     self.save(
