@@ -383,10 +383,23 @@ def test_a_graph_fixed_at_batch_1_segments_batches_frame_by_frame(tmp, cache):
     )
 
 
+#: Top-2 score gap (relative to the largest score) below which float32 rounding (torch's
+#: convolution next to OpenVINO's, summed in another order, differently on another CPU) may pick
+#: either class: such pixels are not compared. Rounding is ~1e-6 of the scores' size.
+NEAR_TIE = 1e-4
+
+
 def _reference_labels(graph_engine, images, output):
     """What the strided head means, computed in torch: scores resized bilinearly (ids: nearest) to
-    the network input, then labels resized nearest to the frame, as the engine's CPU path does."""
+    the network input, then labels resized nearest to the frame, as the engine's CPU path does.
+    Returns (labels, decided) per image; ``decided`` is False where the top two scores that pick
+    the label are within :data:`NEAR_TIE` (for class ids: the graph's own argmax at 1/8
+    resolution, where one undecided cell is a 16x16 block of the frame)."""
     from torch.nn.functional import interpolate
+
+    def top_two_gap(scores):
+        top = scores.topk(2, dim=1).values
+        return (top[:, 0] - top[:, 1]) / scores.abs().max()
 
     head = StridedHead(output="logits").eval()
     width, height = SIZE
@@ -396,14 +409,17 @@ def _reference_labels(graph_engine, images, output):
             scores = head.conv(graph_engine.preprocess([image]))
         if output == "class_ids":
             ids = interpolate(scores.argmax(1)[:, None].float(), size=(height, width))[:, 0]
+            gap = interpolate(top_two_gap(scores)[:, None], size=(height, width))[:, 0]
         else:
             scores = scores.softmax(1) if output == "probabilities" else scores
             scores = interpolate(
                 scores, size=(height, width), mode="bilinear", align_corners=False
             )
             ids = scores.argmax(1).float()
+            gap = top_two_gap(scores)
         full = interpolate(ids[:, None], size=image.shape[:2], mode="nearest")[0, 0]
-        results.append(full.to(torch.uint8).numpy())
+        decided = interpolate(gap[:, None], size=image.shape[:2], mode="nearest")[0, 0] > NEAR_TIE
+        results.append((full.to(torch.uint8).numpy(), decided.numpy()))
     return results
 
 
@@ -421,8 +437,9 @@ def test_strided_logits_probabilities_and_class_ids_give_the_labels_they_mean(tm
     images = frames(2)
     expected = _reference_labels(graph_engine, images, output)
     results = [graph_engine.segment(image, with_confidence=True) for image in images]
-    for result, want in zip(results, expected):
-        assert np.mean(result.labels == want) >= 0.999
+    for result, (want, decided) in zip(results, expected):
+        assert decided.mean() > 0.99  # near-ties are rare: almost every pixel is compared
+        assert np.mean(result.labels[decided] == want[decided]) >= 0.999
         assert len(np.unique(result.labels)) > 3  # the frames really have structure
     confidence = np.concatenate([r.confidence.ravel() for r in results])
     if output == "class_ids":  # no probabilities: confidence 1.0 everywhere (documented)
