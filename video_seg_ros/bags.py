@@ -316,13 +316,34 @@ def image_topics(path: str | Path) -> list[str]:
     return [topic for topic, info in bag_info(path)["topics"].items() if info["type"] in IMAGE_TYPES]
 
 
+def pick_image_topic(path: str | Path, topic: str | None = None,
+                     several_hint: str = "name the image topic to use",
+                     info: dict[str, Any] | None = None) -> str:
+    """``topic`` if it is an image topic of the bag, else (None) the bag's only image topic.
+
+    Raises BagError listing the bag's topics when ``topic`` is not an image topic or the bag has
+    no image topic, and naming them with ``several_hint`` when it has several.
+    """
+    topics = (info or bag_info(path))["topics"]
+    images = sorted(name for name, t in topics.items() if t["type"] in IMAGE_TYPES)
+    listing = ", ".join(f"{name} ({t['type']}, {t['count']} messages)" for name, t in sorted(topics.items()))
+    if topic is not None:
+        if topic not in images:
+            raise BagError(f"topic {topic} is not an image topic of bag {path}; topics found: "
+                           f"{listing or 'none'}")
+        return topic
+    if not images:
+        raise BagError(f"bag {path} has no sensor_msgs/msg/Image or CompressedImage topic; topics "
+                       f"found: {listing or 'none'}. Record the camera topic, or pass a folder of "
+                       "frames instead")
+    if len(images) > 1:
+        raise BagError(f"bag {path} has {len(images)} image topics ({', '.join(images)}); {several_hint}")
+    return images[0]
+
+
 def default_image_topic(path: str | Path) -> str:
     """The bag's one image topic; a clear error when it has none or several."""
-    topics = image_topics(path)
-    if len(topics) != 1:
-        raise BagError(f"bag {path} has {len(topics)} image topics ({', '.join(topics) or 'none'}); "
-                       "name the image topic to use")
-    return topics[0]
+    return pick_image_topic(path)
 
 
 #: Colour encodings message_to_frame converts; any other raw encoding (mono8, 16-bit...) is read as is.
@@ -391,7 +412,7 @@ __all__ = [
     "BAG_VERSION", "BagError", "BagImage", "BagWriter", "CAMERA_INFO_TYPE", "COMPRESSED_IMAGE_TYPE",
     "CameraCalibration", "FRAMES_KEY", "IMAGE_TYPE", "IMAGE_TYPES", "RawMessage", "STORAGES",
     "bag_info", "cdr_stamp_ns", "compressed_message", "decode_image", "default_image_topic",
-    "frame_keys", "has_header", "image_message", "image_topics", "ns_to_stamp", "read_images",
+    "frame_keys", "has_header", "image_message", "image_topics", "ns_to_stamp", "pick_image_topic", "read_images",
     "read_messages", "restamp_cdr", "stamp_to_ns", "typestore",
 ]
 
@@ -421,7 +442,9 @@ def write_bag(source, output: Path, *, topic: str = "/camera/image_raw", frame_i
               jpeg_quality: int = 95, resize: tuple[int, int] | None = None,
               camera_info: str | None = None, storage: str = "mcap", start_time_ns: int | None = None,
               sequence_gap: float = 1.0, overwrite: bool = False, progress: bool = True) -> dict:
-    """Write a :class:`video_seg_ros.sources.FrameSource` into a new bag at ``output``.
+    """Write the frames of ``source`` (a :class:`video_seg_ros.streams.FrameStream`: iterable of
+    frames with ``rgb``, ``sequence`` and ``key``, with ``len()`` and ``description``) into a new
+    bag at ``output``.
 
     Each header stamp equals the message's receive time in the bag, starting at ``start_time_ns``
     (default: now) and ``1/rate`` apart; a new sequence starts ``sequence_gap`` seconds after the
@@ -447,7 +470,7 @@ def write_bag(source, output: Path, *, topic: str = "/camera/image_raw", frame_i
     frames_meta, previous_sequence = [], None
     size = None
     with BagWriter(output, storage=storage, overwrite=overwrite) as bag:
-        for frame in tqdm(source.frames, total=source.count, unit="frame", desc="make-bag",
+        for frame in tqdm(source, total=len(source), unit="frame", desc="make-bag",
                           disable=not progress):
             pixels = _resized(frame.rgb, resize)
             if size is None:
@@ -489,7 +512,7 @@ def verify_bag(bag: Path, source, topic: str, resize: tuple[int, int] | None = N
     compared = identical = 0
     max_diff, stamps_ok, previous = 0, True, None
     images = read_images(bag, topic)
-    for frame in tqdm(source.frames, total=source.count, unit="frame", desc="verify", disable=not progress):
+    for frame in tqdm(source, total=len(source), unit="frame", desc="verify", disable=not progress):
         expected = _resized(frame.rgb, resize)
         image = next(images, None)
         if image is None:

@@ -1,6 +1,7 @@
 """``video-seg-eval``: accuracy (mIoU) and temporal consistency (TC) of a checkpoint on a folder.
 
-Argument parsing and printing only; the evaluation is :mod:`video_seg_ros.evaluation`.
+Argument parsing and printing only; the frames come from :mod:`video_seg_ros.streams`, the figures
+from :mod:`video_seg_ros.evaluation` and the report from :mod:`video_seg_ros.evaluation_report`.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from pathlib import Path
 
 from video_seg_ros.checkpoint import CheckpointError
 from video_seg_ros.engine import DeviceError, SegmentationEngine
-from video_seg_ros.evaluation import EvaluationOptions, FrameFolder, format_markdown
-from video_seg_ros.evaluation import evaluate_folder as _evaluate_folder
+from video_seg_ros.evaluation import EvaluationOptions
+from video_seg_ros.evaluation_report import evaluate_folder as _evaluate_folder
+from video_seg_ros.evaluation_report import format_markdown
 from video_seg_ros.flow import DIS_PRESETS
 from video_seg_ros.labels import LABEL_FORMATS
 from video_seg_ros.runtime import EVALUATION_PRECISION
+from video_seg_ros.streams import FolderStream, open_stream
 from video_seg_ros.tools.arguments import (add_engine_arguments, add_limit_argument, add_output_argument,
                                            add_quiet_argument, command_line, fail,
                                            non_negative_int, parse_arguments, positive_int,
@@ -30,15 +33,16 @@ def evaluate_folder(checkpoint, images, labels=None, label_format="trainids", de
                     upsample="auto", limit=None, flow_preset="ultrafast", flow_width=1024,
                     occlusion=False, max_frame_gap=1, tc=True, save_overlays=None, save_labels=None,
                     progress=True, command=None) -> dict:
-    """Deprecated (one release): use :func:`video_seg_ros.evaluation.evaluate_folder`."""
+    """Deprecated (one release): use :func:`video_seg_ros.evaluation_report.evaluate_folder`."""
     import warnings
 
     warnings.warn("video_seg_ros.tools.evaluate.evaluate_folder is deprecated; use "
-                  "video_seg_ros.evaluation.evaluate_folder with FrameFolder and EvaluationOptions",
+                  "video_seg_ros.evaluation_report.evaluate_folder with streams.FolderStream and "
+                  "EvaluationOptions",
                   DeprecationWarning, stacklevel=2)
     options = EvaluationOptions(tc=tc, max_frame_gap=max_frame_gap, flow_preset=flow_preset,
                                 flow_width=flow_width, occlusion=occlusion)
-    folder = FrameFolder(images, labels, label_format, limit)
+    folder = FolderStream(images, labels, label_format, limit)
     engine = checkpoint if isinstance(checkpoint, SegmentationEngine) else SegmentationEngine(
         checkpoint, device=device, upsample=upsample)
     return _evaluate_folder(engine, folder, options, save_overlays=save_overlays, save_labels=save_labels,
@@ -62,7 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--images", required=True, type=Path,
                         help="folder of frames, searched recursively; sorted file names give the "
                              "temporal order, file-name prefixes the sequences (Cityscapes "
-                             "<city>_<seq>_<frame>_leftImg8bit, CamVid <seq>_<frame>, name_<number>)")
+                             "<city>_<seq>_<frame>_leftImg8bit, CamVid <seq>_<frame>, name_<number>). "
+                             "A rosbag2 folder (its one image topic, or --topic) or a video file "
+                             "works too")
+    parser.add_argument("--topic", default=None,
+                        help="image topic when --images is a rosbag2 folder with several")
     parser.add_argument("--labels", type=Path, default=None,
                         help="folder of label images matched to frames by name (e.g. Cityscapes "
                              "gtFine/); frames without a label are still used for TC. Single-channel "
@@ -115,11 +123,12 @@ def main(argv: list[str] | None = None) -> int:
                                     flow_preset=args.flow_preset, flow_width=args.flow_width or None,
                                     occlusion=args.occlusion)
         # Folders first: a typo should not cost a model load.
-        folder = FrameFolder(args.images, args.labels, args.label_format, args.limit, args.skip_unreadable)
+        frames = open_stream(args.images, args.topic, args.labels, args.label_format, args.limit,
+                             skip_unreadable=args.skip_unreadable)
         engine = SegmentationEngine(args.checkpoint, device=args.device, upsample=args.upsample,
                                     backend=args.backend, precision=args.precision)
         engine.set_temporal(temporal)
-        report = _evaluate_folder(engine, folder, options, save_overlays=args.save_overlays,
+        report = _evaluate_folder(engine, frames, options, save_overlays=args.save_overlays,
                                   save_labels=args.save_labels, progress=not args.quiet,
                                   command=command_line(PROG, argv), checkpoint=str(args.checkpoint))
     except ValueError as error:
