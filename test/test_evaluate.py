@@ -1,4 +1,5 @@
-"""video-seg-eval: the library evaluator (video_seg_ros.evaluation) and its CLI, on small folders."""
+"""video-seg-eval: the library evaluator (video_seg_ros.evaluation and evaluation_report) and its CLI,
+on small folders."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import pytest
 import torch
 
 from video_seg_ros.engine import SegmentationEngine
-from video_seg_ros.evaluation import EvaluationOptions, FrameFolder, evaluate_folder
+from video_seg_ros.evaluation import EvaluationOptions
+from video_seg_ros.evaluation_report import evaluate_folder
 from video_seg_ros.metrics import TemporalConsistency
+from video_seg_ros.streams import FolderStream
 from video_seg_ros.tools.evaluate import main
 
 HEIGHT, WIDTH = 72, 120
@@ -48,7 +51,7 @@ def test_predictions_used_as_labels_score_perfectly_and_pairs_respect_gaps(tmp_p
     labels_dir.mkdir()
     for path in paths[::2]:  # every other frame is labelled
         cv2.imwrite(str(labels_dir / path.name), engine.segment(rgb(path)).labels)
-    report = evaluate_folder(engine, FrameFolder(images, labels_dir, "trainids"), progress=False,
+    report = evaluate_folder(engine, FolderStream(images, labels_dir, "trainids"), progress=False,
                              save_overlays=tmp_path / "overlays", save_labels=tmp_path / "predictions")
     assert report["frames"] == 5 and report["labelled_frames"] == 3
     assert report["miou"] == 1.0 and report["pixel_accuracy"] == 1.0
@@ -87,7 +90,7 @@ def test_a_static_sequence_has_perfect_temporal_consistency(tmp_path, engine):
 
 def test_limit_and_frame_gap_options(tmp_path, engine):
     images, _ = write_sequence_folder(tmp_path)
-    assert evaluate_folder(engine, FrameFolder(images, limit=2), progress=False)["frames"] == 2
+    assert evaluate_folder(engine, FolderStream(images, limit=2), progress=False)["frames"] == 2
     # Allowing a step of 2 makes seqB's 5 -> 7 a pair as well.
     assert evaluate_folder(engine, images, EvaluationOptions(max_frame_gap=2), progress=False)["tc_pairs"] == 3
     report = evaluate_folder(engine, images, EvaluationOptions(tc=False), progress=False)
@@ -142,7 +145,7 @@ def test_cli_errors_for_missing_inputs_say_what_to_do(tmp_path, tiny_espnet_chec
     assert main(["--checkpoint", str(tmp_path / "none.pt"), "--images", str(images)]) == 1
     assert "video-seg-import" in capsys.readouterr().err
     assert main(["--checkpoint", str(tiny_espnet_checkpoint), "--images", str(tmp_path / "nothing")]) == 1
-    assert "image folder not found" in capsys.readouterr().err
+    assert "does not exist" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert main(["--checkpoint", str(tiny_espnet_checkpoint), "--images", str(tmp_path / "empty")]) == 1
     assert "no images" in capsys.readouterr().err
@@ -228,7 +231,7 @@ def test_sixteen_bit_and_cityscapes_color_labels_give_the_same_figures_as_train_
         cv2.imwrite(str(tmp_path / "ids16" / f"{key}.png"), ids.astype(np.uint16))
         colour = colorize(ids, CITYSCAPES.palette_array())
         cv2.imwrite(str(tmp_path / "colour" / f"{key}_gtFine_color.png"), colour[..., ::-1].copy())
-    reports = [evaluate_folder(engine, FrameFolder(images, tmp_path / kind, label_format), progress=False)
+    reports = [evaluate_folder(engine, FolderStream(images, tmp_path / kind, label_format), progress=False)
                for kind, label_format in (("ids8", "trainids"), ("ids16", "trainids"),
                                           ("colour", "cityscapes-color"))]
     assert reports[0]["labelled_frames"] == 2 and reports[0]["miou"] is not None

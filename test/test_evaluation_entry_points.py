@@ -1,7 +1,7 @@
 """One evaluator: video-seg-eval, the demo's scoring and Trainer.validate give identical mIoU and TC.
 
 The same frames (two sequences, one with a frame-number gap, labels at another resolution than the
-frames) go through the three entry points: ``video_seg_ros.evaluation.evaluate_folder`` (what
+frames) go through the three entry points: ``video_seg_ros.evaluation_report.evaluate_folder`` (what
 ``video-seg-eval`` runs), ``tools.demo.score`` on a bag of the frames plus a "recorded" bag of the
 engine's labels (what the demo does with the node's output), and ``Trainer.validate`` on the
 same folder as ``data.val`` with the same checkpoint as ``model.init``.
@@ -18,8 +18,9 @@ import pytest
 from video_seg_ros.bags import BagWriter, image_message, read_images, write_bag
 from video_seg_ros.checkpoint import load_checkpoint
 from video_seg_ros.engine import SegmentationEngine
-from video_seg_ros.evaluation import EvaluationOptions, FrameFolder, evaluate_folder
-from video_seg_ros.sources import open_source
+from video_seg_ros.evaluation import EvaluationOptions
+from video_seg_ros.evaluation_report import evaluate_folder
+from video_seg_ros.streams import FolderStream, open_stream
 from video_seg_ros import runtime
 from video_seg_ros.tools import demo
 from video_seg_ros.tools import evaluate as evaluate_tool
@@ -74,7 +75,7 @@ def eval_report(bf16_probe, snippet, tiny_espnet_checkpoint, tmp_path_factory):
 def test_the_library_evaluator_gives_the_reports_figures(eval_report, snippet, tiny_espnet_checkpoint):
     engine = SegmentationEngine(str(tiny_espnet_checkpoint), device="cpu", backend="torch",
                                 precision=runtime.EVALUATION_PRECISION)
-    report = evaluate_folder(engine, FrameFolder(snippet / "images", snippet / "labels", "trainids"),
+    report = evaluate_folder(engine, FolderStream(snippet / "images", snippet / "labels", "trainids"),
                              EvaluationOptions(), progress=False)
     assert (report["miou"], report["tc"]) == (eval_report["miou"], eval_report["tc"])
 
@@ -91,7 +92,7 @@ def test_demo_scoring_gives_the_same_miou_and_tc_as_video_seg_eval(snippet, tiny
                                                                    eval_report, tmp_path):
     checkpoint = load_checkpoint(tiny_espnet_checkpoint)
     input_bag = tmp_path / "input_bag"
-    write_bag(open_source(snippet / "images"), input_bag, rate=10.0, progress=False)
+    write_bag(open_stream(snippet / "images"), input_bag, rate=10.0, progress=False)
     # What the node would publish: the engine's labels, stamped like their input frames.
     engine = SegmentationEngine(checkpoint, device="cpu", backend="torch", precision=runtime.EVALUATION_PRECISION)
     recorded = tmp_path / "recorded_bag"

@@ -24,7 +24,8 @@ from ros_support import NodeProcess, RosProbe, ros_environment, write_params_fil
 
 from video_seg_ros.bags import read_images  # noqa: E402
 from video_seg_ros.engine import SegmentationEngine  # noqa: E402
-from video_seg_ros.evaluation import EvalFrame, bag_frames, evaluate_recording  # noqa: E402
+from video_seg_ros.evaluation import evaluate_recording  # noqa: E402
+from video_seg_ros.streams import BagStream  # noqa: E402
 from video_seg_ros.processes import LoggedProcess  # noqa: E402
 from video_seg_ros.tools import demo, make_bag  # noqa: E402
 
@@ -146,11 +147,10 @@ def test_demo_replays_the_sample_through_the_node_and_writes_its_reports(tmp_pat
     # The ROS round trip changes no label: the figures equal the in-process engine's on the same
     # frames, scored by the same evaluator.
     engine = SegmentationEngine(str(checkpoint), device="cpu", precision="fp32")
-    frames = list(bag_frames(out / "input_bag", "/camera/image_raw", None))
-    predictions = {stamp: engine.segment(frame.rgb).labels for stamp, frame in frames}
     sample_labels = _sample_labels(6, (64, 32))
-    expected = evaluate_recording(((s, EvalFrame(f.rgb, f.key, f.sequence, f.number, sample_labels[f.key]))
-                                   for s, f in frames), predictions, engine.class_names)
+    frames = list(BagStream(out / "input_bag", "/camera/image_raw", sample_labels))
+    predictions = {frame.stamp_ns: engine.segment(frame.rgb).labels for frame in frames}
+    expected = evaluate_recording(frames, predictions, engine.class_names)
     assert results["tc_pairs"] == 5 and results["tc"] == round(expected.tc, 5)
     assert results["labelled_frames"] == 6 and results["miou"] == round(expected.miou, 5)
     assert results["latency_ms"]["p50"] > 0

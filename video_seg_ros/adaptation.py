@@ -30,16 +30,15 @@ import math
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
 
 from video_seg_ros.checkpoint import Checkpoint, load_checkpoint
-from video_seg_ros.frames import list_frames, read_rgb
+from video_seg_ros.frames import parse_frame_name
+from video_seg_ros.streams import BagStream, FolderStream, FrameStream, StreamError, open_stream
 
 #: Written frame files: ``<sequence>_<drive index>.png`` (frames.py groups them by the prefix).
 FRAME_NAME = "{sequence}_{index:06d}.png"
@@ -93,103 +92,46 @@ class AdaptationSettings:
 
 
 # ---- the drive ------------------------------------------------------------------------------------
-@dataclass
-class Drive:
-    """Frames of one camera in temporal order: RGB arrays with their sequence name."""
-
-    description: dict[str, Any]
-    count: int
-    _frames: Any = field(repr=False)  # () -> Iterator[(sequence, rgb)]
-    #: The frames' own names (file stems, make_bag keys), kept for the written files so that
-    #: video-seg-eval --labels still finds their label files; None = numbered names.
-    names: list[str] | None = None
-
-    def frames(self) -> Iterator[tuple[str, np.ndarray]]:
-        return self._frames()
-
-
-def _bag_drive(path: Path, topic: str | None) -> Drive:
-    from video_seg_ros.bags import FRAMES_KEY, IMAGE_TYPES, bag_info, read_images
-
-    info = bag_info(path)
-    topics = info["topics"]
-    images = [name for name, t in topics.items() if t["type"] in IMAGE_TYPES]
-    listing = ", ".join(f"{name} ({t['type']}, {t['count']} messages)" for name, t in sorted(topics.items()))
-    if topic is None:
-        if not images:
-            raise AdaptationError(f"bag {path} has no sensor_msgs/msg/Image or CompressedImage topic; "
-                                  f"topics found: {listing or 'none'}. Record the camera topic, or pass "
-                                  "a folder of frames instead")
-        if len(images) > 1:
-            raise AdaptationError(f"bag {path} has {len(images)} image topics ({', '.join(sorted(images))}); "
-                                  "name the camera to adapt to with --topic")
-        topic = images[0]
-    elif topic not in topics or topics[topic]["type"] not in IMAGE_TYPES:
-        raise AdaptationError(f"--topic {topic} is not an image topic of bag {path}; topics found: "
-                              f"{listing or 'none'}")
-    count = int(topics[topic]["count"])
-    # video-seg-make-bag records each frame's sequence; a user's recording is one sequence.
-    sequences, names = None, None
-    custom = info["custom_data"].get(FRAMES_KEY)
-    if custom:
-        keys = json.loads(custom)
-        if len(keys) == count:
-            sequences = [str(k.get("sequence") or "drive") for k in keys]
-            names = [str(k.get("key") or "") for k in keys]
-
-    def frames() -> Iterator[tuple[str, np.ndarray]]:
-        for index, image in enumerate(read_images(path, topic)):
-            pixels = image.rgb()
-            if pixels.dtype != np.uint8:
-                raise AdaptationError(f"{topic} frame {index} has {image.encoding} pixels ({pixels.dtype}); "
-                                      "adaptation needs 8-bit colour or mono images")
-            if pixels.ndim == 2:
-                pixels = np.repeat(pixels[..., None], 3, axis=2)
-            yield (sequences[index] if sequences else "drive"), pixels
-
-    return Drive({"kind": "bag", "path": str(path), "topic": topic, "storage": info["storage"]}, count, frames,
-                 _usable_names(names))
+def open_drive(source: str | Path, topic: str | None = None) -> FrameStream:
+    """A rosbag2 folder (has metadata.yaml) or a folder of frames, as a frame stream."""
+    source = Path(source)
+    if source.exists() and not source.is_dir():
+        if (source.parent / "metadata.yaml").is_file():
+            raise AdaptationError(f"{source} is a file inside a bag; pass the bag folder {source.parent}")
+        raise AdaptationError(f"{source} is neither a rosbag2 folder (with metadata.yaml) nor a folder "
+                              "of frames")
+    if not source.exists():
+        raise AdaptationError(f"{source} is neither a rosbag2 folder (with metadata.yaml) nor a folder "
+                              "of frames")
+    if topic is not None and not (source / "metadata.yaml").is_file():
+        raise AdaptationError(f"--topic is for bags; {source} is a folder of frames (no metadata.yaml)")
+    try:
+        return open_stream(source, topic, several_topics_hint="name the camera to adapt to with --topic")
+    except StreamError as error:
+        if "no images" in str(error):
+            raise AdaptationError(f"no frames (.png/.jpg/...) under {source}; pass a folder of one "
+                                  "camera's frames or a rosbag2 folder") from error
+        raise
 
 
-def _folder_drive(path: Path) -> Drive:
-    records = list_frames(path)
-    if not records:
-        raise AdaptationError(f"no frames (.png/.jpg/...) under {path}; pass a folder of one camera's "
-                              "frames or a rosbag2 folder")
-
-    def frames() -> Iterator[tuple[str, np.ndarray]]:
-        for record in records:
-            yield record.sequence, read_rgb(record.path)
-
-    return Drive({"kind": "folder", "path": str(path),
-                  "sequences": sorted({r.sequence for r in records})}, len(records), frames,
-                 _usable_names([r.path.stem for r in records]))
+def _frame_names(drive: FrameStream) -> list[str] | None:
+    """The frames' own names (file stems, make_bag keys), kept for the written files so that
+    video-seg-eval --labels still finds their label files; None = numbered names."""
+    if isinstance(drive, FolderStream):
+        return _usable_names([record.path.stem for record in drive.records])
+    if isinstance(drive, BagStream):
+        return _usable_names(drive.keys)
+    return None
 
 
 def _usable_names(names: list[str] | None) -> list[str] | None:
     """``names`` when they are unique, plain and list back (frames.py) in the drive's order."""
-    from video_seg_ros.frames import parse_frame_name
-
     if not names or len(set(names)) != len(names) or not all(n and n.replace("-", "").replace(
             "_", "").replace(".", "").isalnum() for n in names):
         return None
     records = [parse_frame_name(Path(f"{name}.png")) for name in names]
     ordered = sorted(range(len(records)), key=lambda i: (records[i].sequence, records[i].frame, names[i]))
     return names if ordered == list(range(len(records))) else None
-
-
-def open_drive(source: str | Path, topic: str | None = None) -> Drive:
-    """A rosbag2 folder (has metadata.yaml) or a folder of frames."""
-    source = Path(source)
-    if (source / "metadata.yaml").is_file():
-        return _bag_drive(source, topic)
-    if source.is_file() and (source.parent / "metadata.yaml").is_file():
-        raise AdaptationError(f"{source} is a file inside a bag; pass the bag folder {source.parent}")
-    if source.is_dir():
-        if topic is not None:
-            raise AdaptationError(f"--topic is for bags; {source} is a folder of frames (no metadata.yaml)")
-        return _folder_drive(source)
-    raise AdaptationError(f"{source} is neither a rosbag2 folder (with metadata.yaml) nor a folder of frames")
 
 
 def split_holdout(count: int, fraction: float) -> tuple[list[int], list[int]]:
@@ -204,7 +146,7 @@ def split_holdout(count: int, fraction: float) -> tuple[list[int], list[int]]:
     return list(range(count - held)), list(range(count - held, count))
 
 
-def extract_frames(drive: Drive, folder: Path, size: tuple[int, int] | None, limit: int | None,
+def extract_frames(drive: FrameStream, folder: Path, size: tuple[int, int] | None, limit: int | None,
                    holdout: float, progress: bool = True, reuse_only: bool = False) -> dict:
     """Write the drive's frames (resized to ``size``) into ``folder/train`` and ``folder/holdout``.
 
@@ -213,9 +155,9 @@ def extract_frames(drive: Drive, folder: Path, size: tuple[int, int] | None, lim
     other frames than the earlier run trained on. Writes into a temporary folder first: a drive
     refused half-way (frames of mixed sizes) leaves nothing behind. Returns the manifest.
     """
-    count = min(drive.count, limit) if limit else drive.count
+    count = min(len(drive), limit) if limit else len(drive)
     train, held = split_holdout(count, holdout)
-    wanted = {"source": drive.description, "count": count, "size": list(size) if size else None,
+    wanted = {"source": drive.describe(), "count": count, "size": list(size) if size else None,
               "train": train, "holdout": held}
     manifest_file = folder / MANIFEST
     if manifest_file.is_file():
@@ -237,24 +179,26 @@ def extract_frames(drive: Drive, folder: Path, size: tuple[int, int] | None, lim
         (staging / "train").mkdir()
         (staging / "holdout").mkdir()
         first_size, source_size = None, None
+        names = _frame_names(drive)
         bar = tqdm(total=count, desc="reading frames", unit="frame", disable=not progress)
-        for index, (sequence, rgb) in enumerate(drive.frames()):
+        for index, frame in enumerate(drive):
             if index >= count:
                 break
+            rgb = frame.rgb
             frame_size = (rgb.shape[1], rgb.shape[0])
             if source_size is None:
                 source_size = frame_size
             elif frame_size != source_size:
                 raise AdaptationError(
-                    f"frames of mixed sizes in {drive.description['path']}: frame 0 is "
+                    f"frames of mixed sizes in {drive.path}: frame 0 is "
                     f"{source_size[0]}x{source_size[1]}, frame {index} is {frame_size[0]}x{frame_size[1]}. "
                     "A drive must come from one camera: pass one camera's --topic or folder")
             if size and frame_size != tuple(size):
                 rgb = cv2.resize(rgb, tuple(size), interpolation=cv2.INTER_AREA)
             first_size = first_size or (rgb.shape[1], rgb.shape[0])
             part = "train" if index < len(train) else "holdout"
-            name = (f"{drive.names[index]}.png" if drive.names
-                    else FRAME_NAME.format(sequence=_safe(sequence), index=index))
+            name = (f"{names[index]}.png" if names
+                    else FRAME_NAME.format(sequence=_safe(frame.sequence), index=index))
             cv2.imwrite(str(staging / part / name), np.ascontiguousarray(rgb[..., ::-1]),
                         [cv2.IMWRITE_PNG_COMPRESSION, 1])
             bar.update(1)
@@ -300,9 +244,9 @@ def adaptation_config(checkpoint: str | Path, train_frames: Path, run_dir: Path,
             "workers": 0,
         },
         "train": {
-            # max_iters is the budget; as many epochs as steps so that no epoch limit (an epoch cut
-            # short by an earlier run's budget counts as one) ends a resumed run first.
-            "epochs": settings.steps,
+            # max_iters is the budget; null = as many epochs as it needs (the Trainer derives them,
+            # also for a resumed run whose earlier epoch was cut short).
+            "epochs": None,
             "max_iters": settings.steps,
             "batch_size": settings.batch_size,
             "optimizer": "adam",
@@ -343,32 +287,36 @@ def score_holdout(teacher: Checkpoint, student: Checkpoint, folder: Path, device
     from tqdm import tqdm
 
     from video_seg_ros.engine import SegmentationEngine
-    from video_seg_ros.evaluation import EvaluationOptions, Evaluator, FrameFolder
+    from video_seg_ros.evaluation import EvaluationOptions, evaluate
 
-    frames = FrameFolder(folder)
+    frames = FolderStream(folder)
     options = EvaluationOptions()
-    engines = {key: SegmentationEngine(checkpoint, device=device, precision=precision, backend="torch")
-               for key, checkpoint in (("before", teacher), ("after", student))}
-    names = engines["before"].class_names
-    consistency = {key: Evaluator(names, options) for key in engines}
-    agreement = Evaluator(names, replace(options, tc=False))
-    per_pair = []
-    try:
-        for frame in tqdm(frames, total=len(frames), desc="scoring held-out frames", unit="frame",
-                          disable=not progress):
-            labels, rows = {}, {}
-            for key, engine in engines.items():
-                if not consistency[key].continues(frame):
-                    engine.reset()
-                labels[key] = engine.segment(frame.rgb, channel_order="rgb").labels
-                rows[key] = consistency[key].add(frame, labels[key])
-            agreement.add(replace(frame, label=labels["before"]), labels["after"])
-            if "tc_from_previous" in rows["before"]:
-                per_pair.append({"frame": frame.number, **{f"tc_{key}": rows[key]["tc_from_previous"]
-                                                           for key in engines}})
-    finally:
-        for engine in engines.values():
+    teacher_labels: dict[str, np.ndarray] = {}
+    consistency, rows = {}, {}
+    # The teacher first: its labels are the student's "ground truth" for the agreement, so the
+    # student's accuracy figures are its agreement with the teacher (its TC ignores labels).
+    for key, checkpoint in (("before", teacher), ("after", student)):
+        engine = SegmentationEngine(checkpoint, device=device, precision=precision, backend="torch")
+        rows[key] = []
+        bar = tqdm(total=len(frames), desc=f"scoring held-out frames ({key})", unit="frame",
+                   disable=not progress)
+
+        def on_frame(frame, result, row, key=key, bar=bar):
+            if key == "before":
+                teacher_labels[frame.key] = result.labels
+            rows[key].append(row)
+            bar.update(1)
+
+        stream = frames if key == "before" else (
+            replace(frame, label=teacher_labels[frame.key], label_path=None) for frame in frames)
+        try:
+            consistency[key] = evaluate(engine, stream, options, on_frame)
+        finally:
+            bar.close()
             engine.release()
+    per_pair = [{"frame": before["frame"], "tc_before": before["tc_from_previous"],
+                 "tc_after": after["tc_from_previous"]}
+                for before, after in zip(rows["before"], rows["after"]) if "tc_from_previous" in before]
 
     summary = {}
     for key, evaluator in consistency.items():
@@ -376,7 +324,7 @@ def score_holdout(teacher: Checkpoint, student: Checkpoint, folder: Path, device
         summary[key] = {"tc": figures["tc"], "tc_pixel_agreement": figures["tc_pixel_agreement"]}
     # The teacher is the input model: "before" agrees with it by definition.
     summary["before"].update(teacher_pixel_agreement=1.0, teacher_miou=1.0)
-    agreed = agreement.summary()
+    agreed = consistency["after"].summary()
     summary["after"].update(teacher_pixel_agreement=agreed["pixel_accuracy"], teacher_miou=agreed["miou"])
     summary["tc_pairs"] = consistency["before"].tc_pairs
     summary["per_pair"] = per_pair
@@ -445,15 +393,12 @@ def adapt(checkpoint: str | Path, source: str | Path, output: str | Path,
     start = time.perf_counter()
     trainer = Trainer(config, resume=resume, progress=progress)
     done_before = trainer.iteration
-    # The epochs this run really has (for the progress bar and the config stored in the checkpoint).
-    trainer.config["train"]["epochs"] = trainer.epoch + math.ceil(
-        (trainer.total_iters - trainer.iteration) / max(1, trainer.iters_per_epoch))
     if trainer.iteration < trainer.total_iters:
         trainer.fit()
     seconds = time.perf_counter() - start
 
     adapted = load_checkpoint(run_dir / "last.pt")
-    adapted.source = {"tool": "video-seg-adapt", "input": str(checkpoint), "drive": drive.description,
+    adapted.source = {"tool": "video-seg-adapt", "input": str(checkpoint), "drive": drive.describe(),
                       "train_frames": manifest["train"], "holdout_frames": manifest["holdout"]}
     paths.checkpoint.parent.mkdir(parents=True, exist_ok=True)
     adapted.save(paths.checkpoint)
@@ -471,7 +416,7 @@ def adapt(checkpoint: str | Path, source: str | Path, output: str | Path,
         "output_checkpoint": str(paths.checkpoint),
         "model": teacher.model_name,
         "label_set": teacher.label_set,
-        "source": drive.description,
+        "source": drive.describe(),
         "frames": manifest["count"],
         "frame_size": manifest["frame_size"],
         "source_size": manifest["source_size"],
@@ -571,6 +516,6 @@ def write_report(report: dict, paths: OutputPaths) -> None:
     plot_report(report, paths.plot)
 
 
-__all__ = ["AdaptationError", "AdaptationSettings", "Drive", "OutputPaths", "adapt", "adaptation_config",
+__all__ = ["AdaptationError", "AdaptationSettings", "OutputPaths", "adapt", "adaptation_config",
            "check_checkpoint", "extract_frames", "format_markdown", "open_drive", "score_holdout",
            "split_holdout"]

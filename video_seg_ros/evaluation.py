@@ -334,4 +334,4 @@ def __getattr__(name: str):
 
 
 __all__ = ["EvalFrame", "EvaluationOptions", "Evaluator", "FrameFolder", "bag_frames", "evaluate",
-           "evaluate_folder", "evaluate_recording", "format_markdown", "percent", "write_overlay"]
+           "evaluate_recording", "percent"]

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from video_seg_ros.bags import CITYSCAPES_RATE_HZ, STORAGES, BagError, verify_bag, write_bag
-from video_seg_ros.sources import open_source
+from video_seg_ros.streams import open_stream
 from video_seg_ros.tools.arguments import (add_deprecated_alias, add_limit_argument, add_output_argument,
                                            add_quiet_argument, fail, int_range, parse_arguments, parse_size,
                                            positive_float)
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.output.exists() and not args.overwrite:
         return fail(PROG, f"{args.output} exists already; choose another -o/--output or pass --overwrite")
     try:
-        source = open_source(args.input, args.sequence, args.limit)
+        source = open_stream(args.input, sequences=args.sequence, limit=args.limit)
         rate = args.rate or source.native_rate or CITYSCAPES_RATE_HZ
         summary = write_bag(
             source, args.output, topic=args.topic, frame_id=args.frame_id, rate=rate,
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{summary['width']}x{summary['height']} at {summary['rate_hz']:g} Hz from "
           f"{len(summary['sequences'])} sequence(s); topics: {topics}")
     if args.verify:
-        check = verify_bag(args.output, open_source(args.input, args.sequence, args.limit),
+        check = verify_bag(args.output, open_stream(args.input, sequences=args.sequence, limit=args.limit),
                            next(iter(summary["topics"])), args.size, progress=not args.quiet)
         print(f"verify: {check['frames_identical']}/{check['frames_compared']} frames identical pixel "
               f"for pixel, max |diff| {check['max_abs_diff']}, extra messages {check['extra_messages']}, "

@@ -1,4 +1,5 @@
-"""Training and validation datasets over image sequences (frames via :mod:`video_seg_ros.frames`).
+"""Training and validation datasets over image sequences (folders listed by
+:func:`video_seg_ros.streams.list_folder`, files read by :mod:`video_seg_ros.frames`).
 
 Dataset entries in a config (``data.train`` / ``data.val`` lists)::
 
@@ -28,8 +29,9 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
-from video_seg_ros.frames import FrameRecord, group_sequences, index_label_files, list_frames, read_label, read_rgb
+from video_seg_ros.frames import FrameRecord, read_label, read_rgb
 from video_seg_ros.labels import IGNORE_ID
+from video_seg_ros.streams import FolderEntry, list_folder
 from video_seg_ros.training.augment import AlignedAugmentation, AlignedSample
 from video_seg_ros.training.flow_cache import FlowCache, build_flow_cache
 
@@ -90,20 +92,22 @@ def load_sequences(entry: dict) -> dict[str, list[SequenceFrame]]:
     images = Path(entry["images"]).expanduser()
     if not images.is_dir():
         raise DatasetError(f"image folder not found: {images} (dataset entry {entry})")
-    records = list_frames(images)
-    if not records:
-        raise DatasetError(f"no images found under {images}")
     label_format = None if entry["label_format"] == "auto" else entry["label_format"]
-    labels = index_label_files(Path(entry["labels"]).expanduser(), label_format) if entry.get("labels") else {}
+    labels = Path(entry["labels"]).expanduser() if entry.get("labels") else None
+    listed = list_folder(images, labels, label_format)
+    if not listed:
+        raise DatasetError(f"no images found under {images}")
     include = set(entry.get("sequences") or [])
     exclude = set(entry.get("exclude_sequences") or [])
+    grouped: dict[str, list[FolderEntry]] = {}
+    for item in listed:
+        grouped.setdefault(item.record.sequence, []).append(item)
     sequences = {}
-    for name, frames in group_sequences(records).items():
+    for name, frames in grouped.items():
         if (include and name not in include) or name in exclude:
             continue
         items = []
-        for record in frames:
-            label_path = labels.get(record.key)
+        for record, label_path in ((f.record, f.label_path) for f in frames):
             fmt = None
             if label_path is not None:
                 fmt = entry["label_format"]
