@@ -18,7 +18,7 @@ mIoU of each prediction against the next one warped back; :mod:`video_seg_ros.ev
 agreement with the teacher (pixel agreement and mIoU of the student's labels against the
 teacher's: without labels, the proxy for "no accuracy lost").
 
-Sources: a rosbag2 folder (mcap or sqlite3, read with :mod:`video_seg_ros.bags`; one
+Sources (read by :mod:`video_seg_ros.streams`): a rosbag2 folder (mcap or sqlite3; one
 ``sensor_msgs/msg/Image`` or ``CompressedImage`` topic, picked automatically when it is the only
 one) or a folder of frames (:mod:`video_seg_ros.frames` order and sequences). No ROS here.
 """

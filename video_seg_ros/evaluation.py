@@ -316,6 +316,11 @@ def bag_frames(bag: str | Path, topic: str,
                labels: dict[str, np.ndarray] | None = None) -> Iterator[tuple[int, Frame]]:
     """Deprecated: ``BagStream(bag, topic, labels)`` (each frame carries its ``stamp_ns``);
     yields ``(stamp_ns, frame)`` as before."""
+    import warnings
+
+    warnings.warn("video_seg_ros.evaluation.bag_frames is deprecated; use "
+                  "video_seg_ros.streams.BagStream (frames carry stamp_ns)", DeprecationWarning,
+                  stacklevel=2)
     for frame in BagStream(bag, topic, labels):
         yield frame.stamp_ns, frame
 
