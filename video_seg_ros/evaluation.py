@@ -1,4 +1,5 @@
-"""The one evaluator: accuracy (mIoU) and temporal consistency (TC) of predictions on frame sequences.
+"""The one evaluator: accuracy (mIoU) and temporal consistency (TC) of predictions on frame
+sequences.
 
 ``video-seg-eval``, the demo's scoring and ``Trainer.validate`` all go through :class:`Evaluator`,
 so they pair frames, resize, accumulate and report the same way:
@@ -11,7 +12,8 @@ so they pair frames, resize, accumulate and report the same way:
   another size is resized nearest-neighbour first); intersections and unions are summed over all
   labelled frames (:class:`~video_seg_ros.metrics.ConfusionMatrix`).
 - **TC**: ETC's definition with DIS flow and a nearest-neighbour label warp, summed over all
-  pairs (:class:`~video_seg_ros.metrics.TemporalConsistency`); settings in :class:`EvaluationOptions`.
+  pairs (:class:`~video_seg_ros.metrics.TemporalConsistency`); settings in
+  :class:`EvaluationOptions`.
 - **One unit**: every figure is a fraction 0..1 in Python and in JSON; :func:`percent` formats one
   for printing.
 
@@ -68,17 +70,26 @@ class EvaluationOptions:
         if self.max_frame_gap < 1:
             raise ValueError(f"max_frame_gap must be >= 1, got {self.max_frame_gap}")
         if self.flow_preset not in DIS_PRESETS:
-            raise ValueError(f"unknown flow preset {self.flow_preset!r}; choose one of {sorted(DIS_PRESETS)}")
+            raise ValueError(
+                f"unknown flow preset {self.flow_preset!r}; choose one of {sorted(DIS_PRESETS)}"
+            )
         if self.flow_width is not None and self.flow_width < 16:
-            raise ValueError(f"flow_width must be at least 16 pixels or None, got {self.flow_width}")
+            raise ValueError(
+                f"flow_width must be at least 16 pixels or None, got {self.flow_width}"
+            )
 
     def tc_settings(self) -> dict | None:
         """What a report records next to a TC figure (None when TC is off)."""
         if not self.tc:
             return None
-        return {"flow": "opencv-dis", "preset": self.flow_preset, "flow_width": self.flow_width,
-                "occlusion_mask": self.occlusion, "max_frame_gap": self.max_frame_gap,
-                "label_warp": "nearest"}
+        return {
+            "flow": "opencv-dis",
+            "preset": self.flow_preset,
+            "flow_width": self.flow_width,
+            "occlusion_mask": self.occlusion,
+            "max_frame_gap": self.max_frame_gap,
+            "label_warp": "nearest",
+        }
 
 
 #: One frame to evaluate: :class:`video_seg_ros.streams.Frame` (rgb (H, W, 3) uint8, key,
@@ -108,15 +119,23 @@ class Evaluator:
         self.class_names = list(class_names)
         num_classes = len(self.class_names)
         self.accuracy = ConfusionMatrix(num_classes, self.class_names)
-        self.consistency = (TemporalConsistency(num_classes, self.options.flow_preset,
-                                                self.options.flow_width, self.options.occlusion,
-                                                self.class_names) if self.options.tc else None)
+        self.consistency = (
+            TemporalConsistency(
+                num_classes,
+                self.options.flow_preset,
+                self.options.flow_width,
+                self.options.occlusion,
+                self.class_names,
+            )
+            if self.options.tc
+            else None
+        )
         self.per_frame: list[dict] = []
         self.sequences: dict[str, dict] = {}
         self.resized_predictions = 0
         self.model_ms: list[float] = []
-        self.keyframes = 0   # frames on which the network ran (engine's temporal clock) ...
-        self.clocked = 0     # ... out of the frames that said whether it did
+        self.keyframes = 0  # frames on which the network ran (engine's temporal clock) ...
+        self.clocked = 0  # ... out of the frames that said whether it did
         self._previous: tuple[Frame, np.ndarray] | None = None
         self._sequence_tc: dict[str, ConfusionMatrix] = {}
 
@@ -128,16 +147,25 @@ class Evaluator:
             return False
         previous = self._previous[0]
         step = frame.number - previous.number
-        return (frame.sequence == previous.sequence and 0 < step <= self.options.max_frame_gap
-                and frame.rgb.shape == previous.rgb.shape)
+        return (
+            frame.sequence == previous.sequence
+            and 0 < step <= self.options.max_frame_gap
+            and frame.rgb.shape == previous.rgb.shape
+        )
 
     def break_run(self) -> None:
-        """Forget the previous frame: the next one will not pair with it (e.g. a frame was lost)."""
+        """Forget the previous frame: the next one will not pair with it (e.g. a frame was
+        lost)."""
         self._previous = None
 
     # ---- feeding ----------------------------------------------------------------------------
-    def add(self, frame: Frame, prediction: np.ndarray, model_ms: float | None = None,
-            keyframe: bool | None = None) -> dict:
+    def add(
+        self,
+        frame: Frame,
+        prediction: np.ndarray,
+        model_ms: float | None = None,
+        keyframe: bool | None = None,
+    ) -> dict:
         """Score one frame's (H, W) uint8 prediction; returns its per-frame row (fractions).
         ``keyframe``: whether the network ran on this frame (the engine's temporal clock).
 
@@ -159,7 +187,9 @@ class Evaluator:
             scored = prediction
             if frame.label.shape != prediction.shape:
                 # Labels stored at another resolution: compare at the label's.
-                scored = cv2.resize(prediction, frame.label.shape[::-1], interpolation=cv2.INTER_NEAREST)
+                scored = cv2.resize(
+                    prediction, frame.label.shape[::-1], interpolation=cv2.INTER_NEAREST
+                )
                 self.resized_predictions += 1
             try:
                 frame_matrix = ConfusionMatrix(len(self.class_names)).update(scored, frame.label)
@@ -173,8 +203,11 @@ class Evaluator:
         if self.consistency is not None and paired:
             before = self.consistency.matrix.copy()
             previous_frame, previous_prediction = self._previous
-            row["tc_from_previous"] = _round(self.consistency.update(
-                previous_frame.rgb, frame.rgb, previous_prediction, prediction))
+            row["tc_from_previous"] = _round(
+                self.consistency.update(
+                    previous_frame.rgb, frame.rgb, previous_prediction, prediction
+                )
+            )
             pair = self.consistency.matrix.copy()
             pair.matrix -= before.matrix
             if frame.sequence in self._sequence_tc:
@@ -224,20 +257,31 @@ class Evaluator:
             "labelled_frames": labelled,
             "miou": _round(self.miou),
             "pixel_accuracy": _round(self.pixel_accuracy),
-            "per_class_iou": ({k: _round(v) for k, v in self.accuracy.per_class_iou().items()}
-                              if labelled else {}),
+            "per_class_iou": (
+                {k: _round(v) for k, v in self.accuracy.per_class_iou().items()}
+                if labelled
+                else {}
+            ),
             "tc": _round(self.tc),
             "tc_pairs": self.tc_pairs,
             # Share of compared pixels whose class survives the warp: unlike TC, not dominated by
             # rare classes that flicker on a few pixels.
-            "tc_pixel_agreement": _round(consistency.matrix.pixel_accuracy) if consistency is not None else None,
-            "tc_per_class": ({k: _round(v) for k, v in consistency.per_class().items()}
-                             if consistency is not None and consistency.pairs else {}),
+            "tc_pixel_agreement": _round(consistency.matrix.pixel_accuracy)
+            if consistency is not None
+            else None,
+            "tc_per_class": (
+                {k: _round(v) for k, v in consistency.per_class().items()}
+                if consistency is not None and consistency.pairs
+                else {}
+            ),
             "tc_settings": self.options.tc_settings(),
             "ms_per_frame": _round(statistics.median(self.model_ms), 2) if self.model_ms else None,
             "keyframe_share": _round(self.keyframes / self.clocked) if self.clocked else None,
-            "flow_ms_per_pair": (_round(statistics.median(consistency.flow_ms), 2)
-                                 if consistency is not None and consistency.flow_ms else None),
+            "flow_ms_per_pair": (
+                _round(statistics.median(consistency.flow_ms), 2)
+                if consistency is not None and consistency.flow_ms
+                else None
+            ),
             "sequences": sequences,
             "notes": self.notes(),
         }
@@ -245,16 +289,24 @@ class Evaluator:
     def notes(self) -> list[str]:
         notes = []
         if self.resized_predictions:
-            notes.append(f"{self.resized_predictions} label image(s) differ in size from their frame; "
-                         "predictions were resized (nearest) to the label size")
+            notes.append(
+                f"{self.resized_predictions} label image(s) differ in size from their frame; "
+                "predictions were resized (nearest) to the label size"
+            )
         if self.consistency is not None and not self.consistency.pairs:
-            notes.append(f"no consecutive frames (frame-number step <= max_frame_gap "
-                         f"{self.options.max_frame_gap}) within a sequence, so no TC")
+            notes.append(
+                f"no consecutive frames (frame-number step <= max_frame_gap "
+                f"{self.options.max_frame_gap}) within a sequence, so no TC"
+            )
         return notes
 
 
-def evaluate(engine, frames: Iterable[Frame], options: EvaluationOptions | None = None,
-             on_frame: Callable[[Frame, object, dict], None] | None = None) -> Evaluator:
+def evaluate(
+    engine,
+    frames: Iterable[Frame],
+    options: EvaluationOptions | None = None,
+    on_frame: Callable[[Frame, object, dict], None] | None = None,
+) -> Evaluator:
     """Segment ``frames`` (in temporal order) with ``engine`` and score them.
 
     The engine's temporal state (model memory, fused probabilities, keyframe clock) is reset
@@ -275,16 +327,21 @@ def evaluate(engine, frames: Iterable[Frame], options: EvaluationOptions | None 
         if not evaluator.continues(frame):
             engine.reset()
         result = engine.segment(frame.rgb, channel_order="rgb")
-        row = evaluator.add(frame, result.labels, result.model_ms, getattr(result, "keyframe", None))
+        row = evaluator.add(
+            frame, result.labels, result.model_ms, getattr(result, "keyframe", None)
+        )
         if on_frame is not None:
             on_frame(frame, result, row)
     return evaluator
 
 
-def evaluate_recording(frames: Iterable[Frame], predictions: dict[int, np.ndarray],
-                       class_names: list[str], options: EvaluationOptions | None = None,
-                       on_frame: Callable[[Frame, np.ndarray | None, dict], None] | None = None
-                       ) -> Evaluator:
+def evaluate_recording(
+    frames: Iterable[Frame],
+    predictions: dict[int, np.ndarray],
+    class_names: list[str],
+    options: EvaluationOptions | None = None,
+    on_frame: Callable[[Frame, np.ndarray | None, dict], None] | None = None,
+) -> Evaluator:
     """Score predictions made elsewhere (e.g. recorded from the node), keyed by frame stamp.
 
     ``frames``: :class:`~video_seg_ros.streams.Frame` items with ``stamp_ns`` (a
@@ -307,20 +364,24 @@ def evaluate_recording(frames: Iterable[Frame], predictions: dict[int, np.ndarra
     return evaluator
 
 
-# ---- deprecated names (one release) -------------------------------------------------------------
+# ---- deprecated names (one release) -----------------------------------------------------------
 #: Deprecated: :class:`video_seg_ros.streams.FolderStream` (same arguments and attributes).
 FrameFolder = FolderStream
 
 
-def bag_frames(bag: str | Path, topic: str,
-               labels: dict[str, np.ndarray] | None = None) -> Iterator[tuple[int, Frame]]:
+def bag_frames(
+    bag: str | Path, topic: str, labels: dict[str, np.ndarray] | None = None
+) -> Iterator[tuple[int, Frame]]:
     """Deprecated: ``BagStream(bag, topic, labels)`` (each frame carries its ``stamp_ns``);
     yields ``(stamp_ns, frame)`` as before."""
     import warnings
 
-    warnings.warn("video_seg_ros.evaluation.bag_frames is deprecated; use "
-                  "video_seg_ros.streams.BagStream (frames carry stamp_ns)", DeprecationWarning,
-                  stacklevel=2)
+    warnings.warn(
+        "video_seg_ros.evaluation.bag_frames is deprecated; use "
+        "video_seg_ros.streams.BagStream (frames carry stamp_ns)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     for frame in BagStream(bag, topic, labels):
         yield frame.stamp_ns, frame
 
@@ -338,5 +399,13 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["EvalFrame", "EvaluationOptions", "Evaluator", "FrameFolder", "bag_frames", "evaluate",
-           "evaluate_recording", "percent"]
+__all__ = [
+    "EvalFrame",
+    "EvaluationOptions",
+    "Evaluator",
+    "FrameFolder",
+    "bag_frames",
+    "evaluate",
+    "evaluate_recording",
+    "percent",
+]

@@ -27,21 +27,38 @@ from video_seg_ros.labels import overlay
 from video_seg_ros.streams import Frame, FrameStream, open_stream
 
 
-def write_overlay(path: Path, frame: np.ndarray, labels: np.ndarray, ground_truth: np.ndarray | None,
-                  palette_table: np.ndarray) -> None:
+def write_overlay(
+    path: Path,
+    frame: np.ndarray,
+    labels: np.ndarray,
+    ground_truth: np.ndarray | None,
+    palette_table: np.ndarray,
+) -> None:
     """``labels`` over ``frame`` as a PNG; with ``ground_truth`` drawn the same way below it."""
     picture = overlay(frame, labels, palette_table)
     if ground_truth is not None:
         if ground_truth.shape != labels.shape:
-            ground_truth = cv2.resize(ground_truth, labels.shape[::-1], interpolation=cv2.INTER_NEAREST)
+            ground_truth = cv2.resize(
+                ground_truth, labels.shape[::-1], interpolation=cv2.INTER_NEAREST
+            )
         picture = np.concatenate([picture, overlay(frame, ground_truth, palette_table)], axis=0)
     # PNG keeps class boundaries crisp; level 1 compresses fast enough for 2048x1024 frames.
-    cv2.imwrite(str(path), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    cv2.imwrite(
+        str(path), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1]
+    )
 
 
-def evaluate_folder(engine, images: str | Path | FrameStream, options: EvaluationOptions | None = None, *,
-                    save_overlays: str | Path | None = None, save_labels: str | Path | None = None,
-                    progress: bool = True, command: str | None = None, checkpoint: str | None = None) -> dict:
+def evaluate_folder(
+    engine,
+    images: str | Path | FrameStream,
+    options: EvaluationOptions | None = None,
+    *,
+    save_overlays: str | Path | None = None,
+    save_labels: str | Path | None = None,
+    progress: bool = True,
+    command: str | None = None,
+    checkpoint: str | None = None,
+) -> dict:
     """Segment every frame of a stream and measure accuracy and TC; returns the report dict.
 
     Args:
@@ -75,8 +92,13 @@ def evaluate_folder(engine, images: str | Path | FrameStream, options: Evaluatio
 
     def on_frame(frame: Frame, result, row: dict) -> None:
         if overlay_dir is not None:
-            write_overlay(overlay_dir / f"{frame.key}_overlay.png", frame.rgb, result.labels, frame.label,
-                          engine.palette_table)
+            write_overlay(
+                overlay_dir / f"{frame.key}_overlay.png",
+                frame.rgb,
+                result.labels,
+                frame.label,
+                engine.palette_table,
+            )
         if labels_out is not None:
             cv2.imwrite(str(labels_out / f"{frame.key}_pred_labelTrainIds.png"), result.labels)
         bar.update(1)
@@ -88,27 +110,43 @@ def evaluate_folder(engine, images: str | Path | FrameStream, options: Evaluatio
     summary = evaluator.summary()
     notes = summary.pop("notes")
     if folder.labels is not None and not summary["labelled_frames"]:
-        notes.insert(0, f"no label file under {folder.labels} matched a frame key (labels are matched "
-                        "by file name)")
+        notes.insert(
+            0,
+            f"no label file under {folder.labels} matched a frame key (labels are matched "
+            "by file name)",
+        )
     skipped = getattr(folder, "skipped", [])
     if skipped:
         notes.append(f"{len(skipped)} unreadable frame(s) skipped")
     source = engine.checkpoint.source or {}
     report = {
-        "checkpoint": checkpoint or str(source.get("path") or source.get("weights_file") or engine.model_name),
+        "checkpoint": checkpoint
+        or str(source.get("path") or source.get("weights_file") or engine.model_name),
         "model": engine.model_name,
         "label_set": engine.checkpoint.label_set,
         "device": str(engine.device),
         "backend": engine.backend,
         "precision": engine.precision,
         "backend_fallback_reason": engine.fallback_reason,
-        **{key: value for key, value in engine.describe().items()
-           if key in ("requested_precision", "precision_reason", "precision_agreement", "precision_fallback", "cpu")},
+        **{
+            key: value
+            for key, value in engine.describe().items()
+            if key
+            in (
+                "requested_precision",
+                "precision_reason",
+                "precision_agreement",
+                "precision_fallback",
+                "cpu",
+            )
+        },
         "upsample": engine.upsample,
         "temporal": engine.temporal.to_dict() if hasattr(engine, "temporal") else None,
         "images": str(folder.path),
         "labels": None if folder.labels is None else str(folder.labels),
-        "label_format": getattr(folder, "label_format", None) if folder.labels is not None else None,
+        "label_format": getattr(folder, "label_format", None)
+        if folder.labels is not None
+        else None,
         **summary,
         "skipped": skipped,
         "notes": notes,
@@ -119,7 +157,8 @@ def evaluate_folder(engine, images: str | Path | FrameStream, options: Evaluatio
 
 
 def format_markdown(report: dict) -> str:
-    """A short human-readable summary of an :func:`evaluate_folder` report (what the CLI prints)."""
+    """A short human-readable summary of an :func:`evaluate_folder` report (what the CLI
+    prints)."""
     lines = [
         f"## Evaluation of {report['model']} ({report['checkpoint']})",
         "",
@@ -128,15 +167,19 @@ def format_markdown(report: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|",
         f"| {report['frames']} | {report['labelled_frames']} | {percent(report['miou'])} | "
         f"{percent(report['pixel_accuracy'])} | {percent(report['tc'])} | {report['tc_pairs']} | "
-        f"{percent(report['tc_pixel_agreement'])} | {report['ms_per_frame']} | {report['device']} |",
+        f"{percent(report['tc_pixel_agreement'])} | {report['ms_per_frame']} | "
+        f"{report['device']} |",
         "",
         f"Ran on {report['device']}, backend {report['backend']}, precision {report['precision']} "
-        f"({report.get('precision_reason') or 'no reason recorded'}); CPU {report.get('cpu') or 'unknown'}.",
+        f"({report.get('precision_reason') or 'no reason recorded'}); "
+        f"CPU {report.get('cpu') or 'unknown'}.",
     ]
     if report["per_class_iou"]:
         lines += ["", "| class | IoU | TC |", "|---|---|---|"]
         for name, value in report["per_class_iou"].items():
-            lines.append(f"| {name} | {percent(value)} | {percent(report['tc_per_class'].get(name))} |")
+            lines.append(
+                f"| {name} | {percent(value)} | {percent(report['tc_per_class'].get(name))} |"
+            )
     elif report["tc_per_class"]:
         lines += ["", "| class | TC |", "|---|---|"]
         for name, value in report["tc_per_class"].items():
@@ -144,14 +187,21 @@ def format_markdown(report: dict) -> str:
     temporal = report.get("temporal") or {}
     if temporal.get("mode", "off") != "off":
         share = percent(report["keyframe_share"], 1)
-        lines += ["", f"Temporal {temporal['mode']} (fusion weight {temporal['fusion_weight']:g}, keyframe "
-                      f"max interval {temporal['max_interval']}): network on {share} of the frames."]
+        lines += [
+            "",
+            f"Temporal {temporal['mode']} (fusion weight {temporal['fusion_weight']:g}, keyframe "
+            f"max interval {temporal['max_interval']}): network on {share} of the frames.",
+        ]
     if len(report["sequences"]) > 1 and report["tc_pairs"]:
         lines += ["", "| sequence | frames | TC pairs | TC |", "|---|---|---|---|"]
         for name, sequence in report["sequences"].items():
-            lines.append(f"| {name} | {sequence['frames']} | {sequence.get('tc_pairs', 0)} | "
-                         f"{percent(sequence.get('tc'))} |")
-    lines += [f"- skipped {entry['file']}: {entry['error']}" for entry in report.get("skipped", [])]
+            lines.append(
+                f"| {name} | {sequence['frames']} | {sequence.get('tc_pairs', 0)} | "
+                f"{percent(sequence.get('tc'))} |"
+            )
+    lines += [
+        f"- skipped {entry['file']}: {entry['error']}" for entry in report.get("skipped", [])
+    ]
     lines += [f"- note: {note}" for note in report["notes"]]
     return "\n".join(lines) + "\n"
 

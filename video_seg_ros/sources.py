@@ -28,8 +28,14 @@ from video_seg_ros.bags import BagError
 from video_seg_ros.streams import VIDEO_EXTENSIONS, FolderStream, FrameStream, StreamError
 from video_seg_ros.streams import VideoStream, open_stream
 
-__all__ = ["FrameSource", "SourceFrame", "VIDEO_EXTENSIONS", "folder_source", "open_source",
-           "video_source"]
+__all__ = [
+    "FrameSource",
+    "SourceFrame",
+    "VIDEO_EXTENSIONS",
+    "folder_source",
+    "open_source",
+    "video_source",
+]
 
 
 @dataclass
@@ -59,8 +65,11 @@ class FrameSource:
 
 
 def _deprecated(old: str, new: str) -> None:
-    warnings.warn(f"video_seg_ros.sources.{old} is deprecated; use video_seg_ros.streams.{new}",
-                  DeprecationWarning, stacklevel=3)
+    warnings.warn(
+        f"video_seg_ros.sources.{old} is deprecated; use video_seg_ros.streams.{new}",
+        DeprecationWarning,
+        stacklevel=3,
+    )
 
 
 def _as_source(make) -> FrameSource:
@@ -72,8 +81,9 @@ def _as_source(make) -> FrameSource:
     return FrameSource(frames, len(stream), stream.native_rate, stream.description)
 
 
-def folder_source(root: Path, sequences: list[str] | None = None,
-                  limit: int | None = None) -> FrameSource:
+def folder_source(
+    root: Path, sequences: list[str] | None = None, limit: int | None = None
+) -> FrameSource:
     """Deprecated: ``streams.FolderStream(root, limit=limit or None, sequences=sequences)``."""
     _deprecated("folder_source", "FolderStream")
     return _as_source(lambda: FolderStream(root, limit=limit or None, sequences=sequences))
@@ -85,8 +95,9 @@ def video_source(path: Path, limit: int | None = None) -> FrameSource:
     return _as_source(lambda: VideoStream(path, limit))
 
 
-def open_source(path: Path, sequences: list[str] | None = None,
-                limit: int | None = None) -> FrameSource:
+def open_source(
+    path: Path, sequences: list[str] | None = None, limit: int | None = None
+) -> FrameSource:
     """Deprecated: ``streams.open_stream(path, sequences=sequences, limit=limit or None)``."""
     _deprecated("open_source", "open_stream")
     return _as_source(lambda: open_stream(path, sequences=sequences, limit=limit or None))

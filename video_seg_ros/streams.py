@@ -111,8 +111,9 @@ class FolderEntry:
     label_path: Path | None
 
 
-def list_folder(images: str | Path, labels: str | Path | None = None,
-                label_format: str | None = None) -> list[FolderEntry]:
+def list_folder(
+    images: str | Path, labels: str | Path | None = None, label_format: str | None = None
+) -> list[FolderEntry]:
     """The images under ``images`` in temporal order (sequence, frame number), each with the
     label file of the same key under ``labels`` (``label_format`` picks among several; None =
     any). Raises FileNotFoundError for a missing folder; an empty list when it holds no images."""
@@ -136,11 +137,19 @@ class FolderStream(FrameStream):
         sequences: only these sequences (an unknown name is an error listing the ones there are).
     """
 
-    def __init__(self, images: str | Path, labels: str | Path | None = None,
-                 label_format: str = "trainids", limit: int | None = None,
-                 skip_unreadable: bool = False, sequences: list[str] | None = None):
+    def __init__(
+        self,
+        images: str | Path,
+        labels: str | Path | None = None,
+        label_format: str = "trainids",
+        limit: int | None = None,
+        skip_unreadable: bool = False,
+        sequences: list[str] | None = None,
+    ):
         if label_format not in LABEL_FORMATS:
-            raise ValueError(f"unknown label format {label_format!r}; choose one of {LABEL_FORMATS}")
+            raise ValueError(
+                f"unknown label format {label_format!r}; choose one of {LABEL_FORMATS}"
+            )
         if limit is not None and limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
         self.images = self.path = Path(images)
@@ -154,15 +163,19 @@ class FolderStream(FrameStream):
             present = {e.record.sequence for e in entries}
             unknown = set(sequences) - present
             if unknown:
-                raise StreamError(f"no sequence named {', '.join(sorted(unknown))} under "
-                                  f"{self.images}; it has {', '.join(sorted(present))}")
+                raise StreamError(
+                    f"no sequence named {', '.join(sorted(unknown))} under "
+                    f"{self.images}; it has {', '.join(sorted(present))}"
+                )
             entries = [e for e in entries if e.record.sequence in sequences]
         if limit is not None:
             entries = entries[:limit]
         if not entries:
-            raise StreamError(f"no images ({' '.join(IMAGE_EXTENSIONS)}) under {self.images}; pass "
-                              "a folder of frames (Cityscapes leftImg8bit_sequence layout or any "
-                              "sorted image folder), a rosbag2 folder or a video file")
+            raise StreamError(
+                f"no images ({' '.join(IMAGE_EXTENSIONS)}) under {self.images}; pass "
+                "a folder of frames (Cityscapes leftImg8bit_sequence layout or any "
+                "sorted image folder), a rosbag2 folder or a video file"
+            )
         self.entries = entries
         self.records: list[FrameRecord] = [e.record for e in entries]
         self.label_index = {e.record.key: e.label_path for e in entries if e.label_path}
@@ -174,23 +187,28 @@ class FolderStream(FrameStream):
         return len(self.entries)
 
     def __iter__(self) -> Iterator[Frame]:
-        for index, (record, label_path) in enumerate(
-                (e.record, e.label_path) for e in self.entries):
+        for index, entry in enumerate(self.entries):
+            record, label_path = entry.record, entry.label_path
             try:
                 rgb = read_rgb(record.path)
                 label = None if label_path is None else read_label(label_path, self.label_format)
             except UnreadableImageError as error:
                 if not self.skip_unreadable:
                     raise
-                self.skipped.append({"key": record.key, "file": str(record.path),
-                                     "error": str(error)})
+                error = {"key": record.key, "file": str(record.path), "error": str(error)}
+                self.skipped.append(error)
                 continue
-            yield Frame(rgb, record.key, record.sequence, record.frame, label,
-                        None if label_path is None else str(label_path), None, index)
+            label_name = None if label_path is None else str(label_path)
+            yield Frame(
+                rgb, record.key, record.sequence, record.frame, label, label_name, None, index
+            )
 
     def describe(self) -> dict:
-        return {"kind": "folder", "path": str(self.images),
-                "sequences": sorted({r.sequence for r in self.records})}
+        return {
+            "kind": "folder",
+            "path": str(self.images),
+            "sequences": sorted({r.sequence for r in self.records}),
+        }
 
 
 # ---- bags -------------------------------------------------------------------------------------
@@ -210,10 +228,15 @@ class BagStream(FrameStream):
         several_topics_hint: what the error for a bag with several image topics tells to do.
     """
 
-    def __init__(self, path: str | Path, topic: str | None = None,
-                 labels: dict[str, np.ndarray] | str | Path | None = None,
-                 label_format: str = "trainids", limit: int | None = None,
-                 several_topics_hint: str = "name the image topic to use"):
+    def __init__(
+        self,
+        path: str | Path,
+        topic: str | None = None,
+        labels: dict[str, np.ndarray] | str | Path | None = None,
+        label_format: str = "trainids",
+        limit: int | None = None,
+        several_topics_hint: str = "name the image topic to use",
+    ):
         from video_seg_ros.bags import FRAMES_KEY, bag_info, pick_image_topic
 
         self.path = Path(path)
@@ -236,8 +259,8 @@ class BagStream(FrameStream):
         listed = json.loads(custom) if custom else []
         self._entries = {entry["stamp_ns"]: entry for entry in listed}
         #: The frames' keys in order when the bag lists every frame (make_bag bags), else None.
-        self.keys = ([str(entry.get("key") or "") for entry in listed][: self._count]
-                     if len(listed) == info["topics"][self.topic]["count"] else None)
+        complete = len(listed) == info["topics"][self.topic]["count"]
+        self.keys = [str(e.get("key") or "") for e in listed][: self._count] if complete else None
         self.description = f"{self._count} frames of {self.topic} in bag {self.path}"
 
     @property
@@ -263,8 +286,10 @@ class BagStream(FrameStream):
                 break
             pixels = image.rgb()
             if pixels.dtype != np.uint8:
-                raise StreamError(f"{self.topic} frame {index} has {image.encoding} pixels "
-                                  f"({pixels.dtype}); 8-bit colour or mono images are needed")
+                raise StreamError(
+                    f"{self.topic} frame {index} has {image.encoding} pixels "
+                    f"({pixels.dtype}); 8-bit colour or mono images are needed"
+                )
             if pixels.ndim == 2:
                 pixels = np.repeat(pixels[..., None], 3, axis=2)
             entry = self._entries.get(image.stamp_ns)
@@ -277,8 +302,7 @@ class BagStream(FrameStream):
             yield Frame(pixels, key, sequence, number, label, label_path, image.stamp_ns, index)
 
     def describe(self) -> dict:
-        return {"kind": "bag", "path": str(self.path), "topic": self.topic,
-                "storage": self.storage}
+        return dict(kind="bag", path=str(self.path), topic=self.topic, storage=self.storage)
 
 
 # ---- video files ------------------------------------------------------------------------------
@@ -292,8 +316,10 @@ class VideoStream(FrameStream):
         capture = cv2.VideoCapture(str(self.path))
         try:
             if not capture.isOpened():
-                raise StreamError(f"OpenCV cannot open video {self.path}; check the file or "
-                                  "convert it to mp4 (H.264)")
+                raise StreamError(
+                    f"OpenCV cannot open video {self.path}; check the file or "
+                    "convert it to mp4 (H.264)"
+                )
             count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
             fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
             if not capture.read()[0]:
@@ -340,8 +366,14 @@ class SyntheticStream(FrameStream):
         labels: attach the (H, W) uint8 train ids to each frame.
     """
 
-    def __init__(self, seed: int | None = None, frames: int = 120, size: tuple[int, int] = (512, 256),
-                 fps: float = 17.0, labels: bool = True):
+    def __init__(
+        self,
+        seed: int | None = None,
+        frames: int = 120,
+        size: tuple[int, int] = (512, 256),
+        fps: float = 17.0,
+        labels: bool = True,
+    ):
         from video_seg_ros.synthetic import DEMO_SEED
 
         if frames < 1:
@@ -350,8 +382,10 @@ class SyntheticStream(FrameStream):
         self.native_rate = float(fps)
         self.with_labels = labels
         self.path = f"{SYNTHETIC_PREFIX}:seed={DEMO_SEED if seed is None else seed}"
-        self.description = (f"synthetic sequence (seed {DEMO_SEED if seed is None else seed}), "
-                            f"{frames} frames {size[0]}x{size[1]}")
+        shown = DEMO_SEED if seed is None else seed
+        self.description = (
+            f"synthetic sequence (seed {shown}), {frames} frames {size[0]}x{size[1]}"
+        )
 
     def __len__(self) -> int:
         return self.frames
@@ -360,51 +394,71 @@ class SyntheticStream(FrameStream):
         from video_seg_ros.synthetic import DEMO_SEED, demo_sequence, frame_stem, generate_sequence
         from video_seg_ros.synthetic.generator import sequence_name
 
-        width, height = self.size
+        width, height, fps = *self.size, self.native_rate
         if self.seed is None:
-            seed, generated = DEMO_SEED, demo_sequence(self.frames, width, height, self.native_rate)
+            seed, generated = DEMO_SEED, demo_sequence(self.frames, width, height, fps)
         else:
             seed = self.seed
-            generated = generate_sequence(seed, self.frames, width, height, self.native_rate,
-                                          with_flow=False)
+            generated = generate_sequence(seed, self.frames, width, height, fps, with_flow=False)
         for frame in generated:
-            yield Frame(frame.rgb, frame_stem(seed, frame.index), sequence_name(seed), frame.index,
-                        frame.labels if self.with_labels else None, None,
-                        round(frame.index * 1e9 / self.native_rate), frame.index)
+            key, stamp_ns = frame_stem(seed, frame.index), round(frame.index * 1e9 / fps)
+            label = frame.labels if self.with_labels else None
+            yield Frame(
+                frame.rgb,
+                key,
+                sequence_name(seed),
+                frame.index,
+                label,
+                None,
+                stamp_ns,
+                frame.index,
+            )
 
     def describe(self) -> dict:
-        return {"kind": "synthetic", "seed": self.seed, "frames": self.frames,
-                "size": list(self.size), "fps": self.native_rate}
+        size, fps = list(self.size), self.native_rate
+        return {
+            "kind": "synthetic",
+            "seed": self.seed,
+            "frames": self.frames,
+            "size": size,
+            "fps": fps,
+        }
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    width, height = text.lower().split("x")  # ValueError unless exactly WxH
+    return int(width), int(height)
 
 
 def parse_synthetic_spec(spec: str) -> SyntheticStream:
     """``synthetic[:seed=7,frames=30,size=512x256,fps=17]`` -> a :class:`SyntheticStream`."""
     _, _, settings = spec.partition(":")
+    readers = {"seed": int, "frames": int, "fps": float, "size": _parse_size}
     values: dict = {}
     for item in filter(None, settings.split(",")):
         name, _, value = item.partition("=")
+        if name not in readers:
+            raise StreamError(
+                f"unknown synthetic setting {name!r} in {spec!r}; use seed, frames, "
+                "size (WxH) and fps"
+            )
         try:
-            if name in ("seed", "frames"):
-                values[name] = int(value)
-            elif name == "fps":
-                values[name] = float(value)
-            elif name == "size":
-                width, height = value.lower().split("x")
-                values[name] = (int(width), int(height))
-            else:
-                raise StreamError(f"unknown synthetic setting {name!r} in {spec!r}; use seed, "
-                                  "frames, size (WxH) and fps")
+            values[name] = readers[name](value)
         except ValueError as error:
-            if isinstance(error, StreamError):
-                raise
             raise StreamError(f"cannot read {item!r} in {spec!r}: {error}") from error
     return SyntheticStream(**values)
 
 
-def open_stream(source: str | Path, topic: str | None = None,
-                labels: str | Path | dict | None = None, label_format: str = "trainids",
-                limit: int | None = None, sequences: list[str] | None = None,
-                skip_unreadable: bool = False, **bag_options) -> FrameStream:
+def open_stream(
+    source: str | Path,
+    topic: str | None = None,
+    labels: str | Path | dict | None = None,
+    label_format: str = "trainids",
+    limit: int | None = None,
+    sequences: list[str] | None = None,
+    skip_unreadable: bool = False,
+    **bag_options,
+) -> FrameStream:
     """The stream for ``source``: a rosbag2 folder (has metadata.yaml) -> :class:`BagStream`;
     another folder -> :class:`FolderStream`; a video file -> :class:`VideoStream`;
     ``"synthetic[:...]"`` -> :class:`SyntheticStream` (see :func:`parse_synthetic_spec`).
@@ -423,18 +477,24 @@ def open_stream(source: str | Path, topic: str | None = None,
     if path.is_file() and (path.parent / "metadata.yaml").is_file():
         raise StreamError(f"{path} is a file inside a bag; pass the bag folder {path.parent}")
     if topic is not None and path.exists():
-        raise StreamError(f"a topic is for bags; {path} is not a rosbag2 folder (no metadata.yaml)")
+        raise StreamError(
+            f"a topic is for bags; {path} is not a rosbag2 folder (no metadata.yaml)"
+        )
     if path.is_dir():
         return FolderStream(path, labels, label_format, limit, skip_unreadable, sequences)
     if path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS:
         return VideoStream(path, limit)
     if path.is_file():
-        raise StreamError(f"{path} is neither a folder of images, a rosbag2 folder nor a video "
-                          f"({', '.join(VIDEO_EXTENSIONS)})")
-    raise StreamError(f"input {path} does not exist; pass a folder of frames, a rosbag2 folder, "
-                      "a video file or 'synthetic'")
+        raise StreamError(
+            f"{path} is neither a folder of images, a rosbag2 folder nor a video "
+            f"({', '.join(VIDEO_EXTENSIONS)})"
+        )
+    raise StreamError(
+        f"input {path} does not exist; pass a folder of frames, a rosbag2 folder, "
+        "a video file or 'synthetic'"
+    )
 
 
-__all__ = ["BagStream", "FolderEntry", "FolderStream", "Frame", "FrameStream", "StreamError",
-           "SyntheticStream", "VideoStream", "VIDEO_EXTENSIONS", "list_folder", "open_stream",
-           "parse_synthetic_spec"]
+__all__ = ["BagStream", "FolderEntry", "FolderStream", "Frame", "FrameStream", "StreamError"]
+__all__ += ["SyntheticStream", "VideoStream", "VIDEO_EXTENSIONS", "list_folder", "open_stream"]
+__all__ += ["parse_synthetic_spec"]
