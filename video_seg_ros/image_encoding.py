@@ -181,28 +181,62 @@ def image_to_frame(msg: Any, max_pixels: int | None = None) -> Frame:
 
 
 # ---- CompressedImage messages --------------------------------------------------------------------
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+JPEG_SIGNATURE = b"\xff\xd8\xff"  # SOI and the first marker's 0xFF
+
+#: JPEG markers without a length field (TEM, RSTn); SOI/EOI are handled on their own.
+_STANDALONE_MARKERS = {0x01, *range(0xD0, 0xD8)}
+#: SOFn markers (frame headers); 0xC4 (DHT), 0xC8 (JPG) and 0xCC (DAC) share the range.
+_SOF_MARKERS = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def payload_kind(data: bytes) -> str:
+    """'jpeg' or 'png' from the payload's own signature, '' for anything else (WebP, TIFF, PPM,
+    BMP, GIF, random bytes): only these two are ever handed to the decoder, whatever the
+    message's ``format`` says, so no other (and less hardened) OpenCV codec sees network input."""
+    if data.startswith(PNG_SIGNATURE):
+        return "png"
+    if data.startswith(JPEG_SIGNATURE):
+        return "jpeg"
+    return ""
+
+
 def _peek_png_size(data: bytes) -> tuple[int, int] | None:
-    if len(data) >= 24 and data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+    """(width, height) from the IHDR chunk, which the PNG specification puts first; None when
+    the header is missing or truncated."""
+    if len(data) >= 24 and data.startswith(PNG_SIGNATURE) and data[12:16] == b"IHDR":
         width, height = struct.unpack(">II", data[16:24])
         return width, height
     return None
 
 
-def _peek_jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """Width and height from the first SOFn segment, without decoding."""
-    if len(data) < 4 or data[:2] != b"\xff\xd8":
+def _peek_jpeg_size(data: bytes | memoryview) -> tuple[int, int] | None:
+    """(width, height) from the first SOFn segment, found by walking the segments from the start
+    (so a frame header placed after megabytes of APPn segments is still found); None when the
+    stream ends, or its entropy-coded data starts (SOS), before any frame header."""
+    if len(data) < 4 or bytes(data[:2]) != b"\xff\xd8":
         return None
     position = 2
-    while position + 9 <= len(data):
+    while position + 4 <= len(data):
         if data[position] != 0xFF:
-            return None
+            return None  # segments must follow each other without gaps
         marker = data[position + 1]
         if marker == 0xFF:  # fill byte
             position += 1
             continue
-        length = struct.unpack(">H", data[position + 2:position + 4])[0]
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            height, width = struct.unpack(">HH", data[position + 5:position + 9])
+        if marker in _STANDALONE_MARKERS:
+            position += 2
+            continue
+        if marker in (0xD9, 0xDA):  # EOI or SOS before any frame header
+            return None
+        length = (int(data[position + 2]) << 8) | int(data[position + 3])
+        if length < 2:
+            return None
+        if marker in _SOF_MARKERS:
+            if position + 9 > len(data):
+                return None
+            height = (int(data[position + 5]) << 8) | int(data[position + 6])
+            width = (int(data[position + 7]) << 8) | int(data[position + 8])
             return width, height
         position += 2 + length
     return None
@@ -223,34 +257,41 @@ def compressed_format_kind(fmt: str) -> str:
 def compressed_to_frame(msg: Any, max_pixels: int | None = None) -> Frame:
     """Decode a ``sensor_msgs/CompressedImage``-like object (JPEG or PNG) to a BGR :class:`Frame`.
 
-    The image size is read from the PNG/JPEG header before decoding, so an oversized image is
-    rejected without spending memory on it.
+    Only payloads with a real JPEG or PNG signature are decoded, and only after the size their
+    header claims has passed the same checks as a raw image's (``MAX_SIDE`` per side,
+    ``max_pixels``), so a decompression bomb (a small file claiming 60000x60000) is refused
+    without spending memory on it.
     """
-    kind = compressed_format_kind(str(getattr(msg, "format", "")))
-    if kind == "depth":
+    fmt = str(getattr(msg, "format", ""))
+    if compressed_format_kind(fmt) == "depth":
         raise ImageDecodeError("unsupported_format", "compressedDepth images are depth maps, not "
                                                      "camera frames; subscribe to the colour image")
     buffer = _buffer(msg.data)
     if buffer.size == 0:
         raise ImageDecodeError("empty", "compressed image has no data")
-    raw = buffer.tobytes() if buffer.size < 1 << 16 else bytes(buffer[: 1 << 16])
-    size = _peek_png_size(raw) or _peek_jpeg_size(raw)
-    if size is None and kind == "":
-        raise ImageDecodeError("unsupported_format",
-                               f"compressed format {getattr(msg, 'format', '')!r} is neither JPEG "
-                               "nor PNG and the payload has no JPEG/PNG header")
-    if size is not None:
-        width, height = size
-        if width <= 0 or height <= 0:
-            raise ImageDecodeError("empty", f"compressed image header says {width}x{height}")
-        if max_pixels and width * height > max_pixels:
-            raise ImageDecodeError(
-                "too_large", f"compressed image {width}x{height} has {width * height} pixels, more "
-                             f"than max_input_pixels={max_pixels}; downscale at the source or raise "
-                             "the parameter")
+    kind = payload_kind(bytes(buffer[:8]))
+    if not kind:
+        raise ImageDecodeError(
+            "unsupported_format", f"compressed payload ({buffer.size} bytes, format "
+                                  f"{fmt[:40]!r}) has no JPEG or PNG signature; send jpeg or png")
+    size = _peek_png_size(bytes(buffer[:24])) if kind == "png" else _peek_jpeg_size(memoryview(buffer))
+    if size is None:
+        raise ImageDecodeError("corrupt", f"the {kind} payload ({buffer.size} bytes) has no readable "
+                                          "image header: the data is corrupt or truncated")
+    width, height = size
+    if width <= 0 or height <= 0:
+        raise ImageDecodeError("empty", f"compressed image header says {width}x{height}")
+    if width > MAX_SIDE or height > MAX_SIDE:
+        raise ImageDecodeError("bad_size", f"compressed image header claims {width}x{height}, more than "
+                                           f"{MAX_SIDE} per side; the header is corrupt or hostile")
+    if max_pixels and width * height > max_pixels:
+        raise ImageDecodeError(
+            "too_large", f"compressed image {width}x{height} has {width * height} pixels, more "
+                         f"than max_input_pixels={max_pixels}; downscale at the source or raise "
+                         "the parameter")
     pixels = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
     if pixels is None or pixels.size == 0:
-        raise ImageDecodeError("corrupt", f"could not decode the {kind or 'compressed'} payload "
+        raise ImageDecodeError("corrupt", f"could not decode the {kind} payload "
                                           f"({buffer.size} bytes): the data is corrupt or truncated")
     if max_pixels and pixels.shape[0] * pixels.shape[1] > max_pixels:
         raise ImageDecodeError("too_large", f"decoded image {pixels.shape[1]}x{pixels.shape[0]} is "
