@@ -495,6 +495,7 @@ class SegmentationEngine:
         if stamps is not None and len(stamps) != len(frames):
             raise ValueError(f"stamps must give one time per frame: {len(stamps)} for {len(frames)} frames")
         self._apply_pending_settings()
+        self._guard_streams(frames, list(streams), stamps)
         start = time.perf_counter()
         if self._flush:
             runtime.flush_denormals()  # per thread (the node segments in a worker thread); cheap when repeated
@@ -532,6 +533,22 @@ class SegmentationEngine:
         return self._preprocess(frames, channel_order)
 
     # ---- internals ---------------------------------------------------------------------------
+    def _guard_streams(self, frames, streams: list[Hashable], stamps) -> None:
+        """Reset a stream whose new frame cannot continue it (another size, a stamp before the
+        previous one: a looping bag), whatever the caller's own reset policy; a stream's frames
+        within one call must continue each other."""
+        seen: set = set()
+        for index, (frame, stream) in enumerate(zip(frames, streams)):
+            state = self.stream_state(stream)
+            stamp = None if stamps is None else float(stamps[index])
+            if stream in seen:
+                reason = state.continues(frame.shape[:2], stamp)
+                if reason is not None:
+                    raise ValueError(f"frame {index} of stream {stream!r} cannot follow the previous one "
+                                     f"in the same call ({reason}); segment it in a call of its own")
+            state.guard(frame.shape[:2], stamp)
+            seen.add(stream)
+
     def _infer(self, batch: torch.Tensor, streams: list[Hashable]) -> torch.Tensor:
         if not self.is_temporal:
             return self._runner.run(batch)

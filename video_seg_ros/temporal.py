@@ -56,6 +56,9 @@ TEMPORAL_MODES = ("off", "fuse", "adaptive")
 #: and there is nothing to gain on such frames. They are segmented on their own.
 MIN_FLOW_SIDE = 16
 
+#: Why a stream's state resets itself before a frame (:meth:`StreamTemporalState.guard`).
+GUARD_REASONS = ("size_change", "time_backwards")
+
 #: Why a frame ran the network (``TemporalStats.reasons``); "every_frame" in modes off and fuse.
 KEYFRAME_REASONS = ("start", "every_frame", "interval", "time", "scene_change", "motion", "confidence")
 
@@ -204,6 +207,7 @@ class TemporalStats:
         self.frames = 0
         self.keyframes = 0
         self.reasons: Counter[str] = Counter()
+        self.resets: Counter[str] = Counter()  # by :data:`GUARD_REASONS` (the engine's own resets)
         self._recent: deque[tuple[bool, float | None]] = deque(maxlen=window)
 
     def record(self, reason: str | None, fused_confidence: float | None) -> None:
@@ -215,11 +219,16 @@ class TemporalStats:
                 self.reasons[reason] += 1
             self._recent.append((reason is not None, fused_confidence))
 
+    def record_reset(self, reason: str) -> None:
+        with self._lock:
+            self.resets[reason] += 1
+
     def snapshot(self) -> dict[str, Any]:
         """``frames``, ``keyframes`` (totals), ``keyframe_share`` and ``fused_confidence`` (recent
-        window; None before any frame / in mode off), ``reasons`` (totals by reason)."""
+        window; None before any frame / in mode off), ``reasons`` (totals by reason), ``resets``
+        (the state's own resets by :data:`GUARD_REASONS`)."""
         with self._lock:
-            recent, reasons = list(self._recent), dict(self.reasons)
+            recent, reasons, resets = list(self._recent), dict(self.reasons), dict(self.resets)
             frames, keyframes = self.frames, self.keyframes
         confidences = [c for _, c in recent if c is not None]
         return {
@@ -227,6 +236,7 @@ class TemporalStats:
             "keyframe_share": sum(k for k, _ in recent) / len(recent) if recent else None,
             "fused_confidence": float(np.mean(confidences)) if confidences else None,
             "reasons": reasons,
+            "resets": resets,
         }
 
 
@@ -247,6 +257,9 @@ class StreamTemporalState:
         frames: frames since the last reset.
         frames_since_keyframe: frames since the network last ran (0 on a keyframe).
         last_keyframe_stamp: stamp (seconds) of the last keyframe, when frames came with stamps.
+        last_size: (H, W) of the latest frame, whatever the mode (for :meth:`guard`).
+        last_stamp: stamp (seconds) of the latest frame given with one (for :meth:`guard`).
+        dis: the stream's own :class:`~video_seg_ros.flow.DisFlow` (see ``FlowFusion``).
         stats: :class:`TemporalStats` (kept across resets).
     """
 
@@ -258,14 +271,41 @@ class StreamTemporalState:
     frames: int = 0
     frames_since_keyframe: int = 0
     last_keyframe_stamp: float | None = None
+    last_size: tuple[int, int] | None = None
+    last_stamp: float | None = None
+    dis: Any = None
     stats: TemporalStats = field(default_factory=TemporalStats)
 
     def reset(self) -> None:
         """Forget everything temporal: the model memory, the previous frame, the fused
-        probabilities, the flow and the keyframe clock (the next frame is a keyframe)."""
+        probabilities, the flow and the keyframe clock (the next frame is a keyframe and starts
+        the stream afresh)."""
         self.clear_memory()
         self.clear_fusion()
         self.frames = 0
+        self.last_size = None
+        self.last_stamp = None
+
+    def continues(self, size: tuple[int, int], stamp: float | None) -> str | None:
+        """Why a frame of ``size`` (H, W) at ``stamp`` cannot continue this stream (one of
+        :data:`GUARD_REASONS`), or None."""
+        if self.last_size is not None and tuple(size) != self.last_size:
+            return "size_change"
+        if stamp is not None and self.last_stamp is not None and stamp < self.last_stamp:
+            return "time_backwards"  # a looping bag or a restarted clock: never fuse across it
+        return None
+
+    def guard(self, size: tuple[int, int], stamp: float | None) -> str | None:
+        """Reset the whole state when the frame cannot continue the stream (:meth:`continues`),
+        then remember the frame's size and stamp; returns the reason of a reset, or None."""
+        reason = self.continues(size, stamp)
+        if reason is not None:
+            self.reset()
+            self.stats.record_reset(reason)
+        self.last_size = tuple(size)
+        if stamp is not None:
+            self.last_stamp = float(stamp)
+        return reason
 
     def clear_memory(self) -> None:
         """Empty the model memory only (its object is kept and reused)."""
@@ -278,6 +318,7 @@ class StreamTemporalState:
         self.previous_grey = None
         self.fused = None
         self.flow = None
+        self.dis = None  # a fresh one: no buffers from frames before the reset
         self.frames_since_keyframe = 0
         self.last_keyframe_stamp = None
 
@@ -312,14 +353,13 @@ class FrameAnalysis:
 class FlowFusion:
     """Flow, trust, keyframe decisions and probability fusion for :class:`StreamTemporalState` s.
 
-    One per engine (it holds the DIS flow object; not thread-safe, like the engine). ``device`` is
-    where the probabilities live.
+    One per engine (not thread-safe, like the engine); each stream's DIS flow object lives in its
+    state. ``device`` is where the probabilities live.
     """
 
     def __init__(self, settings: TemporalSettings, device: torch.device):
         self.settings = settings
         self.device = device
-        self._dis = DisFlow(settings.flow_preset)
 
     # ---- per frame, before the network -------------------------------------------------------
     def analyse(self, state: StreamTemporalState, frame: np.ndarray) -> FrameAnalysis:
@@ -337,7 +377,8 @@ class FlowFusion:
                 or state.previous_grey.shape != grey.shape or min(grey.shape) < MIN_FLOW_SIDE):
             return analysis
         previous = state.previous_grey
-        flow = self._dis(grey, previous)  # current -> previous, at flow resolution
+        dis = self._stream_flow(state)
+        flow = dis(grey, previous)  # current -> previous, at flow resolution
         trusted = inside_mask(flow)
         if settings.warp_error_threshold > 0:
             difference = grey.astype(np.float32) - warp_image(previous.astype(np.float32), flow)
@@ -345,7 +386,7 @@ class FlowFusion:
             difference -= float(difference[trusted].mean()) if trusted.any() else 0.0
             trusted &= np.abs(difference) <= settings.warp_error_threshold
         if settings.occlusion_check:
-            trusted &= occlusion_mask(flow, self._dis(previous, grey))
+            trusted &= occlusion_mask(flow, dis(previous, grey))
         analysis.flow = flow
         analysis.untrusted_share = 1.0 - float(trusted.mean())
         adaptive = settings.mode == "adaptive"  # motion and warped confidence decide keyframes only
@@ -364,6 +405,14 @@ class FlowFusion:
             analysis.warped_confidence = float(analysis.warped.max(1).values.mean())
         analysis.flow_ms = (time.perf_counter() - start) * 1000.0
         return analysis
+
+    def _stream_flow(self, state: StreamTemporalState) -> DisFlow:
+        """The stream's own DIS object: OpenCV's keeps buffers from its previous frame size that
+        change later flows (measured: up to 0.35 px and 3 % of labels after another camera's
+        size), so a shared one would let one camera's frames alter another's results."""
+        if state.dis is None or state.dis.preset != self.settings.flow_preset:
+            state.dis = DisFlow(self.settings.flow_preset)
+        return state.dis
 
     def keyframe_reason(self, state: StreamTemporalState, analysis: FrameAnalysis,
                         stamp: float | None = None) -> str | None:

@@ -89,8 +89,10 @@ class _Pending:
 
 
 def _inherit_gap(dropped: _Pending, successor: _Pending) -> None:
-    # A skipped frame's input gap still happened before the next processed frame.
-    successor.input_gap_s = max(successor.input_gap_s, dropped.input_gap_s)
+    # A skipped frame's input gap still happened before the next processed frame; a backwards
+    # jump (a looping bag) among skipped frames must not be hidden by later forward gaps.
+    gaps = (successor.input_gap_s, dropped.input_gap_s)
+    successor.input_gap_s = min(gaps) if min(gaps) < 0 else max(gaps)
 
 
 class SegmenterMixin:
