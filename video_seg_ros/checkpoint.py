@@ -190,8 +190,86 @@ def resolve_checkpoint_path(path: str | os.PathLike | None) -> Path:
     return Path(os.path.expanduser(str(path)))
 
 
+#: What every "re-create it" advice names: the tools that write checkpoints.
+_RECREATE = "re-create it with `video-seg-import` (published weights) or `video-seg-train`"
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    """``text`` on one line, at most ``limit`` characters (library messages span paragraphs)."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[:limit - 3] + "..."
+
+
+def _unreadable(path: Path, head: bytes, error: Exception) -> CheckpointError:
+    """A one-line :class:`CheckpointError` saying why torch could not read ``path`` and what to do;
+    never torch's own advice to load with ``weights_only=False``."""
+    import pickle
+    import re
+    import zipfile
+
+    text = str(error)
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    pickled = isinstance(error, pickle.UnpicklingError) and (
+        found is not None or "Unsupported operand" in text or "Unsupported global" in text)
+    refused = CheckpointError(
+        f"{path} holds {f'a reference to {found.group(1)}' if found else 'pickled Python objects'}, not "
+        "only tensors and plain data: loading it could run code, so it is refused on purpose "
+        "(checkpoints are read with weights_only=True). If you trust its source, save the model's "
+        "state_dict in the program that made it and convert that with `video-seg-import`.")
+    if pickled and found is not None:
+        return refused
+    if head.startswith(b"PK"):
+        if not zipfile.is_zipfile(path):
+            return CheckpointError(f"{path} is a truncated or damaged checkpoint (its zip directory is "
+                                   f"missing: {_one_line(text, 80)}); copy it again or {_RECREATE}.")
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+        if not any(name.endswith("/data.pkl") for name in names):
+            listed = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+            return CheckpointError(f"{path} is a zip archive but not a PyTorch checkpoint (no "
+                                   f"<name>/data.pkl inside; it holds {listed or 'nothing'}); pass the "
+                                   f"checkpoint file itself or {_RECREATE}.")
+        return CheckpointError(f"{path} is a damaged checkpoint ({type(error).__name__}: "
+                               f"{_one_line(text, 120)}); copy it again or {_RECREATE}.")
+    if head and b"\x00" not in head[:512]:
+        try:
+            head[:512].decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+        else:
+            return CheckpointError(f"{path} is a text file, not a checkpoint (it starts with "
+                                   f"{_one_line(head[:40].decode('utf-8', 'replace'), 60)!r}); pass the "
+                                   f".pt file written by `video-seg-import` or `video-seg-train`.")
+    if pickled:
+        return refused
+    if isinstance(error, EOFError) or "truncat" in text.lower():
+        return CheckpointError(f"{path} is truncated; copy it again or {_RECREATE}.")
+    return CheckpointError(f"could not read checkpoint {path}: {type(error).__name__}: "
+                           f"{_one_line(text, 120)}. It is damaged or not a PyTorch file; {_RECREATE}.")
+
+
+def read_checkpoint_data(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)`` with every failure turned into a one-line
+    :class:`CheckpointError` that says what to do (torch's own text suggests weights_only=False,
+    the wrong advice for a file that may run code)."""
+    import warnings
+
+    with open(path, "rb") as stream:
+        head = stream.read(1024)
+    if not head:
+        raise CheckpointError(f"{path} is empty (0 bytes): the copy or download was cut off; copy it "
+                              f"again or {_RECREATE}.")
+    try:
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": not the user's business
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for truncated or foreign files
+        raise _unreadable(path, head, error) from error
+
+
 def load_checkpoint(path: str | os.PathLike | None) -> Checkpoint:
-    """Read a checkpoint with ``weights_only=True``; raise :class:`CheckpointError` with advice."""
+    """Read a checkpoint with ``weights_only=True`` and check that its parts agree; raise
+    :class:`CheckpointError` with a one-line message that says what to do."""
     resolved = resolve_checkpoint_path(path)
     if not resolved.is_file():
         raise CheckpointError(
@@ -205,15 +283,68 @@ def load_checkpoint(path: str | os.PathLike | None) -> Checkpoint:
             f"{resolved} -o model.pt` (class table and preprocessing from its metadata or flags; "
             "docs/byo_model.md) and pass model.pt."
         )
-    try:
-        data = torch.load(resolved, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for truncated or foreign files
+    checkpoint = Checkpoint.from_dict(read_checkpoint_data(resolved), origin=str(resolved))
+    validate_checkpoint(checkpoint, str(resolved))
+    checkpoint.loaded_from = str(resolved)  # not a field (never saved): for later error messages
+    return checkpoint
+
+
+def validate_checkpoint(checkpoint: Checkpoint, origin: str = "the checkpoint") -> None:
+    """Raise :class:`CheckpointError` when the parts of a checkpoint contradict each other: the
+    weights are not a dict of tensors, the model's output count differs from the output -> class
+    table, or the class table, palette and label set disagree (a checkpoint of another label set
+    whose metadata was edited by hand, or a mix-up of files)."""
+    state = checkpoint.state_dict
+    if not isinstance(state, dict) or not all(isinstance(key, str) and isinstance(value, torch.Tensor)
+                                              for key, value in state.items()):
+        raise CheckpointError(f"{origin}: 'state_dict' is not a dict of named tensors; {_RECREATE}.")
+    outputs = checkpoint.arch_kwargs.get("num_classes")
+    if outputs is not None and outputs != len(checkpoint.output_to_class):
         raise CheckpointError(
-            f"could not read checkpoint {resolved}: {type(error).__name__}: {str(error)[:200]}. "
-            "The file is damaged or not a PyTorch file; re-create it with `video-seg-import` or "
-            "`video-seg-train`."
-        ) from error
-    return Checkpoint.from_dict(data, origin=str(resolved))
+            f"{origin}: the model has {outputs} outputs (arch_kwargs.num_classes) but meta.output_to_class "
+            f"maps {len(checkpoint.output_to_class)}; the weights and the class table are of different "
+            f"label sets. {_RECREATE[0].upper()}{_RECREATE[1:]} with the label set the weights were "
+            "trained on.")
+    classes = len(checkpoint.class_names)
+    wrong = [c for c in checkpoint.output_to_class if not (0 <= c < classes or c == IGNORE_ID)]
+    if wrong:
+        raise CheckpointError(
+            f"{origin}: meta.output_to_class publishes id {wrong[0]}, but the label set "
+            f"{checkpoint.label_set!r} has {classes} classes (0..{classes - 1}, {IGNORE_ID} = unlabelled); "
+            f"{_RECREATE} with the label set the weights were trained on.")
+    known = LABEL_SETS.get(checkpoint.label_set)
+    if known is not None and classes != known.num_classes:
+        raise CheckpointError(
+            f"{origin}: meta.label_set is {checkpoint.label_set!r} ({known.num_classes} classes) but "
+            f"meta.class_names lists {classes}; {_RECREATE} with the label set the weights were trained on.")
+    if len(checkpoint.palette) < classes:
+        raise CheckpointError(f"{origin}: meta.palette has {len(checkpoint.palette)} colours for {classes} "
+                              f"classes; {_RECREATE}.")
+
+
+def check_weights_fit(checkpoint: Checkpoint, expected: dict[str, tuple[int, ...]],
+                      origin: str = "the checkpoint") -> None:
+    """Raise a one-line :class:`CheckpointError` when the stored weights do not fit the model the
+    metadata describes (``expected``: parameter name -> shape of that model), e.g. weights
+    trained for another label set (another number of classes) or another architecture."""
+    stored = checkpoint.state_dict
+    missing = [key for key in expected if key not in stored and not key.endswith(".num_batches_tracked")]
+    unexpected = [key for key in stored if key not in expected]
+    mismatched = [key for key in expected if key in stored and tuple(stored[key].shape) != tuple(expected[key])]
+    if not (missing or unexpected or mismatched):
+        return
+    outputs = checkpoint.arch_kwargs.get("num_classes")
+    if mismatched:
+        key = mismatched[-1]  # the classifier is last: the likeliest witness of a label-set mix-up
+        first = f"{key} is {tuple(stored[key].shape)} but the model needs {tuple(expected[key])}"
+    else:
+        first = f"{'missing ' + missing[0] if missing else 'unexpected ' + unexpected[0]}"
+    raise CheckpointError(
+        f"{origin}: the weights do not fit {checkpoint.model_name}"
+        f"{f' with {outputs} outputs' if outputs is not None else ''} ({first}; {len(mismatched)} "
+        f"mismatched, {len(missing)} missing, {len(unexpected)} unexpected tensors): they were made for "
+        f"another label set or architecture. Convert the weights with `video-seg-import` and the label "
+        "set they were trained on (--preset / --label-set).")
 
 
 def file_sha256(path: str | os.PathLike) -> str:

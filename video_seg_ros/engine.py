@@ -16,6 +16,7 @@ the fused class probabilities and the keyframe clock; :meth:`SegmentationEngine.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -32,7 +33,7 @@ from torch import nn
 
 from video_seg_ros import runtime
 from video_seg_ros.backends import AUTO_CPU_BACKEND, BACKENDS, BackendError, default_cache_dir, model_fingerprint
-from video_seg_ros.checkpoint import Checkpoint, load_checkpoint, output_class_lookup
+from video_seg_ros.checkpoint import Checkpoint, check_weights_fit, load_checkpoint, output_class_lookup
 from video_seg_ros.labels import palette_lookup_table
 from video_seg_ros.models import build_from_checkpoint
 from video_seg_ros.precision import (AGREEMENT_THRESHOLD, GateCache, PrecisionDecision, calibration_frames, decide,
@@ -175,7 +176,7 @@ class SegmentationEngine:
                                "checkpoint alone to convert its model, or use backend 'torch'.")
         owned = model is None
         if owned:
-            model = build_from_checkpoint(checkpoint).eval().to(self.device)
+            model = _build_model(checkpoint).eval().to(self.device)
         else:
             _check_model_device(model, self.device)
         self.model = model
@@ -670,6 +671,23 @@ def _waves(streams: list[Hashable]) -> list[list[int]]:
         waves[occurrence[stream]].append(index)
         occurrence[stream] += 1
     return list(waves.values())
+
+
+def _build_model(checkpoint: Checkpoint) -> nn.Module:
+    """The checkpoint's model with its weights; weights that do not fit the architecture its
+    metadata names (another label set's classifier, another model) raise a one-line
+    :class:`~video_seg_ros.checkpoint.CheckpointError` instead of torch's page of key lists."""
+    try:
+        return build_from_checkpoint(checkpoint)
+    except RuntimeError as error:
+        try:  # the same model without weights, to compare shapes
+            skeleton = build_from_checkpoint(dataclasses.replace(checkpoint, state_dict={}), strict=False)
+        except Exception:
+            raise error from None
+        expected = {key: tuple(value.shape) for key, value in skeleton.state_dict().items()}
+        origin = getattr(checkpoint, "loaded_from", None) or checkpoint.model_name
+        check_weights_fit(checkpoint, expected, origin=origin)
+        raise
 
 
 def _check_model_device(model: nn.Module, device: torch.device) -> None:
