@@ -201,51 +201,51 @@ def _one_line(text: str, limit: int = 200) -> str:
 
 
 def _unreadable(path: Path, head: bytes, error: Exception) -> CheckpointError:
-    """A one-line :class:`CheckpointError` saying why torch could not read ``path`` and what to do;
-    never torch's own advice to load with ``weights_only=False``."""
+    """A one-line :class:`CheckpointError` saying why torch could not read ``path`` (``head``: its
+    first bytes) and what to do; never torch's own advice to load with ``weights_only=False``."""
+    return CheckpointError(f"could not read checkpoint {path}: {_why_unreadable(path, head, error)}")
+
+
+def _why_unreadable(path: Path, head: bytes, error: Exception) -> str:
     import pickle
     import re
     import zipfile
 
     text = str(error)
-    found = re.search(r"GLOBAL ([\w.]+)", text)
+    found = re.search(r"GLOBAL ([\w.]+)", text)  # the callable a code pickle would run
     pickled = isinstance(error, pickle.UnpicklingError) and (
         found is not None or "Unsupported operand" in text or "Unsupported global" in text)
-    refused = CheckpointError(
-        f"{path} holds {f'a reference to {found.group(1)}' if found else 'pickled Python objects'}, not "
+    refused = (
+        f"it holds {f'a reference to {found.group(1)}' if found else 'pickled Python objects'}, not "
         "only tensors and plain data: loading it could run code, so it is refused on purpose "
         "(checkpoints are read with weights_only=True). If you trust its source, save the model's "
         "state_dict in the program that made it and convert that with `video-seg-import`.")
     if pickled and found is not None:
-        return refused
+        return refused  # before the text check: a protocol-0 pickle is ASCII
     if head.startswith(b"PK"):
         if not zipfile.is_zipfile(path):
-            return CheckpointError(f"{path} is a truncated or damaged checkpoint (its zip directory is "
-                                   f"missing: {_one_line(text, 80)}); copy it again or {_RECREATE}.")
+            return (f"it is truncated or damaged (its zip directory is missing: {_one_line(text, 80)}); "
+                    f"copy it again or {_RECREATE}.")
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
         if not any(name.endswith("/data.pkl") for name in names):
             listed = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-            return CheckpointError(f"{path} is a zip archive but not a PyTorch checkpoint (no "
-                                   f"<name>/data.pkl inside; it holds {listed or 'nothing'}); pass the "
-                                   f"checkpoint file itself or {_RECREATE}.")
-        return CheckpointError(f"{path} is a damaged checkpoint ({type(error).__name__}: "
-                               f"{_one_line(text, 120)}); copy it again or {_RECREATE}.")
-    if head and b"\x00" not in head[:512]:
+            return (f"it is a zip archive but not a PyTorch checkpoint (no <name>/data.pkl inside; it "
+                    f"holds {listed or 'nothing'}); pass the checkpoint file itself or {_RECREATE}.")
+        return f"it is damaged ({type(error).__name__}: {_one_line(text, 120)}); copy it again or {_RECREATE}."
+    if b"\x00" not in head[:512]:
         try:
-            head[:512].decode("utf-8")
+            start = head[:512].decode("utf-8")
         except UnicodeDecodeError:
             pass
         else:
-            return CheckpointError(f"{path} is a text file, not a checkpoint (it starts with "
-                                   f"{_one_line(head[:40].decode('utf-8', 'replace'), 60)!r}); pass the "
-                                   f".pt file written by `video-seg-import` or `video-seg-train`.")
+            return (f"it is a text file, not a checkpoint (it starts with {_one_line(start[:40], 60)!r}); "
+                    "pass the .pt file written by `video-seg-import` or `video-seg-train`.")
     if pickled:
         return refused
     if isinstance(error, EOFError) or "truncat" in text.lower():
-        return CheckpointError(f"{path} is truncated; copy it again or {_RECREATE}.")
-    return CheckpointError(f"could not read checkpoint {path}: {type(error).__name__}: "
-                           f"{_one_line(text, 120)}. It is damaged or not a PyTorch file; {_RECREATE}.")
+        return f"it is truncated; copy it again or {_RECREATE}."
+    return f"{type(error).__name__}: {_one_line(text, 120)}. It is damaged or not a PyTorch file; {_RECREATE}."
 
 
 def read_checkpoint_data(path: Path) -> Any:
@@ -257,8 +257,8 @@ def read_checkpoint_data(path: Path) -> Any:
     with open(path, "rb") as stream:
         head = stream.read(1024)
     if not head:
-        raise CheckpointError(f"{path} is empty (0 bytes): the copy or download was cut off; copy it "
-                              f"again or {_RECREATE}.")
+        raise CheckpointError(f"could not read checkpoint {path}: it is empty (0 bytes), the copy or "
+                              f"download was cut off; copy it again or {_RECREATE}.")
     try:
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": not the user's business
             warnings.simplefilter("ignore")
