@@ -53,7 +53,11 @@ def test_truncated_and_empty_checkpoints(good_checkpoint, tmp_path):
     for cut in (len(data) // 2, len(data) - 30, 100):
         (tmp_path / "cut.pt").write_bytes(data[:cut])
         message = _refused(tmp_path / "cut.pt")
-        assert "truncated" in message and "video-seg-import" in message and str(tmp_path / "cut.pt") in message
+        assert (
+            "truncated" in message
+            and "video-seg-import" in message
+            and str(tmp_path / "cut.pt") in message
+        )
     (tmp_path / "empty.pt").write_bytes(b"")
     assert "empty (0 bytes)" in _refused(tmp_path / "empty.pt")
 
@@ -90,10 +94,18 @@ def test_a_pickle_that_would_run_code_is_refused_on_purpose_and_runs_nothing(tmp
 def test_class_table_of_another_label_set_is_refused_at_load(tmp_path):
     checkpoint = tiny_espnet()  # 20 outputs, Cityscapes
     camvid = LABEL_SETS["camvid"]
-    wrong = dataclasses.replace(checkpoint, output_to_class=list(range(camvid.num_classes)) + [255])
+    wrong = dataclasses.replace(
+        checkpoint, output_to_class=list(range(camvid.num_classes)) + [255]
+    )
     message = _refused(wrong.save(tmp_path / "mixed.pt"))
-    assert "20 outputs" in message and "different label sets" in message and "video-seg-import" in message
-    renamed = dataclasses.replace(checkpoint, label_set="camvid")  # 19 Cityscapes names, CamVid label set
+    assert (
+        "20 outputs" in message
+        and "different label sets" in message
+        and "video-seg-import" in message
+    )
+    renamed = dataclasses.replace(
+        checkpoint, label_set="camvid"
+    )  # 19 Cityscapes names, CamVid label set
     message = _refused(renamed.save(tmp_path / "renamed.pt"))
     assert "'camvid'" in message and "class_names lists 19" in message
 
@@ -101,7 +113,9 @@ def test_class_table_of_another_label_set_is_refused_at_load(tmp_path):
 def test_weights_of_another_label_set_are_refused_when_the_model_is_built(tmp_path):
     cityscapes = tiny_espnet()  # metadata: 20 outputs
     camvid_weights = tiny_espnet(num_classes=12).state_dict  # a CamVid-trained classifier
-    path = dataclasses.replace(cityscapes, state_dict=camvid_weights).save(tmp_path / "camvid_weights.pt")
+    path = dataclasses.replace(cityscapes, state_dict=camvid_weights).save(
+        tmp_path / "camvid_weights.pt"
+    )
     checkpoint = load_checkpoint(path)  # the metadata alone is consistent
     with pytest.raises(CheckpointError) as info:
         SegmentationEngine(checkpoint, device="cpu", precision="fp32", backend="torch")
@@ -113,16 +127,25 @@ def test_weights_of_another_label_set_are_refused_when_the_model_is_built(tmp_pa
     assert "not a dict of named tensors" in _refused(tmp_path / "strings.pt")
 
 
-# ---- training config YAML ------------------------------------------------------------------------
-@pytest.mark.parametrize("text, expected", [
-    ("model: {arch: espnet\ntrain: {epochs: 2}\n", "not valid YAML"),
-    ("model:\n  arch: espnet\n   kwargs: {}\n", "line 3"),
-    ("model: {arch: espnet}\ntrain: 5\n", "'train' must be a section"),
-    ("model: {arch: espnet}\ndata: {train: [{type: folder}], flow: fast}\n", "'data.flow' must be a section"),
-    ("model: {arch: espnet}\ndata: {train: [{type: folder}]}\ntrain: {epochs: many}\n", "train.epochs must be"),
-    ("model: {arch: espnet}\ntrain: {epoch: 3}\n", "unknown config key 'train.epoch'"),
-    ("model: {arch: espnet}\ndata: {train: [{type: folder}], scale_range: 2}\n", "wrong type"),
-])
+# ---- training config YAML -----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("model: {arch: espnet\ntrain: {epochs: 2}\n", "not valid YAML"),
+        ("model:\n  arch: espnet\n   kwargs: {}\n", "line 3"),
+        ("model: {arch: espnet}\ntrain: 5\n", "'train' must be a section"),
+        (
+            "model: {arch: espnet}\ndata: {train: [{type: folder}], flow: fast}\n",
+            "'data.flow' must be a section",
+        ),
+        (
+            "model: {arch: espnet}\ndata: {train: [{type: folder}]}\ntrain: {epochs: many}\n",
+            "train.epochs must be",
+        ),
+        ("model: {arch: espnet}\ntrain: {epoch: 3}\n", "unknown config key 'train.epoch'"),
+        ("model: {arch: espnet}\ndata: {train: [{type: folder}], scale_range: 2}\n", "wrong type"),
+    ],
+)
 def test_malformed_training_config_names_the_file_and_the_key(tmp_path, text, expected):
     path = tmp_path / "train.yaml"
     path.write_text(text)
@@ -132,8 +155,10 @@ def test_malformed_training_config_names_the_file_and_the_key(tmp_path, text, ex
     assert message.startswith(f"{path}") and expected in message, message
 
 
-# ---- the node refuses them at start-up -----------------------------------------------------------
-def test_node_exits_with_one_error_line_on_a_corrupt_checkpoint_or_params_file(tmp_path, good_checkpoint):
+# ---- the node refuses them at start-up ----------------------------------------------------------
+def test_node_exits_with_one_error_line_on_a_corrupt_checkpoint_or_params_file(
+    tmp_path, good_checkpoint
+):
     pytest.importorskip("rclpy", reason="ROS 2 rclpy is not installed")
     from ros_support import NodeProcess, write_params_file
 
@@ -145,21 +170,36 @@ def test_node_exits_with_one_error_line_on_a_corrupt_checkpoint_or_params_file(t
     bad_params.write_text("video_seg_node:\n  ros__parameters:\n    checkpoint: [unclosed\n")
     common = {"device": "cpu", "backend": "torch", "cpu_threads": 1}
     nodes = {
-        "truncated": NodeProcess(write_params_file(tmp_path / "truncated.yaml", {**common, "checkpoint": str(truncated)}),
-                                 tmp_path / "truncated.log", name="hostile_truncated"),
-        "evil": NodeProcess(write_params_file(tmp_path / "evil.yaml", {**common, "checkpoint": str(evil)}),
-                            tmp_path / "evil.log", name="hostile_evil"),
+        "truncated": NodeProcess(
+            write_params_file(
+                tmp_path / "truncated.yaml", {**common, "checkpoint": str(truncated)}
+            ),
+            tmp_path / "truncated.log",
+            name="hostile_truncated",
+        ),
+        "evil": NodeProcess(
+            write_params_file(tmp_path / "evil.yaml", {**common, "checkpoint": str(evil)}),
+            tmp_path / "evil.log",
+            name="hostile_evil",
+        ),
         "params": NodeProcess(bad_params, tmp_path / "params.log", name="hostile_params"),
     }
     codes = {name: node.wait_exit(STARTUP_TIMEOUT) for name, node in nodes.items()}
-    expected = {"truncated": ["truncated", str(truncated)],
-                "evil": ["refused on purpose", "weights_only=True", "`video-seg-import`"],
-                "params": ["Couldn't parse params file", "--params-file must be YAML"]}
+    expected = {
+        "truncated": ["truncated", str(truncated)],
+        "evil": ["refused on purpose", "weights_only=True", "`video-seg-import`"],
+        "params": ["Couldn't parse params file", "--params-file must be YAML"],
+    }
     for name, node in nodes.items():
         output = node.output()
         assert codes[name] != 0, (name, output[-2000:])
-        errors = [line for line in output.splitlines() if line.startswith("video_seg_node: error: ")]
+        errors = [
+            line for line in output.splitlines() if line.startswith("video_seg_node: error: ")
+        ]
         assert len(errors) == 1, (name, output[-2000:])
         assert all(text in errors[0] for text in expected[name]), (name, errors[0])
-        assert "Traceback" not in output and "weights_only=False" not in output, (name, output[-2000:])
+        assert "Traceback" not in output and "weights_only=False" not in output, (
+            name,
+            output[-2000:],
+        )
     assert not (tmp_path / "code_ran").exists()

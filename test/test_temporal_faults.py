@@ -25,20 +25,27 @@ from video_seg_ros.temporal import GUARD_REASONS
 
 HEIGHT, WIDTH = 48, 96
 #: (name, temporal mode, memory model?) of every engine the faults are checked on.
-SETUPS = [("memory", "off", True), ("fuse", "fuse", False), ("adaptive", "adaptive", False),
-          ("memory+fuse", "fuse", True)]
+SETUPS = [
+    ("memory", "off", True),
+    ("fuse", "fuse", False),
+    ("adaptive", "adaptive", False),
+    ("memory+fuse", "fuse", True),
+]
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def _memory_checkpoint():
-    checkpoint = add_memory_to_checkpoint(tiny_espnet(size=(64, 32)),
-                                          {"memory_length": 2, "window": 5, "dropout": 0.0})
+    checkpoint = add_memory_to_checkpoint(
+        tiny_espnet(size=(64, 32)), {"memory_length": 2, "window": 5, "dropout": 0.0}
+    )
     generator = torch.Generator().manual_seed(1)
     checkpoint.state_dict = {
-        key: torch.randn(value.shape, generator=generator) if not key.startswith("base.")
-        and value.is_floating_point() else value
-        for key, value in checkpoint.state_dict.items()}
+        key: torch.randn(value.shape, generator=generator)
+        if not key.startswith("base.") and value.is_floating_point()
+        else value
+        for key, value in checkpoint.state_dict.items()
+    }
     return checkpoint
 
 
@@ -53,33 +60,53 @@ def engine(request):
     _, mode, memory = request.param
     # Adaptive: only the frame count (every 3rd) and the stream start make keyframes, so that a
     # frame after a fault is a keyframe only because the state was dropped.
-    temporal = {"mode": mode, "max_interval": 3, "keyframe_confidence": 0.0, "keyframe_motion": 0.0,
-                "max_interval_s": 0.0, "keyframe_error_share": 1.0} if mode == "adaptive" else mode
+    temporal = (
+        {
+            "mode": mode,
+            "max_interval": 3,
+            "keyframe_confidence": 0.0,
+            "keyframe_motion": 0.0,
+            "max_interval_s": 0.0,
+            "keyframe_error_share": 1.0,
+        }
+        if mode == "adaptive"
+        else mode
+    )
     checkpoint = _memory_checkpoint() if memory else _confident_checkpoint()
-    return SegmentationEngine(checkpoint, device="cpu", precision="fp32", backend="torch", temporal=temporal)
+    return SegmentationEngine(
+        checkpoint, device="cpu", precision="fp32", backend="torch", temporal=temporal
+    )
 
 
 def panning(count, seed=0, size=(HEIGHT, WIDTH), start=0):
     """``count`` frames of a camera panning 2 px per frame over a smooth texture."""
     height, width = size
     rng = np.random.default_rng(seed)
-    texture = cv2.GaussianBlur(rng.integers(0, 256, (height + 16, width + 2 * count + start + 8, 3),
-                                            dtype=np.uint8), (0, 0), 3)
+    texture = cv2.GaussianBlur(
+        rng.integers(0, 256, (height + 16, width + 2 * count + start + 8, 3), dtype=np.uint8),
+        (0, 0),
+        3,
+    )
     texture = cv2.normalize(texture, None, 0, 255, cv2.NORM_MINMAX)
-    return [np.ascontiguousarray(texture[8:8 + height, start + 2 * i:start + 2 * i + width]) for i in range(count)]
+    return [
+        np.ascontiguousarray(texture[8 : 8 + height, start + 2 * i : start + 2 * i + width])
+        for i in range(count)
+    ]
 
 
 def run(engine, stream, frame, stamp=None):
-    return engine.segment_batch([frame], "rgb", with_confidence=True, streams=[stream],
-                                stamps=None if stamp is None else [stamp])[0]
+    return engine.segment_batch(
+        [frame],
+        "rgb",
+        with_confidence=True,
+        streams=[stream],
+        stamps=None if stamp is None else [stamp],
+    )[0]
 
 
 def fresh(engine, frame, stamp=None):
     """What a stream that never saw a frame gives ``frame``."""
-    key = object()
-    result = run(engine, key, frame, stamp)
-    engine._states.pop(key)
-    return result
+    return run(engine, object(), frame, stamp)  # a new key: a stream of its own
 
 
 def through(pipeline, frame, stamp):
@@ -88,7 +115,9 @@ def through(pipeline, frame, stamp):
 
 
 def same(a, b) -> bool:
-    return np.array_equal(a.labels, b.labels) and np.allclose(a.confidence, b.confidence, atol=1e-6)
+    return np.array_equal(a.labels, b.labels) and np.allclose(
+        a.confidence, b.confidence, atol=1e-6
+    )
 
 
 def warm(engine, stream, frames, stamps):
@@ -110,13 +139,19 @@ def test_cameras_never_mix_state(engine):
     mixed = []
     for i in range(8):
         mixed.append(run(engine, "a", a[i], 0.05 * i))
-        run(engine, "b", b[i], 100.0 - i)  # another camera, another size, its stamps going backwards
+        run(
+            engine, "b", b[i], 100.0 - i
+        )  # another camera, another size, its stamps going backwards
     assert all(same(x, y) for x, y in zip(alone, mixed))
     # Batched together (one network call for both cameras): the same per-camera histories (up to
     # the float rounding of a batch of two).
     engine.reset()
-    together = [engine.segment_batch([a[i], b[i]], "rgb", True, streams=["a", "b"], stamps=[0.05 * i, 1.0])[0]
-                for i in range(8)]
+    together = [
+        engine.segment_batch(
+            [a[i], b[i]], "rgb", True, streams=["a", "b"], stamps=[0.05 * i, 1.0]
+        )[0]
+        for i in range(8)
+    ]
     # A shared OpenCV DIS object once carried buffers from camera b's frame size into camera a's
     # flow (3 % of a's labels changed); each stream now has its own.
     assert all(np.array_equal(x.labels, y.labels) for x, y in zip(alone, together))
@@ -128,7 +163,9 @@ def test_a_fault_drops_the_whole_state_of_that_camera_only(engine, fault):
     frames, other = panning(10, seed=1), panning(10, seed=2)
     stamps = [100.0 + 0.05 * i for i in range(6)]
     assert history_matters(engine, frames[:6], stamps, frames[6]), "the test could not see a reset"
-    pipelines = {name: StreamPipeline(engine, reset_gap_s=1.0, stream=name) for name in ("cam", "other")}
+    pipelines = {
+        name: StreamPipeline(engine, reset_gap_s=1.0, stream=name) for name in ("cam", "other")
+    }
     for i in range(6):
         for name, sequence in (("cam", frames), ("other", other)):
             through(pipelines[name], sequence[i], stamps[i])
@@ -144,8 +181,12 @@ def test_a_fault_drops_the_whole_state_of_that_camera_only(engine, fault):
     else:
         stamp = stamps[-1] + 5.0  # quiet for longer than reset_gap_s, then back
     result = through(pipelines["cam"], probe, stamp)
-    expected = {"time_backwards": "time_backwards", "size_change": "size_change", "reset": "service",
-                "stale_gap": "gap"}[fault]
+    expected = {
+        "time_backwards": "time_backwards",
+        "size_change": "size_change",
+        "reset": "service",
+        "stale_gap": "gap",
+    }[fault]
     assert result.reset is not None and result.reset[0] == expected
     assert result.keyframe
     assert same(result, fresh(engine, probe)), f"{fault}: the frame after the fault used old state"
@@ -167,7 +208,11 @@ def test_engine_drops_state_itself_when_time_runs_backwards_or_the_size_changes(
     assert history_matters(engine, frames[:6], stamps, frames[6])
     warm(engine, "bag", frames[:6], stamps)
     before = engine.temporal_stats("bag")["resets"].get(fault, 0)
-    probe = frames[6] if fault == "time_backwards" else cv2.resize(frames[6], (WIDTH // 2, HEIGHT // 2))
+    probe = (
+        frames[6]
+        if fault == "time_backwards"
+        else cv2.resize(frames[6], (WIDTH // 2, HEIGHT // 2))
+    )
     stamp = 10.0 if fault == "time_backwards" else stamps[-1] + 0.05
     result = run(engine, "bag", probe, stamp)
     assert result.keyframe and same(result, fresh(engine, probe))

@@ -1,10 +1,10 @@
 """Per-stream temporal state of the engine: probability fusion along optical flow and an adaptive
 keyframe clock. No ROS here.
 
-A per-frame segmenter flickers: the same surface changes class from one frame to the next. With
-``mode="fuse"`` the engine keeps, per stream (camera), the fused class probabilities of the previous
-frame, warps them onto the current frame with DIS optical flow and blends them with the network's
-softmax::
+A per-frame segmenter flickers: the same surface changes class from one frame to the next.
+With ``mode="fuse"`` the engine keeps, per stream (camera), the fused class probabilities of the
+previous frame, warps them onto the current frame with DIS optical flow and blends them with the
+network's softmax::
 
     P_t = alpha * softmax_t + (1 - alpha) * warp(P_{t-1})
 
@@ -46,7 +46,14 @@ import cv2
 import numpy as np
 import torch
 
-from video_seg_ros.flow import DIS_PRESETS, DisFlow, inside_mask, occlusion_mask, reduced_size, resize_flow
+from video_seg_ros.flow import (
+    DIS_PRESETS,
+    DisFlow,
+    inside_mask,
+    occlusion_mask,
+    reduced_size,
+    resize_flow,
+)
 from video_seg_ros.flow import to_gray, warp_image, warp_tensor
 
 #: What ``TemporalSettings.mode`` accepts.
@@ -60,7 +67,15 @@ MIN_FLOW_SIDE = 16
 GUARD_REASONS = ("size_change", "time_backwards")
 
 #: Why a frame ran the network (``TemporalStats.reasons``); "every_frame" in modes off and fuse.
-KEYFRAME_REASONS = ("start", "every_frame", "interval", "time", "scene_change", "motion", "confidence")
+KEYFRAME_REASONS = (
+    "start",
+    "every_frame",
+    "interval",
+    "time",
+    "scene_change",
+    "motion",
+    "confidence",
+)
 
 
 class TemporalSettingsError(ValueError):
@@ -127,7 +142,7 @@ class TemporalSettings:
 
     @classmethod
     def coerce(cls, value: "TemporalSettings | dict | str | None") -> "TemporalSettings":
-        """Settings from settings, a dict of fields, a mode name or None (the defaults); validated."""
+        """Settings from settings, a dict of fields, a mode name or None (defaults); validated."""
         if value is None:
             settings = cls()
         elif isinstance(value, TemporalSettings):
@@ -138,12 +153,15 @@ class TemporalSettings:
             known = {f.name for f in dataclasses.fields(cls)}
             for key in value:
                 if key not in known:
-                    raise TemporalSettingsError(str(key), "is not a temporal setting; known: "
-                                                          + ", ".join(sorted(known)))
+                    raise TemporalSettingsError(
+                        str(key), "is not a temporal setting; known: " + ", ".join(sorted(known))
+                    )
             settings = cls(**value)
         else:
-            raise TypeError(f"temporal settings must be TemporalSettings, a dict or a mode name, not "
-                            f"{type(value).__name__}")
+            raise TypeError(
+                f"temporal settings must be TemporalSettings, a dict or a mode name, not "
+                f"{type(value).__name__}"
+            )
         settings.validate()
         return settings
 
@@ -157,11 +175,14 @@ class TemporalSettings:
     def validate(self) -> None:
         """Raise :class:`TemporalSettingsError` (a ValueError) naming the first invalid field."""
         if self.mode not in TEMPORAL_MODES:
-            raise TemporalSettingsError("mode", f"must be one of {', '.join(TEMPORAL_MODES)}, "
-                                                f"got {self.mode!r}")
+            raise TemporalSettingsError(
+                "mode", f"must be one of {', '.join(TEMPORAL_MODES)}, got {self.mode!r}"
+            )
         for name in ("confidence_weighting", "occlusion_check"):
             if not isinstance(getattr(self, name), bool):
-                raise TemporalSettingsError(name, f"must be true or false, got {getattr(self, name)!r}")
+                raise TemporalSettingsError(
+                    name, f"must be true or false, got {getattr(self, name)!r}"
+                )
         _check_number(self, "fusion_weight", 0.0, 1.0)
         _check_number(self, "label_stickiness", 0.0, 1.0)
         _check_number(self, "warp_error_threshold", 0.0, 255.0)
@@ -172,17 +193,22 @@ class TemporalSettings:
         for name in ("probability_width", "flow_width"):
             _check_number(self, name, 0, 16_384, integer=True)
             if 0 < getattr(self, name) < 16:
-                raise TemporalSettingsError(name, "must be 0 (no limit) or at least 16 pixels, "
-                                                  f"got {getattr(self, name)}")
+                raise TemporalSettingsError(
+                    name, f"must be 0 (no limit) or at least 16 pixels, got {getattr(self, name)}"
+                )
         if self.flow_preset not in DIS_PRESETS:
-            raise TemporalSettingsError("flow_preset", f"must be one of {', '.join(DIS_PRESETS)}, "
-                                                       f"got {self.flow_preset!r}")
+            raise TemporalSettingsError(
+                "flow_preset", f"must be one of {', '.join(DIS_PRESETS)}, got {self.flow_preset!r}"
+            )
 
     def keeps_state_of(self, other: "TemporalSettings") -> bool:
         """Whether a stream's fused state made under ``other`` is still valid under these settings
         (mode off keeps none; the probability and flow grids must not change)."""
-        return ("off" not in (self.mode, other.mode) and self.probability_width == other.probability_width
-                and self.flow_width == other.flow_width)
+        return (
+            "off" not in (self.mode, other.mode)
+            and self.probability_width == other.probability_width
+            and self.flow_width == other.flow_width
+        )
 
 
 def _check_number(settings: TemporalSettings, name: str, low, high, integer: bool = False) -> None:
@@ -196,10 +222,12 @@ def _check_number(settings: TemporalSettings, name: str, low, high, integer: boo
 
 
 class TemporalStats:
-    """Diagnostics of one stream: network share and fused confidence over the last ``window`` frames.
+    """Diagnostics of one stream: network share and fused confidence over the last ``window``
+    frames.
 
-    Not part of the temporal state: :meth:`StreamTemporalState.reset` leaves it alone, so a camera's
-    figures survive its resets. Thread-safe (the node's diagnostics read while its worker writes).
+    Not part of the temporal state: :meth:`StreamTemporalState.reset` leaves it alone, so a
+    camera's figures survive its resets. Thread-safe (the node's diagnostics read while its worker
+    writes).
     """
 
     def __init__(self, window: int = 100):
@@ -211,7 +239,8 @@ class TemporalStats:
         self._recent: deque[tuple[bool, float | None]] = deque(maxlen=window)
 
     def record(self, reason: str | None, fused_confidence: float | None) -> None:
-        """One frame: ``reason`` why it was a keyframe (None: it was not), its mean fused confidence."""
+        """One frame: ``reason`` why it was a keyframe (None: it was not), its mean fused
+        confidence."""
         with self._lock:
             self.frames += 1
             if reason is not None:
@@ -232,7 +261,8 @@ class TemporalStats:
             frames, keyframes = self.frames, self.keyframes
         confidences = [c for _, c in recent if c is not None]
         return {
-            "frames": frames, "keyframes": keyframes,
+            "frames": frames,
+            "keyframes": keyframes,
             "keyframe_share": sum(k for k, _ in recent) / len(recent) if recent else None,
             "fused_confidence": float(np.mean(confidences)) if confidences else None,
             "reasons": reasons,
@@ -313,7 +343,8 @@ class StreamTemporalState:
             self.memory.reset()
 
     def clear_fusion(self) -> None:
-        """Forget the previous frame, fused probabilities, flow and keyframe clock (not the memory)."""
+        """Forget the previous frame, fused probabilities, flow and keyframe clock (not the
+        memory)."""
         self.frame_size = None
         self.previous_grey = None
         self.fused = None
@@ -373,8 +404,13 @@ class FlowFusion:
             grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
         grey = np.ascontiguousarray(grey)
         analysis = FrameAnalysis(grey)
-        if (state.fused is None or state.previous_grey is None or state.frame_size != frame.shape[:2]
-                or state.previous_grey.shape != grey.shape or min(grey.shape) < MIN_FLOW_SIDE):
+        if (
+            state.fused is None
+            or state.previous_grey is None
+            or state.frame_size != frame.shape[:2]
+            or state.previous_grey.shape != grey.shape
+            or min(grey.shape) < MIN_FLOW_SIDE
+        ):
             return analysis
         previous = state.previous_grey
         dis = self._stream_flow(state)
@@ -389,16 +425,22 @@ class FlowFusion:
             trusted &= occlusion_mask(flow, dis(previous, grey))
         analysis.flow = flow
         analysis.untrusted_share = 1.0 - float(trusted.mean())
-        adaptive = settings.mode == "adaptive"  # motion and warped confidence decide keyframes only
+        adaptive = (
+            settings.mode == "adaptive"
+        )  # motion and warped confidence decide keyframes only
         if adaptive and settings.keyframe_motion > 0:
-            analysis.motion = float(np.sqrt((flow ** 2).sum(-1)).mean()) / grey.shape[1]
+            analysis.motion = float(np.sqrt((flow**2).sum(-1)).mean()) / grey.shape[1]
 
         fused = state.fused[None]  # (1, C, h, w)
         grid = fused.shape[-2:]
         grid_flow = resize_flow(flow, grid)
-        trust = cv2.resize(trusted.astype(np.float32), (grid[1], grid[0]), interpolation=cv2.INTER_AREA)
+        trust = cv2.resize(
+            trusted.astype(np.float32), (grid[1], grid[0]), interpolation=cv2.INTER_AREA
+        )
         analysis.trust = torch.from_numpy(trust).to(self.device)[None, None]
-        flow_tensor = torch.from_numpy(np.ascontiguousarray(grid_flow.transpose(2, 0, 1))).to(self.device)
+        flow_tensor = torch.from_numpy(np.ascontiguousarray(grid_flow.transpose(2, 0, 1))).to(
+            self.device
+        )
         warped = warp_tensor(fused, flow_tensor[None])
         analysis.warped = warped / warped.sum(1, keepdim=True).clamp_min(1e-12)
         if adaptive and settings.keyframe_confidence > 0:
@@ -414,8 +456,9 @@ class FlowFusion:
             state.dis = DisFlow(self.settings.flow_preset)
         return state.dis
 
-    def keyframe_reason(self, state: StreamTemporalState, analysis: FrameAnalysis,
-                        stamp: float | None = None) -> str | None:
+    def keyframe_reason(
+        self, state: StreamTemporalState, analysis: FrameAnalysis, stamp: float | None = None
+    ) -> str | None:
         """Why this frame must run the network (one of :data:`KEYFRAME_REASONS`), or None."""
         settings = self.settings
         if analysis.flow is None:
@@ -425,8 +468,12 @@ class FlowFusion:
         if state.frames_since_keyframe + 1 >= settings.max_interval:
             return "interval"
         last = state.last_keyframe_stamp
-        if settings.max_interval_s > 0 and stamp is not None and last is not None and (
-                stamp - last >= settings.max_interval_s or stamp < last):
+        if (
+            settings.max_interval_s > 0
+            and stamp is not None
+            and last is not None
+            and (stamp - last >= settings.max_interval_s or stamp < last)
+        ):
             return "time"
         if analysis.untrusted_share > settings.keyframe_error_share:
             return "scene_change"
@@ -437,9 +484,15 @@ class FlowFusion:
         return None
 
     # ---- per frame, after the network --------------------------------------------------------
-    def update(self, state: StreamTemporalState, frame_size: tuple[int, int], analysis: FrameAnalysis,
-               logits: torch.Tensor | None, reason: str | None,
-               stamp: float | None = None) -> tuple[torch.Tensor, bool]:
+    def update(
+        self,
+        state: StreamTemporalState,
+        frame_size: tuple[int, int],
+        analysis: FrameAnalysis,
+        logits: torch.Tensor | None,
+        reason: str | None,
+        stamp: float | None = None,
+    ) -> tuple[torch.Tensor, bool]:
         """Fuse, store the new state and count the frame.
 
         Args:
@@ -481,7 +534,9 @@ class FlowFusion:
         if not cap or width <= cap:
             return logits
         size = (max(1, round(height * cap / width)), cap)
-        return torch.nn.functional.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        return torch.nn.functional.interpolate(
+            logits, size=size, mode="bilinear", align_corners=False
+        )
 
     def _blend(self, probabilities: torch.Tensor, analysis: FrameAnalysis) -> torch.Tensor:
         weight = self.settings.fusion_weight
@@ -493,7 +548,7 @@ class FlowFusion:
         alpha = 1.0 - analysis.trust * (1.0 - weight)
         fused = alpha * probabilities + (1.0 - alpha) * analysis.warped
         if self.settings.label_stickiness > 0 and self.settings.mode == "fuse":
-            # Hysteresis: a trusted pixel keeps its previous class unless another one wins by a margin.
+            # Hysteresis: a trusted pixel keeps its previous class unless another wins by a margin.
             # Not on the adaptive clock's keyframes: they must correct what propagation let drift.
             previous = analysis.warped.argmax(1, keepdim=True)
             bonus = self.settings.label_stickiness * analysis.trust
