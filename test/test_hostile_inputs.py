@@ -124,7 +124,7 @@ def test_weights_of_another_label_set_are_refused_when_the_model_is_built(tmp_pa
     assert "another label set" in message and "video-seg-import" in message
     broken = {**cityscapes.to_dict(), "state_dict": {"classifier.weight": "not a tensor"}}
     torch.save(broken, tmp_path / "strings.pt")
-    assert "not a dict of named tensors" in _refused(tmp_path / "strings.pt")
+    assert "not a dict of tensors" in _refused(tmp_path / "strings.pt")
 
 
 # ---- training config YAML -----------------------------------------------------------------------

@@ -318,7 +318,7 @@ def validate_checkpoint(checkpoint: Checkpoint, origin: str = "the checkpoint") 
     if not isinstance(state, dict) or not all(
         isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in state.items()
     ):
-        raise CheckpointError(f"{origin}: 'state_dict' is not a dict of named tensors; {_RECREATE}")
+        raise CheckpointError(f"{origin}: 'state_dict' is not a dict of tensors; {_RECREATE}.")
     outputs = checkpoint.arch_kwargs.get("num_classes")
     mapped = len(checkpoint.output_to_class)
     if outputs is not None and outputs != mapped:
