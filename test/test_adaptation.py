@@ -1,4 +1,4 @@
-"""video-seg-adapt: label-free adaptation to a drive (bag or folder), its hold-out and its refusals."""
+"""video-seg-adapt: label-free adaptation to a drive (bag or folder), hold-out and refusals."""
 
 from __future__ import annotations
 
@@ -29,33 +29,56 @@ def drive_frames(count: int, width: int = WIDTH, height: int = HEIGHT) -> list[n
     for t in range(count):
         image = np.zeros((height, width, 3), np.uint8)
         image[:] = (40, 110, 40)
-        image[height * 3 // 4:] = (128, 64, 128)
+        image[height * 3 // 4 :] = (128, 64, 128)
         x = 4 + 3 * t
-        image[8:20, x:x + 12] = np.stack([texture + 50, texture // 2, 200 - texture], axis=-1)
+        image[8:20, x : x + 12] = np.stack([texture + 50, texture // 2, 200 - texture], axis=-1)
         frames.append(image)
     return frames
 
 
-def write_bag(path: Path, frames: list[np.ndarray], topic: str = "/camera/image_raw", storage: str = "mcap",
-              compressed: bool = False) -> Path:
+def write_bag(
+    path: Path,
+    frames: list[np.ndarray],
+    topic: str = "/camera/image_raw",
+    storage: str = "mcap",
+    compressed: bool = False,
+) -> Path:
     with BagWriter(path, storage=storage) as bag:
         for index, rgb in enumerate(frames):
             stamp = START_NS + index * 50_000_000
-            message = (compressed_message(rgb, "rgb", stamp, "camera") if compressed
-                       else image_message(rgb, "rgb8", stamp, "camera"))
+            message = (
+                compressed_message(rgb, "rgb", stamp, "camera")
+                if compressed
+                else image_message(rgb, "rgb8", stamp, "camera")
+            )
             bag.write(topic, message, stamp)
     return path
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tiny_espnet_checkpoint) -> Path:
-    """The shared tiny random ESPNet (20 outputs, input 64x32): the teacher and the student's start."""
+    """The shared tiny random ESPNet (20 outputs, input 64x32): teacher and student's start."""
     return tiny_espnet_checkpoint
 
 
 def _adapt(source: Path, checkpoint: Path, output: Path, *extra: str) -> int:
-    return adapt_main([str(source), "--checkpoint", str(checkpoint), "-o", str(output), "--steps", "2",
-                       "--batch-size", "2", "--device", "cpu", "--quiet", *extra])
+    return adapt_main(
+        [
+            str(source),
+            "--checkpoint",
+            str(checkpoint),
+            "-o",
+            str(output),
+            "--steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--device",
+            "cpu",
+            "--quiet",
+            *extra,
+        ]
+    )
 
 
 def test_hold_out_is_the_contiguous_tail_of_the_drive():
@@ -68,9 +91,9 @@ def test_hold_out_is_the_contiguous_tail_of_the_drive():
 
 def test_pseudo_labels_keep_only_confident_pixels_mapped_to_student_channels():
     logits = torch.zeros(1, 2, 1, 3)
-    logits[0, 1, 0, 0] = 10.0   # confident channel 1
-    logits[0, 0, 0, 1] = 0.1    # nearly uniform: not confident
-    logits[0, 0, 0, 2] = 10.0   # confident channel 0
+    logits[0, 1, 0, 0] = 10.0  # confident channel 1
+    logits[0, 0, 0, 1] = 0.1  # nearly uniform: not confident
+    logits[0, 0, 0, 2] = 10.0  # confident channel 0
     channels = torch.tensor([5, 7])
     labels = confident_pseudo_labels(logits, 0.9, channels)
     assert labels.tolist() == [[[7, 255, 5]]]
@@ -78,27 +101,40 @@ def test_pseudo_labels_keep_only_confident_pixels_mapped_to_student_channels():
     assert confident_pseudo_labels(logits, 0.9, channels, valid).tolist() == [[[7, 255, 255]]]
 
 
-def test_adaptation_on_a_bag_writes_an_engine_checkpoint_holds_out_the_tail_and_resumes(tmp_path, checkpoint):
+def test_adaptation_on_a_bag_writes_an_engine_checkpoint_holds_out_the_tail_and_resumes(
+    tmp_path, checkpoint
+):
     frames = drive_frames(10)
     bag = write_bag(tmp_path / "drive_bag", frames)
     out = tmp_path / "adapted"
-    # confidence 0: every pixel of the (random) teacher is a pseudo-label, so that loss is exercised
+    # confidence 0: every pixel of the (random) teacher is a pseudo-label: that loss is exercised
     assert _adapt(bag, checkpoint, out, "--confidence", "0.0") == 0
 
     report = json.loads((out / "report.json").read_text())
     assert report["train_frames"] == list(range(8)) and report["holdout_frames"] == [8, 9]
     work = out / "work" / "frames"
-    assert sorted(p.name for p in (work / "train").iterdir()) == [f"drive_{i:06d}.png" for i in range(8)]
-    assert sorted(p.name for p in (work / "holdout").iterdir()) == ["drive_000008.png", "drive_000009.png"]
+    assert sorted(p.name for p in (work / "train").iterdir()) == [
+        f"drive_{i:06d}.png" for i in range(8)
+    ]
+    assert sorted(p.name for p in (work / "holdout").iterdir()) == [
+        "drive_000008.png",
+        "drive_000009.png",
+    ]
     held = cv2.imread(str(work / "holdout" / "drive_000009.png"))[..., ::-1]
-    assert np.array_equal(held, frames[9])  # the held-out files are the drive's last frames, unchanged
+    assert np.array_equal(
+        held, frames[9]
+    )  # the held-out files are the drive's last frames, unchanged
 
     adapted = load_checkpoint(out / "adapted.pt")
     trained_on = adapted.training["config"]["data"]["train"]
     assert [Path(entry["images"]) for entry in trained_on] == [work / "train"]
-    assert adapted.source["holdout_frames"] == [8, 9] and adapted.source["tool"] == "video-seg-adapt"
+    assert (
+        adapted.source["holdout_frames"] == [8, 9] and adapted.source["tool"] == "video-seg-adapt"
+    )
     original = load_checkpoint(checkpoint)
-    assert any(not torch.equal(adapted.state_dict[k], original.state_dict[k]) for k in original.state_dict)
+    assert any(
+        not torch.equal(adapted.state_dict[k], original.state_dict[k]) for k in original.state_dict
+    )
     engine = SegmentationEngine(adapted, device="cpu", precision="fp32")
     assert engine.segment(frames[9]).labels.shape == (HEIGHT, WIDTH)
 
@@ -126,7 +162,9 @@ def test_bag_without_an_image_topic_is_refused_listing_its_topics(tmp_path, chec
     types = typestore().types
     with BagWriter(tmp_path / "no_images", storage="sqlite3") as bag:
         for index in range(3):
-            bag.write("/chatter", types["std_msgs/msg/String"](data=f"hello {index}"), START_NS + index)
+            bag.write(
+                "/chatter", types["std_msgs/msg/String"](data=f"hello {index}"), START_NS + index
+            )
     assert _adapt(tmp_path / "no_images", checkpoint, tmp_path / "out") == EXIT_FAILURE
     error = capsys.readouterr().err
     assert "no sensor_msgs/msg/Image or CompressedImage topic" in error
@@ -134,7 +172,9 @@ def test_bag_without_an_image_topic_is_refused_listing_its_topics(tmp_path, chec
     assert not (tmp_path / "out").exists()
 
 
-def test_frames_of_mixed_sizes_are_refused_and_leave_no_frames_behind(tmp_path, checkpoint, capsys):
+def test_frames_of_mixed_sizes_are_refused_and_leave_no_frames_behind(
+    tmp_path, checkpoint, capsys
+):
     frames = drive_frames(10)
     frames[3] = cv2.resize(frames[3], (WIDTH // 2, HEIGHT // 2))
     bag = write_bag(tmp_path / "mixed", frames, storage="sqlite3", compressed=True)
@@ -144,14 +184,20 @@ def test_frames_of_mixed_sizes_are_refused_and_leave_no_frames_behind(tmp_path, 
     assert not (tmp_path / "out" / "work" / "frames").exists()
 
 
-def test_several_image_topics_need_a_topic_and_a_folder_with_too_few_frames_is_refused(tmp_path, checkpoint,
-                                                                                      capsys):
+def test_several_image_topics_need_a_topic_and_a_folder_with_too_few_frames_is_refused(
+    tmp_path, checkpoint, capsys
+):
     with BagWriter(tmp_path / "two", storage="mcap") as bag:
         for index, rgb in enumerate(drive_frames(2)):
             bag.write("/left", image_message(rgb, "rgb8", START_NS + index, "l"), START_NS + index)
-            bag.write("/right", image_message(rgb, "rgb8", START_NS + index, "r"), START_NS + index)
+            bag.write(
+                "/right", image_message(rgb, "rgb8", START_NS + index, "r"), START_NS + index
+            )
     assert _adapt(tmp_path / "two", checkpoint, tmp_path / "out") == EXIT_FAILURE
-    assert "2 image topics (/left, /right); name the camera to adapt to with --topic" in capsys.readouterr().err
+    assert (
+        "2 image topics (/left, /right); name the camera to adapt to with --topic"
+        in capsys.readouterr().err
+    )
 
     folder = tmp_path / "frames"
     folder.mkdir()
@@ -176,7 +222,10 @@ def test_frames_keep_their_own_names_so_their_label_files_still_match(tmp_path):
     folder.mkdir()
     for index, rgb in enumerate(drive_frames(4)):
         cv2.imwrite(str(folder / f"aachen_000002_{index:06d}_leftImg8bit.png"), rgb[..., ::-1])
-        cv2.imwrite(str(folder / f"aachen_000002_{index:06d}_pseudo_labelIds.png"), np.full((HEIGHT, WIDTH), 7, np.uint8))
+        cv2.imwrite(
+            str(folder / f"aachen_000002_{index:06d}_pseudo_labelIds.png"),
+            np.full((HEIGHT, WIDTH), 7, np.uint8),
+        )
     assert make_bag.main([str(folder), "-o", str(tmp_path / "bag"), "--quiet"]) == 0
     drive = open_drive(tmp_path / "bag")
     manifest = extract_frames(drive, tmp_path / "frames", None, None, 0.5, progress=False)

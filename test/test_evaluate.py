@@ -1,4 +1,5 @@
-"""video-seg-eval: the library evaluator (video_seg_ros.evaluation) and its CLI, on small folders."""
+"""video-seg-eval: the library evaluator (video_seg_ros.evaluation and evaluation_report) and
+its CLI, on small folders."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import pytest
 import torch
 
 from video_seg_ros.engine import SegmentationEngine
-from video_seg_ros.evaluation import EvaluationOptions, FrameFolder, evaluate_folder
+from video_seg_ros.evaluation import EvaluationOptions
+from video_seg_ros.evaluation_report import evaluate_folder
 from video_seg_ros.metrics import TemporalConsistency
+from video_seg_ros.streams import FolderStream
 from video_seg_ros.tools.evaluate import main
 
 HEIGHT, WIDTH = 72, 120
@@ -33,7 +36,7 @@ def write_sequence_folder(root, frames_per_sequence=((0, 1, 2), (5, 7))):
             x = 2 * number
             path = root / "images" / f"{name}_{number:05d}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(path), canvas[:, x:x + WIDTH])
+            cv2.imwrite(str(path), canvas[:, x : x + WIDTH])
             paths.append(path)
     return root / "images", paths
 
@@ -48,8 +51,13 @@ def test_predictions_used_as_labels_score_perfectly_and_pairs_respect_gaps(tmp_p
     labels_dir.mkdir()
     for path in paths[::2]:  # every other frame is labelled
         cv2.imwrite(str(labels_dir / path.name), engine.segment(rgb(path)).labels)
-    report = evaluate_folder(engine, FrameFolder(images, labels_dir, "trainids"), progress=False,
-                             save_overlays=tmp_path / "overlays", save_labels=tmp_path / "predictions")
+    report = evaluate_folder(
+        engine,
+        FolderStream(images, labels_dir, "trainids"),
+        progress=False,
+        save_overlays=tmp_path / "overlays",
+        save_labels=tmp_path / "predictions",
+    )
     assert report["frames"] == 5 and report["labelled_frames"] == 3
     assert report["miou"] == 1.0 and report["pixel_accuracy"] == 1.0
     assert len(report["per_class_iou"]) == 19
@@ -71,9 +79,12 @@ def test_predictions_used_as_labels_score_perfectly_and_pairs_respect_gaps(tmp_p
     unlabelled = cv2.imread(str(tmp_path / "overlays" / "seqA_00001_overlay.png"))
     assert labelled.shape == (2 * HEIGHT, WIDTH, 3)  # prediction above ground truth
     assert unlabelled.shape == (HEIGHT, WIDTH, 3)
-    saved = cv2.imread(str(tmp_path / "predictions" / "seqA_00000_pred_labelTrainIds.png"),
-                       cv2.IMREAD_UNCHANGED)
-    assert np.array_equal(saved, cv2.imread(str(labels_dir / "seqA_00000.png"), cv2.IMREAD_UNCHANGED))
+    saved = cv2.imread(
+        str(tmp_path / "predictions" / "seqA_00000_pred_labelTrainIds.png"), cv2.IMREAD_UNCHANGED
+    )
+    assert np.array_equal(
+        saved, cv2.imread(str(labels_dir / "seqA_00000.png"), cv2.IMREAD_UNCHANGED)
+    )
 
 
 def test_a_static_sequence_has_perfect_temporal_consistency(tmp_path, engine):
@@ -87,9 +98,14 @@ def test_a_static_sequence_has_perfect_temporal_consistency(tmp_path, engine):
 
 def test_limit_and_frame_gap_options(tmp_path, engine):
     images, _ = write_sequence_folder(tmp_path)
-    assert evaluate_folder(engine, FrameFolder(images, limit=2), progress=False)["frames"] == 2
+    assert evaluate_folder(engine, FolderStream(images, limit=2), progress=False)["frames"] == 2
     # Allowing a step of 2 makes seqB's 5 -> 7 a pair as well.
-    assert evaluate_folder(engine, images, EvaluationOptions(max_frame_gap=2), progress=False)["tc_pairs"] == 3
+    assert (
+        evaluate_folder(engine, images, EvaluationOptions(max_frame_gap=2), progress=False)[
+            "tc_pairs"
+        ]
+        == 3
+    )
     report = evaluate_folder(engine, images, EvaluationOptions(tc=False), progress=False)
     assert report["tc"] is None and report["tc_pairs"] == 0
     with pytest.raises(ValueError, match="max_frame_gap"):
@@ -99,9 +115,25 @@ def test_limit_and_frame_gap_options(tmp_path, engine):
 def test_cli_writes_the_json_report_and_prints_a_summary(tmp_path, tiny_espnet_checkpoint, capsys):
     images, _ = write_sequence_folder(tmp_path)
     out = tmp_path / "report" / "eval.json"
-    code = main(["--checkpoint", str(tiny_espnet_checkpoint), "--images", str(images), "-o", str(out),
-                 "--device", "cpu", "--backend", "torch", "--precision", "fp32", "--quiet",
-                 "--markdown", str(tmp_path / "eval.md")])
+    code = main(
+        [
+            "--checkpoint",
+            str(tiny_espnet_checkpoint),
+            "--images",
+            str(images),
+            "-o",
+            str(out),
+            "--device",
+            "cpu",
+            "--backend",
+            "torch",
+            "--precision",
+            "fp32",
+            "--quiet",
+            "--markdown",
+            str(tmp_path / "eval.md"),
+        ]
+    )
     assert code == 0
     report = json.loads(out.read_text())
     assert report["frames"] == 5 and report["model"] == "espnet(p=2,q=3)"
@@ -115,8 +147,20 @@ def test_cli_writes_the_json_report_and_prints_a_summary(tmp_path, tiny_espnet_c
 def test_cli_keeps_the_old_out_spelling_for_one_release(tmp_path, tiny_espnet_checkpoint, capsys):
     images, _ = write_sequence_folder(tmp_path, frames_per_sequence=((0,), ()))
     out = tmp_path / "old.json"
-    assert main(["--checkpoint", str(tiny_espnet_checkpoint), "--images", str(images), "--out", str(out),
-                 "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "--checkpoint",
+                str(tiny_espnet_checkpoint),
+                "--images",
+                str(images),
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert json.loads(out.read_text())["frames"] == 1
     assert "--out is deprecated" in capsys.readouterr().err
 
@@ -125,15 +169,43 @@ def test_cli_explains_a_wrong_label_format(tmp_path, tiny_espnet_checkpoint, cap
     images, paths = write_sequence_folder(tmp_path, frames_per_sequence=((0,), ()))
     labels_dir = tmp_path / "labels"
     labels_dir.mkdir()
-    cv2.imwrite(str(labels_dir / paths[0].name), np.full((HEIGHT, WIDTH), 26, np.uint8))  # a labelId
-    code = main(["--checkpoint", str(tiny_espnet_checkpoint), "--images", str(images), "--labels",
-                 str(labels_dir), "-o", str(tmp_path / "r.json"), "--quiet"])
+    cv2.imwrite(
+        str(labels_dir / paths[0].name), np.full((HEIGHT, WIDTH), 26, np.uint8)
+    )  # a labelId
+    code = main(
+        [
+            "--checkpoint",
+            str(tiny_espnet_checkpoint),
+            "--images",
+            str(images),
+            "--labels",
+            str(labels_dir),
+            "-o",
+            str(tmp_path / "r.json"),
+            "--quiet",
+        ]
+    )
     assert code == 1
     err = capsys.readouterr().err
     assert "--label-format" in err and paths[0].name in err
-    assert main(["--checkpoint", str(tiny_espnet_checkpoint), "--images", str(images), "--labels",
-                 str(labels_dir), "--label-format", "cityscapes-labelids", "-o",
-                 str(tmp_path / "r.json"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "--checkpoint",
+                str(tiny_espnet_checkpoint),
+                "--images",
+                str(images),
+                "--labels",
+                str(labels_dir),
+                "--label-format",
+                "cityscapes-labelids",
+                "-o",
+                str(tmp_path / "r.json"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "r.json").read_text())["labelled_frames"] == 1
 
 
@@ -141,25 +213,51 @@ def test_cli_errors_for_missing_inputs_say_what_to_do(tmp_path, tiny_espnet_chec
     images, _ = write_sequence_folder(tmp_path, frames_per_sequence=((0,), ()))
     assert main(["--checkpoint", str(tmp_path / "none.pt"), "--images", str(images)]) == 1
     assert "video-seg-import" in capsys.readouterr().err
-    assert main(["--checkpoint", str(tiny_espnet_checkpoint), "--images", str(tmp_path / "nothing")]) == 1
-    assert "image folder not found" in capsys.readouterr().err
+    assert (
+        main(["--checkpoint", str(tiny_espnet_checkpoint), "--images", str(tmp_path / "nothing")])
+        == 1
+    )
+    assert "does not exist" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
-    assert main(["--checkpoint", str(tiny_espnet_checkpoint), "--images", str(tmp_path / "empty")]) == 1
+    assert (
+        main(["--checkpoint", str(tiny_espnet_checkpoint), "--images", str(tmp_path / "empty")])
+        == 1
+    )
     assert "no images" in capsys.readouterr().err
     if not torch.cuda.is_available():
-        assert main(["--checkpoint", str(tiny_espnet_checkpoint), "--images", str(images),
-                     "--device", "cuda"]) == 1
+        assert (
+            main(
+                [
+                    "--checkpoint",
+                    str(tiny_espnet_checkpoint),
+                    "--images",
+                    str(images),
+                    "--device",
+                    "cuda",
+                ]
+            )
+            == 1
+        )
         assert "no CUDA device" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:  # usage errors: status 2
         main(["--images", str(images), "--limit", "0"])
     assert exit_info.value.code == 2
 
 
-def test_an_unreadable_frame_stops_the_run_unless_skipped(tmp_path, tiny_espnet_checkpoint, capsys):
+def test_an_unreadable_frame_stops_the_run_unless_skipped(
+    tmp_path, tiny_espnet_checkpoint, capsys
+):
     images, paths = write_sequence_folder(tmp_path)
     paths[1].write_bytes(b"not a png")
-    arguments = ["--checkpoint", str(tiny_espnet_checkpoint), "--images", str(images), "--quiet",
-                 "-o", str(tmp_path / "r.json")]
+    arguments = [
+        "--checkpoint",
+        str(tiny_espnet_checkpoint),
+        "--images",
+        str(images),
+        "--quiet",
+        "-o",
+        str(tmp_path / "r.json"),
+    ]
     assert main(arguments) == 1
     assert paths[1].name in capsys.readouterr().err
     assert main([*arguments, "--skip-unreadable"]) == 0
@@ -170,9 +268,10 @@ def test_an_unreadable_frame_stops_the_run_unless_skipped(tmp_path, tiny_espnet_
     assert paths[1].name in capsys.readouterr().out
 
 
-# ---- label files as users have them -------------------------------------------------------------
+# ---- label files as users have them -----------------------------------------------------------
 def _camvid_snippet(shared, root, count=3):
-    """The first ``count`` CamVid val frames and labels, copied as frames, mode-L and palette PNGs."""
+    """The first ``count`` CamVid val frames and labels, copied as frames, mode-L and palette
+    PNGs."""
     from PIL import Image
 
     frames = sorted((shared / "data/camvid/val").glob("*.png"))[:count]
@@ -186,25 +285,48 @@ def _camvid_snippet(shared, root, count=3):
             pytest.skip(f"{label_file} is missing")
         small = cv2.resize(cv2.imread(str(frame)), (120, 90), interpolation=cv2.INTER_AREA)
         cv2.imwrite(str(root / "images" / frame.name), small)
-        ids = cv2.resize(cv2.imread(str(label_file), cv2.IMREAD_UNCHANGED), (120, 90),
-                         interpolation=cv2.INTER_NEAREST)
+        ids = cv2.resize(
+            cv2.imread(str(label_file), cv2.IMREAD_UNCHANGED),
+            (120, 90),
+            interpolation=cv2.INTER_NEAREST,
+        )
         Image.fromarray(ids, mode="L").save(root / "labels_l" / frame.name)
         palette_image = Image.fromarray(ids, mode="P")
-        palette_image.putpalette([value for i in range(256) for value in (i * 37 % 256, i * 91 % 256, i)])
+        palette_image.putpalette(
+            [value for i in range(256) for value in (i * 37 % 256, i * 91 % 256, i)]
+        )
         palette_image.save(root / "labels_p" / frame.name)
     return frames
 
 
-def test_palette_png_labels_give_the_same_figures_as_the_same_labels_in_mode_l(tmp_path, shared,
-                                                                                 tiny_espnet_checkpoint):
+def test_palette_png_labels_give_the_same_figures_as_the_same_labels_in_mode_l(
+    tmp_path, shared, tiny_espnet_checkpoint
+):
     frames = _camvid_snippet(shared, tmp_path)
     assert cv2.imread(str(tmp_path / "labels_p" / frames[0].name), cv2.IMREAD_UNCHANGED).ndim == 3
     reports = {}
     for kind in ("labels_l", "labels_p"):
         out = tmp_path / f"{kind}.json"
-        assert main(["--checkpoint", str(tiny_espnet_checkpoint), "--images", str(tmp_path / "images"),
-                     "--labels", str(tmp_path / kind), "--label-format", "camvid", "--max-frame-gap", "2",
-                     "--quiet", "-o", str(out)]) == 0
+        assert (
+            main(
+                [
+                    "--checkpoint",
+                    str(tiny_espnet_checkpoint),
+                    "--images",
+                    str(tmp_path / "images"),
+                    "--labels",
+                    str(tmp_path / kind),
+                    "--label-format",
+                    "camvid",
+                    "--max-frame-gap",
+                    "2",
+                    "--quiet",
+                    "-o",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         reports[kind] = json.loads(out.read_text())
     mode_l, palette = reports["labels_l"], reports["labels_p"]
     assert mode_l["labelled_frames"] == palette["labelled_frames"] == len(frames)
@@ -213,7 +335,9 @@ def test_palette_png_labels_give_the_same_figures_as_the_same_labels_in_mode_l(t
         assert palette[key] == mode_l[key], key
 
 
-def test_sixteen_bit_and_cityscapes_color_labels_give_the_same_figures_as_train_ids(tmp_path, engine):
+def test_sixteen_bit_and_cityscapes_color_labels_give_the_same_figures_as_train_ids(
+    tmp_path, engine
+):
     from video_seg_ros.labels import CITYSCAPES, colorize
 
     images, paths = write_sequence_folder(tmp_path, frames_per_sequence=((0, 1), ()))
@@ -228,9 +352,19 @@ def test_sixteen_bit_and_cityscapes_color_labels_give_the_same_figures_as_train_
         cv2.imwrite(str(tmp_path / "ids16" / f"{key}.png"), ids.astype(np.uint16))
         colour = colorize(ids, CITYSCAPES.palette_array())
         cv2.imwrite(str(tmp_path / "colour" / f"{key}_gtFine_color.png"), colour[..., ::-1].copy())
-    reports = [evaluate_folder(engine, FrameFolder(images, tmp_path / kind, label_format), progress=False)
-               for kind, label_format in (("ids8", "trainids"), ("ids16", "trainids"),
-                                          ("colour", "cityscapes-color"))]
+    reports = [
+        evaluate_folder(
+            engine, FolderStream(images, tmp_path / kind, label_format), progress=False
+        )
+        for kind, label_format in (
+            ("ids8", "trainids"),
+            ("ids16", "trainids"),
+            ("colour", "cityscapes-color"),
+        )
+    ]
     assert reports[0]["labelled_frames"] == 2 and reports[0]["miou"] is not None
     for report in reports[1:]:
-        assert (report["miou"], report["per_class_iou"]) == (reports[0]["miou"], reports[0]["per_class_iou"])
+        assert (report["miou"], report["per_class_iou"]) == (
+            reports[0]["miou"],
+            reports[0]["per_class_iou"],
+        )

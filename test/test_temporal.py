@@ -348,8 +348,10 @@ def test_adaptive_clock_time_limit_follows_the_frame_stamps(confident):
         segmenter.segment(frame, stamp=0.1 * i).keyframe for i, frame in enumerate(panning(7))
     ]
     assert keyframes == [True, False, False, True, False, False, True]
-    assert segmenter.segment(panning(8)[7], stamp=0.0).keyframe  # time went backwards
-    assert segmenter.temporal_stats()["reasons"]["time"] == 3
+    assert segmenter.segment(panning(8)[7], stamp=0.0).keyframe  # time went backwards: a new start
+    stats = segmenter.temporal_stats()
+    assert stats["reasons"]["time"] == 2 and stats["reasons"]["start"] == 2
+    assert stats["resets"] == {"time_backwards": 1}
 
 
 def test_low_predicted_confidence_makes_a_keyframe(confident):

@@ -18,7 +18,7 @@ mIoU of each prediction against the next one warped back; :mod:`video_seg_ros.ev
 agreement with the teacher (pixel agreement and mIoU of the student's labels against the
 teacher's: without labels, the proxy for "no accuracy lost").
 
-Sources: a rosbag2 folder (mcap or sqlite3, read with :mod:`video_seg_ros.bags`; one
+Sources (read by :mod:`video_seg_ros.streams`): a rosbag2 folder (mcap or sqlite3; one
 ``sensor_msgs/msg/Image`` or ``CompressedImage`` topic, picked automatically when it is the only
 one) or a folder of frames (:mod:`video_seg_ros.frames` order and sequences). No ROS here.
 """
@@ -30,16 +30,15 @@ import math
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
 
 from video_seg_ros.checkpoint import Checkpoint, load_checkpoint
-from video_seg_ros.frames import list_frames, read_rgb
+from video_seg_ros.frames import parse_frame_name
+from video_seg_ros.streams import BagStream, FolderStream, FrameStream, StreamError, open_stream
 
 #: Written frame files: ``<sequence>_<drive index>.png`` (frames.py groups them by the prefix).
 FRAME_NAME = "{sequence}_{index:06d}.png"
@@ -63,8 +62,8 @@ class AdaptationSettings:
     confidence: float = 0.9
     holdout: float = 0.2
     limit: int | None = None
-    size: tuple[int, int] | None = None        # (W, H); None = the checkpoint's input size
-    crop: tuple[int, int] | None = None        # (W, H) random training crops; None = whole frames
+    size: tuple[int, int] | None = None  # (W, H); None = the checkpoint's input size
+    crop: tuple[int, int] | None = None  # (W, H) random training crops; None = whole frames
     topic: str | None = None
     label_set: str | None = None
     temporal_weight: float = 0.4
@@ -81,9 +80,13 @@ class AdaptationSettings:
         if not self.lr > 0:
             raise AdaptationError(f"--lr must be positive, got {self.lr}")
         if not 0.0 <= self.confidence <= 1.0:
-            raise AdaptationError(f"--confidence must be a probability in [0, 1], got {self.confidence}")
+            raise AdaptationError(
+                f"--confidence must be a probability in [0, 1], got {self.confidence}"
+            )
         if not 0.0 < self.holdout < 1.0:
-            raise AdaptationError(f"--holdout must be a fraction between 0 and 1 (e.g. 0.2), got {self.holdout}")
+            raise AdaptationError(
+                f"--holdout must be a fraction between 0 and 1 (e.g. 0.2), got {self.holdout}"
+            )
         if self.limit is not None and self.limit < 1:
             raise AdaptationError(f"--limit must be at least 1, got {self.limit}")
         if self.max_gap < 1:
@@ -92,104 +95,64 @@ class AdaptationSettings:
             raise AdaptationError("all loss weights are 0: nothing to train")
 
 
-# ---- the drive ------------------------------------------------------------------------------------
-@dataclass
-class Drive:
-    """Frames of one camera in temporal order: RGB arrays with their sequence name."""
-
-    description: dict[str, Any]
-    count: int
-    _frames: Any = field(repr=False)  # () -> Iterator[(sequence, rgb)]
-    #: The frames' own names (file stems, make_bag keys), kept for the written files so that
-    #: video-seg-eval --labels still finds their label files; None = numbered names.
-    names: list[str] | None = None
-
-    def frames(self) -> Iterator[tuple[str, np.ndarray]]:
-        return self._frames()
-
-
-def _bag_drive(path: Path, topic: str | None) -> Drive:
-    from video_seg_ros.bags import FRAMES_KEY, IMAGE_TYPES, bag_info, read_images
-
-    info = bag_info(path)
-    topics = info["topics"]
-    images = [name for name, t in topics.items() if t["type"] in IMAGE_TYPES]
-    listing = ", ".join(f"{name} ({t['type']}, {t['count']} messages)" for name, t in sorted(topics.items()))
-    if topic is None:
-        if not images:
-            raise AdaptationError(f"bag {path} has no sensor_msgs/msg/Image or CompressedImage topic; "
-                                  f"topics found: {listing or 'none'}. Record the camera topic, or pass "
-                                  "a folder of frames instead")
-        if len(images) > 1:
-            raise AdaptationError(f"bag {path} has {len(images)} image topics ({', '.join(sorted(images))}); "
-                                  "name the camera to adapt to with --topic")
-        topic = images[0]
-    elif topic not in topics or topics[topic]["type"] not in IMAGE_TYPES:
-        raise AdaptationError(f"--topic {topic} is not an image topic of bag {path}; topics found: "
-                              f"{listing or 'none'}")
-    count = int(topics[topic]["count"])
-    # video-seg-make-bag records each frame's sequence; a user's recording is one sequence.
-    sequences, names = None, None
-    custom = info["custom_data"].get(FRAMES_KEY)
-    if custom:
-        keys = json.loads(custom)
-        if len(keys) == count:
-            sequences = [str(k.get("sequence") or "drive") for k in keys]
-            names = [str(k.get("key") or "") for k in keys]
-
-    def frames() -> Iterator[tuple[str, np.ndarray]]:
-        for index, image in enumerate(read_images(path, topic)):
-            pixels = image.rgb()
-            if pixels.dtype != np.uint8:
-                raise AdaptationError(f"{topic} frame {index} has {image.encoding} pixels ({pixels.dtype}); "
-                                      "adaptation needs 8-bit colour or mono images")
-            if pixels.ndim == 2:
-                pixels = np.repeat(pixels[..., None], 3, axis=2)
-            yield (sequences[index] if sequences else "drive"), pixels
-
-    return Drive({"kind": "bag", "path": str(path), "topic": topic, "storage": info["storage"]}, count, frames,
-                 _usable_names(names))
+# ---- the drive --------------------------------------------------------------------------------
+def open_drive(source: str | Path, topic: str | None = None) -> FrameStream:
+    """A rosbag2 folder (has metadata.yaml) or a folder of frames, as a frame stream."""
+    source = Path(source)
+    if source.exists() and not source.is_dir():
+        if (source.parent / "metadata.yaml").is_file():
+            raise AdaptationError(
+                f"{source} is a file inside a bag; pass the bag folder {source.parent}"
+            )
+        raise AdaptationError(
+            f"{source} is neither a rosbag2 folder (with metadata.yaml) nor a folder of frames"
+        )
+    if not source.exists():
+        raise AdaptationError(
+            f"{source} is neither a rosbag2 folder (with metadata.yaml) nor a folder of frames"
+        )
+    if topic is not None and not (source / "metadata.yaml").is_file():
+        raise AdaptationError(
+            f"--topic is for bags; {source} is a folder of frames (no metadata.yaml)"
+        )
+    try:
+        return open_stream(
+            source, topic, several_topics_hint="name the camera to adapt to with --topic"
+        )
+    except StreamError as error:
+        if "no images" in str(error):
+            raise AdaptationError(
+                f"no frames (.png/.jpg/...) under {source}; pass a folder of one "
+                "camera's frames or a rosbag2 folder"
+            ) from error
+        raise
 
 
-def _folder_drive(path: Path) -> Drive:
-    records = list_frames(path)
-    if not records:
-        raise AdaptationError(f"no frames (.png/.jpg/...) under {path}; pass a folder of one camera's "
-                              "frames or a rosbag2 folder")
-
-    def frames() -> Iterator[tuple[str, np.ndarray]]:
-        for record in records:
-            yield record.sequence, read_rgb(record.path)
-
-    return Drive({"kind": "folder", "path": str(path),
-                  "sequences": sorted({r.sequence for r in records})}, len(records), frames,
-                 _usable_names([r.path.stem for r in records]))
+def _frame_names(drive: FrameStream) -> list[str] | None:
+    """The frames' own names (file stems, make_bag keys), kept for the written files so that
+    video-seg-eval --labels still finds their label files; None = numbered names."""
+    if isinstance(drive, FolderStream):
+        return _usable_names([record.path.stem for record in drive.records])
+    if isinstance(drive, BagStream):
+        return _usable_names(drive.keys)
+    return None
 
 
 def _usable_names(names: list[str] | None) -> list[str] | None:
     """``names`` when they are unique, plain and list back (frames.py) in the drive's order."""
-    from video_seg_ros.frames import parse_frame_name
-
-    if not names or len(set(names)) != len(names) or not all(n and n.replace("-", "").replace(
-            "_", "").replace(".", "").isalnum() for n in names):
+    if (
+        not names
+        or len(set(names)) != len(names)
+        or not all(
+            n and n.replace("-", "").replace("_", "").replace(".", "").isalnum() for n in names
+        )
+    ):
         return None
     records = [parse_frame_name(Path(f"{name}.png")) for name in names]
-    ordered = sorted(range(len(records)), key=lambda i: (records[i].sequence, records[i].frame, names[i]))
+    ordered = sorted(
+        range(len(records)), key=lambda i: (records[i].sequence, records[i].frame, names[i])
+    )
     return names if ordered == list(range(len(records))) else None
-
-
-def open_drive(source: str | Path, topic: str | None = None) -> Drive:
-    """A rosbag2 folder (has metadata.yaml) or a folder of frames."""
-    source = Path(source)
-    if (source / "metadata.yaml").is_file():
-        return _bag_drive(source, topic)
-    if source.is_file() and (source.parent / "metadata.yaml").is_file():
-        raise AdaptationError(f"{source} is a file inside a bag; pass the bag folder {source.parent}")
-    if source.is_dir():
-        if topic is not None:
-            raise AdaptationError(f"--topic is for bags; {source} is a folder of frames (no metadata.yaml)")
-        return _folder_drive(source)
-    raise AdaptationError(f"{source} is neither a rosbag2 folder (with metadata.yaml) nor a folder of frames")
 
 
 def split_holdout(count: int, fraction: float) -> tuple[list[int], list[int]]:
@@ -198,14 +161,23 @@ def split_holdout(count: int, fraction: float) -> tuple[list[int], list[int]]:
     held = int(math.floor(count * fraction + 0.5))
     if held < 2 or count - held < 2:
         raise AdaptationError(
-            f"{count} frame(s) are too few for a hold-out of {fraction:g}: it would keep {held} frame(s) "
-            f"out and train on {count - held}; both parts need at least 2 frames (one consecutive pair). "
-            "Use a longer drive, another --holdout, or a larger --limit")
+            f"{count} frame(s) are too few for a hold-out of {fraction:g}: it would keep {held} "
+            f"frame(s) out and train on {count - held}; both parts need at least 2 frames (one "
+            "consecutive pair). "
+            "Use a longer drive, another --holdout, or a larger --limit"
+        )
     return list(range(count - held)), list(range(count - held, count))
 
 
-def extract_frames(drive: Drive, folder: Path, size: tuple[int, int] | None, limit: int | None,
-                   holdout: float, progress: bool = True, reuse_only: bool = False) -> dict:
+def extract_frames(
+    drive: FrameStream,
+    folder: Path,
+    size: tuple[int, int] | None,
+    limit: int | None,
+    holdout: float,
+    progress: bool = True,
+    reuse_only: bool = False,
+) -> dict:
     """Write the drive's frames (resized to ``size``) into ``folder/train`` and ``folder/holdout``.
 
     Reuses an earlier extraction with the same source and settings (the files keep their
@@ -213,10 +185,15 @@ def extract_frames(drive: Drive, folder: Path, size: tuple[int, int] | None, lim
     other frames than the earlier run trained on. Writes into a temporary folder first: a drive
     refused half-way (frames of mixed sizes) leaves nothing behind. Returns the manifest.
     """
-    count = min(drive.count, limit) if limit else drive.count
+    count = min(len(drive), limit) if limit else len(drive)
     train, held = split_holdout(count, holdout)
-    wanted = {"source": drive.description, "count": count, "size": list(size) if size else None,
-              "train": train, "holdout": held}
+    wanted = {
+        "source": drive.describe(),
+        "count": count,
+        "size": list(size) if size else None,
+        "train": train,
+        "holdout": held,
+    }
     manifest_file = folder / MANIFEST
     if manifest_file.is_file():
         try:
@@ -226,9 +203,11 @@ def extract_frames(drive: Drive, folder: Path, size: tuple[int, int] | None, lim
         if {k: manifest.get(k) for k in wanted} == wanted:
             return manifest
     if reuse_only:
-        raise AdaptationError(f"--resume: {folder} holds no frames of this drive with these settings "
-                              "(source, --limit, --size, --holdout); resume with the earlier settings or "
-                              "start without --resume")
+        raise AdaptationError(
+            f"--resume: {folder} holds no frames of this drive with these settings "
+            "(source, --limit, --size, --holdout); resume with the earlier settings or "
+            "start without --resume"
+        )
     from tqdm import tqdm
 
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -237,26 +216,36 @@ def extract_frames(drive: Drive, folder: Path, size: tuple[int, int] | None, lim
         (staging / "train").mkdir()
         (staging / "holdout").mkdir()
         first_size, source_size = None, None
+        names = _frame_names(drive)
         bar = tqdm(total=count, desc="reading frames", unit="frame", disable=not progress)
-        for index, (sequence, rgb) in enumerate(drive.frames()):
+        for index, frame in enumerate(drive):
             if index >= count:
                 break
+            rgb = frame.rgb
             frame_size = (rgb.shape[1], rgb.shape[0])
             if source_size is None:
                 source_size = frame_size
             elif frame_size != source_size:
                 raise AdaptationError(
-                    f"frames of mixed sizes in {drive.description['path']}: frame 0 is "
-                    f"{source_size[0]}x{source_size[1]}, frame {index} is {frame_size[0]}x{frame_size[1]}. "
-                    "A drive must come from one camera: pass one camera's --topic or folder")
+                    f"frames of mixed sizes in {drive.path}: frame 0 is "
+                    f"{source_size[0]}x{source_size[1]}, frame {index} is "
+                    f"{frame_size[0]}x{frame_size[1]}. "
+                    "A drive must come from one camera: pass one camera's --topic or folder"
+                )
             if size and frame_size != tuple(size):
                 rgb = cv2.resize(rgb, tuple(size), interpolation=cv2.INTER_AREA)
             first_size = first_size or (rgb.shape[1], rgb.shape[0])
             part = "train" if index < len(train) else "holdout"
-            name = (f"{drive.names[index]}.png" if drive.names
-                    else FRAME_NAME.format(sequence=_safe(sequence), index=index))
-            cv2.imwrite(str(staging / part / name), np.ascontiguousarray(rgb[..., ::-1]),
-                        [cv2.IMWRITE_PNG_COMPRESSION, 1])
+            name = (
+                f"{names[index]}.png"
+                if names
+                else FRAME_NAME.format(sequence=_safe(frame.sequence), index=index)
+            )
+            cv2.imwrite(
+                str(staging / part / name),
+                np.ascontiguousarray(rgb[..., ::-1]),
+                [cv2.IMWRITE_PNG_COMPRESSION, 1],
+            )
             bar.update(1)
         bar.close()
         manifest = dict(wanted, source_size=list(source_size), frame_size=list(first_size))
@@ -270,15 +259,22 @@ def extract_frames(drive: Drive, folder: Path, size: tuple[int, int] | None, lim
 
 
 def _safe(name: str) -> str:
-    """A sequence name usable as a file-name prefix that frames.py parses back (no trailing digits)."""
+    """A sequence name usable as a file-name prefix that frames.py parses back (no trailing
+    digits)."""
     cleaned = "".join(c if c.isalnum() else "-" for c in name).strip("-") or "drive"
     return cleaned + "-seq" if cleaned[-1].isdigit() else cleaned
 
 
-# ---- training -------------------------------------------------------------------------------------
-def adaptation_config(checkpoint: str | Path, train_frames: Path, run_dir: Path, frame_size: tuple[int, int],
-                      settings: AdaptationSettings) -> dict:
-    """The Trainer config of one adaptation run (input checkpoint = student init and frozen teacher)."""
+# ---- training ---------------------------------------------------------------------------------
+def adaptation_config(
+    checkpoint: str | Path,
+    train_frames: Path,
+    run_dir: Path,
+    frame_size: tuple[int, int],
+    settings: AdaptationSettings,
+) -> dict:
+    """The Trainer config of one adaptation run (input checkpoint = student init and frozen
+    teacher)."""
     from video_seg_ros.training.config import config_from_dict
 
     user = {
@@ -296,13 +292,17 @@ def adaptation_config(checkpoint: str | Path, train_frames: Path, run_dir: Path,
             "mode": "pair",
             "max_gap": settings.max_gap,
             "direction": "both",
-            "flow": {"method": "dis", "preset": "ultrafast", "cache_dir": str(run_dir.parent / "flow_cache")},
+            "flow": {
+                "method": "dis",
+                "preset": "ultrafast",
+                "cache_dir": str(run_dir.parent / "flow_cache"),
+            },
             "workers": 0,
         },
         "train": {
-            # max_iters is the budget; as many epochs as steps so that no epoch limit (an epoch cut
-            # short by an earlier run's budget counts as one) ends a resumed run first.
-            "epochs": settings.steps,
+            # max_iters is the budget; null = as many epochs as it needs (the Trainer derives them,
+            # also for a resumed run whose earlier epoch was cut short).
+            "epochs": None,
             "max_iters": settings.steps,
             "batch_size": settings.batch_size,
             "optimizer": "adam",
@@ -319,18 +319,32 @@ def adaptation_config(checkpoint: str | Path, train_frames: Path, run_dir: Path,
         "losses": {
             "ce": {"weight": 0.0},  # no labels
             "temporal": {"weight": settings.temporal_weight},
-            "distill_pixel": {"weight": settings.distill_weight, "temperature": 1.0, "neighbour_weight": 0.4},
-            "pseudo_label": {"weight": settings.pseudo_label_weight, "confidence": settings.confidence,
-                             "neighbour_weight": 0.4},
+            "distill_pixel": {
+                "weight": settings.distill_weight,
+                "temperature": 1.0,
+                "neighbour_weight": 0.4,
+            },
+            "pseudo_label": {
+                "weight": settings.pseudo_label_weight,
+                "confidence": settings.confidence,
+                "neighbour_weight": 0.4,
+            },
         },
     }
     return config_from_dict(user)
 
 
-# ---- scoring on the held-out tail -----------------------------------------------------------------
-def score_holdout(teacher: Checkpoint, student: Checkpoint, folder: Path, device: str = "auto",
-                  precision: str = "auto", progress: bool = True) -> dict:
-    """TC of the teacher (= input model) and of the student on the held-out frames, and their agreement.
+# ---- scoring on the held-out tail -------------------------------------------------------------
+def score_holdout(
+    teacher: Checkpoint,
+    student: Checkpoint,
+    folder: Path,
+    device: str = "auto",
+    precision: str = "auto",
+    progress: bool = True,
+) -> dict:
+    """TC of the teacher (= input model) and of the student on the held-out frames, and their
+    agreement.
 
     Everything goes through the project's one evaluator (:mod:`video_seg_ros.evaluation`, what
     video-seg-eval uses, with its default TC settings: DIS ultrafast at <= 1024 px, nearest label
@@ -343,32 +357,54 @@ def score_holdout(teacher: Checkpoint, student: Checkpoint, folder: Path, device
     from tqdm import tqdm
 
     from video_seg_ros.engine import SegmentationEngine
-    from video_seg_ros.evaluation import EvaluationOptions, Evaluator, FrameFolder
+    from video_seg_ros.evaluation import EvaluationOptions, evaluate
 
-    frames = FrameFolder(folder)
+    frames = FolderStream(folder)
     options = EvaluationOptions()
-    engines = {key: SegmentationEngine(checkpoint, device=device, precision=precision, backend="torch")
-               for key, checkpoint in (("before", teacher), ("after", student))}
-    names = engines["before"].class_names
-    consistency = {key: Evaluator(names, options) for key in engines}
-    agreement = Evaluator(names, replace(options, tc=False))
-    per_pair = []
-    try:
-        for frame in tqdm(frames, total=len(frames), desc="scoring held-out frames", unit="frame",
-                          disable=not progress):
-            labels, rows = {}, {}
-            for key, engine in engines.items():
-                if not consistency[key].continues(frame):
-                    engine.reset()
-                labels[key] = engine.segment(frame.rgb, channel_order="rgb").labels
-                rows[key] = consistency[key].add(frame, labels[key])
-            agreement.add(replace(frame, label=labels["before"]), labels["after"])
-            if "tc_from_previous" in rows["before"]:
-                per_pair.append({"frame": frame.number, **{f"tc_{key}": rows[key]["tc_from_previous"]
-                                                           for key in engines}})
-    finally:
-        for engine in engines.values():
+    teacher_labels: dict[str, np.ndarray] = {}
+    consistency, rows = {}, {}
+    # The teacher first: its labels are the student's "ground truth" for the agreement, so the
+    # student's accuracy figures are its agreement with the teacher (its TC ignores labels).
+    for key, checkpoint in (("before", teacher), ("after", student)):
+        engine = SegmentationEngine(
+            checkpoint, device=device, precision=precision, backend="torch"
+        )
+        rows[key] = []
+        bar = tqdm(
+            total=len(frames),
+            desc=f"scoring held-out frames ({key})",
+            unit="frame",
+            disable=not progress,
+        )
+
+        def on_frame(frame, result, row, key=key, bar=bar):
+            if key == "before":
+                teacher_labels[frame.key] = result.labels
+            rows[key].append(row)
+            bar.update(1)
+
+        stream = (
+            frames
+            if key == "before"
+            else (
+                replace(frame, label=teacher_labels[frame.key], label_path=None)
+                for frame in frames
+            )
+        )
+        try:
+            consistency[key] = evaluate(engine, stream, options, on_frame)
+        finally:
+            bar.close()
             engine.release()
+    per_pair = [
+        {
+            "frame": before["frame"],
+            "tc_before": before["tc_from_previous"],
+            "tc_after": after["tc_from_previous"],
+        }
+        for before, after in zip(rows["before"], rows["after"])
+        if "tc_from_previous" in before
+    ]
 
     summary = {}
     for key, evaluator in consistency.items():
@@ -376,15 +412,17 @@ def score_holdout(teacher: Checkpoint, student: Checkpoint, folder: Path, device
         summary[key] = {"tc": figures["tc"], "tc_pixel_agreement": figures["tc_pixel_agreement"]}
     # The teacher is the input model: "before" agrees with it by definition.
     summary["before"].update(teacher_pixel_agreement=1.0, teacher_miou=1.0)
-    agreed = agreement.summary()
-    summary["after"].update(teacher_pixel_agreement=agreed["pixel_accuracy"], teacher_miou=agreed["miou"])
+    agreed = consistency["after"].summary()
+    summary["after"].update(
+        teacher_pixel_agreement=agreed["pixel_accuracy"], teacher_miou=agreed["miou"]
+    )
     summary["tc_pairs"] = consistency["before"].tc_pairs
     summary["per_pair"] = per_pair
     summary["tc_settings"] = options.tc_settings()
     return summary
 
 
-# ---- the whole run --------------------------------------------------------------------------------
+# ---- the whole run ----------------------------------------------------------------------------
 @dataclass
 class OutputPaths:
     checkpoint: Path
@@ -400,28 +438,49 @@ class OutputPaths:
         output = Path(output)
         if output.suffix == ".pt":
             stem = output.with_suffix("")
-            return cls(output, Path(f"{stem}.report.json"), Path(f"{stem}.report.md"),
-                       Path(f"{stem}.report.png"), Path(f"{stem}.work"))
-        return cls(output / "adapted.pt", output / "report.json", output / "report.md",
-                   output / "report.png", output / "work")
+            return cls(
+                output,
+                Path(f"{stem}.report.json"),
+                Path(f"{stem}.report.md"),
+                Path(f"{stem}.report.png"),
+                Path(f"{stem}.work"),
+            )
+        return cls(
+            output / "adapted.pt",
+            output / "report.json",
+            output / "report.md",
+            output / "report.png",
+            output / "work",
+        )
 
 
 def check_checkpoint(checkpoint: Checkpoint, label_set: str | None, origin: str) -> None:
     if label_set is not None and checkpoint.label_set != label_set:
-        raise AdaptationError(f"checkpoint {origin} predicts the {checkpoint.label_set!r} label set, not "
-                              f"{label_set!r}; pass a {label_set} checkpoint or drop --label-set")
+        raise AdaptationError(
+            f"checkpoint {origin} predicts the {checkpoint.label_set!r} label set, not "
+            f"{label_set!r}; pass a {label_set} checkpoint or drop --label-set"
+        )
     if checkpoint.memory:
-        raise AdaptationError(f"checkpoint {origin} has a memory module; adaptation trains per-frame "
-                              "models: pass its per-frame base (video_seg_ros.models.memory."
-                              "strip_memory_from_checkpoint) and add the memory afterwards")
+        raise AdaptationError(
+            f"checkpoint {origin} has a memory module; adaptation trains per-frame "
+            "models: pass its per-frame base (video_seg_ros.models.memory."
+            "strip_memory_from_checkpoint) and add the memory afterwards"
+        )
 
 
-def adapt(checkpoint: str | Path, source: str | Path, output: str | Path,
-          settings: AdaptationSettings | None = None, resume: bool = False, progress: bool = True,
-          command: str | None = None) -> dict:
+def adapt(
+    checkpoint: str | Path,
+    source: str | Path,
+    output: str | Path,
+    settings: AdaptationSettings | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    command: str | None = None,
+) -> dict:
     """Adapt ``checkpoint`` to the drive in ``source``; writes the checkpoint and the report.
 
-    Returns the report (also written as JSON and Markdown, with the plot, see :class:`OutputPaths`).
+    Returns the report (also written as JSON and Markdown, with the plot, see
+    :class:`OutputPaths`).
     Raises AdaptationError (and CheckpointError, BagError, PrecisionError...) with what to do.
     """
     settings = settings or AdaptationSettings()
@@ -430,40 +489,63 @@ def adapt(checkpoint: str | Path, source: str | Path, output: str | Path,
     teacher = load_checkpoint(checkpoint)
     check_checkpoint(teacher, settings.label_set, str(checkpoint))
     paths = OutputPaths.from_output(output)
-    size = tuple(settings.size) if settings.size else (teacher.preprocessing.input_width,
-                                                     teacher.preprocessing.input_height)
+    size = (
+        tuple(settings.size)
+        if settings.size
+        else (teacher.preprocessing.input_width, teacher.preprocessing.input_height)
+    )
     drive = open_drive(source, settings.topic)
     run_dir = paths.work / "run"
     if resume and not (run_dir / "last.pt").is_file():
         raise AdaptationError(f"--resume: no earlier run in {run_dir}; start without --resume")
-    manifest = extract_frames(drive, paths.work / "frames", size, settings.limit, settings.holdout, progress,
-                              reuse_only=resume)
+    manifest = extract_frames(
+        drive,
+        paths.work / "frames",
+        size,
+        settings.limit,
+        settings.holdout,
+        progress,
+        reuse_only=resume,
+    )
 
     from video_seg_ros.training.trainer import Trainer
 
-    config = adaptation_config(checkpoint.resolve(), paths.work / "frames" / "train", run_dir, size, settings)
+    config = adaptation_config(
+        checkpoint.resolve(), paths.work / "frames" / "train", run_dir, size, settings
+    )
     start = time.perf_counter()
     trainer = Trainer(config, resume=resume, progress=progress)
     done_before = trainer.iteration
-    # The epochs this run really has (for the progress bar and the config stored in the checkpoint).
-    trainer.config["train"]["epochs"] = trainer.epoch + math.ceil(
-        (trainer.total_iters - trainer.iteration) / max(1, trainer.iters_per_epoch))
     if trainer.iteration < trainer.total_iters:
         trainer.fit()
     seconds = time.perf_counter() - start
 
     adapted = load_checkpoint(run_dir / "last.pt")
-    adapted.source = {"tool": "video-seg-adapt", "input": str(checkpoint), "drive": drive.description,
-                      "train_frames": manifest["train"], "holdout_frames": manifest["holdout"]}
+    adapted.source = {
+        "tool": "video-seg-adapt",
+        "input": str(checkpoint),
+        "drive": drive.describe(),
+        "train_frames": manifest["train"],
+        "holdout_frames": manifest["holdout"],
+    }
     paths.checkpoint.parent.mkdir(parents=True, exist_ok=True)
     adapted.save(paths.checkpoint)
 
-    scores = score_holdout(teacher, adapted, paths.work / "frames" / "holdout", settings.device,
-                           settings.precision, progress)
+    scores = score_holdout(
+        teacher,
+        adapted,
+        paths.work / "frames" / "holdout",
+        settings.device,
+        settings.precision,
+        progress,
+    )
     from video_seg_ros.training.trainer import LOSS_NAMES
 
     loss_keys = {"total", *LOSS_NAMES}
-    losses = [{k: v for k, v in row.items() if k == "iteration" or k in loss_keys} for row in trainer.step_log]
+    losses = [
+        {k: v for k, v in row.items() if k == "iteration" or k in loss_keys}
+        for row in trainer.step_log
+    ]
     report = {
         "tool": "video-seg-adapt",
         "command": command,
@@ -471,17 +553,23 @@ def adapt(checkpoint: str | Path, source: str | Path, output: str | Path,
         "output_checkpoint": str(paths.checkpoint),
         "model": teacher.model_name,
         "label_set": teacher.label_set,
-        "source": drive.description,
+        "source": drive.describe(),
         "frames": manifest["count"],
         "frame_size": manifest["frame_size"],
         "source_size": manifest["source_size"],
         "train_frames": manifest["train"],
         "holdout_frames": manifest["holdout"],
         "settings": _plain_settings(settings),
-        "training": {"steps": trainer.iteration, "steps_before_resume": done_before,
-                     "precision": trainer.precision, "device": str(trainer.device), "seconds": round(seconds, 2),
-                     "final_losses": {k: v for k, v in (losses[-1] if losses else {}).items()
-                                      if k != "iteration"}},
+        "training": {
+            "steps": trainer.iteration,
+            "steps_before_resume": done_before,
+            "precision": trainer.precision,
+            "device": str(trainer.device),
+            "seconds": round(seconds, 2),
+            "final_losses": {
+                k: v for k, v in (losses[-1] if losses else {}).items() if k != "iteration"
+            },
+        },
         "before": scores["before"],
         "after": scores["after"],
         "tc_pairs": scores["tc_pairs"],
@@ -508,23 +596,28 @@ def format_markdown(report: dict) -> str:
     before, after = report["before"], report["after"]
     held = report["holdout_frames"]
     train = report["train_frames"]
+    training = report["training"]
     lines = [
         f"## Label-free adaptation of {report['model']} to {report['source']['path']}",
         "",
-        f"{report['frames']} frames at {report['frame_size'][0]}x{report['frame_size'][1]}: trained on "
-        f"frames {train[0]}-{train[-1]}, held out {held[0]}-{held[-1]} ({report['tc_pairs']} TC pairs); "
-        f"{report['training']['steps']} steps, {report['training']['precision']} on {report['training']['device']}.",
+        f"{report['frames']} frames at {report['frame_size'][0]}x{report['frame_size'][1]}: "
+        f"trained on frames {train[0]}-{train[-1]}, held out {held[0]}-{held[-1]} "
+        f"({report['tc_pairs']} TC pairs); {training['steps']} steps, {training['precision']} on "
+        f"{training['device']}.",
         "",
-        "| held-out frames | TC % | TC pixel agreement % | pixel agreement with teacher % | mIoU vs teacher % |",
+        "| held-out frames | TC % | TC pixel agreement % | pixel agreement with teacher % "
+        "| mIoU vs teacher % |",
         "|---|---:|---:|---:|---:|",
-        f"| before (input model = teacher) | {pct(before['tc'])} | {pct(before['tc_pixel_agreement'])} | "
+        f"| before (input model = teacher) | {pct(before['tc'])} | "
+        f"{pct(before['tc_pixel_agreement'])} | "
         f"{pct(before['teacher_pixel_agreement'])} | {pct(before['teacher_miou'])} |",
         f"| after ({Path(report['output_checkpoint']).name}) | {pct(after['tc'])} | "
         f"{pct(after['tc_pixel_agreement'])} | {pct(after['teacher_pixel_agreement'])} | "
         f"{pct(after['teacher_miou'])} |",
         "",
         "TC as video-seg-eval measures it (DIS ultrafast flow at <= 1024 px, nearest label warp, "
-        "dataset-level). Agreement with the teacher stands in for accuracy where there are no labels.",
+        "dataset-level). Agreement with the teacher stands in for accuracy where there are no "
+        "labels.",
     ]
     if report.get("command"):
         lines += ["", f"command: `{report['command']}`"]
@@ -571,6 +664,16 @@ def write_report(report: dict, paths: OutputPaths) -> None:
     plot_report(report, paths.plot)
 
 
-__all__ = ["AdaptationError", "AdaptationSettings", "Drive", "OutputPaths", "adapt", "adaptation_config",
-           "check_checkpoint", "extract_frames", "format_markdown", "open_drive", "score_holdout",
-           "split_holdout"]
+__all__ = [
+    "AdaptationError",
+    "AdaptationSettings",
+    "OutputPaths",
+    "adapt",
+    "adaptation_config",
+    "check_checkpoint",
+    "extract_frames",
+    "format_markdown",
+    "open_drive",
+    "score_holdout",
+    "split_holdout",
+]

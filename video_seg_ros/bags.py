@@ -1,4 +1,5 @@
-"""rosbag2 files without ROS: write camera bags and read messages back, with the ``rosbags`` package.
+"""rosbag2 files without ROS: write camera bags and read messages back, with the ``rosbags``
+package.
 
 Bags are written in the rosbag2 format that ``ros2 bag play`` (Jazzy, Kilted) reads: a folder with
 ``metadata.yaml`` and one ``.mcap`` (default) or ``.db3`` (sqlite3) file. Messages are stored as
@@ -30,8 +31,13 @@ import yaml
 from rosbags.rosbag2 import Reader, ReaderError, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
-from video_seg_ros.image_encoding import (FRAME_ENCODINGS, compressed_fields, image_fields, image_to_array,
-                                          message_to_frame)
+from video_seg_ros.image_encoding import (
+    FRAME_ENCODINGS,
+    compressed_fields,
+    image_fields,
+    image_to_array,
+    message_to_frame,
+)
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_IMAGE_TYPE = "sensor_msgs/msg/CompressedImage"
@@ -56,7 +62,7 @@ def typestore():
     return get_typestore(Stores.ROS2_KILTED)
 
 
-# ---- time -----------------------------------------------------------------------------------------
+# ---- time -------------------------------------------------------------------------------------
 def ns_to_stamp(ns: int) -> tuple[int, int]:
     """Nanoseconds since the epoch -> (sec, nanosec) of builtin_interfaces/Time."""
     return int(ns // 1_000_000_000), int(ns % 1_000_000_000)
@@ -71,14 +77,15 @@ def _header(ns: int, frame_id: str):
     types = typestore().types
     sec, nanosec = ns_to_stamp(ns)
     return types["std_msgs/msg/Header"](
-        stamp=types["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec), frame_id=frame_id)
+        stamp=types["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec), frame_id=frame_id
+    )
 
 
 def _uint8(data: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8)
 
 
-# ---- message construction -------------------------------------------------------------------------
+# ---- message construction ---------------------------------------------------------------------
 def image_message(pixels: np.ndarray, encoding: str, stamp_ns: int, frame_id: str):
     """rosbags ``sensor_msgs/msg/Image`` holding ``pixels`` (see image_encoding.image_fields)."""
     fields = image_fields(pixels, encoding)
@@ -86,12 +93,14 @@ def image_message(pixels: np.ndarray, encoding: str, stamp_ns: int, frame_id: st
     return typestore().types[IMAGE_TYPE](header=_header(stamp_ns, frame_id), **fields)
 
 
-def compressed_message(pixels: np.ndarray, channel_order: str, stamp_ns: int, frame_id: str,
-                       quality: int = 95):
+def compressed_message(
+    pixels: np.ndarray, channel_order: str, stamp_ns: int, frame_id: str, quality: int = 95
+):
     """rosbags ``sensor_msgs/msg/CompressedImage`` with a JPEG of ``pixels``."""
     fields = compressed_fields(pixels, channel_order, "jpeg", quality)
     return typestore().types[COMPRESSED_IMAGE_TYPE](
-        header=_header(stamp_ns, frame_id), format=fields["format"], data=_uint8(fields["data"]))
+        header=_header(stamp_ns, frame_id), format=fields["format"], data=_uint8(fields["data"])
+    )
 
 
 @dataclass
@@ -112,20 +121,30 @@ class CameraCalibration:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> CameraCalibration:
-        """Read a camera_calibration / camera_info_manager YAML file (image_width, camera_matrix...)."""
+        """Read a camera_calibration / camera_info_manager YAML file (image_width,
+        camera_matrix...)."""
         try:
             data = yaml.safe_load(Path(path).read_text())
-            return cls(int(data["image_width"]), int(data["image_height"]),
-                       [float(v) for v in data["camera_matrix"]["data"]],
-                       [float(v) for v in data["distortion_coefficients"]["data"]],
-                       [float(v) for v in data.get("rectification_matrix", {}).get(
-                           "data", [1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0])],
-                       [float(v) for v in data["projection_matrix"]["data"]],
-                       str(data.get("distortion_model", "plumb_bob")))
+            return cls(
+                int(data["image_width"]),
+                int(data["image_height"]),
+                [float(v) for v in data["camera_matrix"]["data"]],
+                [float(v) for v in data["distortion_coefficients"]["data"]],
+                [
+                    float(v)
+                    for v in data.get("rectification_matrix", {}).get(
+                        "data", [1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0]
+                    )
+                ],
+                [float(v) for v in data["projection_matrix"]["data"]],
+                str(data.get("distortion_model", "plumb_bob")),
+            )
         except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as error:
-            raise BagError(f"cannot read camera calibration {path}: {error!r}; expected the YAML "
-                           "written by ROS camera_calibration (image_width, image_height, "
-                           "camera_matrix, distortion_coefficients, projection_matrix)") from error
+            raise BagError(
+                f"cannot read camera calibration {path}: {error!r}; expected the YAML "
+                "written by ROS camera_calibration (image_width, image_height, "
+                "camera_matrix, distortion_coefficients, projection_matrix)"
+            ) from error
 
     def scaled(self, width: int, height: int) -> CameraCalibration:
         """The same camera after resizing its images to ``width`` x ``height``."""
@@ -135,20 +154,31 @@ class CameraCalibration:
             for col in range(row):
                 matrix[col] *= sx
                 matrix[row + col] *= sy
-        return CameraCalibration(width, height, k, list(self.d), list(self.r), p, self.distortion_model)
+        return CameraCalibration(
+            width, height, k, list(self.d), list(self.r), p, self.distortion_model
+        )
 
     def message(self, stamp_ns: int, frame_id: str):
         types = typestore().types
-        roi = types["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0,
-                                                        do_rectify=False)
+        roi = types["sensor_msgs/msg/RegionOfInterest"](
+            x_offset=0, y_offset=0, height=0, width=0, do_rectify=False
+        )
         return types[CAMERA_INFO_TYPE](
-            header=_header(stamp_ns, frame_id), height=self.height, width=self.width,
-            distortion_model=self.distortion_model, d=np.array(self.d, dtype=np.float64),
-            k=np.array(self.k, dtype=np.float64), r=np.array(self.r, dtype=np.float64),
-            p=np.array(self.p, dtype=np.float64), binning_x=0, binning_y=0, roi=roi)
+            header=_header(stamp_ns, frame_id),
+            height=self.height,
+            width=self.width,
+            distortion_model=self.distortion_model,
+            d=np.array(self.d, dtype=np.float64),
+            k=np.array(self.k, dtype=np.float64),
+            r=np.array(self.r, dtype=np.float64),
+            p=np.array(self.p, dtype=np.float64),
+            binning_x=0,
+            binning_y=0,
+            roi=roi,
+        )
 
 
-# ---- writing --------------------------------------------------------------------------------------
+# ---- writing ----------------------------------------------------------------------------------
 class BagWriter:
     """A rosbag2 bag written atomically: into a temporary folder, renamed to ``path`` on success.
 
@@ -172,27 +202,39 @@ class BagWriter:
 
     def __enter__(self) -> BagWriter:
         if self.path.exists() and not self.overwrite:
-            raise BagError(f"{self.path} exists already; choose another output path or allow "
-                           "overwriting it")
+            raise BagError(
+                f"{self.path} exists already; choose another output path or allow overwriting it"
+            )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Same parent as the destination, so the final rename is atomic and never crosses devices.
-        self._staging = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.partial-", dir=self.path.parent))
-        self._writer = Writer(self._staging / self.path.name, version=BAG_VERSION,
-                              storage_plugin=STORAGES[self.storage])
+        self._staging = Path(
+            tempfile.mkdtemp(prefix=f".{self.path.name}.partial-", dir=self.path.parent)
+        )
+        self._writer = Writer(
+            self._staging / self.path.name,
+            version=BAG_VERSION,
+            storage_plugin=STORAGES[self.storage],
+        )
         self._writer.open()
         return self
 
     def set_custom_data(self, key: str, value: Any) -> None:
         """Store ``value`` (JSON-encoded unless a str) in metadata.yaml's ``custom_data``."""
-        self._custom[key] = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+        self._custom[key] = (
+            value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+        )
 
     def add_topic(self, topic: str, msgtype: str) -> Any:
         if topic not in self._connections:
-            self._connections[topic] = self._writer.add_connection(topic, msgtype, typestore=typestore())
+            self._connections[topic] = self._writer.add_connection(
+                topic, msgtype, typestore=typestore()
+            )
             self.counts[topic] = 0
         elif self._connections[topic].msgtype != msgtype:
-            raise BagError(f"topic {topic} already holds {self._connections[topic].msgtype}, "
-                           f"cannot also write {msgtype}")
+            raise BagError(
+                f"topic {topic} already holds {self._connections[topic].msgtype}, "
+                f"cannot also write {msgtype}"
+            )
         return self._connections[topic]
 
     def write(self, topic: str, message: Any, timestamp_ns: int) -> None:
@@ -200,7 +242,9 @@ class BagWriter:
         msgtype = message.__msgtype__
         self.write_raw(topic, msgtype, typestore().serialize_cdr(message, msgtype), timestamp_ns)
 
-    def write_raw(self, topic: str, msgtype: str, data: bytes | memoryview, timestamp_ns: int) -> None:
+    def write_raw(
+        self, topic: str, msgtype: str, data: bytes | memoryview, timestamp_ns: int
+    ) -> None:
         """Store already serialized CDR bytes (e.g. as received by an rclpy raw subscription)."""
         connection = self.add_topic(topic, msgtype)
         self._writer.write(connection, int(timestamp_ns), data)
@@ -222,7 +266,7 @@ class BagWriter:
             shutil.rmtree(self._staging, ignore_errors=True)
 
 
-# ---- reading --------------------------------------------------------------------------------------
+# ---- reading ----------------------------------------------------------------------------------
 @dataclass
 class RawMessage:
     """One stored message: CDR bytes plus the time the recorder received it."""
@@ -258,7 +302,9 @@ class BagImage:
 def _open_reader(path: str | Path) -> Reader:
     path = Path(path)
     if not (path / "metadata.yaml").is_file():
-        hint = " (pass the bag folder, not the .mcap/.db3 file inside it)" if path.is_file() else ""
+        hint = (
+            " (pass the bag folder, not the .mcap/.db3 file inside it)" if path.is_file() else ""
+        )
         raise BagError(f"{path} is not a rosbag2 folder: metadata.yaml not found{hint}")
     try:
         reader = Reader(path)
@@ -272,7 +318,9 @@ def bag_info(path: str | Path) -> dict[str, Any]:
     """Topics (type, count), duration, storage and ``custom_data`` of a bag."""
     reader = _open_reader(path)
     try:
-        metadata = yaml.safe_load((Path(path) / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+        metadata = yaml.safe_load((Path(path) / "metadata.yaml").read_text())[
+            "rosbag2_bagfile_information"
+        ]
         return {
             "path": str(path),
             "storage": metadata.get("storage_identifier"),
@@ -280,7 +328,9 @@ def bag_info(path: str | Path) -> dict[str, Any]:
             "message_count": reader.message_count,
             "start_ns": reader.start_time if reader.message_count else None,
             "duration_s": reader.duration / 1e9 if reader.message_count else 0.0,
-            "topics": {c.topic: {"type": c.msgtype, "count": c.msgcount} for c in reader.connections},
+            "topics": {
+                c.topic: {"type": c.msgtype, "count": c.msgcount} for c in reader.connections
+            },
             "custom_data": metadata.get("custom_data") or {},
         }
     finally:
@@ -293,8 +343,9 @@ def frame_keys(path: str | Path) -> list[dict[str, Any]]:
     return json.loads(custom[FRAMES_KEY]) if FRAMES_KEY in custom else []
 
 
-def read_messages(path: str | Path, topics: Iterable[str] | None = None,
-                  start_ns: int | None = None) -> Iterator[RawMessage]:
+def read_messages(
+    path: str | Path, topics: Iterable[str] | None = None, start_ns: int | None = None
+) -> Iterator[RawMessage]:
     """Messages of ``topics`` (all when None) in receive-time order, from ``start_ns`` on."""
     reader = _open_reader(path)
     try:
@@ -303,9 +354,13 @@ def read_messages(path: str | Path, topics: Iterable[str] | None = None,
         if wanted is not None:
             missing = wanted - {c.topic for c in connections}
             if missing:
-                raise BagError(f"bag {path} has no topic {', '.join(sorted(missing))}; it has "
-                               f"{', '.join(sorted(c.topic for c in reader.connections)) or 'no topics'}")
-        for connection, timestamp, data in reader.messages(connections=connections, start=start_ns):
+                raise BagError(
+                    f"bag {path} has no topic {', '.join(sorted(missing))}; it has "
+                    f"{', '.join(sorted(c.topic for c in reader.connections)) or 'no topics'}"
+                )
+        for connection, timestamp, data in reader.messages(
+            connections=connections, start=start_ns
+        ):
             yield RawMessage(connection.topic, connection.msgtype, timestamp, data)
     finally:
         reader.close()
@@ -313,19 +368,54 @@ def read_messages(path: str | Path, topics: Iterable[str] | None = None,
 
 def image_topics(path: str | Path) -> list[str]:
     """Topics holding Image or CompressedImage messages."""
-    return [topic for topic, info in bag_info(path)["topics"].items() if info["type"] in IMAGE_TYPES]
+    return [
+        topic for topic, info in bag_info(path)["topics"].items() if info["type"] in IMAGE_TYPES
+    ]
+
+
+def pick_image_topic(
+    path: str | Path,
+    topic: str | None = None,
+    several_hint: str = "name the image topic to use",
+    info: dict[str, Any] | None = None,
+) -> str:
+    """``topic`` if it is an image topic of the bag, else (None) the bag's only image topic.
+
+    Raises BagError listing the bag's topics when ``topic`` is not an image topic or the bag has
+    no image topic, and naming them with ``several_hint`` when it has several.
+    """
+    topics = (info or bag_info(path))["topics"]
+    images = sorted(name for name, t in topics.items() if t["type"] in IMAGE_TYPES)
+    listing = ", ".join(
+        f"{name} ({t['type']}, {t['count']} messages)" for name, t in sorted(topics.items())
+    )
+    if topic is not None:
+        if topic not in images:
+            raise BagError(
+                f"topic {topic} is not an image topic of bag {path}; topics found: "
+                f"{listing or 'none'}"
+            )
+        return topic
+    if not images:
+        raise BagError(
+            f"bag {path} has no sensor_msgs/msg/Image or CompressedImage topic; topics "
+            f"found: {listing or 'none'}. Record the camera topic, or pass a folder of "
+            "frames instead"
+        )
+    if len(images) > 1:
+        raise BagError(
+            f"bag {path} has {len(images)} image topics ({', '.join(images)}); {several_hint}"
+        )
+    return images[0]
 
 
 def default_image_topic(path: str | Path) -> str:
     """The bag's one image topic; a clear error when it has none or several."""
-    topics = image_topics(path)
-    if len(topics) != 1:
-        raise BagError(f"bag {path} has {len(topics)} image topics ({', '.join(topics) or 'none'}); "
-                       "name the image topic to use")
-    return topics[0]
+    return pick_image_topic(path)
 
 
-#: Colour encodings message_to_frame converts; any other raw encoding (mono8, 16-bit...) is read as is.
+#: Colour encodings message_to_frame converts; any other raw encoding (mono8, 16-bit...) is read
+#: as is.
 _COLOUR_ENCODINGS = tuple(e for e in FRAME_ENCODINGS if e != "mono8")
 
 
@@ -339,8 +429,15 @@ def decode_image(message: RawMessage) -> BagImage:
     else:
         frame = message_to_frame(msg)
         pixels, order = frame.pixels, frame.channel_order
-    return BagImage(message.topic, message.timestamp_ns, stamp_to_ns(msg.header.stamp),
-                    msg.header.frame_id, pixels, order, getattr(msg, "encoding", getattr(msg, "format", "")))
+    return BagImage(
+        message.topic,
+        message.timestamp_ns,
+        stamp_to_ns(msg.header.stamp),
+        msg.header.frame_id,
+        pixels,
+        order,
+        getattr(msg, "encoding", getattr(msg, "format", "")),
+    )
 
 
 def read_images(path: str | Path, topic: str | None = None) -> Iterator[BagImage]:
@@ -350,12 +447,13 @@ def read_images(path: str | Path, topic: str | None = None) -> Iterator[BagImage
         yield decode_image(message)
 
 
-# ---- serialized messages --------------------------------------------------------------------------
+# ---- serialized messages ----------------------------------------------------------------------
 _CDR_LE, _CDR_BE = b"\x00\x01", b"\x00\x00"
 
 
 def has_header(msgtype: str) -> bool:
-    """True when the message starts with a std_msgs/Header (Image, CompressedImage, CameraInfo...)."""
+    """True when the message starts with a std_msgs/Header (Image, CompressedImage,
+    CameraInfo...)."""
     fields = typestore().fielddefs.get(msgtype)
     if not fields:
         return False
@@ -379,7 +477,8 @@ def restamp_cdr(data: bytes | memoryview, stamp_ns: int) -> bytes:
 
 
 def cdr_stamp_ns(data: bytes | memoryview) -> int:
-    """The leading std_msgs/Header stamp of a serialized message, in ns (see :func:`restamp_cdr`)."""
+    """The leading std_msgs/Header stamp of a serialized message, in ns (see
+    :func:`restamp_cdr`)."""
     prefix = bytes(data[:2])
     if prefix not in (_CDR_LE, _CDR_BE):
         raise BagError("message is not plain CDR (unknown encapsulation); cannot read its stamp")
@@ -388,15 +487,38 @@ def cdr_stamp_ns(data: bytes | memoryview) -> int:
 
 
 __all__ = [
-    "BAG_VERSION", "BagError", "BagImage", "BagWriter", "CAMERA_INFO_TYPE", "COMPRESSED_IMAGE_TYPE",
-    "CameraCalibration", "FRAMES_KEY", "IMAGE_TYPE", "IMAGE_TYPES", "RawMessage", "STORAGES",
-    "bag_info", "cdr_stamp_ns", "compressed_message", "decode_image", "default_image_topic",
-    "frame_keys", "has_header", "image_message", "image_topics", "ns_to_stamp", "read_images",
-    "read_messages", "restamp_cdr", "stamp_to_ns", "typestore",
+    "BAG_VERSION",
+    "BagError",
+    "BagImage",
+    "BagWriter",
+    "CAMERA_INFO_TYPE",
+    "COMPRESSED_IMAGE_TYPE",
+    "CameraCalibration",
+    "FRAMES_KEY",
+    "IMAGE_TYPE",
+    "IMAGE_TYPES",
+    "RawMessage",
+    "STORAGES",
+    "bag_info",
+    "cdr_stamp_ns",
+    "compressed_message",
+    "decode_image",
+    "default_image_topic",
+    "frame_keys",
+    "has_header",
+    "image_message",
+    "image_topics",
+    "ns_to_stamp",
+    "pick_image_topic",
+    "read_images",
+    "read_messages",
+    "restamp_cdr",
+    "stamp_to_ns",
+    "typestore",
 ]
 
 
-# ---- frames -> bag ------------------------------------------------------------------------------
+# ---- frames -> bag ----------------------------------------------------------------------------
 #: Stamps of frames without a natural rate are 1/17 s apart, the Cityscapes camera rate.
 CITYSCAPES_RATE_HZ = 17.0
 
@@ -408,7 +530,8 @@ def camera_info_topic(image_topic: str) -> str:
 
 
 def _resized(pixels: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
-    """``pixels`` resized to ``size`` (W, H) with area interpolation; unchanged if None or already that size."""
+    """``pixels`` resized to ``size`` (W, H) with area interpolation; unchanged if None or
+    already that size."""
     if size is not None and (pixels.shape[1], pixels.shape[0]) != size:
         import cv2
 
@@ -416,12 +539,27 @@ def _resized(pixels: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
     return pixels
 
 
-def write_bag(source, output: Path, *, topic: str = "/camera/image_raw", frame_id: str = "camera",
-              rate: float = CITYSCAPES_RATE_HZ, encoding: str = "rgb8", compressed: bool = False,
-              jpeg_quality: int = 95, resize: tuple[int, int] | None = None,
-              camera_info: str | None = None, storage: str = "mcap", start_time_ns: int | None = None,
-              sequence_gap: float = 1.0, overwrite: bool = False, progress: bool = True) -> dict:
-    """Write a :class:`video_seg_ros.sources.FrameSource` into a new bag at ``output``.
+def write_bag(
+    source,
+    output: Path,
+    *,
+    topic: str = "/camera/image_raw",
+    frame_id: str = "camera",
+    rate: float = CITYSCAPES_RATE_HZ,
+    encoding: str = "rgb8",
+    compressed: bool = False,
+    jpeg_quality: int = 95,
+    resize: tuple[int, int] | None = None,
+    camera_info: str | None = None,
+    storage: str = "mcap",
+    start_time_ns: int | None = None,
+    sequence_gap: float = 1.0,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Write the frames of ``source`` (a :class:`video_seg_ros.streams.FrameStream`: iterable of
+    frames with ``rgb``, ``sequence`` and ``key``, with ``len()`` and ``description``) into a new
+    bag at ``output``.
 
     Each header stamp equals the message's receive time in the bag, starting at ``start_time_ns``
     (default: now) and ``1/rate`` apart; a new sequence starts ``sequence_gap`` seconds after the
@@ -447,13 +585,16 @@ def write_bag(source, output: Path, *, topic: str = "/camera/image_raw", frame_i
     frames_meta, previous_sequence = [], None
     size = None
     with BagWriter(output, storage=storage, overwrite=overwrite) as bag:
-        for frame in tqdm(source.frames, total=source.count, unit="frame", desc="make-bag",
-                          disable=not progress):
+        for frame in tqdm(
+            source, total=len(source), unit="frame", desc="make-bag", disable=not progress
+        ):
             pixels = _resized(frame.rgb, resize)
             if size is None:
                 size = (pixels.shape[1], pixels.shape[0])
             if previous_sequence is not None:
-                stamp += period_ns + (round(sequence_gap * 1e9) if frame.sequence != previous_sequence else 0)
+                stamp += period_ns + (
+                    round(sequence_gap * 1e9) if frame.sequence != previous_sequence else 0
+                )
             previous_sequence = frame.sequence
             if compressed:
                 message = compressed_message(pixels, "rgb", stamp, frame_id, jpeg_quality)
@@ -470,14 +611,23 @@ def write_bag(source, output: Path, *, topic: str = "/camera/image_raw", frame_i
             raise BagError(f"{source.description}: no frames could be read")
         bag.set_custom_data(FRAMES_KEY, frames_meta)
         counts = dict(bag.counts)
-    return {"bag": str(output), "storage": storage, "topics": counts, "frames": len(frames_meta),
-            "width": size[0], "height": size[1], "rate_hz": rate,
-            "start_ns": frames_meta[0]["stamp_ns"], "end_ns": frames_meta[-1]["stamp_ns"],
-            "sequences": sorted({f["sequence"] for f in frames_meta})}
+    return {
+        "bag": str(output),
+        "storage": storage,
+        "topics": counts,
+        "frames": len(frames_meta),
+        "width": size[0],
+        "height": size[1],
+        "rate_hz": rate,
+        "start_ns": frames_meta[0]["stamp_ns"],
+        "end_ns": frames_meta[-1]["stamp_ns"],
+        "sequences": sorted({f["sequence"] for f in frames_meta}),
+    }
 
 
-def verify_bag(bag: Path, source, topic: str, resize: tuple[int, int] | None = None,
-               progress: bool = True) -> dict:
+def verify_bag(
+    bag: Path, source, topic: str, resize: tuple[int, int] | None = None, progress: bool = True
+) -> dict:
     """Read ``bag`` back and compare every image with its source frame.
 
     Returns frames compared, frames identical pixel for pixel, the largest absolute difference and
@@ -489,7 +639,9 @@ def verify_bag(bag: Path, source, topic: str, resize: tuple[int, int] | None = N
     compared = identical = 0
     max_diff, stamps_ok, previous = 0, True, None
     images = read_images(bag, topic)
-    for frame in tqdm(source.frames, total=source.count, unit="frame", desc="verify", disable=not progress):
+    for frame in tqdm(
+        source, total=len(source), unit="frame", desc="verify", disable=not progress
+    ):
         expected = _resized(frame.rgb, resize)
         image = next(images, None)
         if image is None:
@@ -502,11 +654,18 @@ def verify_bag(bag: Path, source, topic: str, resize: tuple[int, int] | None = N
         diff = int(np.abs(got.astype(np.int16) - expected.astype(np.int16)).max())
         identical += diff == 0
         max_diff = max(max_diff, diff)
-        stamps_ok &= image.stamp_ns == image.timestamp_ns and (previous is None or image.stamp_ns > previous)
+        stamps_ok &= image.stamp_ns == image.timestamp_ns and (
+            previous is None or image.stamp_ns > previous
+        )
         previous = image.stamp_ns
     extra = sum(1 for _ in images)
-    return {"frames_compared": compared, "frames_identical": identical, "max_abs_diff": max_diff,
-            "extra_messages": extra, "stamps_monotonic_and_equal_receive_time": bool(stamps_ok)}
+    return {
+        "frames_compared": compared,
+        "frames_identical": identical,
+        "max_abs_diff": max_diff,
+        "extra_messages": extra,
+        "stamps_monotonic_and_equal_receive_time": bool(stamps_ok),
+    }
 
 
 def _calibration(camera_info: str, width: int, height: int) -> CameraCalibration:
@@ -519,8 +678,11 @@ def _calibration(camera_info: str, width: int, height: int) -> CameraCalibration
 
 
 def topic_rate_hz(path: str | Path, topic: str) -> float | None:
-    """Recording rate of ``topic`` in Hz from the median stamp interval (sequence gaps do not count)."""
-    stamps = [f["stamp_ns"] for f in frame_keys(path)] or [m.timestamp_ns for m in read_messages(path, [topic])]
+    """Recording rate of ``topic`` in Hz from the median stamp interval (sequence gaps do not
+    count)."""
+    stamps = [f["stamp_ns"] for f in frame_keys(path)] or [
+        m.timestamp_ns for m in read_messages(path, [topic])
+    ]
     intervals = np.diff(stamps)
     intervals = intervals[intervals > 0]
     return 1e9 / float(np.median(intervals)) if intervals.size else None

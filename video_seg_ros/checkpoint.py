@@ -212,8 +212,106 @@ def resolve_checkpoint_path(path: str | os.PathLike | None) -> Path:
     return Path(os.path.expanduser(str(path)))
 
 
+#: What every "re-create it" advice names: the tools that write checkpoints.
+_RECREATE = "re-create it with `video-seg-import` (published weights) or `video-seg-train`"
+_TRAINED_ON = f"{_RECREATE} with the label set the weights were trained on"
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    """``text`` on one line, at most ``limit`` characters (library messages span paragraphs)."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def _unreadable(path: Path, head: bytes, error: Exception) -> CheckpointError:
+    """A one-line :class:`CheckpointError` saying why torch could not read ``path`` (``head``: its
+    first bytes) and what to do; never torch's own advice to load with ``weights_only=False``."""
+    why = _why_unreadable(path, head, error)
+    return CheckpointError(f"could not read checkpoint {path}: {why}")
+
+
+def _why_unreadable(path: Path, head: bytes, error: Exception) -> str:
+    import pickle
+    import re
+    import zipfile
+
+    text = str(error)
+    found = re.search(r"GLOBAL ([\w.]+)", text)  # the callable a code pickle would run
+    pickled = isinstance(error, pickle.UnpicklingError) and (
+        found is not None or "Unsupported operand" in text or "Unsupported global" in text
+    )
+    what = f"a reference to {found.group(1)}" if found else "pickled Python objects"
+    refused = (
+        f"it holds {what}, not only tensors and plain data: loading it could run code, so it is "
+        "refused on purpose (checkpoints are read with weights_only=True). If you trust its "
+        "source, save the model's state_dict in the program that made it and convert that with "
+        "`video-seg-import`."
+    )
+    if pickled and found is not None:
+        return refused  # before the text check: a protocol-0 pickle is ASCII
+    if head.startswith(b"PK"):
+        if not zipfile.is_zipfile(path):
+            return (
+                f"it is truncated or damaged (its zip directory is missing: "
+                f"{_one_line(text, 80)}); copy it again or {_RECREATE}."
+            )
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+        if not any(name.endswith("/data.pkl") for name in names):
+            listed = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+            return (
+                f"it is a zip archive but not a PyTorch checkpoint (no <name>/data.pkl inside; "
+                f"it holds {listed or 'nothing'}); pass the checkpoint file itself or {_RECREATE}."
+            )
+        return (
+            f"it is damaged ({type(error).__name__}: {_one_line(text, 120)}); copy it again or "
+            f"{_RECREATE}."
+        )
+    if b"\x00" not in head[:512]:
+        try:
+            start = head[:512].decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+        else:
+            return (
+                f"it is a text file, not a checkpoint (it starts with "
+                f"{_one_line(start[:40], 60)!r}); pass the .pt file written by "
+                "`video-seg-import` or `video-seg-train`."
+            )
+    if pickled:
+        return refused
+    if isinstance(error, EOFError) or "truncat" in text.lower():
+        return f"it is truncated; copy it again or {_RECREATE}."
+    return (
+        f"{type(error).__name__}: {_one_line(text, 120)}. It is damaged or not a PyTorch file; "
+        f"{_RECREATE}."
+    )
+
+
+def read_checkpoint_data(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)`` with every failure turned into a one-line
+    :class:`CheckpointError` that says what to do (torch's own text suggests weights_only=False,
+    the wrong advice for a file that may run code)."""
+    import warnings
+
+    with open(path, "rb") as stream:
+        head = stream.read(1024)
+    if not head:
+        raise CheckpointError(
+            f"could not read checkpoint {path}: it is empty (0 bytes), the copy or download was "
+            f"cut off; copy it again or {_RECREATE}."
+        )
+    try:
+        with warnings.catch_warnings():  # "Detected pickle protocol 4": not the user's business
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for truncated or foreign files
+        raise _unreadable(path, head, error) from error
+
+
 def load_checkpoint(path: str | os.PathLike | None) -> Checkpoint:
-    """Read a checkpoint with ``weights_only=True``; raise :class:`CheckpointError` with advice."""
+    """Read a checkpoint with ``weights_only=True`` and check that its parts agree; raise
+    :class:`CheckpointError` with a one-line message that says what to do."""
     resolved = resolve_checkpoint_path(path)
     if not resolved.is_file():
         raise CheckpointError(
@@ -228,15 +326,78 @@ def load_checkpoint(path: str | os.PathLike | None) -> Checkpoint:
             f"{resolved} -o model.pt` (class table and preprocessing from its metadata or flags; "
             "docs/byo_model.md) and pass model.pt."
         )
-    try:
-        data = torch.load(resolved, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for truncated or foreign files
+    checkpoint = Checkpoint.from_dict(read_checkpoint_data(resolved), origin=str(resolved))
+    validate_checkpoint(checkpoint, str(resolved))
+    checkpoint.loaded_from = str(resolved)  # not a field (never saved): for later error messages
+    return checkpoint
+
+
+def validate_checkpoint(checkpoint: Checkpoint, origin: str = "the checkpoint") -> None:
+    """Raise :class:`CheckpointError` when the parts of a checkpoint contradict each other: the
+    weights are not a dict of tensors, the model's output count differs from the output -> class
+    table, or the class table, palette and label set disagree (a checkpoint of another label set
+    whose metadata was edited by hand, or a mix-up of files)."""
+    state = checkpoint.state_dict
+    if not isinstance(state, dict) or not all(
+        isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in state.items()
+    ):
+        raise CheckpointError(f"{origin}: 'state_dict' is not a dict of tensors; {_RECREATE}.")
+    outputs = checkpoint.arch_kwargs.get("num_classes")
+    mapped = len(checkpoint.output_to_class)
+    if outputs is not None and outputs != mapped:
         raise CheckpointError(
-            f"could not read checkpoint {resolved}: {type(error).__name__}: {str(error)[:200]}. "
-            "The file is damaged or not a PyTorch file; re-create it with `video-seg-import` or "
-            "`video-seg-train`."
-        ) from error
-    return Checkpoint.from_dict(data, origin=str(resolved))
+            f"{origin}: the model has {outputs} outputs (arch_kwargs.num_classes) but "
+            f"meta.output_to_class maps {mapped}; the weights and the class table are of "
+            f"different label sets. {_TRAINED_ON[0].upper()}{_TRAINED_ON[1:]}."
+        )
+    classes = len(checkpoint.class_names)
+    wrong = [c for c in checkpoint.output_to_class if not (0 <= c < classes or c == IGNORE_ID)]
+    if wrong:
+        raise CheckpointError(
+            f"{origin}: meta.output_to_class publishes id {wrong[0]}, but the label set "
+            f"{checkpoint.label_set!r} has {classes} classes (0..{classes - 1}, {IGNORE_ID} = "
+            f"unlabelled); {_TRAINED_ON}."
+        )
+    known = LABEL_SETS.get(checkpoint.label_set)
+    if known is not None and classes != known.num_classes:
+        raise CheckpointError(
+            f"{origin}: meta.label_set is {checkpoint.label_set!r} ({known.num_classes} classes) "
+            f"but meta.class_names lists {classes}; {_TRAINED_ON}."
+        )
+    if len(checkpoint.palette) < classes:
+        raise CheckpointError(
+            f"{origin}: meta.palette has {len(checkpoint.palette)} colours for {classes} classes; "
+            f"{_RECREATE}."
+        )
+
+
+def check_weights_fit(
+    checkpoint: Checkpoint, expected: dict[str, tuple[int, ...]], origin: str = "the checkpoint"
+) -> None:
+    """Raise a one-line :class:`CheckpointError` when the stored weights do not fit the model the
+    metadata describes (``expected``: parameter name -> shape of that model), e.g. weights
+    trained for another label set (another number of classes) or another architecture."""
+    stored = checkpoint.state_dict
+    missing = [k for k in expected if k not in stored and not k.endswith(".num_batches_tracked")]
+    unexpected = [k for k in stored if k not in expected]
+    mismatched = [
+        k for k in expected if k in stored and tuple(stored[k].shape) != tuple(expected[k])
+    ]
+    if not (missing or unexpected or mismatched):
+        return
+    outputs = checkpoint.arch_kwargs.get("num_classes")
+    if mismatched:
+        key = mismatched[-1]  # the classifier is last: the likeliest witness of a label-set mix-up
+        first = f"{key} is {tuple(stored[key].shape)} but the model needs {tuple(expected[key])}"
+    else:
+        first = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
+    with_outputs = f" with {outputs} outputs" if outputs is not None else ""
+    raise CheckpointError(
+        f"{origin}: the weights do not fit {checkpoint.model_name}{with_outputs} ({first}; "
+        f"{len(mismatched)} mismatched, {len(missing)} missing, {len(unexpected)} unexpected "
+        "tensors): they were made for another label set or architecture. Convert the weights with "
+        "`video-seg-import` and the label set they were trained on (--preset / --label-set)."
+    )
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -1,10 +1,10 @@
 """Per-stream temporal state of the engine: probability fusion along optical flow and an adaptive
 keyframe clock. No ROS here.
 
-A per-frame segmenter flickers: the same surface changes class from one frame to the next. With
-``mode="fuse"`` the engine keeps, per stream (camera), the fused class probabilities of the previous
-frame, warps them onto the current frame with DIS optical flow and blends them with the network's
-softmax::
+A per-frame segmenter flickers: the same surface changes class from one frame to the next.
+With ``mode="fuse"`` the engine keeps, per stream (camera), the fused class probabilities of the
+previous frame, warps them onto the current frame with DIS optical flow and blends them with the
+network's softmax::
 
     P_t = alpha * softmax_t + (1 - alpha) * warp(P_{t-1})
 
@@ -46,7 +46,14 @@ import cv2
 import numpy as np
 import torch
 
-from video_seg_ros.flow import DIS_PRESETS, DisFlow, inside_mask, occlusion_mask, reduced_size, resize_flow
+from video_seg_ros.flow import (
+    DIS_PRESETS,
+    DisFlow,
+    inside_mask,
+    occlusion_mask,
+    reduced_size,
+    resize_flow,
+)
 from video_seg_ros.flow import to_gray, warp_image, warp_tensor
 
 #: What ``TemporalSettings.mode`` accepts.
@@ -56,8 +63,19 @@ TEMPORAL_MODES = ("off", "fuse", "adaptive")
 #: and there is nothing to gain on such frames. They are segmented on their own.
 MIN_FLOW_SIDE = 16
 
+#: Why a stream's state resets itself before a frame (:meth:`StreamTemporalState.guard`).
+GUARD_REASONS = ("size_change", "time_backwards")
+
 #: Why a frame ran the network (``TemporalStats.reasons``); "every_frame" in modes off and fuse.
-KEYFRAME_REASONS = ("start", "every_frame", "interval", "time", "scene_change", "motion", "confidence")
+KEYFRAME_REASONS = (
+    "start",
+    "every_frame",
+    "interval",
+    "time",
+    "scene_change",
+    "motion",
+    "confidence",
+)
 
 
 class TemporalSettingsError(ValueError):
@@ -124,7 +142,7 @@ class TemporalSettings:
 
     @classmethod
     def coerce(cls, value: "TemporalSettings | dict | str | None") -> "TemporalSettings":
-        """Settings from settings, a dict of fields, a mode name or None (the defaults); validated."""
+        """Settings from settings, a dict of fields, a mode name or None (defaults); validated."""
         if value is None:
             settings = cls()
         elif isinstance(value, TemporalSettings):
@@ -135,12 +153,15 @@ class TemporalSettings:
             known = {f.name for f in dataclasses.fields(cls)}
             for key in value:
                 if key not in known:
-                    raise TemporalSettingsError(str(key), "is not a temporal setting; known: "
-                                                          + ", ".join(sorted(known)))
+                    raise TemporalSettingsError(
+                        str(key), "is not a temporal setting; known: " + ", ".join(sorted(known))
+                    )
             settings = cls(**value)
         else:
-            raise TypeError(f"temporal settings must be TemporalSettings, a dict or a mode name, not "
-                            f"{type(value).__name__}")
+            raise TypeError(
+                f"temporal settings must be TemporalSettings, a dict or a mode name, not "
+                f"{type(value).__name__}"
+            )
         settings.validate()
         return settings
 
@@ -154,11 +175,14 @@ class TemporalSettings:
     def validate(self) -> None:
         """Raise :class:`TemporalSettingsError` (a ValueError) naming the first invalid field."""
         if self.mode not in TEMPORAL_MODES:
-            raise TemporalSettingsError("mode", f"must be one of {', '.join(TEMPORAL_MODES)}, "
-                                                f"got {self.mode!r}")
+            raise TemporalSettingsError(
+                "mode", f"must be one of {', '.join(TEMPORAL_MODES)}, got {self.mode!r}"
+            )
         for name in ("confidence_weighting", "occlusion_check"):
             if not isinstance(getattr(self, name), bool):
-                raise TemporalSettingsError(name, f"must be true or false, got {getattr(self, name)!r}")
+                raise TemporalSettingsError(
+                    name, f"must be true or false, got {getattr(self, name)!r}"
+                )
         _check_number(self, "fusion_weight", 0.0, 1.0)
         _check_number(self, "label_stickiness", 0.0, 1.0)
         _check_number(self, "warp_error_threshold", 0.0, 255.0)
@@ -169,17 +193,22 @@ class TemporalSettings:
         for name in ("probability_width", "flow_width"):
             _check_number(self, name, 0, 16_384, integer=True)
             if 0 < getattr(self, name) < 16:
-                raise TemporalSettingsError(name, "must be 0 (no limit) or at least 16 pixels, "
-                                                  f"got {getattr(self, name)}")
+                raise TemporalSettingsError(
+                    name, f"must be 0 (no limit) or at least 16 pixels, got {getattr(self, name)}"
+                )
         if self.flow_preset not in DIS_PRESETS:
-            raise TemporalSettingsError("flow_preset", f"must be one of {', '.join(DIS_PRESETS)}, "
-                                                       f"got {self.flow_preset!r}")
+            raise TemporalSettingsError(
+                "flow_preset", f"must be one of {', '.join(DIS_PRESETS)}, got {self.flow_preset!r}"
+            )
 
     def keeps_state_of(self, other: "TemporalSettings") -> bool:
         """Whether a stream's fused state made under ``other`` is still valid under these settings
         (mode off keeps none; the probability and flow grids must not change)."""
-        return ("off" not in (self.mode, other.mode) and self.probability_width == other.probability_width
-                and self.flow_width == other.flow_width)
+        return (
+            "off" not in (self.mode, other.mode)
+            and self.probability_width == other.probability_width
+            and self.flow_width == other.flow_width
+        )
 
 
 def _check_number(settings: TemporalSettings, name: str, low, high, integer: bool = False) -> None:
@@ -193,10 +222,12 @@ def _check_number(settings: TemporalSettings, name: str, low, high, integer: boo
 
 
 class TemporalStats:
-    """Diagnostics of one stream: network share and fused confidence over the last ``window`` frames.
+    """Diagnostics of one stream: network share and fused confidence over the last ``window``
+    frames.
 
-    Not part of the temporal state: :meth:`StreamTemporalState.reset` leaves it alone, so a camera's
-    figures survive its resets. Thread-safe (the node's diagnostics read while its worker writes).
+    Not part of the temporal state: :meth:`StreamTemporalState.reset` leaves it alone, so a
+    camera's figures survive its resets. Thread-safe (the node's diagnostics read while its worker
+    writes).
     """
 
     def __init__(self, window: int = 100):
@@ -204,10 +235,12 @@ class TemporalStats:
         self.frames = 0
         self.keyframes = 0
         self.reasons: Counter[str] = Counter()
+        self.resets: Counter[str] = Counter()  # by :data:`GUARD_REASONS` (the engine's own resets)
         self._recent: deque[tuple[bool, float | None]] = deque(maxlen=window)
 
     def record(self, reason: str | None, fused_confidence: float | None) -> None:
-        """One frame: ``reason`` why it was a keyframe (None: it was not), its mean fused confidence."""
+        """One frame: ``reason`` why it was a keyframe (None: it was not), its mean fused
+        confidence."""
         with self._lock:
             self.frames += 1
             if reason is not None:
@@ -215,18 +248,25 @@ class TemporalStats:
                 self.reasons[reason] += 1
             self._recent.append((reason is not None, fused_confidence))
 
+    def record_reset(self, reason: str) -> None:
+        with self._lock:
+            self.resets[reason] += 1
+
     def snapshot(self) -> dict[str, Any]:
         """``frames``, ``keyframes`` (totals), ``keyframe_share`` and ``fused_confidence`` (recent
-        window; None before any frame / in mode off), ``reasons`` (totals by reason)."""
+        window; None before any frame / in mode off), ``reasons`` (totals by reason), ``resets``
+        (the state's own resets by :data:`GUARD_REASONS`)."""
         with self._lock:
-            recent, reasons = list(self._recent), dict(self.reasons)
+            recent, reasons, resets = list(self._recent), dict(self.reasons), dict(self.resets)
             frames, keyframes = self.frames, self.keyframes
         confidences = [c for _, c in recent if c is not None]
         return {
-            "frames": frames, "keyframes": keyframes,
+            "frames": frames,
+            "keyframes": keyframes,
             "keyframe_share": sum(k for k, _ in recent) / len(recent) if recent else None,
             "fused_confidence": float(np.mean(confidences)) if confidences else None,
             "reasons": reasons,
+            "resets": resets,
         }
 
 
@@ -247,6 +287,9 @@ class StreamTemporalState:
         frames: frames since the last reset.
         frames_since_keyframe: frames since the network last ran (0 on a keyframe).
         last_keyframe_stamp: stamp (seconds) of the last keyframe, when frames came with stamps.
+        last_size: (H, W) of the latest frame, whatever the mode (for :meth:`guard`).
+        last_stamp: stamp (seconds) of the latest frame given with one (for :meth:`guard`).
+        dis: the stream's own :class:`~video_seg_ros.flow.DisFlow` (see ``FlowFusion``).
         stats: :class:`TemporalStats` (kept across resets).
     """
 
@@ -258,14 +301,41 @@ class StreamTemporalState:
     frames: int = 0
     frames_since_keyframe: int = 0
     last_keyframe_stamp: float | None = None
+    last_size: tuple[int, int] | None = None
+    last_stamp: float | None = None
+    dis: Any = None
     stats: TemporalStats = field(default_factory=TemporalStats)
 
     def reset(self) -> None:
         """Forget everything temporal: the model memory, the previous frame, the fused
-        probabilities, the flow and the keyframe clock (the next frame is a keyframe)."""
+        probabilities, the flow and the keyframe clock (the next frame is a keyframe and starts
+        the stream afresh)."""
         self.clear_memory()
         self.clear_fusion()
         self.frames = 0
+        self.last_size = None
+        self.last_stamp = None
+
+    def continues(self, size: tuple[int, int], stamp: float | None) -> str | None:
+        """Why a frame of ``size`` (H, W) at ``stamp`` cannot continue this stream (one of
+        :data:`GUARD_REASONS`), or None."""
+        if self.last_size is not None and tuple(size) != self.last_size:
+            return "size_change"
+        if stamp is not None and self.last_stamp is not None and stamp < self.last_stamp:
+            return "time_backwards"  # a looping bag or a restarted clock: never fuse across it
+        return None
+
+    def guard(self, size: tuple[int, int], stamp: float | None) -> str | None:
+        """Reset the whole state when the frame cannot continue the stream (:meth:`continues`),
+        then remember the frame's size and stamp; returns the reason of a reset, or None."""
+        reason = self.continues(size, stamp)
+        if reason is not None:
+            self.reset()
+            self.stats.record_reset(reason)
+        self.last_size = tuple(size)
+        if stamp is not None:
+            self.last_stamp = float(stamp)
+        return reason
 
     def clear_memory(self) -> None:
         """Empty the model memory only (its object is kept and reused)."""
@@ -273,11 +343,13 @@ class StreamTemporalState:
             self.memory.reset()
 
     def clear_fusion(self) -> None:
-        """Forget the previous frame, fused probabilities, flow and keyframe clock (not the memory)."""
+        """Forget the previous frame, fused probabilities, flow and keyframe clock (not the
+        memory)."""
         self.frame_size = None
         self.previous_grey = None
         self.fused = None
         self.flow = None
+        self.dis = None  # a fresh one: no buffers from frames before the reset
         self.frames_since_keyframe = 0
         self.last_keyframe_stamp = None
 
@@ -312,14 +384,13 @@ class FrameAnalysis:
 class FlowFusion:
     """Flow, trust, keyframe decisions and probability fusion for :class:`StreamTemporalState` s.
 
-    One per engine (it holds the DIS flow object; not thread-safe, like the engine). ``device`` is
-    where the probabilities live.
+    One per engine (not thread-safe, like the engine); each stream's DIS flow object lives in its
+    state. ``device`` is where the probabilities live.
     """
 
     def __init__(self, settings: TemporalSettings, device: torch.device):
         self.settings = settings
         self.device = device
-        self._dis = DisFlow(settings.flow_preset)
 
     # ---- per frame, before the network -------------------------------------------------------
     def analyse(self, state: StreamTemporalState, frame: np.ndarray) -> FrameAnalysis:
@@ -333,11 +404,17 @@ class FlowFusion:
             grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
         grey = np.ascontiguousarray(grey)
         analysis = FrameAnalysis(grey)
-        if (state.fused is None or state.previous_grey is None or state.frame_size != frame.shape[:2]
-                or state.previous_grey.shape != grey.shape or min(grey.shape) < MIN_FLOW_SIDE):
+        if (
+            state.fused is None
+            or state.previous_grey is None
+            or state.frame_size != frame.shape[:2]
+            or state.previous_grey.shape != grey.shape
+            or min(grey.shape) < MIN_FLOW_SIDE
+        ):
             return analysis
         previous = state.previous_grey
-        flow = self._dis(grey, previous)  # current -> previous, at flow resolution
+        dis = self._stream_flow(state)
+        flow = dis(grey, previous)  # current -> previous, at flow resolution
         trusted = inside_mask(flow)
         if settings.warp_error_threshold > 0:
             difference = grey.astype(np.float32) - warp_image(previous.astype(np.float32), flow)
@@ -345,19 +422,25 @@ class FlowFusion:
             difference -= float(difference[trusted].mean()) if trusted.any() else 0.0
             trusted &= np.abs(difference) <= settings.warp_error_threshold
         if settings.occlusion_check:
-            trusted &= occlusion_mask(flow, self._dis(previous, grey))
+            trusted &= occlusion_mask(flow, dis(previous, grey))
         analysis.flow = flow
         analysis.untrusted_share = 1.0 - float(trusted.mean())
-        adaptive = settings.mode == "adaptive"  # motion and warped confidence decide keyframes only
+        adaptive = (
+            settings.mode == "adaptive"
+        )  # motion and warped confidence decide keyframes only
         if adaptive and settings.keyframe_motion > 0:
-            analysis.motion = float(np.sqrt((flow ** 2).sum(-1)).mean()) / grey.shape[1]
+            analysis.motion = float(np.sqrt((flow**2).sum(-1)).mean()) / grey.shape[1]
 
         fused = state.fused[None]  # (1, C, h, w)
         grid = fused.shape[-2:]
         grid_flow = resize_flow(flow, grid)
-        trust = cv2.resize(trusted.astype(np.float32), (grid[1], grid[0]), interpolation=cv2.INTER_AREA)
+        trust = cv2.resize(
+            trusted.astype(np.float32), (grid[1], grid[0]), interpolation=cv2.INTER_AREA
+        )
         analysis.trust = torch.from_numpy(trust).to(self.device)[None, None]
-        flow_tensor = torch.from_numpy(np.ascontiguousarray(grid_flow.transpose(2, 0, 1))).to(self.device)
+        flow_tensor = torch.from_numpy(np.ascontiguousarray(grid_flow.transpose(2, 0, 1))).to(
+            self.device
+        )
         warped = warp_tensor(fused, flow_tensor[None])
         analysis.warped = warped / warped.sum(1, keepdim=True).clamp_min(1e-12)
         if adaptive and settings.keyframe_confidence > 0:
@@ -365,8 +448,17 @@ class FlowFusion:
         analysis.flow_ms = (time.perf_counter() - start) * 1000.0
         return analysis
 
-    def keyframe_reason(self, state: StreamTemporalState, analysis: FrameAnalysis,
-                        stamp: float | None = None) -> str | None:
+    def _stream_flow(self, state: StreamTemporalState) -> DisFlow:
+        """The stream's own DIS object: OpenCV's keeps buffers from its previous frame size that
+        change later flows (measured: up to 0.35 px and 3 % of labels after another camera's
+        size), so a shared one would let one camera's frames alter another's results."""
+        if state.dis is None or state.dis.preset != self.settings.flow_preset:
+            state.dis = DisFlow(self.settings.flow_preset)
+        return state.dis
+
+    def keyframe_reason(
+        self, state: StreamTemporalState, analysis: FrameAnalysis, stamp: float | None = None
+    ) -> str | None:
         """Why this frame must run the network (one of :data:`KEYFRAME_REASONS`), or None."""
         settings = self.settings
         if analysis.flow is None:
@@ -376,8 +468,12 @@ class FlowFusion:
         if state.frames_since_keyframe + 1 >= settings.max_interval:
             return "interval"
         last = state.last_keyframe_stamp
-        if settings.max_interval_s > 0 and stamp is not None and last is not None and (
-                stamp - last >= settings.max_interval_s or stamp < last):
+        if (
+            settings.max_interval_s > 0
+            and stamp is not None
+            and last is not None
+            and (stamp - last >= settings.max_interval_s or stamp < last)
+        ):
             return "time"
         if analysis.untrusted_share > settings.keyframe_error_share:
             return "scene_change"
@@ -388,9 +484,15 @@ class FlowFusion:
         return None
 
     # ---- per frame, after the network --------------------------------------------------------
-    def update(self, state: StreamTemporalState, frame_size: tuple[int, int], analysis: FrameAnalysis,
-               logits: torch.Tensor | None, reason: str | None,
-               stamp: float | None = None) -> tuple[torch.Tensor, bool]:
+    def update(
+        self,
+        state: StreamTemporalState,
+        frame_size: tuple[int, int],
+        analysis: FrameAnalysis,
+        logits: torch.Tensor | None,
+        reason: str | None,
+        stamp: float | None = None,
+    ) -> tuple[torch.Tensor, bool]:
         """Fuse, store the new state and count the frame.
 
         Args:
@@ -432,7 +534,9 @@ class FlowFusion:
         if not cap or width <= cap:
             return logits
         size = (max(1, round(height * cap / width)), cap)
-        return torch.nn.functional.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        return torch.nn.functional.interpolate(
+            logits, size=size, mode="bilinear", align_corners=False
+        )
 
     def _blend(self, probabilities: torch.Tensor, analysis: FrameAnalysis) -> torch.Tensor:
         weight = self.settings.fusion_weight
@@ -444,7 +548,7 @@ class FlowFusion:
         alpha = 1.0 - analysis.trust * (1.0 - weight)
         fused = alpha * probabilities + (1.0 - alpha) * analysis.warped
         if self.settings.label_stickiness > 0 and self.settings.mode == "fuse":
-            # Hysteresis: a trusted pixel keeps its previous class unless another one wins by a margin.
+            # Hysteresis: a trusted pixel keeps its previous class unless another wins by a margin.
             # Not on the adaptive clock's keyframes: they must correct what propagation let drift.
             previous = analysis.warped.argmax(1, keepdim=True)
             bonus = self.settings.label_stickiness * analysis.trust

@@ -89,8 +89,10 @@ class _Pending:
 
 
 def _inherit_gap(dropped: _Pending, successor: _Pending) -> None:
-    # A skipped frame's input gap still happened before the next processed frame.
-    successor.input_gap_s = max(successor.input_gap_s, dropped.input_gap_s)
+    # A skipped frame's input gap still happened before the next processed frame; a backwards
+    # jump (a looping bag) among skipped frames must not be hidden by later forward gaps.
+    gaps = (successor.input_gap_s, dropped.input_gap_s)
+    successor.input_gap_s = min(gaps) if min(gaps) < 0 else max(gaps)
 
 
 class SegmenterMixin:
@@ -607,13 +609,26 @@ def _load_cv_bridge():
         return None
 
 
+def _ros_arguments_error(error: Exception) -> str:
+    """rcl's start-up failure on one line, without its source locations, and what to do."""
+    import re
+
+    text = re.sub(r",? at /\S+:\d+", "", " ".join(str(error).split()))
+    return (f"{text}. Check the command's --ros-args: a --params-file must be YAML of the form "
+            "'<node name or /**>: {ros__parameters: {name: value}}'")
+
+
 def run_node(make_node, spin, executable: str, args=None) -> int:
     """The body of every node executable: init, build, spin, clean exit; 1 on a start-up error."""
     use_large_image_profile()  # before the first DDS participant; a user-set profile wins
     # Python's own handlers, not rclpy's: SIGTERM (launch, systemd) then leaves spin() as Ctrl-C
     # does; with rclpy's handler a SIGTERM left the process hanging at exit. Set explicitly: a
     # process started in the background by a shell inherits SIGINT as ignored.
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    try:
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    except Exception as error:  # RCLError: unparsable --ros-args, e.g. a malformed params file
+        print(f"{executable}: error: {_ros_arguments_error(error)}", file=sys.stderr, flush=True)
+        return 1
     install_stop_handlers()
     node = None
     try:

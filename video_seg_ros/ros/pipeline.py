@@ -120,6 +120,8 @@ class ResetPolicy:
             return "encoding_change", f"encoding changed {last_encoding} -> {encoding}"
         if stamp_s < last_stamp:
             return "time_backwards", f"time jumped backwards by {last_stamp - stamp_s:.3f} s"
+        if input_gap_s is not None and input_gap_s < 0:  # a loop among frames skipped since
+            return "time_backwards", f"time jumped backwards by {-input_gap_s:.3f} s in between"
         gap = stamp_s - last_stamp if input_gap_s is None else input_gap_s
         if self.gap_s > 0 and gap > self.gap_s:
             return "gap", f"gap of {gap:.3f} s between frames (reset_on_gap_s={self.gap_s:g})"

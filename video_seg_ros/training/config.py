@@ -145,7 +145,11 @@ def _merge(base: dict, update: dict, prefix: str = "") -> dict:
         if key not in base and prefix.rstrip(".") not in _FREE_FORM:
             known = ", ".join(sorted(base))
             raise ConfigError(f"unknown config key '{path}'; known keys here: {known}")
-        if isinstance(base.get(key), dict) and isinstance(value, dict) and path not in _FREE_FORM:
+        section = isinstance(base.get(key), dict) and path not in _FREE_FORM
+        if section and not isinstance(value, dict):
+            if value is not None:  # an empty section keeps its defaults
+                raise ConfigError(f"'{path}' must be a section (a mapping of keys), got {value!r}")
+        elif section:
             merged[key] = _merge(base[key], value, path + ".")
         else:
             merged[key] = copy.deepcopy(value)
@@ -181,17 +185,33 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
             raise ConfigError(
                 f"config file not found: {path}. Pass --config config/train/<name>.yaml."
             )
-        with open(path) as stream:
-            user = yaml.safe_load(stream) or {}
+        try:
+            with open(path) as stream:
+                user = yaml.safe_load(stream) or {}
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = "" if mark is None else f" at line {mark.line + 1}, column {mark.column + 1}"
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            raise ConfigError(f"{path}: not valid YAML ({problem}{where})") from error
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"{path}: cannot read the config file ({error})") from error
         if not isinstance(user, dict):
             raise ConfigError(
                 f"{path} must hold a YAML mapping (sections model, data, train, losses)"
             )
-    config = _merge(DEFAULTS, user)
-    for override in overrides:
-        apply_override(config, override)
-    config = _merge(DEFAULTS, config)  # re-check keys introduced by overrides
-    validate(config)
+    try:
+        config = _merge(DEFAULTS, user)
+        for override in overrides:
+            apply_override(config, override)
+        config = _merge(DEFAULTS, config)  # re-check keys introduced by overrides
+        validate(config)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}" if path is not None else str(error)) from error
+    except (TypeError, ValueError, KeyError) as error:  # a value of the wrong kind in a section
+        raise ConfigError(
+            f"{path or 'the config'}: a value has the wrong type "
+            f"({type(error).__name__}: {error}); compare with config/train/*.yaml"
+        ) from error
     return config
 
 

@@ -1,10 +1,12 @@
-"""Training and validation datasets over image sequences (frames via :mod:`video_seg_ros.frames`).
+"""Training and validation datasets over image sequences (folders listed by
+:func:`video_seg_ros.streams.list_folder`, files read by :mod:`video_seg_ros.frames`).
 
 Dataset entries in a config (``data.train`` / ``data.val`` lists)::
 
-    {type: folder, images: DIR, labels: DIR|null, label_format: auto|trainids|cityscapes-labelids|camvid,
+    {type: folder, images: DIR, labels: DIR|null,
+     label_format: auto|trainids|cityscapes-labelids|camvid,
      sequences: [names]|null, exclude_sequences: [names], labelled_only: true}
-    {type: cityscapes, root: DIR, split: train}      # leftImg8bit_sequence/<split> + gtFine/<split>
+    {type: cityscapes, root: DIR, split: train}  # leftImg8bit_sequence/<split> + gtFine/<split>
     {type: camvid, root: DIR, split: train}          # <split>/ + <split>annot/ (SegNet layout)
     {type: synthetic, root: DIR}                     # the generator's Cityscapes-style output
 
@@ -28,8 +30,9 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
-from video_seg_ros.frames import FrameRecord, group_sequences, index_label_files, list_frames, read_label, read_rgb
+from video_seg_ros.frames import FrameRecord, read_label, read_rgb
 from video_seg_ros.labels import IGNORE_ID
+from video_seg_ros.streams import FolderEntry, list_folder
 from video_seg_ros.training.augment import AlignedAugmentation, AlignedSample
 from video_seg_ros.training.flow_cache import FlowCache, build_flow_cache
 
@@ -51,12 +54,15 @@ def _detect_label_format(path: Path) -> str:
         return "trainids"
     if stem.endswith("labelIds"):
         return "cityscapes-labelids"
-    raise DatasetError(f"cannot tell the label format of {path.name}; set label_format "
-                       "(trainids, cityscapes-labelids or camvid) in the dataset entry")
+    raise DatasetError(
+        f"cannot tell the label format of {path.name}; set label_format "
+        "(trainids, cityscapes-labelids or camvid) in the dataset entry"
+    )
 
 
 def resolve_entry(entry: dict) -> dict:
-    """Turn a typed dataset entry into the generic folder form {images, labels, label_format, ...}."""
+    """Turn a typed dataset entry into the generic folder form {images, labels, label_format,
+    ...}."""
     entry = dict(entry)
     kind = entry.pop("type", "folder")
     if kind in ("folder", "synthetic"):
@@ -76,7 +82,9 @@ def resolve_entry(entry: dict) -> dict:
         entry.setdefault("labels", root / f"{split}annot")
         entry.setdefault("label_format", "camvid")
     else:
-        raise DatasetError(f"unknown dataset type {kind!r}; use folder, cityscapes, camvid or synthetic")
+        raise DatasetError(
+            f"unknown dataset type {kind!r}; use folder, cityscapes, camvid or synthetic"
+        )
     if "images" not in entry:
         raise DatasetError(f"dataset entry {entry} needs 'images' (or 'root' for typed datasets)")
     entry.setdefault("labels", None)
@@ -90,20 +98,22 @@ def load_sequences(entry: dict) -> dict[str, list[SequenceFrame]]:
     images = Path(entry["images"]).expanduser()
     if not images.is_dir():
         raise DatasetError(f"image folder not found: {images} (dataset entry {entry})")
-    records = list_frames(images)
-    if not records:
-        raise DatasetError(f"no images found under {images}")
     label_format = None if entry["label_format"] == "auto" else entry["label_format"]
-    labels = index_label_files(Path(entry["labels"]).expanduser(), label_format) if entry.get("labels") else {}
+    labels = Path(entry["labels"]).expanduser() if entry.get("labels") else None
+    listed = list_folder(images, labels, label_format)
+    if not listed:
+        raise DatasetError(f"no images found under {images}")
     include = set(entry.get("sequences") or [])
     exclude = set(entry.get("exclude_sequences") or [])
+    grouped: dict[str, list[FolderEntry]] = {}
+    for item in listed:
+        grouped.setdefault(item.record.sequence, []).append(item)
     sequences = {}
-    for name, frames in group_sequences(records).items():
+    for name, frames in grouped.items():
         if (include and name not in include) or name in exclude:
             continue
         items = []
-        for record in frames:
-            label_path = labels.get(record.key)
+        for record, label_path in ((f.record, f.label_path) for f in frames):
             fmt = None
             if label_path is not None:
                 fmt = entry["label_format"]
@@ -112,7 +122,9 @@ def load_sequences(entry: dict) -> dict[str, list[SequenceFrame]]:
             items.append(SequenceFrame(record, label_path, fmt))
         sequences[name] = items
     if not sequences:
-        raise DatasetError(f"no sequences left under {images} after sequences/exclude_sequences filters")
+        raise DatasetError(
+            f"no sequences left under {images} after sequences/exclude_sequences filters"
+        )
     return sequences
 
 
@@ -140,8 +152,14 @@ def to_tensor_image(frame: np.ndarray) -> torch.Tensor:
 class SequenceSampleDataset(Dataset):
     """Anchor frames with neighbours (pair mode) or preceding clips (clip mode) from one entry."""
 
-    def __init__(self, entry: dict, data_config: dict, flow_cache: FlowCache | None, seed: int = 0,
-                 needs_neighbour: bool = True):
+    def __init__(
+        self,
+        entry: dict,
+        data_config: dict,
+        flow_cache: FlowCache | None,
+        seed: int = 0,
+        needs_neighbour: bool = True,
+    ):
         self.sequences = load_sequences(entry)
         self.needs_neighbour = needs_neighbour
         self.resize = tuple(data_config["resize"]) if data_config.get("resize") else None
@@ -150,12 +168,15 @@ class SequenceSampleDataset(Dataset):
         self.direction = data_config["direction"]
         self.clip_length = int(data_config["clip_length"])
         self.clip_stride = int(data_config["clip_stride"])
-        self.augment = AlignedAugmentation(data_config["scale_range"], data_config.get("crop"),
-                                           data_config["hflip"])
+        self.augment = AlignedAugmentation(
+            data_config["scale_range"], data_config.get("crop"), data_config["hflip"]
+        )
         self.flow_cache = flow_cache
         self.seed = seed
         self.epoch = 0
-        self.profiler = None  # a training.profiling.StepProfiler (set by the trainer with workers: 0)
+        self.profiler = (
+            None  # a training.profiling.StepProfiler (set by the trainer with workers: 0)
+        )
         labelled_only = entry.get("labelled_only", True)
         self.anchors: list[tuple[str, int]] = []
         for name, frames in self.sequences.items():
@@ -175,16 +196,24 @@ class SequenceSampleDataset(Dataset):
     def _phase(self, name: str):
         return self.profiler.phase(name) if self.profiler is not None else nullcontext()
 
-    def _flow(self, anchor: SequenceFrame, other: SequenceFrame, anchor_image, other_image) -> np.ndarray:
+    def _flow(
+        self, anchor: SequenceFrame, other: SequenceFrame, anchor_image, other_image
+    ) -> np.ndarray:
         if not self.flow_cache:
             return np.zeros(anchor_image.shape[:2] + (2,), np.float32)
         if self.profiler is None:
-            return self.flow_cache.get(anchor.record.path, other.record.path, anchor_image, other_image)
+            return self.flow_cache.get(
+                anchor.record.path, other.record.path, anchor_image, other_image
+            )
         misses, start = self.flow_cache.misses, time.perf_counter()
-        flow = self.flow_cache.get(anchor.record.path, other.record.path, anchor_image, other_image)
+        flow = self.flow_cache.get(
+            anchor.record.path, other.record.path, anchor_image, other_image
+        )
         computed = self.flow_cache.misses > misses
         # A cache read and a computation differ by orders of magnitude: keep them apart.
-        self.profiler.add("data.flow_compute" if computed else "data.flow", time.perf_counter() - start)
+        self.profiler.add(
+            "data.flow_compute" if computed else "data.flow", time.perf_counter() - start
+        )
         self.profiler.count("flow computed" if computed else "flow read from cache")
         return flow
 
@@ -192,7 +221,9 @@ class SequenceSampleDataset(Dataset):
         if length == 1:
             return index
         gap = int(rng.integers(1, self.max_gap + 1))
-        sign = {"forward": 1, "backward": -1}.get(self.direction) or (1 if rng.random() < 0.5 else -1)
+        sign = {"forward": 1, "backward": -1}.get(self.direction) or (
+            1 if rng.random() < 0.5 else -1
+        )
         target = index + sign * gap
         if not 0 <= target < length:  # at the sequence ends, look the other way
             target = index - sign * gap
@@ -219,19 +250,28 @@ class SequenceSampleDataset(Dataset):
             flow = self._flow(anchor, other, anchor_image, other_image)
             sample = AlignedSample([anchor_image, other_image], label, [flow], valid)
         else:
-            indices = [max(0, index - self.clip_stride * step) for step in range(self.clip_length - 1, -1, -1)]
+            indices = [
+                max(0, index - self.clip_stride * step)
+                for step in range(self.clip_length - 1, -1, -1)
+            ]
             with self._phase("data.read"):
-                images = [read_frame(frames[i].record.path, size) for i in indices[:-1]] + [anchor_image]
+                images = [read_frame(frames[i].record.path, size) for i in indices[:-1]] + [
+                    anchor_image
+                ]
             sample = AlignedSample(images, label, [], valid)
         with self._phase("data.augment"):
             sample = self.augment(sample, rng)
-        out = {"label": torch.from_numpy(sample.label.astype(np.int64)),
-               "valid": torch.from_numpy(sample.valid.astype(np.float32)).unsqueeze(0)}
+        out = {
+            "label": torch.from_numpy(sample.label.astype(np.int64)),
+            "valid": torch.from_numpy(sample.valid.astype(np.float32)).unsqueeze(0),
+        }
         if self.mode == "pair":
             out["image"] = to_tensor_image(sample.frames[0])
         if self.mode == "pair" and self.needs_neighbour:
             out["neighbour"] = to_tensor_image(sample.frames[1])
-            out["flow"] = torch.from_numpy(np.ascontiguousarray(sample.flows[0])).permute(2, 0, 1).float()
+            out["flow"] = (
+                torch.from_numpy(np.ascontiguousarray(sample.flows[0])).permute(2, 0, 1).float()
+            )
         elif self.mode == "clip":
             out["clip"] = torch.stack([to_tensor_image(f) for f in sample.frames])
         return out
@@ -245,17 +285,21 @@ class TrainingDataset(ConcatDataset):
             part.set_epoch(epoch)
 
 
-def build_training_dataset(config: dict, run_dir: Path, needs_neighbour: bool = True,
-                           needs_flow: bool = True) -> TrainingDataset:
+def build_training_dataset(
+    config: dict, run_dir: Path, needs_neighbour: bool = True, needs_flow: bool = True
+) -> TrainingDataset:
     """``needs_neighbour``/``needs_flow`` False skip reading the neighbour / computing flow (a
     per-frame baseline then costs one image read per sample)."""
     data = config["data"]
     flow_cache = None
     if data["mode"] == "pair" and needs_neighbour and needs_flow:
         flow_cache = build_flow_cache(data["flow"], run_dir)
-    parts = [SequenceSampleDataset(entry, data, flow_cache, seed=int(config["seed"]),
-                                   needs_neighbour=needs_neighbour)
-             for entry in data["train"]]
+    parts = [
+        SequenceSampleDataset(
+            entry, data, flow_cache, seed=int(config["seed"]), needs_neighbour=needs_neighbour
+        )
+        for entry in data["train"]
+    ]
     return TrainingDataset(parts)
 
 
@@ -268,6 +312,14 @@ def build_validation_sequences(config: dict) -> dict[str, list[SequenceFrame]]:
     return sequences
 
 
-__all__ = ["DatasetError", "SequenceSampleDataset", "TrainingDataset",
-           "build_training_dataset", "build_validation_sequences", "load_sequences", "read_frame",
-           "read_label_resized", "to_tensor_image"]
+__all__ = [
+    "DatasetError",
+    "SequenceSampleDataset",
+    "TrainingDataset",
+    "build_training_dataset",
+    "build_validation_sequences",
+    "load_sequences",
+    "read_frame",
+    "read_label_resized",
+    "to_tensor_image",
+]
