@@ -505,7 +505,7 @@ def _write_two_sequences(root) -> Path:
 def test_evaluator_restarts_the_temporal_state_at_every_sequence_and_reports_the_network_share(
     tmp_path, confident
 ):
-    from video_seg_ros.evaluation import evaluate_folder
+    from video_seg_ros.evaluation_report import evaluate_folder
 
     images = _write_two_sequences(tmp_path)
     segmenter = engine(confident, {"mode": "adaptive", "max_interval": 3, **COUNT_ONLY})

@@ -386,19 +386,6 @@ def bag_frames(
         yield frame.stamp_ns, frame
 
 
-#: Report names that moved to :mod:`video_seg_ros.evaluation_report`; still importable here.
-_REPORT_NAMES = ("evaluate_folder", "format_markdown", "write_overlay")
-
-
-def __getattr__(name: str):
-    # Lazy: evaluation_report imports this module.
-    if name in _REPORT_NAMES:
-        from video_seg_ros import evaluation_report
-
-        return getattr(evaluation_report, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = [
     "EvalFrame",
     "EvaluationOptions",
