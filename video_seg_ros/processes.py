@@ -87,8 +87,8 @@ class LoggedProcess:
     def wait_for_line(
         self, pattern: str | re.Pattern, timeout: float, interval: float = 0.05
     ) -> str | None:
-        """Wait until the process prints a line matching ``pattern``; returns the line, or None after
-        ``timeout`` seconds. Raises :class:`ProcessFailed` if the process exits without printing it."""
+        """Wait until the process prints a line matching ``pattern``: the line, or None after
+        ``timeout`` s. Raises :class:`ProcessFailed` if the process exits without printing it."""
         deadline = time.monotonic() + timeout
         while True:
             exited = not self.alive()  # checked before reading, so the last output is seen
@@ -111,8 +111,8 @@ class LoggedProcess:
             return None
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 15.0) -> int:
-        """Send ``sig`` and wait up to ``timeout`` s, then escalate along SIGINT -> SIGTERM -> SIGKILL
-        (waiting at most 5 s after each later signal); return the exit code."""
+        """Send ``sig``, wait up to ``timeout`` s, then escalate along SIGINT -> SIGTERM ->
+        SIGKILL (waiting at most 5 s after each later signal); return the exit code."""
         steps = ESCALATION[ESCALATION.index(sig) :] if sig in ESCALATION else (sig, signal.SIGKILL)
         for number, step in enumerate(steps):
             if not self.alive():
@@ -127,8 +127,8 @@ class LoggedProcess:
 class Supervisor:
     """Named processes with their logs in ``log_dir/<name>.log``, all sharing ``env`` and ``cwd``.
 
-    A context manager: leaving it stops whatever still runs (reverse start order), so an error or
-    Ctrl-C in the caller leaves no child behind. :attr:`exit_codes` has every stopped process's code.
+    A context manager: leaving it stops whatever still runs (reverse start order), so an error
+    or Ctrl-C in the caller leaves no child behind. :attr:`exit_codes`: each ended one's code.
     """
 
     def __init__(
@@ -180,7 +180,7 @@ class Supervisor:
             time.sleep(interval)
 
     def wait(self, name: str, timeout: float) -> int | None:
-        """``name``'s exit code once it exited by itself (recorded), or None after ``timeout`` s."""
+        """``name``'s exit code once it exited by itself (kept), or None after ``timeout`` s."""
         code = self.processes[name].wait(timeout)
         if code is not None:
             self.exit_codes[name] = self.processes[name].stop()  # closes its log
