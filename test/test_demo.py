@@ -94,8 +94,8 @@ def test_replay_parameters_are_node_parameters_and_drop_no_frame(tmp_path):
 def test_demo_py_keeps_only_the_command_line_and_the_flow():
     source = Path(demo.__file__).read_text()
     assert len(source.splitlines()) < 450
-    # All frame reading in one function (prepare_input), so the input module can be switched.
-    assert source.count("from video_seg_ros.sources import") == 1
+    # All frame reading in one function (prepare_input), through the one frame-stream module.
+    assert source.count("from video_seg_ros.streams import") == 1
     assert "def prepare_input(" in source
 
 

@@ -56,44 +56,28 @@ def prepare_input(args: argparse.Namespace, out_dir: Path, progress: bool = True
     """The bag to replay, with the labels of its frames: ``--bag`` as it is, ``--images`` or the
     synthetic sample written into ``out_dir/input_bag``; ``--labels`` matched by frame key.
 
-    The one place that reads frames (video_seg_ros.sources), so the input code can be switched
-    to another frame reader in one function.
+    The one place that reads frames (video_seg_ros.streams).
     """
-    from video_seg_ros.sources import FrameSource, SourceFrame, open_source
+    from video_seg_ros.streams import SyntheticStream, TappedStream, open_stream
 
     bag = out_dir / "input_bag"
     if args.bag is not None:
         demo_input = DemoInput(args.bag, {}, f"bag {args.bag}")
     elif args.images is not None:
-        source = open_source(args.images, None, args.limit)
-        print(f"[demo] writing {source.description} into {bag}", flush=True)
-        write_bag(source, bag, rate=args.rate, resize=args.size, overwrite=True, progress=progress)
-        demo_input = DemoInput(bag, {}, source.description)
+        stream = open_stream(args.images, limit=args.limit or None)
+        print(f"[demo] writing {stream.description} into {bag}", flush=True)
+        write_bag(stream, bag, rate=args.rate, resize=args.size, overwrite=True, progress=progress)
+        demo_input = DemoInput(bag, {}, stream.description)
     else:
-        from video_seg_ros.synthetic import DEMO_SEED, demo_sequence, frame_stem
-        from video_seg_ros.synthetic.generator import sequence_name
-
-        frames, (width, height) = args.limit or SAMPLE_FRAMES, args.size or DEFAULT_SAMPLE_SIZE
+        frames, size = args.limit or SAMPLE_FRAMES, args.size or DEFAULT_SAMPLE_SIZE
+        sample = SyntheticStream(None, frames, size, args.rate)
         labels = {}
-
-        def generate():
-            for frame in demo_sequence(
-                num_frames=frames, width=width, height=height, fps=args.rate
-            ):
-                key = frame_stem(DEMO_SEED, frame.index)
-                labels[key] = frame.labels
-                yield SourceFrame(frame.rgb, sequence_name(DEMO_SEED), key)
-
-        source = FrameSource(generate(), frames, args.rate, "synthetic demo sequence")
-        print(
-            f"[demo] generating the sample sequence (seed {DEMO_SEED}, {frames} frames "
-            f"{width}x{height}) into {bag}",
-            flush=True,
-        )
-        write_bag(source, bag, rate=args.rate, overwrite=True, progress=progress)
-        demo_input = DemoInput(
-            bag, labels, f"synthetic sequence (seed {DEMO_SEED}), {frames} frames {width}x{height}"
-        )
+        print(f"[demo] generating the sample {sample.description} into {bag}", flush=True)
+        # The labels are kept as the frames pass into the bag: rendering twice would double the
+        # sample's start-up time.
+        tapped = TappedStream(sample, lambda frame: labels.__setitem__(frame.key, frame.label))
+        write_bag(tapped, bag, rate=args.rate, overwrite=True, progress=progress)
+        demo_input = DemoInput(bag, labels, sample.description)
     if args.labels is not None:
         keys = [f["key"] for f in frame_keys(demo_input.bag)]
         if not keys:

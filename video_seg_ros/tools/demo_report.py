@@ -14,7 +14,8 @@ import numpy as np
 from tqdm import tqdm
 
 from video_seg_ros.bags import BagError, read_images, read_messages
-from video_seg_ros.evaluation import EvaluationOptions, bag_frames, evaluate_recording, percent
+from video_seg_ros.evaluation import EvaluationOptions, evaluate_recording, percent
+from video_seg_ros.streams import BagStream
 from video_seg_ros.labels import overlay, palette_lookup_table
 from video_seg_ros.stats import percentile
 from video_seg_ros.tools.demo_pipeline import NODE_NAME, DemoError, DemoInput
@@ -128,7 +129,7 @@ def score(
     try:
         # One frame in memory at a time.
         evaluator = evaluate_recording(
-            bag_frames(demo_input.bag, run["topic"], demo_input.labels),
+            BagStream(demo_input.bag, run["topic"], labels=demo_input.labels),
             predictions,
             list(checkpoint.class_names),
             options,
