@@ -236,23 +236,3 @@ def test_frame_keeps_the_positional_order_of_the_old_eval_frame():
     frame = EvalFrame(np.zeros((2, 2, 3), np.uint8), "k", "s", 3, label, "l.png")
     assert isinstance(frame, Frame) and (frame.key, frame.sequence, frame.number) == ("k", "s", 3)
     assert frame.label is label and frame.label_path == "l.png" and frame.stamp_ns is None
-
-
-def test_the_deprecated_sources_wrappers_still_serve_the_demo(cityscapes, tmp_path):
-    from video_seg_ros.sources import FrameSource, SourceFrame, open_source
-
-    images, _ = cityscapes
-    with pytest.warns(DeprecationWarning, match="use video_seg_ros.streams.open_stream"):
-        source = open_source(images, ["bochum_000002"], None)
-    assert isinstance(source, FrameSource) and source.count == 2 and source.native_rate is None
-    frames = list(source.frames)
-    assert all(isinstance(f, SourceFrame) for f in frames)
-    assert [(f.sequence, f.key) for f in frames] == [
-        ("bochum_000002", "bochum_000002_000000"),
-        ("bochum_000002", "bochum_000002_000001"),
-    ]
-    with pytest.warns(DeprecationWarning), pytest.raises(BagError, match="does not exist"):
-        open_source(tmp_path / "nowhere")
-    generated = FrameSource(iter([SourceFrame(pixels(9), "s", "s_000001")]), 1, 5.0, "one frame")
-    write_bag(generated, tmp_path / "bag", rate=5.0, progress=False)
-    assert [f.key for f in BagStream(tmp_path / "bag")] == ["s_000001"]

@@ -34,16 +34,15 @@ Example::
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
 
 from video_seg_ros.flow import DIS_PRESETS
 from video_seg_ros.metrics import ConfusionMatrix, TemporalConsistency
-from video_seg_ros.streams import BagStream, FolderStream, Frame
+from video_seg_ros.streams import FolderStream, Frame
 
 
 @dataclass(frozen=True)
@@ -345,15 +344,13 @@ def evaluate_recording(
     """Score predictions made elsewhere (e.g. recorded from the node), keyed by frame stamp.
 
     ``frames``: :class:`~video_seg_ros.streams.Frame` items with ``stamp_ns`` (a
-    :class:`~video_seg_ros.streams.BagStream`), or ``(stamp_ns, frame)`` pairs as the deprecated
-    :func:`bag_frames` yields them. A frame without a prediction (lost on the way) is not scored
-    and does not pair with its neighbours; it still reaches ``on_frame(frame, None, row)`` so
-    that callers can mark it.
+    :class:`~video_seg_ros.streams.BagStream`). A frame without a prediction (lost on the way)
+    is not scored and does not pair with its neighbours; it still reaches
+    ``on_frame(frame, None, row)`` so that callers can mark it.
     """
     evaluator = Evaluator(class_names, options)
-    for item in frames:
-        stamp_ns, frame = item if isinstance(item, tuple) else (item.stamp_ns, item)
-        prediction = predictions.get(stamp_ns)
+    for frame in frames:
+        prediction = predictions.get(frame.stamp_ns)
         if prediction is None:
             evaluator.break_run()
             row = {"key": frame.key, "sequence": frame.sequence, "frame": frame.number}
@@ -369,29 +366,11 @@ def evaluate_recording(
 FrameFolder = FolderStream
 
 
-def bag_frames(
-    bag: str | Path, topic: str, labels: dict[str, np.ndarray] | None = None
-) -> Iterator[tuple[int, Frame]]:
-    """Deprecated: ``BagStream(bag, topic, labels)`` (each frame carries its ``stamp_ns``);
-    yields ``(stamp_ns, frame)`` as before."""
-    import warnings
-
-    warnings.warn(
-        "video_seg_ros.evaluation.bag_frames is deprecated; use "
-        "video_seg_ros.streams.BagStream (frames carry stamp_ns)",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    for frame in BagStream(bag, topic, labels):
-        yield frame.stamp_ns, frame
-
-
 __all__ = [
     "EvalFrame",
     "EvaluationOptions",
     "Evaluator",
     "FrameFolder",
-    "bag_frames",
     "evaluate",
     "evaluate_recording",
     "percent",

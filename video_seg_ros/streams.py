@@ -22,7 +22,7 @@ No ROS here (bags are read with the ``rosbags`` package).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -423,6 +423,27 @@ class SyntheticStream(FrameStream):
             "size": size,
             "fps": fps,
         }
+
+
+class TappedStream(FrameStream):
+    """Another stream's frames unchanged, each handed to ``tap(frame)`` as it passes (e.g. to keep
+    its label while the frames are written elsewhere)."""
+
+    def __init__(self, stream: FrameStream, tap: Callable[[Frame], None]):
+        self.stream, self.tap = stream, tap
+        self.native_rate, self.description = stream.native_rate, stream.description
+        self.path, self.labels = stream.path, stream.labels
+
+    def __len__(self) -> int:
+        return len(self.stream)
+
+    def __iter__(self) -> Iterator[Frame]:
+        for frame in self.stream:
+            self.tap(frame)
+            yield frame
+
+    def describe(self) -> dict:
+        return self.stream.describe()
 
 
 def _parse_size(text: str) -> tuple[int, int]:

@@ -13,12 +13,22 @@ import cv2
 import numpy as np
 from rclpy.node import Node
 
-from video_seg_ros.bags import (IMAGE_TYPES, BagError, BagWriter, RawMessage, cdr_stamp_ns, decode_image,
-                                has_header)
+from video_seg_ros.bags import (
+    IMAGE_TYPES,
+    BagError,
+    BagWriter,
+    RawMessage,
+    cdr_stamp_ns,
+    decode_image,
+    has_header,
+)
 from video_seg_ros.ros.player import message_class
 
 #: output name -> topic suffix under the node's name
 NODE_OUTPUTS = ("labels", "color", "overlay", "confidence", "consistency")
+#: Start of the line logged once every subscription matched its publisher (a supervisor's ready
+#: line: video_seg_ros.tools.demo_pipeline.RECORDER_READY_PATTERN)
+READY_PREFIX = "ready: "
 
 
 @dataclass
@@ -33,8 +43,13 @@ class TopicRecord:
 class Recorder:
     """Writes raw messages to a bag (``bag_dir``) and/or decoded PNG/JSONL files (``png_dir``)."""
 
-    def __init__(self, bag_dir: Path | None = None, png_dir: Path | None = None, storage: str = "mcap",
-                 overwrite: bool = False):
+    def __init__(
+        self,
+        bag_dir: Path | None = None,
+        png_dir: Path | None = None,
+        storage: str = "mcap",
+        overwrite: bool = False,
+    ):
         if bag_dir is None and png_dir is None:
             raise BagError("nothing to write: give a bag folder and/or a PNG folder")
         self.records: dict[str, TopicRecord] = {}
@@ -44,7 +59,10 @@ class Recorder:
             self._bag.__enter__()
         if png_dir is not None:
             if png_dir.exists() and any(png_dir.iterdir()) and not overwrite:
-                raise BagError(f"{png_dir} exists and is not empty; choose another folder or allow overwriting")
+                raise BagError(
+                    f"{png_dir} exists and is not empty; choose another folder or allow "
+                    "overwriting"
+                )
             png_dir.mkdir(parents=True, exist_ok=True)
 
     def add_topic(self, topic: str, msgtype: str) -> None:
@@ -84,10 +102,18 @@ class Recorder:
         return str(path.relative_to(self.png_dir))
 
     def report(self) -> dict:
-        return {"topics": {t: {"type": r.msgtype, "count": len(r.entries),
-                               "messages": [{"stamp_ns": s, "receive_ns": rx, "file": f}
-                                            for s, rx, f in r.entries]}
-                           for t, r in self.records.items()}}
+        return {
+            "topics": {
+                t: {
+                    "type": r.msgtype,
+                    "count": len(r.entries),
+                    "messages": [
+                        {"stamp_ns": s, "receive_ns": rx, "file": f} for s, rx, f in r.entries
+                    ],
+                }
+                for t, r in self.records.items()
+            }
+        }
 
     def close(self, ok: bool = True) -> None:
         if self._bag is not None:
@@ -101,10 +127,10 @@ class Recorder:
 
 
 def output_topics(node: str, names: list[str]) -> list[str]:
-    """'/video_seg_node', ['labels', 'color'] -> ['/video_seg_node/labels', '/video_seg_node/color']."""
+    """'/video_seg_node', ['labels', 'color']
+    -> ['/video_seg_node/labels', '/video_seg_node/color']."""
     base = "/" + node.strip("/")
     return [f"{base}/{name}" for name in names]
-
 
 
 @dataclass
@@ -122,17 +148,28 @@ class RecorderNode(Node):
 
     Discovery and the stop conditions run on timers, so the node is spun by rclpy like any other
     (``rclpy.spin_until_future_complete(node, node.done)``); :attr:`done` completes when the
-    recording should end, with the reason as its result. ``ready_file`` is created once every
-    subscription has matched its publisher (DDS-level match, reported by the ``matched`` event),
-    so a script can start its input only then; ``progress_file`` holds the count of the first topic.
+    recording should end, with the reason as its result. Once every subscription has matched its
+    publisher (DDS-level match, reported by the ``matched`` event) a line starting with
+    :data:`READY_PREFIX` is logged and ``ready_file`` is created, so a script can start its input
+    only then; ``progress_file`` holds the count of the first topic.
 
     Raises (through :attr:`done`'s exception): :class:`BagError` when none of the topics was
     advertised within ``wait_s``.
     """
 
-    def __init__(self, recorder: Recorder, topics: list[str], stop: StopConditions, *, wait_s: float = 30.0,
-                 depth: int = 100, ready_file: Path | None = None, progress_file: Path | None = None,
-                 log=print, node_name: str = "video_seg_recorder"):
+    def __init__(
+        self,
+        recorder: Recorder,
+        topics: list[str],
+        stop: StopConditions,
+        *,
+        wait_s: float = 30.0,
+        depth: int = 100,
+        ready_file: Path | None = None,
+        progress_file: Path | None = None,
+        log=print,
+        node_name: str = "video_seg_recorder",
+    ):
         from rclpy.task import Future
 
         super().__init__(node_name)
@@ -162,21 +199,38 @@ class RecorderNode(Node):
             if not publishers:
                 continue
             msgtype = publishers[0].topic_type
-            reliable = all(p.qos_profile.reliability == ReliabilityPolicy.RELIABLE for p in publishers)
-            qos = QoSProfile(depth=self.depth, reliability=ReliabilityPolicy.RELIABLE if reliable
-                             else ReliabilityPolicy.BEST_EFFORT)
+            reliable = all(
+                p.qos_profile.reliability == ReliabilityPolicy.RELIABLE for p in publishers
+            )
+            qos = QoSProfile(
+                depth=self.depth,
+                reliability=ReliabilityPolicy.RELIABLE
+                if reliable
+                else ReliabilityPolicy.BEST_EFFORT,
+            )
             self.recorder.add_topic(topic, msgtype)
-            events = SubscriptionEventCallbacks(matched=lambda info, topic=topic: self._on_matched(topic, info))
+            events = SubscriptionEventCallbacks(
+                matched=lambda info, topic=topic: self._on_matched(topic, info)
+            )
             self._topic_subscriptions[topic] = self.create_subscription(
-                message_class(msgtype), topic, lambda data, topic=topic: self._on_message(topic, data), qos,
-                raw=True, event_callbacks=events)
+                message_class(msgtype),
+                topic,
+                lambda data, topic=topic: self._on_message(topic, data),
+                qos,
+                raw=True,
+                event_callbacks=events,
+            )
             self._pending.remove(topic)
             self.log(f"recording {topic} [{msgtype}]")
         if self._pending and time.monotonic() - self.started > self.wait_s:
             if len(self._pending) == len(self.topics):
-                self._finish(error=BagError(
-                    f"no publisher on {', '.join(self._pending)} after {self.wait_s:g} s; is the node "
-                    "running (same ROS_DOMAIN_ID) and is its full name right?"))
+                self._finish(
+                    error=BagError(
+                        f"no publisher on {', '.join(self._pending)} after {self.wait_s:g} s; "
+                        "is the node "
+                        "running (same ROS_DOMAIN_ID) and is its full name right?"
+                    )
+                )
                 return
             self.log(f"warning: {', '.join(self._pending)} not advertised; not recorded")
             self._pending.clear()
@@ -190,9 +244,13 @@ class RecorderNode(Node):
     def _mark_ready_when_matched(self) -> None:
         if self._ready or self._pending or not self._topic_subscriptions:
             return
-        if set(self._topic_subscriptions) <= self._matched or time.monotonic() - self.started > self.wait_s:
+        if (
+            set(self._topic_subscriptions) <= self._matched
+            or time.monotonic() - self.started > self.wait_s
+        ):
             self._ready = True
             self._discovery.cancel()
+            self.log(f"{READY_PREFIX}recording {', '.join(self._topic_subscriptions)}")
             if self.ready_file is not None:
                 self.ready_file.parent.mkdir(parents=True, exist_ok=True)
                 self.ready_file.touch()
@@ -208,12 +266,19 @@ class RecorderNode(Node):
             return
         now = time.monotonic()
         first = self.first_topic
-        if self.stop.limit and first is not None and len(self.recorder.records[first].entries) >= self.stop.limit:
+        if (
+            self.stop.limit
+            and first is not None
+            and len(self.recorder.records[first].entries) >= self.stop.limit
+        ):
             self._finish("limit")
         elif self.stop.timeout_s and now - self.started > self.stop.timeout_s:
             self._finish("timeout")
-        elif (self.stop.idle_timeout_s and self.last_message is not None
-              and now - self.last_message > self.stop.idle_timeout_s):
+        elif (
+            self.stop.idle_timeout_s
+            and self.last_message is not None
+            and now - self.last_message > self.stop.idle_timeout_s
+        ):
             self._finish("idle")
 
     def _finish(self, reason: str | None = None, error: Exception | None = None) -> None:

@@ -1,0 +1,147 @@
+"""video-seg-demo: the pipeline's commands (tools/demo_pipeline.py), the latency split of the
+report (tools/demo_report.py) and one short real run through ROS 2 processes (tiny model)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from video_seg_ros.tools import demo, demo_pipeline
+from video_seg_ros.tools.demo_report import distribution, latency_split
+
+MS = 1_000_000  # ns
+
+
+def test_latency_split_separates_the_queue_wait_from_the_nodes_own_time():
+    # Published every 100 ms; the node needs 250 ms per frame, so frames queue behind each other.
+    publish = {stamp: stamp * 100 * MS for stamp in range(4)}
+    receive = {stamp: (stamp + 1) * 250 * MS for stamp in range(4)}
+    split = latency_split(publish, receive)
+    assert split["end_to_end"] == [250.0, 400.0, 550.0, 700.0]
+    assert split["queue_wait"] == [0.0, 150.0, 300.0, 450.0]
+    assert split["latency"] == [250.0] * 4  # the node's time per frame, not the growing queue
+
+
+def test_latency_split_of_a_node_that_keeps_up_has_no_queue_wait_and_skips_lost_frames():
+    publish = {1: 0, 2: 200 * MS, 3: 400 * MS}
+    receive = {1: 50 * MS, 3: 460 * MS, 99: 500 * MS}  # 2 lost; 99 was never published
+    split = latency_split(publish, receive)
+    assert split == {"latency": [50.0, 60.0], "queue_wait": [0.0, 0.0], "end_to_end": [50.0, 60.0]}
+    assert distribution([]) == {"mean": None, "p50": None, "p95": None, "max": None}
+    assert distribution(split["latency"])["max"] == 60.0
+
+
+def test_a_compressed_bag_topic_is_fed_as_image_transport_compressed(tmp_path):
+    compressed = demo_pipeline.node_spec(tmp_path / "p.yaml", "/camera/image_raw/compressed")
+    assert compressed.remappings == {"image": "/camera/image_raw"}
+    assert compressed.parameters == {"image_transport": "compressed"}
+    command = compressed.command("python")
+    assert command[:3] == ["python", "-m", "video_seg_ros.ros.node"]
+    assert command[3:] == [
+        "--ros-args",
+        "--params-file",
+        str(tmp_path / "p.yaml"),
+        "-r",
+        "image:=/camera/image_raw",
+        "-p",
+        "image_transport:=compressed",
+    ]
+    assert "use_compressed" not in " ".join(command)  # the deprecated parameter
+    raw = demo_pipeline.node_spec(tmp_path / "p.yaml", "/camera/image_raw")
+    assert raw.parameters == {} and raw.remappings == {"image": "/camera/image_raw"}
+
+
+def test_the_recorder_waits_longer_than_the_demo_for_the_nodes_outputs(tmp_path):
+    startup = 120.0
+    spec = demo_pipeline.recorder_spec(tmp_path / "rec", 120, 5.0, 24.0, startup, tmp_path)
+    wait = float(spec.arguments[spec.arguments.index("--wait") + 1])
+    timeout = float(spec.arguments[spec.arguments.index("--timeout") + 1])
+    # Else the recorder gives up first and the demo reports its exit instead of the node's log.
+    assert wait >= startup + 30
+    assert timeout > wait + 24.0
+    assert "--ready-file" not in spec.arguments  # the supervisor waits for the ready line
+
+
+def test_the_demo_waits_for_the_line_the_recorder_prints_when_ready():
+    pytest.importorskip("rclpy", reason="video_seg_ros.ros.recorder needs rclpy")
+    from video_seg_ros.ros.recorder import READY_PREFIX
+
+    line = f"{READY_PREFIX}recording /video_seg_node/labels, /diagnostics"
+    assert re.search(demo_pipeline.RECORDER_READY_PATTERN, line)
+    assert not re.search(demo_pipeline.RECORDER_READY_PATTERN, "recording /diagnostics [x]")
+
+
+def test_replay_parameters_are_node_parameters_and_drop_no_frame(tmp_path):
+    import yaml
+
+    from video_seg_ros.ros.parameters import PARAMETERS
+
+    overrides = demo_pipeline.replay_parameters(
+        "default", "cpu", "auto", 500, temporal={"temporal_mode": "fuse"}
+    )
+    assert set(overrides) <= set(PARAMETERS)
+    assert overrides["frame_queue_size"] == demo_pipeline.MAX_NODE_QUEUE
+    assert overrides["input_qos"] == "reliable" and overrides["temporal_mode"] == "fuse"
+    written = yaml.safe_load(demo_pipeline.write_node_parameters(tmp_path, overrides).read_text())
+    values = written["/**"]["ros__parameters"]
+    assert {key: values[key] for key in overrides} == overrides
+    assert "image_transport" in values  # the rest comes from config/video_seg.yaml
+
+
+def test_demo_py_keeps_only_the_command_line_and_the_flow():
+    source = Path(demo.__file__).read_text()
+    assert len(source.splitlines()) < 450
+    # All frame reading in one function (prepare_input), through the one frame-stream module.
+    assert source.count("from video_seg_ros.streams import") == 1
+    assert "def prepare_input(" in source
+
+
+def test_quiet_demo_run_prints_no_bar_and_writes_the_summary_keys(tmp_path, capsys):
+    pytest.importorskip("rclpy", reason="the demo runs ROS 2 processes: rclpy is not installed")
+    from checkpoints import make_tiny_espnet_checkpoint
+
+    checkpoint = make_tiny_espnet_checkpoint(tmp_path / "tiny.pt")
+    out = tmp_path / "demo"
+    code = demo.main(
+        [
+            "--checkpoint",
+            str(checkpoint),
+            "--limit",
+            "4",
+            "--size",
+            "64x32",
+            "--replay-hz",
+            "10",
+            "-o",
+            str(out),
+            "-q",
+        ]
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.out + captured.err
+    assert "it/s" not in captured.err and "frame/s" not in captured.err, captured.err  # no bar
+    assert "segmented:" not in captured.err and "score:" not in captured.err
+    assert "4/4 segmented, 0 lost" in captured.out
+    for line in (
+        "latency     publish -> labels received, less the queue wait: p50 ",
+        "queue wait  behind earlier frames",
+        "end to end  publish -> labels received: p50 ",
+    ):
+        assert line in captured.out
+    summary = json.loads((out / "summary.json").read_text())
+    results = summary["results"]
+    for key in ("latency_ms", "queue_wait_ms", "end_to_end_ms"):
+        assert set(results[key]) == {"mean", "p50", "p95", "max"}, key
+        assert results[key]["p50"] is not None and results[key]["p50"] >= 0
+    assert results["end_to_end_ms"]["max"] >= results["latency_ms"]["max"] > 0
+    assert results["frames_published"] == results["frames_segmented"] == 4
+    assert summary["exit_codes"] == {"player": 0, "node": 0, "recorder": 0}
+    logs = out / "logs"
+    assert {"node.log", "recorder.log", "player.log"} <= {p.name for p in logs.iterdir()}
+    assert re.search(
+        demo_pipeline.RECORDER_READY_PATTERN, (logs / "recorder.log").read_text(), re.MULTILINE
+    )
+    assert "queue wait" in (out / "summary.md").read_text()
