@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join(["python", PROG, *(sys.argv[1:] if argv is None else argv)])
     from video_seg_ros.backends import BackendError
     from video_seg_ros.engine import SegmentationEngine
-    from video_seg_ros.evaluation import FrameFolder, evaluate
+    from video_seg_ros.evaluation import evaluate
+    from video_seg_ros.streams import FolderStream
     from video_seg_ros.runtime import PrecisionError
 
     root = require_shared() / "data" / "cityscapes_sequences"
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 
         scores = []
         for snippet in args.snippets:
-            folder = FrameFolder(
+            folder = FolderStream(
                 root / snippet / "leftImg8bit",
                 root / snippet / "pseudo_labelIds",
                 "cityscapes-labelids",

@@ -51,7 +51,8 @@ from tqdm import tqdm
 
 from bench_utils import shared_dir
 from video_seg_ros.engine import SegmentationEngine
-from video_seg_ros.evaluation import FrameFolder, percent
+from video_seg_ros.evaluation import percent
+from video_seg_ros.streams import FolderStream
 from video_seg_ros.flow import DisFlow
 from video_seg_ros.labels import LABEL_FORMATS
 from video_seg_ros.metrics import ConfusionMatrix, TemporalConsistency
@@ -194,7 +195,7 @@ def evaluation_flows(clips: list[Clip]) -> dict:
 
 
 def load_real(args) -> list[Clip]:
-    folder = FrameFolder(args.images, args.labels, args.label_format, args.limit)
+    folder = FolderStream(args.images, args.labels, args.label_format, args.limit)
     clips: dict[str, Clip] = {}
     for item in tqdm(folder, desc="reading frames", unit="frame", disable=args.quiet):
         rgb, label = item.rgb, item.label

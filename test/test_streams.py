@@ -11,7 +11,6 @@ from video_seg_ros.bags import BagError, BagWriter, image_message, write_bag
 from video_seg_ros.streams import (
     BagStream,
     FolderStream,
-    Frame,
     StreamError,
     SyntheticStream,
     VideoStream,
@@ -227,12 +226,3 @@ def test_missing_and_unknown_inputs_are_clear_errors(tmp_path, cityscapes):
     inside = next(p for p in (tmp_path / "bag").iterdir() if p.suffix == ".mcap")
     with pytest.raises(StreamError, match="file inside a bag"):
         open_stream(inside)
-
-
-def test_frame_keeps_the_positional_order_of_the_old_eval_frame():
-    from video_seg_ros.evaluation import EvalFrame
-
-    label = np.zeros((2, 2), np.uint8)
-    frame = EvalFrame(np.zeros((2, 2, 3), np.uint8), "k", "s", 3, label, "l.png")
-    assert isinstance(frame, Frame) and (frame.key, frame.sequence, frame.number) == ("k", "s", 3)
-    assert frame.label is label and frame.label_path == "l.png" and frame.stamp_ns is None

@@ -42,7 +42,7 @@ import numpy as np
 
 from video_seg_ros.flow import DIS_PRESETS
 from video_seg_ros.metrics import ConfusionMatrix, TemporalConsistency
-from video_seg_ros.streams import FolderStream, Frame
+from video_seg_ros.streams import Frame
 
 
 @dataclass(frozen=True)
@@ -89,11 +89,6 @@ class EvaluationOptions:
             "max_frame_gap": self.max_frame_gap,
             "label_warp": "nearest",
         }
-
-
-#: One frame to evaluate: :class:`video_seg_ros.streams.Frame` (rgb (H, W, 3) uint8, key,
-#: sequence, number, optional (H, W) uint8 label and label_path; same positional order).
-EvalFrame = Frame
 
 
 def _round(value: float | None, digits: int = 5) -> float | None:
@@ -361,16 +356,9 @@ def evaluate_recording(
     return evaluator
 
 
-# ---- deprecated names (one release) -----------------------------------------------------------
-#: Deprecated: :class:`video_seg_ros.streams.FolderStream` (same arguments and attributes).
-FrameFolder = FolderStream
-
-
 __all__ = [
-    "EvalFrame",
     "EvaluationOptions",
     "Evaluator",
-    "FrameFolder",
     "evaluate",
     "evaluate_recording",
     "percent",

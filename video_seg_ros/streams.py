@@ -121,6 +121,17 @@ def list_folder(
     return [FolderEntry(record, index.get(record.key)) for record in list_frames(images)]
 
 
+def read_folder_frame(entry: FolderEntry, label_format: str, index: int | None = None) -> Frame:
+    """Read one folder entry: its (H, W, 3) uint8 RGB frame and, when it has a label file, the
+    (H, W) uint8 train ids. Raises :class:`UnreadableImageError` for a file that cannot be
+    decoded."""
+    record, label_path = entry.record, entry.label_path
+    rgb = read_rgb(record.path)
+    label = None if label_path is None else read_label(label_path, label_format)
+    label_name = None if label_path is None else str(label_path)
+    return Frame(rgb, record.key, record.sequence, record.frame, label, label_name, None, index)
+
+
 class FolderStream(FrameStream):
     """The frames under ``images`` and their label files under ``labels``.
 
@@ -188,20 +199,14 @@ class FolderStream(FrameStream):
 
     def __iter__(self) -> Iterator[Frame]:
         for index, entry in enumerate(self.entries):
-            record, label_path = entry.record, entry.label_path
             try:
-                rgb = read_rgb(record.path)
-                label = None if label_path is None else read_label(label_path, self.label_format)
+                yield read_folder_frame(entry, self.label_format, index)
             except UnreadableImageError as error:
                 if not self.skip_unreadable:
                     raise
+                record = entry.record
                 error = {"key": record.key, "file": str(record.path), "error": str(error)}
                 self.skipped.append(error)
-                continue
-            label_name = None if label_path is None else str(label_path)
-            yield Frame(
-                rgb, record.key, record.sequence, record.frame, label, label_name, None, index
-            )
 
     def describe(self) -> dict:
         return {

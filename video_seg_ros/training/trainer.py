@@ -16,6 +16,7 @@ process), BatchNorm becomes SyncBatchNorm on CUDA, and only rank 0 validates and
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import time
@@ -524,27 +525,19 @@ class Trainer:
         ``video-seg-eval`` reports for the saved checkpoint on the same frames. Fractions 0..1.
         """
         from video_seg_ros.engine import SegmentationEngine
-        from video_seg_ros.evaluation import EvalFrame, evaluate
-        from video_seg_ros.frames import read_label, read_rgb
+        from video_seg_ros.evaluation import evaluate
+        from video_seg_ros.streams import FolderEntry, read_folder_frame
 
         limit = self.config["train"].get("val_max_frames")
 
         def frames():
             for name, items in self.val_sequences.items():
                 for item in items[: int(limit) if limit else None]:
-                    label = (
-                        read_label(item.label_path, item.label_format)
-                        if item.label_path is not None
-                        else None
+                    frame = read_folder_frame(
+                        FolderEntry(item.record, item.label_path), item.label_format
                     )
-                    yield EvalFrame(
-                        read_rgb(item.record.path),
-                        item.record.key,
-                        name,
-                        item.record.frame,
-                        label,
-                        None if item.label_path is None else str(item.label_path),
-                    )
+                    # The entry-prefixed name keeps equal sequence names of two entries apart.
+                    yield dataclasses.replace(frame, sequence=name)
 
         self.net.eval()
         try:
