@@ -26,8 +26,8 @@ setup(
     tests_require=["pytest"],
     entry_points={
         "console_scripts": [
-            "video_seg_node = video_seg_ros.ros.node:main",
-            "video_seg_lifecycle_node = video_seg_ros.ros.lifecycle_node:main",
+            "video_seg_node = video_seg_ros.ros.executable:main",
+            "video_seg_lifecycle_node = video_seg_ros.ros.executable:lifecycle_main",
             "video-seg-import = video_seg_ros.tools.import_weights:main",
             "video-seg-eval = video_seg_ros.tools.evaluate:main",
             "video-seg-make-bag = video_seg_ros.tools.make_bag:main",

@@ -55,7 +55,7 @@ def test_queue_keeps_one_keep_latest_slot_per_camera_and_hands_out_one_frame_of_
         buffered.put(f"front {i}", "front")
     buffered.put("left 0", "left")
     assert buffered.get_batch(0.01) == [("front", "front 0"), ("left", "left 0")]  # a camera's frames in order
-    assert buffered.clear() == 1 and len(buffered) == 0
+    assert buffered.clear() == {"front": 1} and len(buffered) == 0  # counted per camera
 
 
 def test_dropped_items_pass_their_knowledge_to_the_successor():
