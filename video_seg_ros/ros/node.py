@@ -79,7 +79,7 @@ class VideoSegNode(LifecycleNode):
         self._active = False
         self._activated_at = time.monotonic()
         self._failure = ""
-        self._services, self._timers, self._plain_publishers = [], [], []
+        self._seg_services, self._seg_timers, self._plain_publishers = [], [], []
         try:
             self._declare_parameters(autostart)
         except StartupError as error:
@@ -207,7 +207,7 @@ class VideoSegNode(LifecycleNode):
         )
         for camera in self.cameras:
             self._make_camera_outputs(camera)
-        self._services.append(
+        self._seg_services.append(
             self.create_service(
                 Trigger,
                 "~/reset",
@@ -221,7 +221,7 @@ class VideoSegNode(LifecycleNode):
         label_info = self.create_publisher(msg_type, "~/label_info", LATCHED_QOS)
         label_info.publish(message)
         self._plain_publishers += [self._diagnostics_pub, label_info]
-        self._timers.append(
+        self._seg_timers.append(
             self.create_timer(settings["diagnostics_period_s"], self._publish_diagnostics)
         )
         inputs = [camera.input_topic for camera in self.cameras]
@@ -248,7 +248,7 @@ class VideoSegNode(LifecycleNode):
             Float32, camera.private("consistency"), 10
         )
         if camera.name:
-            self._services.append(
+            self._seg_services.append(
                 self.create_service(
                     Trigger,
                     camera.private("reset"),
@@ -313,16 +313,16 @@ class VideoSegNode(LifecycleNode):
         """Release the model and every publisher, service and timer made by :meth:`_configure`."""
         if self._active:
             self._deactivate()
-        for timer in self._timers:
+        for timer in self._seg_timers:
             self.destroy_timer(timer)
-        for service in self._services:
+        for service in self._seg_services:
             self.destroy_service(service)
         for publisher in self._plain_publishers:
             self.destroy_publisher(publisher)
         for camera in self.cameras:
             for publisher in camera.publishers.values():
                 self.destroy_lifecycle_publisher(publisher)
-        self._timers, self._services, self._plain_publishers, self.cameras = [], [], [], []
+        self._seg_timers, self._seg_services, self._plain_publishers, self.cameras = [], [], [], []
         if self._worker is not None:
             self._worker.close()
             self._worker = None
