@@ -1,8 +1,8 @@
 """video_seg_lifecycle_node as a real ROS 2 process, driven through ~/change_state and ~/get_state.
 
-Two processes start in parallel: ``seg_managed`` (a usable configuration) goes through
-configure -> activate -> deactivate -> activate -> deactivate -> cleanup -> configure -> activate
--> shutdown, with labels flowing only while active; ``seg_broken`` (a missing checkpoint) shows that
+Two processes start in parallel: ``seg_managed`` (a usable configuration; ``autostart`` false, so
+it starts unconfigured) goes through configure -> activate -> deactivate -> activate -> deactivate
+-> cleanup -> configure -> activate -> shutdown, with labels flowing only while active; ``seg_broken`` (a missing checkpoint) shows that
 a failing configure answers FAILURE, says why in the log and leaves the node unconfigured.
 """
 
@@ -15,6 +15,7 @@ pytest.importorskip("lifecycle_msgs", reason="lifecycle_msgs (ros-lifecycle-msgs
 
 from lifecycle_msgs.msg import State, Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
+from rcl_interfaces.srv import GetParameters  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
@@ -103,6 +104,9 @@ def test_labels_flow_only_while_the_node_is_active(nodes):
         return [publish(seed) for seed in range(3)]
 
     assert _state(probe, node) == State.PRIMARY_STATE_UNCONFIGURED
+    autostart = probe.call(GetParameters, node.topic("get_parameters"),
+                           GetParameters.Request(names=["autostart"]))
+    assert autostart is not None and autostart.values[0].bool_value is False  # the executable's
     assert publisher.get_subscription_count() == 0
     assert _change(probe, node, Transition.TRANSITION_CONFIGURE)
     assert _state(probe, node) == State.PRIMARY_STATE_INACTIVE
