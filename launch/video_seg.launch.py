@@ -9,12 +9,14 @@
 One camera (``cameras`` empty): the node subscribes to ``image`` and publishes under
 ``/<namespace>/<node_name>/``. Several cameras share one process and one model: camera N reads
 ``image_topics[i]`` (default ``<namespace>/N/image``) and publishes under ``.../<node_name>/N/``.
-``lifecycle:=true`` starts the managed node; with ``autostart:=true`` (default) the launch file
-configures and activates it. ``rviz:=true`` opens RViz2 with config/video_seg.rviz rewritten for
-this namespace, node name and cameras. ``checkpoint``, ``device``, ``backend``, ``precision`` and
-``publish_overlay`` override the parameters file, and so do ``temporal_mode``, ``fusion_weight`` and
-``keyframe_max_interval`` when given (empty: the file's value); everything else comes from
-``params_file`` (config/video_seg.yaml). With ``large_images:=true`` (default) the processes use the Fast DDS
+``lifecycle:=true`` starts the managed node (video_seg_lifecycle_node); ``autostart:=true``
+(default) sets its read-only ``autostart`` parameter, so it configures and activates itself;
+``autostart:=false`` leaves it unconfigured for ``ros2 lifecycle set``. ``rviz:=true`` opens
+RViz2 with config/video_seg.rviz rewritten for this namespace, node name and cameras.
+``checkpoint``, ``device``, ``backend``, ``precision`` and ``publish_overlay`` override the
+parameters file, and so do ``temporal_mode``, ``fusion_weight`` and ``keyframe_max_interval``
+when given (empty: the file's value); everything else comes from ``params_file``
+(config/video_seg.yaml). With ``large_images:=true`` (default) the processes use the Fast DDS
 profile for full-size frames (config/fastdds_large_images.xml); use it in the camera driver too.
 """
 
@@ -22,16 +24,11 @@ import tempfile
 
 import yaml
 from launch import LaunchDescription
-from launch.actions import (DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler,
-                            SetEnvironmentVariable)
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.conditions import IfCondition
-from launch.events import matches_action
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import LifecycleNode, Node
-from launch_ros.event_handlers import OnStateTransition
-from launch_ros.events.lifecycle import ChangeState
 from launch_ros.substitutions import FindPackageShare
-from lifecycle_msgs.msg import Transition
 
 PACKAGE = "video_seg_ros"
 PARAMS_FILE = "video_seg.yaml"
@@ -79,17 +76,12 @@ def _launch_setup(context):
                   output="screen", emulate_tty=True)
     actions = []
     if _truthy(value["lifecycle"]):
-        managed = LifecycleNode(package=PACKAGE, executable="video_seg_lifecycle_node",
-                                parameters=[value["params_file"], overrides], **common)
-        actions.append(managed)
-        if _truthy(value["autostart"]):
-            actions.append(RegisterEventHandler(OnStateTransition(
-                target_lifecycle_node=managed, goal_state="inactive",
-                entities=[EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(managed),
-                                                      transition_id=Transition.TRANSITION_ACTIVATE))])))
-            actions.append(EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(managed),
-                                                       transition_id=Transition.TRANSITION_CONFIGURE)))
-    else:
+        # The node configures and activates itself when its read-only autostart parameter is
+        # true (video_seg_lifecycle_node's default is false: it waits for transitions).
+        overrides["autostart"] = _truthy(value["autostart"])
+        actions.append(LifecycleNode(package=PACKAGE, executable="video_seg_lifecycle_node",
+                                     parameters=[value["params_file"], overrides], **common))
+    else:  # video_seg_node: autostart defaults to true
         actions.append(Node(package=PACKAGE, executable="video_seg_node",
                             parameters=[value["params_file"], overrides], **common))
     if _truthy(value["rviz"]):
@@ -136,7 +128,8 @@ def generate_launch_description():
         DeclareLaunchArgument("lifecycle", default_value="false",
                               description="start video_seg_lifecycle_node (managed) instead of video_seg_node"),
         DeclareLaunchArgument("autostart", default_value="true",
-                              description="with lifecycle:=true, configure and activate the node at start"),
+                              description="with lifecycle:=true, the node's autostart parameter: configure and "
+                                          "activate at start (false: wait for lifecycle transitions)"),
         DeclareLaunchArgument("rviz", default_value="false",
                               description="open RViz2 with config/video_seg.rviz for these topics"),
         DeclareLaunchArgument("large_images", default_value="true",

@@ -249,4 +249,8 @@ def test_launch_file_offers_cameras_and_lifecycle_arguments():
     declared = _declared_arguments(_tree(REPO / "launch" / "video_seg.launch.py"))
     assert {"cameras", "image_topics", "lifecycle", "autostart", "rviz", "backend", "precision"} <= set(declared)
     assert declared["lifecycle"] == "false" and declared["cameras"] == ""
+    assert declared["autostart"] == "true"
+    # autostart reaches the managed node as its read-only parameter (no launch-side transitions)
+    source = (REPO / "launch" / "video_seg.launch.py").read_text()
+    assert 'overrides["autostart"] = _truthy(value["autostart"])' in source
     assert {"video_seg_node", "video_seg_lifecycle_node"} <= _console_scripts()

@@ -1,4 +1,5 @@
-"""launch_testing: launch/video_seg.launch.py starts a single-camera node and a two-camera node
+"""launch_testing: launch/video_seg.launch.py starts a single-camera node, a two-camera node and
+a managed node (``lifecycle:=true``, which activates itself through its ``autostart`` parameter)
 that segment frames and exit cleanly.
 
 Needs a ROS 2 install with launch, launch_ros and launch_testing (``colcon test`` or
@@ -42,6 +43,8 @@ NAMESPACE = "launch_test"
 LABELS_TOPIC = f"/{NAMESPACE}/video_seg_node/labels"
 FRAME_SIZE = (96, 64)  # width, height
 MULTI_NAMESPACE = "launch_multi"
+LIFECYCLE_NAMESPACE = "launch_lifecycle"
+LIFECYCLE_INPUT_TOPIC = "/launch_lifecycle_in/image"
 #: camera -> (input topic given by image_topics, frame size)
 MULTI_CAMERAS = {"front": ("/launch_multi_in/front", (96, 64)), "left": ("/launch_multi_in/left", (64, 48))}
 
@@ -58,7 +61,12 @@ def generate_test_description():
         launch_arguments={"namespace": MULTI_NAMESPACE, "checkpoint": str(checkpoint), "device": "cpu",
                           "cameras": "[" + ",".join(MULTI_CAMERAS) + "]",
                           "image_topics": "[" + ",".join(t for t, _ in MULTI_CAMERAS.values()) + "]"}.items())
-    return launch.LaunchDescription([node_launch, multi_launch, launch_testing.actions.ReadyToTest()]), {}
+    managed_launch = launch.actions.IncludeLaunchDescription(
+        PythonLaunchDescriptionSource(str(LAUNCH_FILE)),
+        launch_arguments={"image": LIFECYCLE_INPUT_TOPIC, "namespace": LIFECYCLE_NAMESPACE,
+                          "checkpoint": str(checkpoint), "device": "cpu", "lifecycle": "true"}.items())
+    return launch.LaunchDescription([node_launch, multi_launch, managed_launch,
+                                     launch_testing.actions.ReadyToTest()]), {}
 
 
 class TestNodeSegmentsFrames(unittest.TestCase):
@@ -130,6 +138,24 @@ class TestNodeSegmentsFrames(unittest.TestCase):
             for message in labels[camera]:
                 self.assertEqual(message.header.frame_id, camera)
                 self.assertEqual((message.width, message.height), size)
+
+
+    def test_the_managed_node_activates_itself_with_autostart(self):
+        labels = []
+        self.probe.create_subscription(
+            Image, f"/{LIFECYCLE_NAMESPACE}/video_seg_node/labels", labels.append,
+            QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+        publisher = self.probe.create_publisher(Image, LIFECYCLE_INPUT_TOPIC, 10)
+        rng = np.random.default_rng(2)
+        deadline = time.monotonic() + 120.0
+        count = 0
+        while time.monotonic() < deadline and not labels:
+            count += 1
+            if publisher.get_subscription_count() > 0:  # subscribed only once active
+                frame = rng.integers(0, 256, (FRAME_SIZE[1], FRAME_SIZE[0], 3), dtype=np.uint8)
+                publisher.publish(image_message(frame, "rgb8", 1000.0 + count * 0.1))
+            rclpy.spin_once(self.probe, timeout_sec=0.1)
+        self.assertTrue(labels, "the lifecycle node started with autostart:=true never answered")
 
 
 @launch_testing.post_shutdown_test()
