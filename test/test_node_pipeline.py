@@ -11,8 +11,8 @@ from video_seg_ros.engine import SegmentationEngine
 from video_seg_ros.image_encoding import Frame
 from video_seg_ros.labels import CITYSCAPES, IGNORE_ID, colorize
 from video_seg_ros.metrics import OnlineConsistency
-from video_seg_ros.ros.pipeline import (FrameQueue, OutputRequest, ResetPolicy, StreamPipeline, StreamStats,
-                                        segment_streams)
+from video_seg_ros.ros.pipeline import (FrameQueue, NodePipeline, OutputRequest, ResetPolicy, StreamItem,
+                                        StreamPipeline, StreamStats, segment_streams)
 
 
 def test_keep_latest_queue_replaces_the_waiting_frame_and_counts_the_drop():
@@ -242,3 +242,69 @@ def test_cameras_batched_together_keep_their_own_memory_resets_and_tc(memory_eng
     assert (front.frames_since_reset, left.frames_since_reset) == (3, 1)
     with pytest.raises(ValueError, match="one frame per stream"):
         segment_streams([(front, current, 1.3, None, None), (front, current, 1.4, None, None)])
+
+
+def _settings(**changes):
+    from video_seg_ros.ros.parameters import PARAMETERS
+
+    return {**{name: spec.default for name, spec in PARAMETERS.items()}, **changes}
+
+
+def _camera(engine, name):
+    return StreamPipeline(engine, consistency=OnlineConsistency(len(engine.class_names), max_width=64),
+                          stream=name)
+
+
+def test_node_pipeline_applies_every_run_time_setting_to_every_camera(engine):
+    streams = {name: _camera(engine, name) for name in ("front", "left")}
+    pipeline = NodePipeline(engine, streams, _settings(consistency_metric=False))
+    pipeline.apply(_settings(consistency_metric=False, reset_on_gap_s=2.5, consistency_stride=7,
+                             temporal_state=False))
+    for stream in streams.values():
+        assert (stream.policy.gap_s, stream.consistency.stride, stream.temporal_state) == (2.5, 7, False)
+    pipeline.apply(_settings(consistency_metric=False, consistency_stride=1))
+    front = streams["front"]
+    for i in range(2):  # pairs measured while the metric is off are not kept when it comes back
+        front.measure(_frame(seed=i), front.segment(_frame(seed=i), 1.0 + 0.1 * i).labels)
+    assert front.consistency.pairs == 1
+    pipeline.apply(_settings(consistency_metric=True))
+    assert front.consistency.pairs == 0 and pipeline.settings["consistency_metric"] is True
+
+
+def test_node_pipeline_renders_measures_and_keeps_a_failure_to_its_camera(engine):
+    streams = {name: _camera(engine, name) for name in ("front", "left")}
+    pipeline = NodePipeline(engine, streams, _settings(consistency_stride=1))
+    request = OutputRequest(color=True, overlay=True)
+    tiny = Frame(np.full((2, 2, 3), 128, np.uint8), "rgb", "rgb8")
+    outcomes = []
+    for i in range(2):  # 2x2 frames: the TC metric's optical flow fails on the second one
+        outcomes = pipeline.process([StreamItem(streams["front"], tiny, 1.0 + 0.1 * i, request),
+                                     StreamItem(streams["left"], _frame(seed=i), 1.0 + 0.1 * i, request)])
+    failed, result = outcomes
+    assert isinstance(failed, Exception)
+    assert set(result.extras) == {"color", "overlay"} and result.tc is not None
+    assert np.array_equal(result.extras["color"], colorize(result.labels, engine.palette_table))
+
+
+def test_diagnostics_levels_and_values_come_from_the_counters(engine):
+    from video_seg_ros.ros.diagnostics import ERROR, OK, WARN, camera_status
+
+    stream = _camera(engine, None)
+    stats = StreamStats()
+    settings = _settings()
+    level, message, values = camera_status("", "/image", stats.snapshot(), stream, engine, settings,
+                                           active=False, quiet_s=0.0)
+    assert (level, message) == (OK, "inactive: not subscribed to the camera")
+    stats.on_received()
+    stats.on_rejected("internal_error", "error: flow failed")
+    level, message, values = camera_status("", "/image", stats.snapshot(), stream, engine, settings,
+                                           active=True, quiet_s=0.0)
+    assert level == ERROR and message.endswith("error: flow failed")
+    assert values["rejected_internal_error"] == "1" and values["received"] == "1"
+    stats.on_received()
+    stats.on_rejected("too_small", "tiny")
+    stats.on_received()
+    stats.on_processed(5.0, 4.0)
+    level, message, values = camera_status("", "/image", stats.snapshot(), stream, engine, settings,
+                                           active=True, quiet_s=0.0)
+    assert level == WARN and "rejected 1 frame(s)" in message and values["latency_p50_ms"] == "5.00"
