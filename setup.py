@@ -13,8 +13,13 @@ setup(
         ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
         ("share/" + package_name, ["package.xml"]),
         ("share/" + package_name + "/launch", glob("launch/*.launch.py")),
-        ("share/" + package_name + "/config", glob("config/*.yaml") + glob("config/*.xml")
-         + glob("config/*.rviz") + glob("config/*.json")),
+        (
+            "share/" + package_name + "/config",
+            glob("config/*.yaml")
+            + glob("config/*.xml")
+            + glob("config/*.rviz")
+            + glob("config/*.json"),
+        ),
         ("share/" + package_name + "/config/train", glob("config/train/*.yaml")),
     ],
     install_requires=["setuptools"],

@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 
 rclpy = pytest.importorskip("rclpy", reason="ROS 2 rclpy is not installed")
-pytest.importorskip("lifecycle_msgs", reason="lifecycle_msgs (ros-lifecycle-msgs) is not installed")
+pytest.importorskip(
+    "lifecycle_msgs", reason="lifecycle_msgs (ros-lifecycle-msgs) is not installed"
+)
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from lifecycle_msgs.msg import State, Transition  # noqa: E402
@@ -27,8 +29,14 @@ from rcl_interfaces.srv import GetParameters, SetParameters  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
-from ros_support import (NodeProcess, RosProbe, diagnostics_values, image_message,  # noqa: E402
-                         make_tiny_checkpoint, write_params_file)
+from ros_support import (  # noqa: E402
+    NodeProcess,
+    RosProbe,
+    diagnostics_values,
+    image_message,
+    make_tiny_checkpoint,
+    write_params_file,
+)
 
 NODE = "seg_robust"
 CAMERAS = ("front", "back")
@@ -48,7 +56,9 @@ def _key(msg):
 
 
 def _accounted(values) -> int:
-    return sum(int(values[key]) for key in ("processed", "dropped", "rejected", "skipped_no_subscriber"))
+    return sum(
+        int(values[key]) for key in ("processed", "dropped", "rejected", "skipped_no_subscriber")
+    )
 
 
 class Rig:
@@ -66,11 +76,13 @@ class Rig:
         return msg
 
     def answered(self, camera: str, msg, timeout: float = ANSWER_TIMEOUT):
-        return self.probe.wait_for(lambda: any(_key(m) == _key(msg) for m in self.labels[camera]),
-                                   timeout)
+        return self.probe.wait_for(
+            lambda: any(_key(m) == _key(msg) for m in self.labels[camera]), timeout
+        )
 
     def status(self, camera: str, condition=lambda values: True, timeout=ANSWER_TIMEOUT):
-        """The newest diagnostics of ``camera`` published after this call that satisfy ``condition``."""
+        """The newest diagnostics of ``camera`` published after this call that satisfy
+        ``condition``."""
         seen = len(self.diagnostics)
 
         def find():
@@ -81,12 +93,17 @@ class Rig:
             return None
 
         values = self.probe.wait_for(find, timeout)
-        assert values is not None, f"no matching diagnostics for {camera}:\n{self.node.output()[-3000:]}"
+        assert values is not None, (
+            f"no matching diagnostics for {camera}:\n{self.node.output()[-3000:]}"
+        )
         return values
 
     def change(self, transition: int) -> bool:
-        response = self.probe.call(ChangeState, self.node.topic("change_state"),
-                                   ChangeState.Request(transition=Transition(id=transition)))
+        response = self.probe.call(
+            ChangeState,
+            self.node.topic("change_state"),
+            ChangeState.Request(transition=Transition(id=transition)),
+        )
         assert response is not None, self.node.output()[-2000:]
         return response.success
 
@@ -100,11 +117,22 @@ class Rig:
 def rig(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("robustness")
     checkpoint = make_tiny_checkpoint(tmp / "tiny.pt")
-    params = write_params_file(tmp / "robust.yaml", {
-        "checkpoint": str(checkpoint), "device": "cpu", "backend": "torch", "cpu_threads": 1,
-        "cameras": list(CAMERAS), "input_qos": "reliable", "frame_queue_size": 8,
-        "diagnostics_period_s": 0.2, "diagnostics_stale_s": 0.0, "reset_on_gap_s": 0.0,
-        "consistency_stride": 1})
+    params = write_params_file(
+        tmp / "robust.yaml",
+        {
+            "checkpoint": str(checkpoint),
+            "device": "cpu",
+            "backend": "torch",
+            "cpu_threads": 1,
+            "cameras": list(CAMERAS),
+            "input_qos": "reliable",
+            "frame_queue_size": 8,
+            "diagnostics_period_s": 0.2,
+            "diagnostics_stale_s": 0.0,
+            "reset_on_gap_s": 0.0,
+            "consistency_stride": 1,
+        },
+    )
     remaps = {f"{c}/image": f"/rb_{c}/image" for c in CAMERAS}
     remaps.update({f"{c}/camera_info": f"/rb_{c}/camera_info" for c in CAMERAS})
     node = NodeProcess(params, tmp / "robust.log", remaps=remaps, name=NODE)
@@ -112,12 +140,16 @@ def rig(tmp_path_factory):
     try:
         rig = Rig(probe, node)
         for camera in CAMERAS:
-            ready = probe.wait_for(lambda: rig.pubs[camera].get_subscription_count() > 0
-                                   or not node.alive(), STARTUP_TIMEOUT)
+            ready = probe.wait_for(
+                lambda: rig.pubs[camera].get_subscription_count() > 0 or not node.alive(),
+                STARTUP_TIMEOUT,
+            )
             assert ready and node.alive(), f"{NODE} did not start:\n{node.output()[-3000:]}"
             # The node must also have discovered our label subscriptions, else it skips frames.
             for attempt in range(20):
-                if rig.answered(camera, rig.publish(camera, _pixels(attempt), f"{camera}_cam"), 2.0):
+                if rig.answered(
+                    camera, rig.publish(camera, _pixels(attempt), f"{camera}_cam"), 2.0
+                ):
                     break
             else:
                 raise AssertionError(node.output()[-3000:])
@@ -130,11 +162,19 @@ def rig(tmp_path_factory):
 
 def test_the_plain_executable_starts_active_with_a_read_only_autostart(rig):
     assert rig.state() == State.PRIMARY_STATE_ACTIVE
-    response = rig.probe.call(GetParameters, rig.node.topic("get_parameters"),
-                              GetParameters.Request(names=["autostart"]))
+    response = rig.probe.call(
+        GetParameters, rig.node.topic("get_parameters"), GetParameters.Request(names=["autostart"])
+    )
     assert response is not None and response.values[0].bool_value is True
-    refused = rig.probe.call(SetParameters, rig.node.topic("set_parameters"), SetParameters.Request(
-        parameters=[ParameterMsg(name="autostart", value=ParameterValue(type=1, bool_value=False))]))
+    refused = rig.probe.call(
+        SetParameters,
+        rig.node.topic("set_parameters"),
+        SetParameters.Request(
+            parameters=[
+                ParameterMsg(name="autostart", value=ParameterValue(type=1, bool_value=False))
+            ]
+        ),
+    )
     assert refused is not None and not refused.results[0].successful
     assert "read-only" in refused.results[0].reason
 
@@ -150,14 +190,21 @@ def test_a_failure_on_one_camera_rejects_only_its_frames_and_keeps_the_last_good
         failing.append(rig.publish("front", tiny, "front_failing"))
         back = rig.publish("back", _pixels(20 + seed), "back_cam")  # often in the same batch
         assert rig.answered("back", back), rig.node.output()[-3000:]  # the other camera goes on
-    front = rig.status("front", lambda v: int(v.get("rejected_internal_error", 0)) >= len(failing)
-                       and _accounted(v) == int(v["received"]))
+    front = rig.status(
+        "front",
+        lambda v: (
+            int(v.get("rejected_internal_error", 0)) >= len(failing)
+            and _accounted(v) == int(v["received"])
+        ),
+    )
     assert "OpenCV" in front["last_reject_reason"], front["last_reject_reason"]
     assert front["_hardware_id"] == "front_tiny_ok"  # rejected frames do not rename the camera
     assert int(front["processed"]) == int(before["processed"])
     assert not any(rig.answered("front", msg, 0.2) for msg in failing)
     back_status = rig.status("back", lambda v: _accounted(v) == int(v["received"]))
-    assert "rejected_internal_error" not in back_status and back_status["_hardware_id"] == "back_cam"
+    assert (
+        "rejected_internal_error" not in back_status and back_status["_hardware_id"] == "back_cam"
+    )
     assert "(internal_error)" in rig.node.output() and rig.node.alive()
 
     # A full-size frame (a size change resets the camera's state) goes through again.

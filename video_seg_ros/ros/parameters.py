@@ -189,7 +189,8 @@ PARAMETERS: dict[str, NodeParameter] = {
     "temporal_mode": NodeParameter(
         _TEMPORAL.mode,
         "`off`: every frame on its own; `fuse`: blend each frame's class probabilities "
-        "with the previous fused ones warped by optical flow (less flicker); `adaptive`: run the network "
+        "with the previous fused ones warped by optical flow (less flicker); `adaptive`: run the "
+        "network "
         "on keyframes only and warp in between (scene cuts, large motion, low confidence and the "
         "`keyframe_max_*` limits make keyframes).",
         choices=TEMPORAL_MODES,
@@ -209,7 +210,8 @@ PARAMETERS: dict[str, NodeParameter] = {
     "fusion_label_stickiness": NodeParameter(
         _TEMPORAL.label_stickiness,
         "Hysteresis against flicker: extra probability (0..1) for each pixel's "
-        "previous class where the warp is trusted, so labels change only when the new class wins by "
+        "previous class where the warp is trusted, so labels change only when the new class wins "
+        "by "
         "that margin; 0 = plain blend.",
         float_range=(0.0, 1.0),
     ),
@@ -466,7 +468,8 @@ def _values_column(spec: NodeParameter) -> str:
         return "bool"
     if spec.int_range:
         low, high = spec.int_range
-        return f"{low}..{'2^%d' % (high.bit_length() - 1) if high > 100_000 and high & (high - 1) == 0 else high}"
+        power_of_two = high > 100_000 and high & (high - 1) == 0
+        return f"{low}..{'2^%d' % (high.bit_length() - 1) if power_of_two else high}"
     if spec.float_range:
         return f"{spec.float_range[0]:g}..{spec.float_range[1]:g}"
     return type(spec.default).__name__
@@ -478,7 +481,8 @@ def markdown_table() -> str:
     for name, spec in PARAMETERS.items():
         runtime = "read-only" if spec.read_only else "yes"
         lines.append(
-            f"| `{name}` | {_format_default(spec.default, spec)} | {_values_column(spec)} | {runtime} | "
+            f"| `{name}` | {_format_default(spec.default, spec)} | {_values_column(spec)} | "
+            f"{runtime} | "
             f"{spec.description} |"
         )
     return "\n".join(lines) + "\n"

@@ -42,7 +42,8 @@ class FrameQueue:
         self._closed = False
 
     def put(self, item: Any, stream: Hashable = None) -> int:
-        """Add ``item`` to ``stream``; returns how many waiting items were dropped to make room (0 or 1)."""
+        """Add ``item`` to ``stream``; returns how many waiting items were dropped to make room
+        (0 or 1)."""
         with self._condition:
             items = self._items.setdefault(stream, deque())
             dropped = 0
@@ -56,7 +57,8 @@ class FrameQueue:
             return dropped
 
     def get(self, timeout: float | None = None) -> Any | None:
-        """The oldest waiting item of the first stream that has one, or None on timeout or after :meth:`close`."""
+        """The oldest waiting item of the first stream that has one, or None on timeout or after
+        :meth:`close`."""
         batch = self.get_batch(timeout, max_items=1)
         return batch[0][1] if batch else None
 
@@ -292,8 +294,8 @@ class StreamPipeline:
     frame with its own stream's state. ``temporal_state=False`` empties the model memory before
     every frame (the fusion of :mod:`video_seg_ros.temporal` is switched by the engine's mode).
 
-    Not thread-safe by itself: the node calls it from its single worker thread; :meth:`request_reset`
-    may be called from any thread and takes effect before the next frame.
+    Not thread-safe by itself: the node calls it from its single worker thread;
+    :meth:`request_reset` may be called from any thread and takes effect before the next frame.
     """
 
     def __init__(
