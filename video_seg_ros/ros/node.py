@@ -299,8 +299,7 @@ class VideoSegNode(LifecycleNode):
             camera.subscriptions.clear()
         self._stop_worker()
         for camera in self.cameras:  # the worker has stopped: nothing else touches the state now
-            camera.pipeline.reset()
-            camera.pipeline.policy.forget()  # the first frame after activate is not a "gap"
+            camera.pipeline.start_over()  # the first frame after activate is not a "gap"
             camera.stats.on_reset("deactivate", "node deactivated")
 
     def _stop_worker(self) -> None:
