@@ -330,6 +330,12 @@ class StreamPipeline:
         if self.consistency is not None:
             self.consistency.reset()
 
+    def start_over(self) -> None:
+        """Clear the temporal state and forget the last frame, so the next frame starts a new
+        stream (not a "gap"), e.g. after the node was deactivated."""
+        self.reset()
+        self.policy.forget()
+
     def prepare(
         self, frame: Frame, stamp_s: float, input_gap_s: float | None = None
     ) -> tuple[str, str] | None:
