@@ -13,8 +13,13 @@ setup(
         ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
         ("share/" + package_name, ["package.xml"]),
         ("share/" + package_name + "/launch", glob("launch/*.launch.py")),
-        ("share/" + package_name + "/config", glob("config/*.yaml") + glob("config/*.xml")
-         + glob("config/*.rviz") + glob("config/*.json")),
+        (
+            "share/" + package_name + "/config",
+            glob("config/*.yaml")
+            + glob("config/*.xml")
+            + glob("config/*.rviz")
+            + glob("config/*.json"),
+        ),
         ("share/" + package_name + "/config/train", glob("config/train/*.yaml")),
     ],
     install_requires=["setuptools"],
@@ -26,8 +31,8 @@ setup(
     tests_require=["pytest"],
     entry_points={
         "console_scripts": [
-            "video_seg_node = video_seg_ros.ros.node:main",
-            "video_seg_lifecycle_node = video_seg_ros.ros.lifecycle_node:main",
+            "video_seg_node = video_seg_ros.ros.executable:main",
+            "video_seg_lifecycle_node = video_seg_ros.ros.executable:lifecycle_main",
             "video-seg-import = video_seg_ros.tools.import_weights:main",
             "video-seg-eval = video_seg_ros.tools.evaluate:main",
             "video-seg-make-bag = video_seg_ros.tools.make_bag:main",

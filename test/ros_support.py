@@ -46,7 +46,8 @@ def session_domain_id() -> int:
 
 
 def ros_environment(base: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment for ROS processes of this test session: domain id, Fast DDS profile, no buffering."""
+    """Environment for ROS processes of this test session: domain id, Fast DDS profile, no
+    buffering."""
     env = ros_process_environment(session_domain_id(), base)
     env["RMW_IMPLEMENTATION"] = "rmw_fastrtps_cpp"
     env[PROFILE_ENV] = str(FASTDDS_PROFILE)  # the tests always use this checkout's profile
@@ -65,15 +66,19 @@ def write_params_file(path: Path, parameters: dict[str, Any], node_name: str = "
     return path
 
 
-def make_tiny_checkpoint(path: Path, num_classes: int = 20, size: tuple[int, int] = (64, 32),
-                         seed: int = 0) -> Path:
-    """The tests' tiny random-init ESPNet (test/checkpoints.py) saved at ``path``; model input ``size`` (W, H)."""
+def make_tiny_checkpoint(
+    path: Path, num_classes: int = 20, size: tuple[int, int] = (64, 32), seed: int = 0
+) -> Path:
+    """The tests' tiny random-init ESPNet (test/checkpoints.py) saved at ``path``; model input
+    ``size`` (W, H)."""
     from checkpoints import make_tiny_espnet_checkpoint
 
     return make_tiny_espnet_checkpoint(path, num_classes=num_classes, size=size, seed=seed)
 
 
-def make_tiny_memory_checkpoint(path: Path, size: tuple[int, int] = (64, 32), seed: int = 1) -> Path:
+def make_tiny_memory_checkpoint(
+    path: Path, size: tuple[int, int] = (64, 32), seed: int = 1
+) -> Path:
     """The tiny ESPNet with an LMANet memory (T=2) whose memory layers are random, so a camera's
     earlier frames visibly change its labels (a fresh memory would leave them untouched)."""
     import torch
@@ -81,12 +86,16 @@ def make_tiny_memory_checkpoint(path: Path, size: tuple[int, int] = (64, 32), se
     from checkpoints import tiny_espnet
     from video_seg_ros.checkpoint import add_memory_to_checkpoint
 
-    checkpoint = add_memory_to_checkpoint(tiny_espnet(size=size), {"memory_length": 2, "window": 5, "dropout": 0.0})
+    checkpoint = add_memory_to_checkpoint(
+        tiny_espnet(size=size), {"memory_length": 2, "window": 5, "dropout": 0.0}
+    )
     generator = torch.Generator().manual_seed(seed)
     checkpoint.state_dict = {
-        key: torch.randn(value.shape, generator=generator) if not key.startswith("base.")
-        and value.is_floating_point() else value
-        for key, value in checkpoint.state_dict.items()}
+        key: torch.randn(value.shape, generator=generator)
+        if not key.startswith("base.") and value.is_floating_point()
+        else value
+        for key, value in checkpoint.state_dict.items()
+    }
     return checkpoint.save(path)
 
 
@@ -104,7 +113,8 @@ def lifecycle_node_command() -> list[str]:
 
 
 def node_command() -> list[str]:
-    """The installed ``video_seg_node`` console script, else ``python -m video_seg_ros.ros.node``."""
+    """The installed ``video_seg_node`` console script, else ``python -m
+    video_seg_ros.ros.node``."""
     return _console_script("video_seg_node", "video_seg_ros.ros.node")
 
 
@@ -119,17 +129,28 @@ class NodeProcess(LoggedProcess):
         env: extra environment variables of the node process (e.g. the bf16 probe's answer).
     """
 
-    def __init__(self, params_file: Path, log_path: Path, remaps: dict[str, str] | None = None,
-                 name: str = "video_seg_node", command: list[str] | None = None,
-                 parameters: dict[str, str] | None = None, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        params_file: Path,
+        log_path: Path,
+        remaps: dict[str, str] | None = None,
+        name: str = "video_seg_node",
+        command: list[str] | None = None,
+        parameters: dict[str, str] | None = None,
+        env: dict[str, str] | None = None,
+    ):
         self.name = name
         args = ["--ros-args", "--params-file", str(params_file), "-r", f"__node:={name}"]
         for source, target in (remaps or {}).items():
             args += ["-r", f"{source}:={target}"]
         for key, value in (parameters or {}).items():  # -p name:=value (YAML syntax)
             args += ["-p", f"{key}:={value}"]
-        super().__init__((command or node_command()) + args, log_path, env={**ros_environment(), **(env or {})},
-                         cwd=REPO_ROOT)
+        super().__init__(
+            (command or node_command()) + args,
+            log_path,
+            env={**ros_environment(), **(env or {})},
+            cwd=REPO_ROOT,
+        )
 
     def topic(self, suffix: str) -> str:
         return f"/{self.name}/{suffix}"
@@ -178,7 +199,9 @@ class RosProbe:
 
     def _check_spin(self):
         if self.spin_error is not None:
-            raise RuntimeError(f"the probe's executor thread failed: {self.spin_error!r}") from self.spin_error
+            raise RuntimeError(
+                f"the probe's executor thread failed: {self.spin_error!r}"
+            ) from self.spin_error
 
     def __enter__(self):
         return self
@@ -194,7 +217,9 @@ class RosProbe:
         self._thread.join(timeout=5.0)
         self._check_spin()
 
-    def collect(self, msg_type, topic: str, qos=10, keep: Callable[[Any], Any] | None = None) -> list:
+    def collect(
+        self, msg_type, topic: str, qos=10, keep: Callable[[Any], Any] | None = None
+    ) -> list:
         """Subscribe and return the list messages (or ``keep(msg)``) are appended to."""
         received: list = []
 
@@ -247,15 +272,19 @@ def image_message(pixels: np.ndarray, encoding: str, stamp_s: float, frame_id: s
     return msg
 
 
-def diagnostics_values(array_msg, name_contains: str = "segmentation", name: str | None = None
-                       ) -> dict[str, str] | None:
+def diagnostics_values(
+    array_msg, name_contains: str = "segmentation", name: str | None = None
+) -> dict[str, str] | None:
     """Key/values of the first status in a DiagnosticArray whose name is ``name`` (or contains
     ``name_contains``), with ``_level``, ``_message``, ``_name`` and ``_hardware_id`` added."""
     for status in array_msg.status:
         if status.name == name if name is not None else name_contains in status.name:
             values = {kv.key: kv.value for kv in status.values}
-            values["_level"] = int.from_bytes(status.level, "little") if isinstance(status.level, bytes) \
+            values["_level"] = (
+                int.from_bytes(status.level, "little")
+                if isinstance(status.level, bytes)
                 else int(status.level)
+            )
             values["_message"] = status.message
             values["_name"] = status.name
             values["_hardware_id"] = status.hardware_id

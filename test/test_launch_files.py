@@ -30,8 +30,12 @@ def _tree(path: Path) -> ast.Module:
 
 
 def _calls(tree: ast.AST, name: str) -> list[ast.Call]:
-    return [node for node in ast.walk(tree) if isinstance(node, ast.Call)
-            and getattr(node.func, "id", getattr(node.func, "attr", None)) == name]
+    return [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and getattr(node.func, "id", getattr(node.func, "attr", None)) == name
+    ]
 
 
 def _keyword(call: ast.Call, name: str):
@@ -42,7 +46,11 @@ def _constants(tree: ast.AST) -> dict[str, object]:
     """Module-level NAME = <literal> assignments."""
     values = {}
     for node in tree.body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+        if (
+            isinstance(node, ast.Assign)
+            and len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Name)
+        ):
             try:
                 values[node.targets[0].id] = ast.literal_eval(node.value)
             except ValueError:
@@ -89,7 +97,9 @@ def _declared_arguments(tree: ast.AST) -> dict[str, str | None]:
 def _node_parameters() -> set[str]:
     tree = _tree(REPO / "video_seg_ros" / "ros" / "parameters.py")
     for node in tree.body:
-        target = getattr(node, "target", None) or (node.targets[0] if isinstance(node, ast.Assign) else None)
+        target = getattr(node, "target", None) or (
+            node.targets[0] if isinstance(node, ast.Assign) else None
+        )
         if isinstance(target, ast.Name) and target.id == "PARAMETERS":
             return {ast.literal_eval(key) for key in node.value.keys}
     raise AssertionError("PARAMETERS not found in video_seg_ros/ros/parameters.py")
@@ -125,29 +135,45 @@ def test_every_executable_a_launch_file_starts_exists(path):
         executable = _string(_keyword(call, "executable"), constants)
         assert package and executable, f"{path.name}: Node without a literal package/executable"
         if package == PACKAGE:
-            assert executable in scripts, f"{path.name}: {executable} is not a console script in setup.py"
+            assert executable in scripts, (
+                f"{path.name}: {executable} is not a console script in setup.py"
+            )
         else:
-            assert (package, executable) in EXTERNAL_EXECUTABLES, f"{path.name}: unexpected {package}/{executable}"
+            assert (package, executable) in EXTERNAL_EXECUTABLES, (
+                f"{path.name}: unexpected {package}/{executable}"
+            )
     for call in _calls(tree, "ExecuteProcess"):
         command = _keyword(call, "cmd")
         first = _string(command.elts[0], constants)
-        assert first in EXTERNAL_COMMANDS, f"{path.name}: ExecuteProcess runs unknown command {first!r}"
+        assert first in EXTERNAL_COMMANDS, (
+            f"{path.name}: ExecuteProcess runs unknown command {first!r}"
+        )
 
 
 @pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
 def test_every_file_a_launch_file_names_exists_and_is_installed(path):
     installed = _installed_data_files()
-    named = [value for value in _constants(_tree(path)).values()
-             if isinstance(value, str) and value.endswith((".yaml", ".rviz", ".xml", ".launch.py"))]
-    named += [node.value for node in ast.walk(_tree(path)) if isinstance(node, ast.Constant)
-              and isinstance(node.value, str) and node.value.endswith((".yaml", ".rviz", ".xml"))
-              and " " not in node.value]
+    named = [
+        value
+        for value in _constants(_tree(path)).values()
+        if isinstance(value, str) and value.endswith((".yaml", ".rviz", ".xml", ".launch.py"))
+    ]
+    named += [
+        node.value
+        for node in ast.walk(_tree(path))
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and node.value.endswith((".yaml", ".rviz", ".xml"))
+        and " " not in node.value
+    ]
     assert named, f"{path.name} names no parameter file, RViz config or launch file"
     for name in set(named):
         folder = "launch" if name.endswith(".launch.py") else "config"
         relative = f"{folder}/{name}"
         assert (REPO / relative).is_file(), f"{path.name} names {relative}, which does not exist"
-        assert relative in installed, f"{path.name} names {relative}, which setup.py does not install"
+        assert relative in installed, (
+            f"{path.name} names {relative}, which setup.py does not install"
+        )
 
 
 @pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
@@ -155,11 +181,19 @@ def test_every_launch_configuration_is_declared(path):
     tree = _tree(path)
     declared = set(_declared_arguments(tree))
     used = {ast.literal_eval(call.args[0]) for call in _calls(tree, "LaunchConfiguration")}
-    # video_seg.launch.py reads them as text in an OpaqueFunction: value = context.launch_configurations
-    used |= {node.slice.value for node in ast.walk(tree) if isinstance(node, ast.Subscript)
-             and isinstance(node.value, ast.Name) and node.value.id == "value"
-             and isinstance(node.slice, ast.Constant)}
-    assert used - declared == set(), f"{path.name} reads undeclared launch arguments {used - declared}"
+    # video_seg.launch.py reads them as text in an OpaqueFunction:
+    # value = context.launch_configurations
+    used |= {
+        node.slice.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Subscript)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "value"
+        and isinstance(node.slice, ast.Constant)
+    }
+    assert used - declared == set(), (
+        f"{path.name} reads undeclared launch arguments {used - declared}"
+    )
 
 
 def test_parameters_set_by_launch_files_are_node_parameters():
@@ -167,18 +201,33 @@ def test_parameters_set_by_launch_files_are_node_parameters():
     checked = 0
     for path in LAUNCH_FILES:
         tree = _tree(path)
-        dicts = [item for call in _calls(tree, "Node") + _calls(tree, "LifecycleNode")
-                 for item in getattr(_keyword(call, "parameters"), "elts", []) if isinstance(item, ast.Dict)]
+        dicts = [
+            item
+            for call in _calls(tree, "Node") + _calls(tree, "LifecycleNode")
+            for item in getattr(_keyword(call, "parameters"), "elts", [])
+            if isinstance(item, ast.Dict)
+        ]
         # video_seg.launch.py builds them as `overrides = {...}` and `overrides["cameras"] = ...`
-        dicts += [node.value for node in ast.walk(tree) if isinstance(node, ast.Assign)
-                  and getattr(node.targets[0], "id", None) == "overrides" and isinstance(node.value, ast.Dict)]
+        dicts += [
+            node.value
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Assign)
+            and getattr(node.targets[0], "id", None) == "overrides"
+            and isinstance(node.value, ast.Dict)
+        ]
         names = {ast.literal_eval(key) for item in dicts for key in item.keys}
-        names |= {node.targets[0].slice.value for node in ast.walk(tree) if isinstance(node, ast.Assign)
-                  and isinstance(node.targets[0], ast.Subscript)
-                  and getattr(node.targets[0].value, "id", None) == "overrides"}
+        names |= {
+            node.targets[0].slice.value
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Assign)
+            and isinstance(node.targets[0], ast.Subscript)
+            and getattr(node.targets[0].value, "id", None) == "overrides"
+        }
         assert names <= parameters, f"{path.name} sets unknown parameters {names - parameters}"
         checked += len(names)
-    assert checked, "no parameter set by the launch files was found: the check above checked nothing"
+    assert checked, (
+        "no parameter set by the launch files was found: the check above checked nothing"
+    )
 
 
 def test_included_launch_arguments_are_declared_by_the_included_file():
@@ -189,7 +238,9 @@ def test_included_launch_arguments_are_declared_by_the_included_file():
     for call in includes:
         arguments = _keyword(call, "launch_arguments").func.value  # {...}.items()
         passed = {ast.literal_eval(key) for key in arguments.keys}
-        assert passed <= set(declared), f"replay.launch.py passes undeclared arguments {passed - set(declared)}"
+        assert passed <= set(declared), (
+            f"replay.launch.py passes undeclared arguments {passed - set(declared)}"
+        )
 
 
 def test_replay_launch_requires_a_bag_and_defaults_rviz_off():
@@ -213,8 +264,9 @@ def _foxglove_topics(text: str) -> set[str]:
     import json
 
     panels = json.loads(text)["configById"]
-    return ({p["imageMode"]["imageTopic"] for k, p in panels.items() if k.startswith("Image!")}
-            | {path["value"] for path in panels["Plot!consistency"]["paths"]})
+    return {p["imageMode"]["imageTopic"] for k, p in panels.items() if k.startswith("Image!")} | {
+        path["value"] for path in panels["Plot!consistency"]["paths"]
+    }
 
 
 def test_rviz_config_and_foxglove_layout_show_the_camera_and_the_nodes_topics():
@@ -223,7 +275,12 @@ def test_rviz_config_and_foxglove_layout_show_the_camera_and_the_nodes_topics():
     camera = _declared_arguments(_tree(REPO / "launch" / "video_seg.launch.py"))["image"]
     node = _node_name()
     assert _rviz_topics(rviz) == {camera, f"/{node}/color", f"/{node}/overlay"}
-    assert _foxglove_topics(foxglove) == {camera, f"/{node}/color", f"/{node}/overlay", f"/{node}/consistency.data"}
+    assert _foxglove_topics(foxglove) == {
+        camera,
+        f"/{node}/color",
+        f"/{node}/overlay",
+        f"/{node}/consistency.data",
+    }
     for suffix in ("color", "overlay", "consistency"):  # the node publishes camera.private(output)
         assert f'"{suffix}"' in (REPO / "video_seg_ros" / "ros" / "node.py").read_text(), suffix
 
@@ -235,18 +292,37 @@ def test_views_follow_the_launch_files_namespace_node_name_and_cameras():
     foxglove = (REPO / "config" / "foxglove_layout.json").read_text()
     default = camera_topics(node_path("", _node_name()), [])
     assert _rviz_topics(rviz_config(rviz, default)) == _rviz_topics(rviz)
-    assert foxglove_layout(foxglove, default) == foxglove  # the shipped file is the generated default
-    topics = camera_topics(node_path("car", "seg"), ["front", "left"], ["/cams/front/raw", "/cams/left/raw"])
-    expected = {"/cams/front/raw", "/cams/left/raw"} | {f"/car/seg/{c}/{s}" for c in ("front", "left")
-                                                         for s in ("color", "overlay")}
+    assert (
+        foxglove_layout(foxglove, default) == foxglove
+    )  # the shipped file is the generated default
+    topics = camera_topics(
+        node_path("car", "seg"), ["front", "left"], ["/cams/front/raw", "/cams/left/raw"]
+    )
+    expected = {"/cams/front/raw", "/cams/left/raw"} | {
+        f"/car/seg/{c}/{s}" for c in ("front", "left") for s in ("color", "overlay")
+    }
     assert _rviz_topics(rviz_config(rviz, topics)) == expected
     assert _foxglove_topics(foxglove_layout(foxglove, topics)) == expected | {
-        "/car/seg/front/consistency.data", "/car/seg/left/consistency.data"}
+        "/car/seg/front/consistency.data",
+        "/car/seg/left/consistency.data",
+    }
     assert camera_topics("/car/seg", ["front"])["front"] == ("/car/front/image", "/car/seg/front")
 
 
 def test_launch_file_offers_cameras_and_lifecycle_arguments():
     declared = _declared_arguments(_tree(REPO / "launch" / "video_seg.launch.py"))
-    assert {"cameras", "image_topics", "lifecycle", "autostart", "rviz", "backend", "precision"} <= set(declared)
+    assert {
+        "cameras",
+        "image_topics",
+        "lifecycle",
+        "autostart",
+        "rviz",
+        "backend",
+        "precision",
+    } <= set(declared)
     assert declared["lifecycle"] == "false" and declared["cameras"] == ""
+    assert declared["autostart"] == "true"
+    # autostart reaches the managed node as its read-only parameter (no launch-side transitions)
+    source = (REPO / "launch" / "video_seg.launch.py").read_text()
+    assert 'overrides["autostart"] = _truthy(value["autostart"])' in source
     assert {"video_seg_node", "video_seg_lifecycle_node"} <= _console_scripts()

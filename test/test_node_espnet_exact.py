@@ -32,22 +32,44 @@ def test_published_labels_equal_the_engine_output_for_a_real_cityscapes_frame(sh
     weights = require_shared_file(shared, WEIGHTS)
     checkpoint = import_weights("espnet", "cityscapes", weights)
     checkpoint_path = checkpoint.save(tmp_path / "espnet_city.pt")
-    params = write_params_file(tmp_path / "params.yaml", {
-        "checkpoint": str(checkpoint_path), "device": "cpu", "backend": "torch", "precision": "fp32",
-        "input_qos": "reliable",
-        "frame_queue_size": 2, "consistency_metric": False, "publish_color": False})
-    node = NodeProcess(params, tmp_path / "node.log", remaps={"image": "/exact_cam/image"}, name="seg_exact")
+    params = write_params_file(
+        tmp_path / "params.yaml",
+        {
+            "checkpoint": str(checkpoint_path),
+            "device": "cpu",
+            "backend": "torch",
+            "precision": "fp32",
+            "input_qos": "reliable",
+            "frame_queue_size": 2,
+            "consistency_metric": False,
+            "publish_color": False,
+        },
+    )
+    node = NodeProcess(
+        params, tmp_path / "node.log", remaps={"image": "/exact_cam/image"}, name="seg_exact"
+    )
     try:
         frame = read_rgb(frame_path)  # (1024, 2048, 3) RGB
-        expected = SegmentationEngine(checkpoint, device="cpu", precision="fp32", backend="torch").segment(frame, "rgb").labels
+        expected = (
+            SegmentationEngine(checkpoint, device="cpu", precision="fp32", backend="torch")
+            .segment(frame, "rgb")
+            .labels
+        )
         with RosProbe("exact_probe") as probe:
             received = probe.collect(Image, node.topic("labels"))
             publisher = probe.publisher(Image, "/exact_cam/image", 2)
-            assert probe.wait_for(lambda: publisher.get_subscription_count() > 0 or not node.alive(), 300.0) \
-                and node.alive(), node.output()[-3000:]
-            # Until the node has discovered the labels subscription it skips frames (nobody listens).
+            assert (
+                probe.wait_for(
+                    lambda: publisher.get_subscription_count() > 0 or not node.alive(), 300.0
+                )
+                and node.alive()
+            ), node.output()[-3000:]
+            # Until the node has discovered the labels subscription it skips frames
+            # (nobody listens).
             for attempt in range(10):
-                publisher.publish(image_message(frame, "rgb8", 1.5 + attempt, frame_id="frankfurt"))
+                publisher.publish(
+                    image_message(frame, "rgb8", 1.5 + attempt, frame_id="frankfurt")
+                )
                 if probe.wait_for(lambda: received, 30.0):
                     break
             assert received, "no labels:\n" + node.output()[-3000:]
@@ -55,9 +77,15 @@ def test_published_labels_equal_the_engine_output_for_a_real_cityscapes_frame(sh
         code = node.stop(timeout=60.0)
     assert code == 0, node.output()[-3000:]
     labels_msg = received[0]
-    assert (labels_msg.width, labels_msg.height, labels_msg.header.frame_id) == (2048, 1024, "frankfurt")
+    assert (labels_msg.width, labels_msg.height, labels_msg.header.frame_id) == (
+        2048,
+        1024,
+        "frankfurt",
+    )
     published = np.frombuffer(labels_msg.data, np.uint8).reshape(1024, 2048)
-    assert np.array_equal(published, expected), f"{np.mean(published != expected):.2%} pixels differ"
+    assert np.array_equal(published, expected), (
+        f"{np.mean(published != expected):.2%} pixels differ"
+    )
     truth = read_label(require_shared_file(shared, GROUND_TRUTH), "trainids")
     valid = truth != 255
     assert np.mean(published[valid] == truth[valid]) > 0.90  # the published model, working

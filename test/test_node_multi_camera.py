@@ -25,8 +25,14 @@ from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from std_msgs.msg import Float32  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
-from ros_support import (NodeProcess, RosProbe, diagnostics_values, image_message,  # noqa: E402
-                         make_tiny_memory_checkpoint, write_params_file)
+from ros_support import (  # noqa: E402
+    NodeProcess,
+    RosProbe,
+    diagnostics_values,
+    image_message,
+    make_tiny_memory_checkpoint,
+    write_params_file,
+)
 
 pytestmark = pytest.mark.ros
 
@@ -54,14 +60,26 @@ class Rig:
     def __init__(self, probe: RosProbe, node: NodeProcess):
         self.probe, self.node = probe, node
         self.stamps = {camera: 1000.0 for camera in SIZES}
-        self.pubs = {camera: probe.publisher(Image, f"/mc_{camera}/image", RELIABLE) for camera in ("front", "left", "idle")}
-        self.labels = {camera: probe.collect(Image, node.topic(f"{camera}/labels")) for camera in ("front", "left")}
-        self.consistency = {camera: probe.collect(Float32, node.topic(f"{camera}/consistency"), keep=lambda m: m.data)
-                            for camera in ("front", "left")}
+        self.pubs = {
+            camera: probe.publisher(Image, f"/mc_{camera}/image", RELIABLE)
+            for camera in ("front", "left", "idle")
+        }
+        self.labels = {
+            camera: probe.collect(Image, node.topic(f"{camera}/labels"))
+            for camera in ("front", "left")
+        }
+        self.consistency = {
+            camera: probe.collect(
+                Float32, node.topic(f"{camera}/consistency"), keep=lambda m: m.data
+            )
+            for camera in ("front", "left")
+        }
         self.camera_info = probe.collect(CameraInfo, node.topic("front/camera_info"))
         self.diagnostics = probe.collect(DiagnosticArray, "/diagnostics")
 
-    def message(self, camera: str, pixels: np.ndarray, step: float = 0.05, stamp: float | None = None):
+    def message(
+        self, camera: str, pixels: np.ndarray, step: float = 0.05, stamp: float | None = None
+    ):
         if stamp is None:
             self.stamps[camera] = round(self.stamps[camera] + step, 3)
             stamp = self.stamps[camera]
@@ -73,18 +91,23 @@ class Rig:
 
     def send_together(self, frames: dict[str, np.ndarray], **kwargs) -> dict:
         """Publish one frame per camera at once (so they are batched) and wait for every answer."""
-        messages = {camera: self.message(camera, pixels, **kwargs) for camera, pixels in frames.items()}
+        messages = {
+            camera: self.message(camera, pixels, **kwargs) for camera, pixels in frames.items()
+        }
         for camera, msg in messages.items():
             self.pubs[camera].publish(msg)
         answers = {}
         for camera, msg in messages.items():
             key = _key(msg)
             answers[camera] = self.probe.wait_for(
-                lambda: next((m for m in self.labels[camera] if _key(m) == key), None), ANSWER_TIMEOUT)
+                lambda: next((m for m in self.labels[camera] if _key(m) == key), None),
+                ANSWER_TIMEOUT,
+            )
         return answers
 
     def status(self, camera: str, condition=lambda values: True, timeout=ANSWER_TIMEOUT):
-        """The newest diagnostics of ``camera`` (published after this call) for which ``condition`` holds."""
+        """The newest diagnostics of ``camera`` (published after this call) for which
+        ``condition`` holds."""
         seen = len(self.diagnostics)
         name = f"{NODE}: {camera} segmentation"
 
@@ -96,7 +119,9 @@ class Rig:
             return None
 
         values = self.probe.wait_for(find, timeout)
-        assert values is not None, f"no matching diagnostics for {camera}:\n{self.node.output()[-2000:]}"
+        assert values is not None, (
+            f"no matching diagnostics for {camera}:\n{self.node.output()[-2000:]}"
+        )
         return values
 
     def reset(self, service: str) -> None:
@@ -108,11 +133,23 @@ class Rig:
 def rig(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("multi_camera")
     checkpoint = make_tiny_memory_checkpoint(tmp / "memory.pt")
-    params = write_params_file(tmp / "multi.yaml", {
-        "checkpoint": str(checkpoint), "device": "cpu", "backend": "torch", "cpu_threads": 1, "cameras": list(SIZES),
-        "input_qos": "reliable", "frame_queue_size": 8, "consistency_stride": 1,
-        "diagnostics_period_s": 0.2, "diagnostics_stale_s": STALE_S, "reset_on_gap_s": 1.0,
-        "qos_overrides": {"/mc_aux/image": {"subscription": {"reliability": "best_effort"}}}})
+    params = write_params_file(
+        tmp / "multi.yaml",
+        {
+            "checkpoint": str(checkpoint),
+            "device": "cpu",
+            "backend": "torch",
+            "cpu_threads": 1,
+            "cameras": list(SIZES),
+            "input_qos": "reliable",
+            "frame_queue_size": 8,
+            "consistency_stride": 1,
+            "diagnostics_period_s": 0.2,
+            "diagnostics_stale_s": STALE_S,
+            "reset_on_gap_s": 1.0,
+            "qos_overrides": {"/mc_aux/image": {"subscription": {"reliability": "best_effort"}}},
+        },
+    )
     remaps = {f"{camera}/image": f"/mc_{camera}/image" for camera in SIZES}
     remaps.update({f"{camera}/camera_info": f"/mc_{camera}/camera_info" for camera in SIZES})
     node = NodeProcess(params, tmp / "multi.log", remaps=remaps, name=NODE)
@@ -120,8 +157,10 @@ def rig(tmp_path_factory):
     try:
         rig = Rig(probe, node)
         for camera in ("front", "left"):
-            ready = probe.wait_for(lambda: rig.pubs[camera].get_subscription_count() > 0 or not node.alive(),
-                                   STARTUP_TIMEOUT)
+            ready = probe.wait_for(
+                lambda: rig.pubs[camera].get_subscription_count() > 0 or not node.alive(),
+                STARTUP_TIMEOUT,
+            )
             assert ready and node.alive(), f"{NODE} did not start:\n{node.output()[-3000:]}"
             # The node must also have discovered our label subscriptions, else it skips the frame.
             answered = None
@@ -143,7 +182,10 @@ def test_each_camera_gets_labels_with_its_own_header_and_size(rig):
         assert labels is not None, f"no labels for {camera}:\n{rig.node.output()[-2000:]}"
         assert labels.header.frame_id == f"{camera}_cam"
         assert (labels.width, labels.height, labels.encoding) == (*SIZES[camera], "mono8")
-        assert _key(labels) == (int(rig.stamps[camera]), int(round((rig.stamps[camera] % 1) * 1e9)))
+        assert _key(labels) == (
+            int(rig.stamps[camera]),
+            int(round((rig.stamps[camera] % 1) * 1e9)),
+        )
     front = rig.status("front", lambda v: v["_hardware_id"] == "front_cam")
     assert front["camera"] == "front" and front["input_topic"] == "/mc_front/image"
     assert front["device"] == "cpu" and front["temporal_model"] == "True"
@@ -164,8 +206,11 @@ def test_frames_of_one_camera_never_touch_another_cameras_memory_or_tc(rig):
             assert rig.send("front", pixels) is not None
         if other_camera_frames:  # front's frames did not reach left's state
             after = rig.status("left")
-            assert (after["frames_since_reset"], after["tc_pairs"], after["processed"]) == \
-                (before["frames_since_reset"], before["tc_pairs"], before["processed"])
+            assert (after["frames_since_reset"], after["tc_pairs"], after["processed"]) == (
+                before["frames_since_reset"],
+                before["tc_pairs"],
+                before["processed"],
+            )
             assert len(rig.consistency["left"]) == tc_messages
         # The last left frame goes out in one batch with a front frame.
         return rig.send_together({"left": current, "front": _frames("front")[0]})["left"]
@@ -173,7 +218,9 @@ def test_frames_of_one_camera_never_touch_another_cameras_memory_or_tc(rig):
     alone = left_after_history([])
     with_front = left_after_history(_frames("front"))
     assert fresh is not None and alone is not None and with_front is not None
-    assert bytes(alone.data) != bytes(fresh.data), "the memory has no effect: this test would prove nothing"
+    assert bytes(alone.data) != bytes(fresh.data), (
+        "the memory has no effect: this test would prove nothing"
+    )
     assert bytes(with_front.data) == bytes(alone.data)
     assert rig.status("left", lambda v: v["frames_since_reset"] == "3")["tc_pairs"] == "2"
 
@@ -189,10 +236,16 @@ def test_a_reset_or_time_jump_on_one_camera_leaves_the_other_alone(rig):
     backwards = rig.message("front", _frames("front")[2], stamp=rig.stamps["front"] - 30.0)
     rig.stamps["front"] -= 30.0
     rig.pubs["front"].publish(backwards)
-    assert rig.probe.wait_for(lambda: any(_key(m) == _key(backwards) for m in rig.labels["front"]), ANSWER_TIMEOUT)
+    assert rig.probe.wait_for(
+        lambda: any(_key(m) == _key(backwards) for m in rig.labels["front"]), ANSWER_TIMEOUT
+    )
 
-    front_after = rig.status("front", lambda v: int(v.get("resets_time_backwards", 0)) >
-                             int(front.get("resets_time_backwards", 0)))
+    front_after = rig.status(
+        "front",
+        lambda v: (
+            int(v.get("resets_time_backwards", 0)) > int(front.get("resets_time_backwards", 0))
+        ),
+    )
     assert int(front_after["resets_service"]) == int(front.get("resets_service", 0)) + 1
     assert front_after["frames_since_reset"] == "1"  # cleared before the backwards frame
     left_after = rig.status("left")
@@ -203,7 +256,9 @@ def test_a_reset_or_time_jump_on_one_camera_leaves_the_other_alone(rig):
     answers = rig.send_together({"front": _frames("front")[3], "left": _frames("left")[3]})
     assert all(answers.values())
     for camera in ("front", "left"):
-        assert rig.status(camera, lambda v: v["frames_since_reset"] == "1")["last_reset_reason"].startswith("~/reset")
+        assert rig.status(camera, lambda v: v["frames_since_reset"] == "1")[
+            "last_reset_reason"
+        ].startswith("~/reset")
 
 
 def test_camera_info_is_republished_with_the_labels_header_and_scaled_to_the_labels(rig):
@@ -220,7 +275,8 @@ def test_camera_info_is_republished_with_the_labels_header_and_scaled_to_the_lab
         labels = rig.send("front", _frames("front")[0])
         assert labels is not None
         republished = rig.probe.wait_for(
-            lambda: next((m for m in rig.camera_info if _key(m) == _key(labels)), None), 2.0)
+            lambda: next((m for m in rig.camera_info if _key(m) == _key(labels)), None), 2.0
+        )
         if republished is not None:
             break
     assert republished is not None, "no ~/front/camera_info with the labels' stamp"
@@ -254,16 +310,28 @@ def test_a_camera_without_subscribers_is_not_segmented_until_someone_subscribes(
 
 def test_input_qos_follows_qos_overrides_and_an_incompatible_publisher_is_logged(rig):
     best_effort = QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT)
-    aux = rig.probe.publisher(Image, "/mc_aux/image", best_effort)    # override: best effort -> matches
-    left = rig.probe.publisher(Image, "/mc_left/image", best_effort)  # reliable subscription -> incompatible
-    assert rig.probe.wait_for_subscriber(aux), "the qos_overrides parameter did not make aux best effort"
-    logged = rig.probe.wait_for(lambda: "offers QoS incompatible" in rig.node.output(), ANSWER_TIMEOUT)
+    aux = rig.probe.publisher(
+        Image, "/mc_aux/image", best_effort
+    )  # override: best effort -> matches
+    left = rig.probe.publisher(
+        Image, "/mc_left/image", best_effort
+    )  # reliable subscription -> incompatible
+    assert rig.probe.wait_for_subscriber(aux), (
+        "the qos_overrides parameter did not make aux best effort"
+    )
+    logged = rig.probe.wait_for(
+        lambda: "offers QoS incompatible" in rig.node.output(), ANSWER_TIMEOUT
+    )
     assert logged, rig.node.output()[-2000:]
     lines = [line for line in rig.node.output().splitlines() if "offers QoS incompatible" in line]
     assert all("/mc_left/image" in line and "RELIABILITY" in line for line in lines), lines
     assert left.get_subscription_count() == 0
-    request = GetParameters.Request(names=["qos_overrides./mc_aux/image.subscription.reliability",
-                                           "qos_overrides./mc_left/image.subscription.reliability"])
+    request = GetParameters.Request(
+        names=[
+            "qos_overrides./mc_aux/image.subscription.reliability",
+            "qos_overrides./mc_left/image.subscription.reliability",
+        ]
+    )
     response = rig.probe.call(GetParameters, rig.node.topic("get_parameters"), request)
     assert [v.string_value for v in response.values] == ["best_effort", "reliable"]
 

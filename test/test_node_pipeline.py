@@ -1,4 +1,5 @@
-"""The node's ROS-free core (video_seg_ros.ros.pipeline): queueing, reset policy, stats, outputs."""
+"""The node's ROS-free core (video_seg_ros.ros.pipeline): queueing, reset policy, stats,
+outputs, diagnostics."""
 
 from __future__ import annotations
 
@@ -11,8 +12,16 @@ from video_seg_ros.engine import SegmentationEngine
 from video_seg_ros.image_encoding import Frame
 from video_seg_ros.labels import CITYSCAPES, IGNORE_ID, colorize
 from video_seg_ros.metrics import OnlineConsistency
-from video_seg_ros.ros.pipeline import (FrameQueue, OutputRequest, ResetPolicy, StreamPipeline, StreamStats,
-                                        segment_streams)
+from video_seg_ros.ros.pipeline import (
+    FrameQueue,
+    NodePipeline,
+    OutputRequest,
+    ResetPolicy,
+    StreamItem,
+    StreamPipeline,
+    StreamStats,
+    segment_streams,
+)
 
 
 def test_keep_latest_queue_replaces_the_waiting_frame_and_counts_the_drop():
@@ -54,17 +63,24 @@ def test_queue_keeps_one_keep_latest_slot_per_camera_and_hands_out_one_frame_of_
     for i in range(2):
         buffered.put(f"front {i}", "front")
     buffered.put("left 0", "left")
-    assert buffered.get_batch(0.01) == [("front", "front 0"), ("left", "left 0")]  # a camera's frames in order
-    assert buffered.clear() == 1 and len(buffered) == 0
+    assert buffered.get_batch(0.01) == [
+        ("front", "front 0"),
+        ("left", "left 0"),
+    ]  # a camera's frames in order
+    assert buffered.clear() == {"front": 1} and len(buffered) == 0  # counted per camera
 
 
 def test_dropped_items_pass_their_knowledge_to_the_successor():
     merged = []
-    queue = FrameQueue(capacity=1, on_drop=lambda dropped, successor: merged.append((dropped, successor)))
+    queue = FrameQueue(
+        capacity=1, on_drop=lambda dropped, successor: merged.append((dropped, successor))
+    )
     queue.put("a")
     queue.put("b")
     assert merged == [("a", "b")]
-    buffered = FrameQueue(capacity=2, on_drop=lambda dropped, successor: merged.append((dropped, successor)))
+    buffered = FrameQueue(
+        capacity=2, on_drop=lambda dropped, successor: merged.append((dropped, successor))
+    )
     for item in "xyz":
         buffered.put(item)
     assert merged[-1] == ("x", "y")  # y is now the oldest waiting item
@@ -98,13 +114,25 @@ def test_stats_percentiles_fps_and_new_rejections():
     stats.on_rejected("bad_length", "data has 3 bytes")
     stats.on_skipped()
     first = stats.snapshot(now=101.0)
-    assert (first["received"], first["processed"], first["dropped"], first["rejected"]) == (10, 10, 5, 1)
-    assert (first["skipped"], first["new_skipped"], first["new_received"], first["new_processed"]) == (1, 1, 10, 10)
+    assert (first["received"], first["processed"], first["dropped"], first["rejected"]) == (
+        10,
+        10,
+        5,
+        1,
+    )
+    assert (
+        first["skipped"],
+        first["new_skipped"],
+        first["new_received"],
+        first["new_processed"],
+    ) == (1, 1, 10, 10)
     assert first["latency_p50_ms"] == pytest.approx(14.5)
     assert first["fps"] == pytest.approx(10.0)
     assert first["new_rejected"] == 1 and first["rejected_by_reason"] == {"bad_length": 1}
     second = stats.snapshot(now=101.0)
-    assert second["new_rejected"] == second["new_received"] == 0  # WARN clears once the bad input stops
+    assert (
+        second["new_rejected"] == second["new_received"] == 0
+    )  # WARN clears once the bad input stops
 
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -112,7 +140,9 @@ pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 @pytest.fixture(scope="module")
 def engine(tiny_espnet_checkpoint):
-    return SegmentationEngine(str(tiny_espnet_checkpoint), device="cpu", precision="fp32", backend="torch")
+    return SegmentationEngine(
+        str(tiny_espnet_checkpoint), device="cpu", precision="fp32", backend="torch"
+    )
 
 
 def _frame(seed=0, size=(40, 64), encoding="rgb8"):
@@ -127,7 +157,9 @@ def test_pipeline_labels_match_the_engine_and_views_use_the_palette(engine):
     result = pipeline.segment(frame, 1.0, request)
     expected = engine.segment(frame.pixels, "rgb")
     assert np.array_equal(result.labels, expected.labels)
-    assert result.confidence.shape == frame.pixels.shape[:2] and result.confidence.dtype == np.float32
+    assert (
+        result.confidence.shape == frame.pixels.shape[:2] and result.confidence.dtype == np.float32
+    )
     pipeline.render(frame, result, request)
     assert np.array_equal(result.extras["color"], colorize(result.labels, engine.palette_table))
     labelled = result.labels != IGNORE_ID
@@ -172,7 +204,10 @@ def test_large_image_profile_is_found_and_a_user_profile_wins():
     profile = fastdds_profile_path()
     assert profile is not None and profile.name == "fastdds_large_images.xml"
     text = profile.read_text()
-    assert "<segment_size>67108864</segment_size>" in text and "<maxMessageSize>16777216</maxMessageSize>" in text
+    assert (
+        "<segment_size>67108864</segment_size>" in text
+        and "<maxMessageSize>16777216</maxMessageSize>" in text
+    )
     assert large_image_environment({})[PROFILE_ENV] == str(profile)
     assert large_image_environment({PROFILE_ENV: "/mine.xml"})[PROFILE_ENV] == "/mine.xml"
 
@@ -219,8 +254,11 @@ def test_cameras_batched_together_keep_their_own_memory_resets_and_tc(memory_eng
     other = [_frame(seed=30 + i, size=(24, 48)) for i in range(3)]  # another camera, another size
 
     def camera(name):
-        return StreamPipeline(memory_engine, consistency=OnlineConsistency(len(CITYSCAPES.names), max_width=64),
-                              stream=name)
+        return StreamPipeline(
+            memory_engine,
+            consistency=OnlineConsistency(len(CITYSCAPES.names), max_width=64),
+            stream=name,
+        )
 
     memory_engine.reset()
     alone = camera("alone")
@@ -228,17 +266,111 @@ def test_cameras_batched_together_keep_their_own_memory_resets_and_tc(memory_eng
         alone.segment(previous, 1.0 + 0.1 * i)
     expected = alone.segment(current, 1.2).labels
     fresh = camera("fresh").segment(current, 1.0).labels
-    assert not np.array_equal(expected, fresh), "memory has no effect: the test would prove nothing"
+    assert not np.array_equal(expected, fresh), (
+        "memory has no effect: the test would prove nothing"
+    )
 
     front, left = camera("front"), camera("left")
     for i in range(2):
-        results = segment_streams([(front, previous, 1.0 + 0.1 * i, None, None),
-                                   (left, other[i], 5.0 + 0.1 * i, None, None)])
+        results = segment_streams(
+            [
+                (front, previous, 1.0 + 0.1 * i, None, None),
+                (left, other[i], 5.0 + 0.1 * i, None, None),
+            ]
+        )
         assert [r.labels.shape for r in results] == [(40, 64), (24, 48)]
     left.request_reset("service", "test")  # a reset of left ...
     last = segment_streams([(front, current, 1.2, None, None), (left, other[2], 4.0, None, None)])
-    assert np.array_equal(last[0].labels, expected)  # ... and left's frames never reached front's memory
+    assert np.array_equal(
+        last[0].labels, expected
+    )  # ... and left's frames never reached front's memory
     assert last[0].reset is None and last[1].reset == ("service", "test")
     assert (front.frames_since_reset, left.frames_since_reset) == (3, 1)
     with pytest.raises(ValueError, match="one frame per stream"):
         segment_streams([(front, current, 1.3, None, None), (front, current, 1.4, None, None)])
+
+
+def _settings(**changes):
+    from video_seg_ros.ros.parameters import PARAMETERS
+
+    return {**{name: spec.default for name, spec in PARAMETERS.items()}, **changes}
+
+
+def _camera(engine, name):
+    return StreamPipeline(
+        engine, consistency=OnlineConsistency(len(engine.class_names), max_width=64), stream=name
+    )
+
+
+def test_node_pipeline_applies_every_run_time_setting_to_every_camera(engine):
+    streams = {name: _camera(engine, name) for name in ("front", "left")}
+    pipeline = NodePipeline(engine, streams, _settings(consistency_metric=False))
+    pipeline.apply(
+        _settings(
+            consistency_metric=False,
+            reset_on_gap_s=2.5,
+            consistency_stride=7,
+            temporal_state=False,
+        )
+    )
+    for stream in streams.values():
+        assert (stream.policy.gap_s, stream.consistency.stride, stream.temporal_state) == (
+            2.5,
+            7,
+            False,
+        )
+    pipeline.apply(_settings(consistency_metric=False, consistency_stride=1))
+    front = streams["front"]
+    for i in range(2):  # pairs measured while the metric is off are not kept when it comes back
+        front.measure(_frame(seed=i), front.segment(_frame(seed=i), 1.0 + 0.1 * i).labels)
+    assert front.consistency.pairs == 1
+    pipeline.apply(_settings(consistency_metric=True))
+    assert front.consistency.pairs == 0 and pipeline.settings["consistency_metric"] is True
+
+
+def test_node_pipeline_renders_measures_and_keeps_a_failure_to_its_camera(engine):
+    streams = {name: _camera(engine, name) for name in ("front", "left")}
+    pipeline = NodePipeline(engine, streams, _settings(consistency_stride=1))
+    request = OutputRequest(color=True, overlay=True)
+    tiny = Frame(np.full((2, 2, 3), 128, np.uint8), "rgb", "rgb8")
+    outcomes = []
+    for i in range(2):  # 2x2 frames: the TC metric's optical flow fails on the second one
+        outcomes = pipeline.process(
+            [
+                StreamItem(streams["front"], tiny, 1.0 + 0.1 * i, request),
+                StreamItem(streams["left"], _frame(seed=i), 1.0 + 0.1 * i, request),
+            ]
+        )
+    failed, result = outcomes
+    assert isinstance(failed, Exception)
+    assert set(result.extras) == {"color", "overlay"} and result.tc is not None
+    assert np.array_equal(result.extras["color"], colorize(result.labels, engine.palette_table))
+
+
+def test_diagnostics_levels_and_values_come_from_the_counters(engine):
+    from video_seg_ros.ros.diagnostics import ERROR, OK, WARN, camera_status
+
+    stream = _camera(engine, None)
+    stats = StreamStats()
+    settings = _settings()
+    level, message, values = camera_status(
+        "", "/image", stats.snapshot(), stream, engine, settings, active=False, quiet_s=0.0
+    )
+    assert (level, message) == (OK, "inactive: not subscribed to the camera")
+    stats.on_received()
+    stats.on_rejected("internal_error", "error: flow failed")
+    level, message, values = camera_status(
+        "", "/image", stats.snapshot(), stream, engine, settings, active=True, quiet_s=0.0
+    )
+    assert level == ERROR and message.endswith("error: flow failed")
+    assert values["rejected_internal_error"] == "1" and values["received"] == "1"
+    stats.on_received()
+    stats.on_rejected("too_small", "tiny")
+    stats.on_received()
+    stats.on_processed(5.0, 4.0)
+    level, message, values = camera_status(
+        "", "/image", stats.snapshot(), stream, engine, settings, active=True, quiet_s=0.0
+    )
+    assert (
+        level == WARN and "rejected 1 frame(s)" in message and values["latency_p50_ms"] == "5.00"
+    )

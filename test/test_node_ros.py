@@ -1,7 +1,8 @@
 """video_seg_node as a real ROS 2 process: topics, parameters, services, bad input, shutdown.
 
 Two node processes start once for the module (in parallel, ~10-20 s on a busy 2-core machine):
-- ``seg_buffered``: raw input, reliable QoS, a frame queue of 8 (deterministic counts), all outputs;
+- ``seg_buffered``: raw input, reliable QoS, a frame queue of 8 (deterministic counts), all
+  outputs;
 - ``seg_live``: compressed input (``image_transport: compressed``), reliable QoS (so every
   published frame is received and the keep-latest counts add up exactly), keep-latest
   (frame_queue_size 1).
@@ -32,8 +33,14 @@ from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from std_msgs.msg import Float32, String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
-from ros_support import (NodeProcess, RosProbe, diagnostics_values, image_message,  # noqa: E402
-                         make_tiny_checkpoint, write_params_file)
+from ros_support import (  # noqa: E402
+    NodeProcess,
+    RosProbe,
+    diagnostics_values,
+    image_message,
+    make_tiny_checkpoint,
+    write_params_file,
+)
 from shared_data import shared_dir  # noqa: E402
 from video_seg_ros.frames import list_frames, read_rgb  # noqa: E402
 from video_seg_ros.image_encoding import compressed_fields, image_fields  # noqa: E402
@@ -57,12 +64,18 @@ def _sequence_frames(shared_path, count=6):
         root = shared_path / "data" / "cityscapes_sequences" / "aachen_000000"
         records = list_frames(root) if root.is_dir() else []
         if len(records) >= count:
-            return [cv2.resize(read_rgb(r.path), FRAME_SIZE, interpolation=cv2.INTER_AREA)
-                    for r in records[:count]]
+            return [
+                cv2.resize(read_rgb(r.path), FRAME_SIZE, interpolation=cv2.INTER_AREA)
+                for r in records[:count]
+            ]
     width, height = FRAME_SIZE
     y, x = np.mgrid[0:height, 0:width]
-    return [np.stack([(x + 4 * i) % 256, (y * 2) % 256, ((x + y + 8 * i) // 2) % 256], axis=2).astype(np.uint8)
-            for i in range(count)]
+    return [
+        np.stack([(x + 4 * i) % 256, (y * 2) % 256, ((x + y + 8 * i) // 2) % 256], axis=2).astype(
+            np.uint8
+        )
+        for i in range(count)
+    ]
 
 
 class _Stamps:
@@ -103,9 +116,13 @@ class Session:
         labels = self.labels if labels is None else labels
         key = _key(msg)
         (publisher or self.image_pub).publish(msg)
-        return self.probe.wait_for(lambda: next((m for m in labels if _key(m) == key), None), timeout)
+        return self.probe.wait_for(
+            lambda: next((m for m in labels if _key(m) == key), None), timeout
+        )
 
-    def diag(self, node: NodeProcess, condition=lambda values: True, timeout=ANSWER_TIMEOUT, fresh=False):
+    def diag(
+        self, node: NodeProcess, condition=lambda values: True, timeout=ANSWER_TIMEOUT, fresh=False
+    ):
         """The newest diagnostics of ``node`` for which ``condition`` holds (waits for one; fails
         the test when none comes). ``fresh``: only a status published after this call."""
         seen = len(self.diagnostics) if fresh else 0
@@ -119,15 +136,29 @@ class Session:
 
         values = self.probe.wait_for(find, timeout)
         if values is None:
-            newest = next((v for v in (diagnostics_values(a, name=f"{node.name}: segmentation")
-                                       for a in reversed(self.diagnostics)) if v), None)
-            raise AssertionError(f"no matching diagnostics from {node.name}; newest: {newest}\n"
-                                 f"{node.output()[-2000:]}")
+            newest = next(
+                (
+                    v
+                    for v in (
+                        diagnostics_values(a, name=f"{node.name}: segmentation")
+                        for a in reversed(self.diagnostics)
+                    )
+                    if v
+                ),
+                None,
+            )
+            raise AssertionError(
+                f"no matching diagnostics from {node.name}; newest: {newest}\n"
+                f"{node.output()[-2000:]}"
+            )
         return values
 
     def set_parameters(self, node: NodeProcess, **values):
         request = SetParameters.Request(
-            parameters=[Parameter(name, value=value).to_parameter_msg() for name, value in values.items()])
+            parameters=[
+                Parameter(name, value=value).to_parameter_msg() for name, value in values.items()
+            ]
+        )
         response = self.probe.call(SetParameters, node.topic("set_parameters"), request)
         assert response is not None, "set_parameters service did not answer"
         return response.results
@@ -137,25 +168,60 @@ class Session:
 def session(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("node_ros")
     checkpoint = str(make_tiny_checkpoint(tmp / "tiny.pt", size=(64, 32)))
-    common = {"checkpoint": checkpoint, "device": "cpu", "backend": "torch", "diagnostics_period_s": 0.3,
-              "cpu_threads": 1}
+    common = {
+        "checkpoint": checkpoint,
+        "device": "cpu",
+        "backend": "torch",
+        "diagnostics_period_s": 0.3,
+        "cpu_threads": 1,
+    }
     buffered = NodeProcess(
-        write_params_file(tmp / "buffered.yaml", {
-            **common, "input_qos": "reliable", "frame_queue_size": 8, "publish_confidence": True,
-            "consistency_stride": 1, "max_input_pixels": 200_000, "reset_on_gap_s": 1.0}),
-        tmp / "buffered.log", remaps={"image": "/test_cam/image"}, name="seg_buffered",
-        env={NATIVE_BF16_ENV: "0"})  # `auto` means fp32: its labels are compared exactly
+        write_params_file(
+            tmp / "buffered.yaml",
+            {
+                **common,
+                "input_qos": "reliable",
+                "frame_queue_size": 8,
+                "publish_confidence": True,
+                "consistency_stride": 1,
+                "max_input_pixels": 200_000,
+                "reset_on_gap_s": 1.0,
+            },
+        ),
+        tmp / "buffered.log",
+        remaps={"image": "/test_cam/image"},
+        name="seg_buffered",
+        env={NATIVE_BF16_ENV: "0"},
+    )  # `auto` means fp32: its labels are compared exactly
     live = NodeProcess(
-        write_params_file(tmp / "live.yaml", {**common, "image_transport": "compressed", "input_qos": "reliable",
-                                              "consistency_metric": False}),
-        tmp / "live.log", remaps={"image": "/test_cam_live/image"}, name="seg_live",
-        env={NATIVE_BF16_ENV: "1"})  # `auto` gates bf16 (labels only checked for arriving)
+        write_params_file(
+            tmp / "live.yaml",
+            {
+                **common,
+                "image_transport": "compressed",
+                "input_qos": "reliable",
+                "consistency_metric": False,
+            },
+        ),
+        tmp / "live.log",
+        remaps={"image": "/test_cam_live/image"},
+        name="seg_live",
+        env={NATIVE_BF16_ENV: "1"},
+    )  # `auto` gates bf16 (labels only checked for arriving)
     probe = RosProbe()
-    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    latched = QoSProfile(
+        depth=1,
+        reliability=ReliabilityPolicy.RELIABLE,
+        durability=DurabilityPolicy.TRANSIENT_LOCAL,
+    )
     result = Session(
-        probe=probe, buffered=buffered, live=live,
+        probe=probe,
+        buffered=buffered,
+        live=live,
         image_pub=probe.publisher(Image, "/test_cam/image", RELIABLE),
-        compressed_pub=probe.publisher(CompressedImage, "/test_cam_live/image/compressed", RELIABLE),
+        compressed_pub=probe.publisher(
+            CompressedImage, "/test_cam_live/image/compressed", RELIABLE
+        ),
         labels=probe.collect(Image, buffered.topic("labels")),
         live_labels=probe.collect(Image, live.topic("labels")),
         color=probe.collect(Image, buffered.topic("color")),
@@ -163,23 +229,32 @@ def session(tmp_path_factory):
         confidence=probe.collect(Image, buffered.topic("confidence")),
         consistency=probe.collect(Float32, buffered.topic("consistency"), keep=lambda m: m.data),
         diagnostics=probe.collect(DiagnosticArray, "/diagnostics"),
-        frames=_sequence_frames(shared_dir()), stamps=_Stamps(), checkpoint=checkpoint,
+        frames=_sequence_frames(shared_dir()),
+        stamps=_Stamps(),
+        checkpoint=checkpoint,
     )
     result.label_info = probe.collect(String, buffered.topic("label_info"), latched)
     try:
         for node, publisher in ((buffered, result.image_pub), (live, result.compressed_pub)):
-            ready = probe.wait_for(lambda: publisher.get_subscription_count() > 0 or not node.alive(),
-                                   STARTUP_TIMEOUT)
+            ready = probe.wait_for(
+                lambda: publisher.get_subscription_count() > 0 or not node.alive(), STARTUP_TIMEOUT
+            )
             assert ready and node.alive(), f"{node.name} did not start:\n{node.output()[-3000:]}"
         # The nodes skip frames while they have not yet discovered our label subscriptions.
-        for labels, publisher, make in ((result.labels, result.image_pub, _raw),
-                                        (result.live_labels, result.compressed_pub, _jpeg)):
-            assert any(result.answer(make(result, result.frames[0]), labels, 2.0, publisher) is not None
-                       for _ in range(20)), "the nodes never answered"
+        for labels, publisher, make in (
+            (result.labels, result.image_pub, _raw),
+            (result.live_labels, result.compressed_pub, _jpeg),
+        ):
+            assert any(
+                result.answer(make(result, result.frames[0]), labels, 2.0, publisher) is not None
+                for _ in range(20)
+            ), "the nodes never answered"
         yield result
     finally:
         probe.close()
-        codes = [node.stop(timeout=60.0) for node in (buffered, live)]  # both, before any assertion
+        codes = [
+            node.stop(timeout=60.0) for node in (buffered, live)
+        ]  # both, before any assertion
         assert codes == [0, 0], (codes, buffered.output()[-1000:], live.output()[-1000:])
 
 
@@ -189,7 +264,9 @@ def _raw(session, pixels, **kwargs):
 
 def _jpeg(session, pixels, stamp=None):
     msg = CompressedImage(**compressed_fields(pixels, "rgb", "jpeg"))
-    msg.header = image_message(pixels[:2, :2], "rgb8", session.stamps.next() if stamp is None else stamp).header
+    msg.header = image_message(
+        pixels[:2, :2], "rgb8", session.stamps.next() if stamp is None else stamp
+    ).header
     return msg
 
 
@@ -200,17 +277,30 @@ def restore(session):
     for node in (session.buffered, session.live):
         results = session.set_parameters(node, **DEFAULTS)
         assert all(r.successful for r in results)
-    assert session.answer(_raw(session, session.frames[0])) is not None  # the usual frame size again
+    assert (
+        session.answer(_raw(session, session.frames[0])) is not None
+    )  # the usual frame size again
 
 
 def test_labels_carry_the_input_header_size_and_class_ids(session):
     for encoding in ("rgb8", "bgr8", "rgba8", "mono8"):
         rgb = session.frames[0]
-        pixels = {"rgb8": rgb, "bgr8": rgb[..., ::-1], "mono8": rgb[..., 1],
-                  "rgba8": np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])}[encoding]
-        msg = image_message(np.ascontiguousarray(pixels), encoding, session.stamps.next(), frame_id=f"cam_{encoding}")
+        pixels = {
+            "rgb8": rgb,
+            "bgr8": rgb[..., ::-1],
+            "mono8": rgb[..., 1],
+            "rgba8": np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)]),
+        }[encoding]
+        msg = image_message(
+            np.ascontiguousarray(pixels),
+            encoding,
+            session.stamps.next(),
+            frame_id=f"cam_{encoding}",
+        )
         labels = session.answer(msg)
-        assert labels is not None, f"no labels for a {encoding} frame:\n{session.buffered.output()[-2000:]}"
+        assert labels is not None, (
+            f"no labels for a {encoding} frame:\n{session.buffered.output()[-2000:]}"
+        )
         assert labels.header.frame_id == f"cam_{encoding}"
         assert (labels.width, labels.height, labels.encoding) == (*FRAME_SIZE, "mono8")
         assert labels.step == labels.width and len(labels.data) == labels.width * labels.height
@@ -220,7 +310,9 @@ def test_labels_carry_the_input_header_size_and_class_ids(session):
 def test_rgb_and_bgr_inputs_of_one_frame_give_identical_labels(session):
     rgb = session.frames[1]
     first = session.answer(image_message(rgb, "rgb8", session.stamps.next()))
-    second = session.answer(image_message(np.ascontiguousarray(rgb[..., ::-1]), "bgr8", session.stamps.next()))
+    second = session.answer(
+        image_message(np.ascontiguousarray(rgb[..., ::-1]), "bgr8", session.stamps.next())
+    )
     assert first is not None and second is not None
     assert bytes(first.data) == bytes(second.data)
 
@@ -243,9 +335,15 @@ def test_color_overlay_and_confidence_match_the_labels_and_the_engine(session, r
     key = _key(msg)
 
     def by_stamp(messages):
-        return session.probe.wait_for(lambda: next((m for m in messages if _key(m) == key), None), ANSWER_TIMEOUT)
+        return session.probe.wait_for(
+            lambda: next((m for m in messages if _key(m) == key), None), ANSWER_TIMEOUT
+        )
 
-    color, overlay, confidence = by_stamp(session.color), by_stamp(session.overlay), by_stamp(session.confidence)
+    color, overlay, confidence = (
+        by_stamp(session.color),
+        by_stamp(session.overlay),
+        by_stamp(session.confidence),
+    )
     assert color is not None and overlay is not None and confidence is not None
     labels = np.frombuffer(labels_msg.data, np.uint8).reshape(FRAME_SIZE[1], FRAME_SIZE[0])
     expected_color = colorize(labels, CITYSCAPES.palette_array())
@@ -274,16 +372,23 @@ def _engine(session):
 
 def test_invalid_and_read_only_parameter_changes_are_rejected_with_a_reason(session):
     alpha, checkpoint, stride = session.set_parameters(
-        session.buffered, overlay_alpha=1.5, checkpoint="/elsewhere.pt", consistency_stride=0)
+        session.buffered, overlay_alpha=1.5, checkpoint="/elsewhere.pt", consistency_stride=0
+    )
     for result in (alpha, checkpoint, stride):
         assert not result.successful and result.reason
     assert "read-only" in checkpoint.reason.lower() or "read_only" in checkpoint.reason.lower()
     # The node still answers after the rejected changes.
-    assert session.answer(image_message(session.frames[0], "rgb8", session.stamps.next())) is not None
+    assert (
+        session.answer(image_message(session.frames[0], "rgb8", session.stamps.next())) is not None
+    )
 
 
-def test_burst_of_bad_messages_is_rejected_and_counted_while_good_frames_are_answered(session, restore):
-    before = session.diag(session.buffered, lambda v: _accounted(v) == int(v["received"]), fresh=True)
+def test_burst_of_bad_messages_is_rejected_and_counted_while_good_frames_are_answered(
+    session, restore
+):
+    before = session.diag(
+        session.buffered, lambda v: _accounted(v) == int(v["received"]), fresh=True
+    )
     good = session.frames[3]
     width, height = FRAME_SIZE
 
@@ -309,29 +414,57 @@ def test_burst_of_bad_messages_is_rejected_and_counted_while_good_frames_are_ans
     answered = session.answer(image_message(good, "rgb8", session.stamps.next()))
     assert answered is not None, session.buffered.output()[-2000:]
     assert session.buffered.alive()
-    expected = {"unsupported_encoding": 1, "bad_length": 1, "empty": 1, "bad_step": 1, "too_large": 1, "too_small": 1}
-    after = session.diag(session.buffered, lambda v: int(v["rejected"]) - int(before["rejected"]) >= len(bad))
-    assert after is not None, f"rejections missing from diagnostics: before {before}, now {session.diag(session.buffered)}"
+    expected = {
+        "unsupported_encoding": 1,
+        "bad_length": 1,
+        "empty": 1,
+        "bad_step": 1,
+        "too_large": 1,
+        "too_small": 1,
+    }
+    after = session.diag(
+        session.buffered, lambda v: int(v["rejected"]) - int(before["rejected"]) >= len(bad)
+    )
+    assert after is not None, (
+        f"rejections missing from diagnostics: before {before}, "
+        f"now {session.diag(session.buffered)}"
+    )
     for reason, count in expected.items():
-        assert int(after.get(f"rejected_{reason}", 0)) - int(before.get(f"rejected_{reason}", 0)) == count, reason
+        assert (
+            int(after.get(f"rejected_{reason}", 0)) - int(before.get(f"rejected_{reason}", 0))
+            == count
+        ), reason
     assert int(after["dropped"]) == int(before["dropped"])  # the queue of 8 held them all
-    warned = [diagnostics_values(a, name="seg_buffered: segmentation") for a in session.diagnostics]
-    assert any(v and v["_level"] == 1 and "rejected" in v["_message"] for v in warned), "no WARN status"
+    warned = [
+        diagnostics_values(a, name="seg_buffered: segmentation") for a in session.diagnostics
+    ]
+    assert any(v and v["_level"] == 1 and "rejected" in v["_message"] for v in warned), (
+        "no WARN status"
+    )
     assert "rejected a frame" in session.buffered.output()  # logged (throttled)
 
 
 def test_reset_service_answers_success_and_is_counted(session):
-    before = session.diag(session.buffered, lambda v: _accounted(v) == int(v["received"]), fresh=True)
+    before = session.diag(
+        session.buffered, lambda v: _accounted(v) == int(v["received"]), fresh=True
+    )
     response = session.probe.call(Trigger, session.buffered.topic("reset"))
     assert response is not None and response.success and response.message
-    assert session.answer(image_message(session.frames[0], "rgb8", session.stamps.next())) is not None
-    after = session.diag(session.buffered, lambda v: int(v.get("resets_service", 0)) > int(before.get("resets_service", 0)))
+    assert (
+        session.answer(image_message(session.frames[0], "rgb8", session.stamps.next())) is not None
+    )
+    after = session.diag(
+        session.buffered,
+        lambda v: int(v.get("resets_service", 0)) > int(before.get("resets_service", 0)),
+    )
     assert after["last_reset_reason"] == "~/reset service called"
 
 
 @pytest.mark.parametrize("kind", ["time_backwards", "gap", "size_change"])
 def test_state_is_reset_on_time_jumps_gaps_and_size_changes(session, restore, kind):
-    before = session.diag(session.buffered, lambda v: _accounted(v) == int(v["received"]), fresh=True)
+    before = session.diag(
+        session.buffered, lambda v: _accounted(v) == int(v["received"]), fresh=True
+    )
     frame = session.frames[0]
     assert session.answer(image_message(frame, "rgb8", session.stamps.next())) is not None
     if kind == "time_backwards":  # a bag starting over
@@ -341,7 +474,10 @@ def test_state_is_reset_on_time_jumps_gaps_and_size_changes(session, restore, ki
     else:
         msg = image_message(np.ascontiguousarray(frame[::2, ::2]), "rgb8", session.stamps.next())
     assert session.answer(msg) is not None
-    after = session.diag(session.buffered, lambda v: int(v.get(f"resets_{kind}", 0)) > int(before.get(f"resets_{kind}", 0)))
+    after = session.diag(
+        session.buffered,
+        lambda v: int(v.get(f"resets_{kind}", 0)) > int(before.get(f"resets_{kind}", 0)),
+    )
     assert after is not None, f"no {kind} reset in diagnostics"
     assert int(after["resets"]) > int(before["resets"])
 
@@ -349,31 +485,46 @@ def test_state_is_reset_on_time_jumps_gaps_and_size_changes(session, restore, ki
 def test_consistency_metric_equals_the_metric_computed_on_the_published_labels(session):
     from video_seg_ros.metrics import OnlineConsistency
 
-    response = session.probe.call(Trigger, session.buffered.topic("reset"))  # TC starts from this frame
+    response = session.probe.call(
+        Trigger, session.buffered.topic("reset")
+    )  # TC starts from this frame
     assert response is not None and response.success
     count = len(session.consistency)
-    expected = OnlineConsistency(len(CITYSCAPES.names), stride=1, max_width=320, preset="ultrafast")
+    expected = OnlineConsistency(
+        len(CITYSCAPES.names), stride=1, max_width=320, preset="ultrafast"
+    )
     published = []
     for frame in session.frames:
         labels = session.answer(image_message(frame, "rgb8", session.stamps.next(step=0.06)))
         assert labels is not None
-        sample = expected.update(frame, np.frombuffer(labels.data, np.uint8).reshape(frame.shape[:2]))
+        sample = expected.update(
+            frame, np.frombuffer(labels.data, np.uint8).reshape(frame.shape[:2])
+        )
         if sample is not None and sample.tc is not None:
             published.append(sample.tc)
     assert len(published) >= 1, "no frame pair with labelled pixels: nothing was compared"
-    assert session.probe.wait_for(lambda: len(session.consistency) >= count + len(published), ANSWER_TIMEOUT)
+    assert session.probe.wait_for(
+        lambda: len(session.consistency) >= count + len(published), ANSWER_TIMEOUT
+    )
     assert session.consistency[count:] == pytest.approx(published, abs=1e-6)
     values = session.diag(session.buffered, lambda v: v["tc_pairs"] == str(expected.pairs))
-    assert float(values["running_tc"]) == pytest.approx(expected.running_tc, abs=0.005)  # printed with 2 decimals
+    assert float(values["running_tc"]) == pytest.approx(
+        expected.running_tc, abs=0.005
+    )  # printed with 2 decimals
 
 
 def test_diagnostics_report_counts_latency_device_and_model(session):
     assert session.answer(_raw(session, session.frames[0], frame_id="diag_cam")) is not None
     values = session.diag(session.buffered, lambda v: v["_hardware_id"] == "diag_cam")
-    assert values["_name"] == "seg_buffered: segmentation"  # no leading slash, as diagnostic_updater
+    assert (
+        values["_name"] == "seg_buffered: segmentation"
+    )  # no leading slash, as diagnostic_updater
     assert int(values["received"]) >= int(values["processed"]) + int(values["rejected"])
     assert (values["device"], values["backend"], values["precision"]) == ("cpu", "torch", "fp32")
-    assert values["precision_reason"].startswith("auto: fp32 on ") and "(no native bf16)" in values["precision_reason"]
+    assert (
+        values["precision_reason"].startswith("auto: fp32 on ")
+        and "(no native bf16)" in values["precision_reason"]
+    )
     assert values["precision_fallback"] == ""
     assert values["model"].startswith("espnet")
     assert float(values["latency_p95_ms"]) >= float(values["latency_p50_ms"]) > 0.0
@@ -383,15 +534,22 @@ def test_diagnostics_report_counts_latency_device_and_model(session):
 def test_diagnostics_say_which_precision_auto_chose_on_a_bf16_cpu_and_why(session):
     """The live node's probe says native bf16: `auto` measured bf16 against fp32 at start-up and
     kept it only if it passed the gate; either way the diagnostics say what runs and why."""
-    assert session.answer(_jpeg(session, session.frames[0]), session.live_labels, publisher=session.compressed_pub)
+    assert session.answer(
+        _jpeg(session, session.frames[0]), session.live_labels, publisher=session.compressed_pub
+    )
     values = session.diag(session.live)
-    assert values["precision"] in ("bf16", "fp32") and "calibration frames" in values["precision_reason"]
+    assert (
+        values["precision"] in ("bf16", "fp32")
+        and "calibration frames" in values["precision_reason"]
+    )
     agreement = float(values["precision_agreement"])
     if values["precision"] == "bf16":
         assert agreement >= 0.99 and values["precision_fallback"] == ""
     else:
         assert agreement < 0.99 and values["precision_fallback"].endswith("running fp32")
-    assert f"precision {values['precision']}: " in session.live.output()  # the start-up line says it too
+    assert (
+        f"precision {values['precision']}: " in session.live.output()
+    )  # the start-up line says it too
 
 
 def test_compressed_input_is_segmented_and_corrupt_payloads_are_rejected(session):
@@ -412,18 +570,28 @@ def test_a_period_in_which_every_frame_was_rejected_is_an_error(session):
     corrupt = CompressedImage(format="jpeg", data=b"\xff\xd8\xff\xe0 not a jpeg at all")
     before = session.diag(session.live, lambda v: _accounted(v) == int(v["received"]), fresh=True)
     for _ in range(20):  # 1 s of nothing but bad frames: several whole diagnostics periods
-        corrupt.header = image_message(session.frames[0][:2, :2], "rgb8", session.stamps.next()).header
+        corrupt.header = image_message(
+            session.frames[0][:2, :2], "rgb8", session.stamps.next()
+        ).header
         session.compressed_pub.publish(corrupt)
         time.sleep(0.05)
-    error = session.diag(session.live, lambda v: v["_level"] == 2 and int(v["rejected"]) > int(before["rejected"]))
+    error = session.diag(
+        session.live, lambda v: v["_level"] == 2 and int(v["rejected"]) > int(before["rejected"])
+    )
     assert error["_message"].startswith("every frame of the last period was rejected")
-    assert session.answer(_jpeg(session, session.frames[0]), session.live_labels, publisher=session.compressed_pub)
-    session.diag(session.live, lambda v: v["_level"] == 0)  # and OK again once a frame goes through
+    assert session.answer(
+        _jpeg(session, session.frames[0]), session.live_labels, publisher=session.compressed_pub
+    )
+    session.diag(
+        session.live, lambda v: v["_level"] == 0
+    )  # and OK again once a frame goes through
 
 
 def _accounted(values) -> int:
     """Frames with a known fate: every received frame ends as exactly one of these."""
-    return sum(int(values[key]) for key in ("processed", "dropped", "rejected", "skipped_no_subscriber"))
+    return sum(
+        int(values[key]) for key in ("processed", "dropped", "rejected", "skipped_no_subscriber")
+    )
 
 
 def test_keep_latest_drops_waiting_frames_and_answers_the_newest(session):
@@ -437,13 +605,23 @@ def test_keep_latest_drops_waiting_frames_and_answers_the_newest(session):
     for msg in burst:
         session.compressed_pub.publish(msg)
     newest = _key(burst[-1])
-    assert session.probe.wait_for(lambda: any(_key(m) == newest for m in session.live_labels), ANSWER_TIMEOUT), \
-        (newest, [_key(m) for m in session.live_labels][-5:], session.diag(session.live))
-    after = session.diag(session.live, lambda v: int(v["received"]) - int(before["received"]) == len(burst)
-                         and _accounted(v) == int(v["received"]))
+    assert session.probe.wait_for(
+        lambda: any(_key(m) == newest for m in session.live_labels), ANSWER_TIMEOUT
+    ), (newest, [_key(m) for m in session.live_labels][-5:], session.diag(session.live))
+    after = session.diag(
+        session.live,
+        lambda v: (
+            int(v["received"]) - int(before["received"]) == len(burst)
+            and _accounted(v) == int(v["received"])
+        ),
+    )
     processed = int(after["processed"]) - int(before["processed"])
     dropped = int(after["dropped"]) - int(before["dropped"])
-    assert processed + dropped == len(burst)  # reliable QoS: every frame arrived, each one counted once
+    assert processed + dropped == len(
+        burst
+    )  # reliable QoS: every frame arrived, each one counted once
     assert dropped >= 1, "no frame waited while the large one was segmented"
     answered = [_key(m) for m in session.live_labels if _key(m) in {_key(b) for b in burst}]
-    assert answered == sorted(answered) and answered[-1] == newest  # never an older frame after a newer one
+    assert (
+        answered == sorted(answered) and answered[-1] == newest
+    )  # never an older frame after a newer one

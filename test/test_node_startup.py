@@ -19,7 +19,8 @@ EXIT_TIMEOUT = 240.0  # torch import alone takes a minute on a loaded 2-core mac
 
 @pytest.fixture(scope="module")
 def failed_starts(tmp_path_factory):
-    """Start the node with each bad configuration at once (in parallel) and collect the outcomes."""
+    """Start the node with each bad configuration at once (in parallel) and collect the
+    outcomes."""
     import torch
 
     tmp = tmp_path_factory.mktemp("node_startup")
@@ -37,18 +38,29 @@ def failed_starts(tmp_path_factory):
     }
     if not torch.cuda.is_available():
         cases["cuda_without_cuda"] = {"checkpoint": checkpoint, "device": "cuda"}
-    processes = {name: NodeProcess(write_params_file(tmp / f"{name}.yaml", {"backend": "torch", **params}),
-                                   tmp / f"{name}.log", name=f"startup_{name}")
-                 for name, params in cases.items()}
+    processes = {
+        name: NodeProcess(
+            write_params_file(tmp / f"{name}.yaml", {"backend": "torch", **params}),
+            tmp / f"{name}.log",
+            name=f"startup_{name}",
+        )
+        for name, params in cases.items()
+    }
     # Two good nodes in the same batch, for the shutdown signals.
-    good = write_params_file(tmp / "good.yaml", {"checkpoint": checkpoint, "device": "cpu", "backend": "torch"})
+    good = write_params_file(
+        tmp / "good.yaml", {"checkpoint": checkpoint, "device": "cpu", "backend": "torch"}
+    )
     for sig in (signal.SIGINT, signal.SIGTERM):
-        processes[sig.name] = NodeProcess(good, tmp / f"{sig.name}.log", name=f"startup_{sig.name.lower()}")
+        processes[sig.name] = NodeProcess(
+            good, tmp / f"{sig.name}.log", name=f"startup_{sig.name.lower()}"
+        )
     outcomes = {}
     for name, process in processes.items():
         if name.startswith("SIG"):
             deadline = time.monotonic() + EXIT_TIMEOUT
-            while "ready" not in process.output() and process.alive() and time.monotonic() < deadline:
+            while (
+                "ready" not in process.output() and process.alive() and time.monotonic() < deadline
+            ):
                 time.sleep(0.2)
             outcomes[name] = (process.stop(getattr(signal, name), timeout=60.0), process.output())
         else:
@@ -60,16 +72,19 @@ def _error_lines(output: str) -> list[str]:
     return [line for line in output.splitlines() if line.startswith("video_seg_node: error:")]
 
 
-@pytest.mark.parametrize("case, expected", [
-    ("missing_checkpoint", "checkpoint not found"),
-    ("unreadable_checkpoint", "could not read checkpoint"),
-    ("bad_qos", "input_qos must be one of"),
-    ("bad_transport", "image_transport must be one of raw, compressed"),
-    ("bad_precision", "precision must be one of"),
-    ("bad_camera_name", "camera name 'front left'"),
-    ("alpha_out_of_range", "overlay_alpha"),
-    ("cuda_without_cuda", "no CUDA device"),
-])
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("missing_checkpoint", "checkpoint not found"),
+        ("unreadable_checkpoint", "could not read checkpoint"),
+        ("bad_qos", "input_qos must be one of"),
+        ("bad_transport", "image_transport must be one of raw, compressed"),
+        ("bad_precision", "precision must be one of"),
+        ("bad_camera_name", "camera name 'front left'"),
+        ("alpha_out_of_range", "overlay_alpha"),
+        ("cuda_without_cuda", "no CUDA device"),
+    ],
+)
 def test_bad_configuration_exits_non_zero_with_one_clear_line(failed_starts, case, expected):
     if case not in failed_starts:
         pytest.skip("this machine has CUDA")
@@ -79,7 +94,11 @@ def test_bad_configuration_exits_non_zero_with_one_clear_line(failed_starts, cas
     assert len(lines) == 1 and expected in lines[0], output
     assert "Traceback" not in output
     reason = lines[0].split("video_seg_node: error: ", 1)[1]
-    logged = [line for line in output.splitlines() if line.startswith("[ERROR]") and line.endswith(reason)]
+    logged = [
+        line
+        for line in output.splitlines()
+        if line.startswith("[ERROR]") and line.endswith(reason)
+    ]
     assert len(logged) == 1, f"the reason did not go to the ROS logger (/rosout):\n{output}"
 
 
@@ -99,7 +118,12 @@ def test_shipped_parameters_file_sets_every_parameter_to_its_declared_default():
 
     config = Path(__file__).resolve().parents[1] / "config" / "video_seg.yaml"
     values = yaml.safe_load(config.read_text())["/**"]["ros__parameters"]
-    current = {name: spec for name, spec in PARAMETERS.items() if not spec.deprecated}
-    assert set(values) == set(current)  # deprecated ones are left out of the shipped file
+    # deprecated ones and those whose default is the executable's (autostart) are left out
+    current = {
+        name: spec
+        for name, spec in PARAMETERS.items()
+        if not spec.deprecated and not spec.executable_default
+    }
+    assert set(values) == set(current)
     for name, spec in current.items():
         assert values[name] == spec.default and type(values[name]) is type(spec.default), name

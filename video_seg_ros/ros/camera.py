@@ -44,17 +44,17 @@ def scale_camera_info(info, width: int, height: int):
 class Camera:
     """Per-camera state; touched by the executor thread (callbacks) and the worker thread."""
 
-    name: str                      # "" for the single-camera node
+    name: str  # "" for the single-camera node
     pipeline: StreamPipeline
     stats: StreamStats = field(default_factory=StreamStats)
     input_topic: str = ""
     camera_info_topic: str = ""
-    publishers: dict = field(default_factory=dict)   # output name -> publisher
+    publishers: dict = field(default_factory=dict)  # output name -> publisher
     subscriptions: list = field(default_factory=list)
-    last_input_stamp: float | None = None            # executor thread only
-    frame_id: str = ""                               # of the newest frame
-    camera_info: object = None                       # newest sensor_msgs/CameraInfo
-    idle: bool = False                               # the last frame was skipped (no subscriber)
+    last_input_stamp: float | None = None  # executor thread only
+    frame_id: str = ""  # of the newest frame
+    camera_info: object = None  # newest sensor_msgs/CameraInfo
+    idle: bool = False  # the last frame was skipped (no subscriber)
 
     def topic(self, suffix: str) -> str:
         """Relative input topic (``image``, ``front/image``)."""

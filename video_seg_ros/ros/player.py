@@ -1,5 +1,6 @@
 """Playing a rosbag2 into ROS topics with rclpy (``video-seg-play``) and the message-type lookup
-the recorder shares. The stored CDR bytes are published unchanged, paced by the bag's timestamps."""
+the recorder shares. The stored CDR bytes are published unchanged, paced by the bag's
+timestamps."""
 
 from __future__ import annotations
 
@@ -8,7 +9,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from video_seg_ros.bags import BagError, bag_info, cdr_stamp_ns, has_header, read_messages, restamp_cdr
+from video_seg_ros.bags import (
+    BagError,
+    bag_info,
+    cdr_stamp_ns,
+    has_header,
+    read_messages,
+    restamp_cdr,
+)
 
 
 def message_class(msgtype: str):
@@ -17,8 +25,10 @@ def message_class(msgtype: str):
     try:
         return getattr(importlib.import_module(f"{package}.{kind}"), name)
     except (ImportError, AttributeError) as error:
-        raise BagError(f"message type {msgtype} is not installed for rclpy ({error}); install the "
-                       f"{package} package or leave that topic out") from error
+        raise BagError(
+            f"message type {msgtype} is not installed for rclpy ({error}); install the "
+            f"{package} package or leave that topic out"
+        ) from error
 
 
 def qos_profile(name: str, depth: int):
@@ -43,8 +53,13 @@ class PlayStats:
     log: list[dict] = field(default_factory=list)
 
     def summary(self) -> dict:
-        return {"published": self.published, "total": sum(self.published.values()), "loops": self.loops,
-                "wall_s": round(self.wall_s, 3), "max_late_ms": round(self.max_late_ms, 1)}
+        return {
+            "published": self.published,
+            "total": sum(self.published.values()),
+            "loops": self.loops,
+            "wall_s": round(self.wall_s, 3),
+            "max_late_ms": round(self.max_late_ms, 1),
+        }
 
 
 class BagPlayer:
@@ -61,9 +76,19 @@ class BagPlayer:
         remap: bag topic -> published topic.
     """
 
-    def __init__(self, node, bag: Path, topics: list[str] | None = None, speed: float = 1.0,
-                 start_offset_s: float = 0.0, qos: str = "reliable", depth: int = 10,
-                 restamp: bool = False, remap: dict[str, str] | None = None, keep_log: bool = False):
+    def __init__(
+        self,
+        node,
+        bag: Path,
+        topics: list[str] | None = None,
+        speed: float = 1.0,
+        start_offset_s: float = 0.0,
+        qos: str = "reliable",
+        depth: int = 10,
+        restamp: bool = False,
+        remap: dict[str, str] | None = None,
+        keep_log: bool = False,
+    ):
         if speed <= 0:
             raise BagError(f"the playback speed must be positive, got {speed}")
         if start_offset_s < 0:
@@ -75,14 +100,20 @@ class BagPlayer:
         topics = list(topics or available)
         unknown = [t for t in topics if t not in available]
         if unknown:
-            raise BagError(f"bag {bag} has no topic {', '.join(unknown)}; it has {', '.join(available)}")
+            raise BagError(
+                f"bag {bag} has no topic {', '.join(unknown)}; it has {', '.join(available)}"
+            )
         self.node, self.bag, self.topics, self.speed = node, Path(bag), topics, speed
         self.start_ns = self.info["start_ns"] + round(start_offset_s * 1e9)
         self.restamp, self.keep_log = restamp, keep_log
         self.remap = remap or {}
         profile = qos_profile(qos, depth)
-        self.publishers = {t: node.create_publisher(message_class(available[t]["type"]),
-                                                    self.remap.get(t, t), profile) for t in topics}
+        self.publishers = {
+            t: node.create_publisher(
+                message_class(available[t]["type"]), self.remap.get(t, t), profile
+            )
+            for t in topics
+        }
         self.stamped = {t: has_header(available[t]["type"]) for t in topics}
         self.stats = PlayStats(published={self.remap.get(t, t): 0 for t in topics})
         self._stopped = False
@@ -91,7 +122,8 @@ class BagPlayer:
         self._stopped = True
 
     def wait_for_subscribers(self, timeout_s: float) -> bool:
-        """Wait until every publisher has at least one subscriber (True) or ``timeout_s`` passed."""
+        """Wait until every publisher has at least one subscriber (True) or ``timeout_s``
+        passed."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and not self._stopped:
             if all(p.get_subscription_count() > 0 for p in self.publishers.values()):
@@ -144,7 +176,15 @@ class BagPlayer:
             topic = self.remap.get(message.topic, message.topic)
             self.stats.published[topic] += 1
             if self.keep_log:
-                self.stats.log.append({"topic": topic, "bag_ns": message.timestamp_ns,
-                                       "stamp_ns": publish_ns if self.restamp and self.stamped[message.topic]
-                                       else cdr_stamp_ns(message.data) if self.stamped[message.topic] else None,
-                                       "publish_ns": publish_ns})
+                self.stats.log.append(
+                    {
+                        "topic": topic,
+                        "bag_ns": message.timestamp_ns,
+                        "stamp_ns": publish_ns
+                        if self.restamp and self.stamped[message.topic]
+                        else cdr_stamp_ns(message.data)
+                        if self.stamped[message.topic]
+                        else None,
+                        "publish_ns": publish_ns,
+                    }
+                )

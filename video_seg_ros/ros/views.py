@@ -26,12 +26,17 @@ def node_path(namespace: str = "", node_name: str = "video_seg_node") -> str:
     return "/" + "/".join(parts + [node_name.strip("/")])
 
 
-def camera_topics(node: str, cameras: list[str], image_topics: list[str] | None = None,
-                  image: str = DEFAULT_CAMERA_TOPIC) -> dict[str, tuple[str, str]]:
+def camera_topics(
+    node: str,
+    cameras: list[str],
+    image_topics: list[str] | None = None,
+    image: str = DEFAULT_CAMERA_TOPIC,
+) -> dict[str, tuple[str, str]]:
     """camera name -> (input image topic, output prefix) for the node at ``node``.
 
     ``cameras`` empty: the one camera on ``image`` with outputs under ``node``. Otherwise camera N
-    reads ``image_topics[i]`` (default ``<node namespace>/N/image``) and publishes under ``node/N``.
+    reads ``image_topics[i]`` (default ``<node namespace>/N/image``) and publishes under
+    ``node/N``.
     """
     if not cameras:
         return {"": (image, node)}
@@ -39,23 +44,38 @@ def camera_topics(node: str, cameras: list[str], image_topics: list[str] | None 
     topics = list(image_topics or [])
     if topics and len(topics) != len(cameras):
         raise ValueError(f"image_topics has {len(topics)} entries for {len(cameras)} cameras")
-    return {name: (topics[i] if topics else f"{namespace}/{name}/image", f"{node}/{name}")
-            for i, name in enumerate(cameras)}
+    return {
+        name: (topics[i] if topics else f"{namespace}/{name}/image", f"{node}/{name}")
+        for i, name in enumerate(cameras)
+    }
 
 
 def _title(camera: str, view: str) -> str:
-    return f"{camera} {view}" if camera else {"camera": "Camera", "colour": "Segmentation (colour)",
-                                                "overlay": "Segmentation (overlay)"}[view]
+    return (
+        f"{camera} {view}"
+        if camera
+        else {
+            "camera": "Camera",
+            "colour": "Segmentation (colour)",
+            "overlay": "Segmentation (overlay)",
+        }[view]
+    )
 
 
 def rviz_config(template_text: str, topics: dict[str, tuple[str, str]]) -> str:
-    """The RViz config ``template_text`` (config/video_seg.rviz) with one set of image displays per camera."""
+    """The RViz config ``template_text`` (config/video_seg.rviz) with one set of image displays
+    per camera."""
     config = yaml.safe_load(template_text)
     manager = config["Visualization Manager"]
-    templates = {d["Name"]: d for d in manager["Displays"] if d["Class"] == "rviz_default_plugins/Image"}
+    templates = {
+        d["Name"]: d for d in manager["Displays"] if d["Class"] == "rviz_default_plugins/Image"
+    }
     base = {view: templates[_title("", view)] for view, _ in VIEWS}
     others = [d for d in manager["Displays"] if d["Class"] != "rviz_default_plugins/Image"]
-    displays, geometry = [], {k: v for k, v in config.get("Window Geometry", {}).items() if k not in templates}
+    displays, geometry = (
+        [],
+        {k: v for k, v in config.get("Window Geometry", {}).items() if k not in templates},
+    )
     for camera, (image, prefix) in topics.items():
         for view, suffix in VIEWS:
             display = copy.deepcopy(base[view])
@@ -83,18 +103,41 @@ def foxglove_layout(template_text: str, topics: dict[str, tuple[str, str]]) -> s
             panel = copy.deepcopy(image_template)
             panel["imageMode"]["imageTopic"] = image if suffix is None else f"{prefix}/{suffix}"
             images[f"Image!{view}{index}"] = panel
-        series.append({**plot_template["paths"][0], "value": f"{prefix}/consistency.data",
-                       "label": f"TC {camera}".strip()})
+        series.append(
+            {
+                **plot_template["paths"][0],
+                "value": f"{prefix}/consistency.data",
+                "label": f"TC {camera}".strip(),
+            }
+        )
     plot = copy.deepcopy(plot_template)
     plot["paths"] = series
     layout["configById"] = {**images, "Plot!consistency": plot, **kept}
-    rows = [{"first": f"Image!camera{i}", "second": {"first": f"Image!colour{i}", "second": f"Image!overlay{i}",
-                                                     "direction": "row"}, "direction": "row",
-             "splitPercentage": 33.3} for i in range(len(topics))]
+    rows = [
+        {
+            "first": f"Image!camera{i}",
+            "second": {
+                "first": f"Image!colour{i}",
+                "second": f"Image!overlay{i}",
+                "direction": "row",
+            },
+            "direction": "row",
+            "splitPercentage": 33.3,
+        }
+        for i in range(len(topics))
+    ]
     image_area = rows[0]
     for row in rows[1:]:
         image_area = {"first": image_area, "second": row, "direction": "column"}
-    side = {"first": "Plot!consistency", "second": next(k for k in kept if k.startswith("DiagnosticSummary!")),
-            "direction": "column"}
-    layout["layout"] = {"first": image_area, "second": side, "direction": "row", "splitPercentage": 75}
+    side = {
+        "first": "Plot!consistency",
+        "second": next(k for k in kept if k.startswith("DiagnosticSummary!")),
+        "direction": "column",
+    }
+    layout["layout"] = {
+        "first": image_area,
+        "second": side,
+        "direction": "row",
+        "splitPercentage": 75,
+    }
     return json.dumps(layout, indent=2) + "\n"
