@@ -139,7 +139,6 @@ class NodeProcess(LoggedProcess):
         parameters: dict[str, str] | None = None,
         env: dict[str, str] | None = None,
     ):
-        self.name = name
         args = ["--ros-args", "--params-file", str(params_file), "-r", f"__node:={name}"]
         for source, target in (remaps or {}).items():
             args += ["-r", f"{source}:={target}"]
@@ -150,6 +149,7 @@ class NodeProcess(LoggedProcess):
             log_path,
             env={**ros_environment(), **(env or {})},
             cwd=REPO_ROOT,
+            name=name,  # the node name doubles as the process's name in errors
         )
 
     def topic(self, suffix: str) -> str:

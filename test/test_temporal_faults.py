@@ -19,7 +19,7 @@ import torch
 from checkpoints import tiny_espnet
 from video_seg_ros.engine import SegmentationEngine
 from video_seg_ros.image_encoding import Frame
-from video_seg_ros.models.memory import add_memory_to_checkpoint
+from video_seg_ros.checkpoint import add_memory_to_checkpoint
 from video_seg_ros.ros.pipeline import OutputRequest, ResetPolicy, StreamPipeline
 from video_seg_ros.temporal import GUARD_REASONS
 
@@ -244,14 +244,9 @@ def test_a_loop_hidden_among_skipped_frames_still_resets():
 
 
 def test_looped_gap_survives_dropped_frames():
-    rclpy = pytest.importorskip("rclpy", reason="the node's queue hand-over needs rclpy")  # noqa: F841
-    from video_seg_ros.ros.node import _inherit_gap, _Pending
+    from video_seg_ros.ros.pipeline import merge_input_gaps
 
-    backwards = _Pending(None, "raw", 0.0, -9.95)
-    later = _Pending(None, "raw", 0.0, 0.05)
-    _inherit_gap(backwards, later)
-    assert later.input_gap_s == -9.95
-    forwards = _Pending(None, "raw", 0.0, 3.0)
-    after = _Pending(None, "raw", 0.0, 0.05)
-    _inherit_gap(forwards, after)
-    assert after.input_gap_s == 3.0
+    assert merge_input_gaps(-9.95, 0.05) == -9.95  # a loop among dropped frames still shows
+    assert merge_input_gaps(0.05, -9.95) == -9.95
+    assert merge_input_gaps(3.0, 0.05) == 3.0  # the larger forward gap counts
+    assert merge_input_gaps(0.05, 0.1) == 0.1

@@ -96,6 +96,17 @@ class FrameQueue:
             return sum(len(items) for items in self._items.values())
 
 
+def merge_input_gaps(dropped_gap_s: float, successor_gap_s: float) -> float:
+    """The input gap a frame carries when the frame before it is dropped from the queue.
+
+    The dropped frame's gap still happened before the next processed frame (the larger one
+    counts), but a backwards jump (a looping bag) among dropped frames must not be hidden by
+    later forward gaps: a negative gap wins.
+    """
+    smaller = min(dropped_gap_s, successor_gap_s)
+    return smaller if smaller < 0 else max(dropped_gap_s, successor_gap_s)
+
+
 class ResetPolicy:
     """Decides when temporal state must be dropped, from each frame's stamp, size and encoding.
 

@@ -23,7 +23,13 @@ from std_msgs.msg import Float32
 from video_seg_ros.image_encoding import ImageDecodeError, fill_image
 from video_seg_ros.ros.camera import Camera, scale_camera_info
 from video_seg_ros.ros.conversions import load_cv_bridge, message_to_frame
-from video_seg_ros.ros.pipeline import FrameQueue, NodePipeline, OutputRequest, StreamItem
+from video_seg_ros.ros.pipeline import (
+    FrameQueue,
+    NodePipeline,
+    OutputRequest,
+    StreamItem,
+    merge_input_gaps,
+)
 
 OPTIONAL_VIEWS = ("color", "overlay", "confidence")
 
@@ -43,10 +49,7 @@ class _Pending:
 
 
 def _inherit_gap(dropped: _Pending, successor: _Pending) -> None:
-    # A skipped frame's input gap still happened before the next processed frame; a backwards
-    # jump (a looping bag) among skipped frames must not be hidden by later forward gaps.
-    gaps = (successor.input_gap_s, dropped.input_gap_s)
-    successor.input_gap_s = min(gaps) if min(gaps) < 0 else max(gaps)
+    successor.input_gap_s = merge_input_gaps(dropped.input_gap_s, successor.input_gap_s)
 
 
 class FrameWorker:
