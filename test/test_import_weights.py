@@ -102,7 +102,7 @@ def test_checkpoint_round_trip_gives_identical_outputs(random_espnet_weights, tm
                 "cityscapes",
                 "--weights",
                 str(random_espnet_weights),
-                "--out",
+                "-o",
                 str(out),
             ]
         )
