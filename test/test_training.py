@@ -630,6 +630,7 @@ def imported_weights(tmp_path_factory):
     return tmp_path_factory.mktemp("imported")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
 def test_every_recipe_config_loads_and_trains_two_steps_on_tiny_frames(
     recipe, tmp_path, sequences, imported_weights
