@@ -14,15 +14,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
-from checkpoints import tiny_espnet
+from checkpoints import tiny_espnet, unconvertible_checkpoint
 from shared_data import require_shared_file
 from video_seg_ros import runtime
 from video_seg_ros.backends import BackendError
-from video_seg_ros.checkpoint import Checkpoint, Preprocessing, add_memory_to_checkpoint
+from video_seg_ros.checkpoint import Checkpoint, add_memory_to_checkpoint
 from video_seg_ros.engine import SegmentationEngine
-from video_seg_ros.models import register
 
 openvino = pytest.importorskip(
     "openvino", reason="openvino is not installed (requirements.txt pins it)"
@@ -77,32 +75,7 @@ def memory_engine(request, memory_checkpoint, cache_dir):
     )
 
 
-# ---- denormals --------------------------------------------------------------------------------
-def denormals_survive() -> bool:
-    """Whether this thread (and its OpenMP team: the tensor is large enough to be split) keeps
-    denormals."""
-    big = torch.full((1 << 20,), 3e-39)
-    return bool((torch.tensor([1e-40]) * 1.0).item() != 0.0) or bool(((big * 1.0) != 0).any())
-
-
-@pytest.fixture
-def unflushed():
-    """This thread with denormals computed (skips where the CPU cannot flush them); flushed
-    after."""
-    if not runtime.flush_denormals(False):
-        pytest.skip("this CPU cannot flush denormals (no DAZ/FTZ)")
-    yield
-    runtime.flush_denormals(True)
-
-
 # ---- precision ----------------------------------------------------------------------------------
-@pytest.fixture(params=[False, True], ids=["no-native-bf16", "native-bf16"])
-def bf16_probe(request, monkeypatch):
-    """The CPU-capability probe answering no / yes (what ``auto`` decides on), on any CPU."""
-    monkeypatch.setenv(runtime.NATIVE_BF16_ENV, "1" if request.param else "0")
-    return request.param
-
-
 def test_openvino_bf16_agrees_with_fp32_and_shares_the_fp32_conversion(monkeypatch, cache_dir):
     monkeypatch.setenv(runtime.NATIVE_BF16_ENV, "1")
     checkpoint = tiny_espnet(size=(128, 64))
@@ -126,6 +99,7 @@ def test_openvino_bf16_agrees_with_fp32_and_shares_the_fp32_conversion(monkeypat
 
 
 # ---- OpenVINO against torch ---------------------------------------------------------------------
+@pytest.mark.slow
 def test_openvino_gives_the_torch_labels_for_published_espnet_on_a_real_frame(shared, cache_dir):
     from video_seg_ros.tools.import_weights import import_weights
 
@@ -270,34 +244,6 @@ def test_streams_of_different_frame_sizes_come_back_at_their_own_sizes(memory_en
 
 
 # ---- start-up errors and fallback ---------------------------------------------------------------
-class ScaledErfcSegmenter(nn.Module):
-    """A 1x1 conv followed by erfcx, an operator ONNX has no form for (so no backend can convert
-    it)."""
-
-    def __init__(self, num_classes: int = 20):
-        super().__init__()
-        self.classifier = nn.Conv2d(3, num_classes, 1)
-
-    def forward(self, x):
-        return torch.special.erfcx(self.classifier(x))
-
-
-@register("test-erfcx")
-def _erfcx_segmenter(num_classes: int = 20) -> nn.Module:
-    return ScaledErfcSegmenter(num_classes)
-
-
-def unconvertible_checkpoint() -> Checkpoint:
-    model = ScaledErfcSegmenter()
-    return Checkpoint.for_label_set(
-        "test-erfcx",
-        {"num_classes": 20},
-        model.state_dict(),
-        "cityscapes",
-        Preprocessing(input_height=32, input_width=64),
-    )
-
-
 def test_openvino_requested_for_a_model_it_cannot_convert_fails_at_start_up(tmp_path):
     with pytest.raises(BackendError, match=r"could not be exported to ONNX.*erfcx"):
         SegmentationEngine(

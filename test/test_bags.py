@@ -258,21 +258,6 @@ def test_existing_output_is_kept_unless_overwrite(cityscapes_folder, tmp_path, c
     assert bag_info(bag)["message_count"] == 6 and _no_leftovers(tmp_path)
 
 
-def test_old_option_spellings_still_work_for_one_release_with_a_deprecation_line(
-    cityscapes_folder, tmp_path, capsys
-):
-    bag = tmp_path / "bag"
-    assert (
-        _make([str(cityscapes_folder), "-o", str(bag), "--max-frames", "2", "--resize", "32x16"])
-        == 0
-    )
-    err = capsys.readouterr().err
-    assert "--max-frames is deprecated" in err and "use --limit" in err
-    assert "--resize is deprecated" in err and "use --size" in err
-    images = list(read_images(bag))
-    assert len(images) == 2 and images[0].pixels.shape[:2] == (16, 32)
-
-
 def test_usage_errors_exit_with_status_2(cityscapes_folder, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         _make([str(cityscapes_folder), "-o", str(tmp_path / "b"), "--jpeg-quality", "0"])

@@ -581,6 +581,7 @@ def test_torchvision_builders_return_logits_at_the_input_size_and_load_torchvisi
         assert torch.equal(logits, original(x)["out"])
 
 
+@pytest.mark.slow
 def test_torchvision_lraspp_imports_and_runs_on_torch_and_openvino_alike(tmp, cache):
     weights = tmp / "lraspp_state_dict.pth"
     torch.save(structured_lraspp().state_dict, weights)
@@ -853,6 +854,7 @@ def _node_outputs(session, name):
         )
 
 
+@pytest.mark.ros
 @pytest.mark.parametrize("name, backend", [("byo_torchvision", "torch"), ("byo_onnx", "openvino")])
 def test_node_publishes_the_engine_labels_colours_and_class_map_of_a_byo_model(
     byo_nodes, name, backend
@@ -876,6 +878,7 @@ def test_node_publishes_the_engine_labels_colours_and_class_map_of_a_byo_model(
     byo_nodes.setdefault("published", {})[name] = published
 
 
+@pytest.mark.ros
 def test_the_onnx_export_of_torchvision_lraspp_labels_like_the_torchvision_checkpoint(byo_nodes):
     published = byo_nodes.get("published", {})
     if len(published) < 2:
@@ -883,6 +886,7 @@ def test_the_onnx_export_of_torchvision_lraspp_labels_like_the_torchvision_check
     assert np.mean(published["byo_torchvision"] == published["byo_onnx"]) >= 0.999
 
 
+@pytest.mark.ros
 def test_node_refuses_to_start_on_a_damaged_graph_with_one_line_that_says_what_to_do(byo_nodes):
     node = byo_nodes["nodes"]["byo_damaged"]
     code = node.wait_exit(NODE_STARTUP_TIMEOUT)

@@ -99,6 +99,7 @@ def test_demo_py_keeps_only_the_command_line_and_the_flow():
     assert "def prepare_input(" in source
 
 
+@pytest.mark.ros
 def test_quiet_demo_run_prints_no_bar_and_writes_the_summary_keys(tmp_path, capsys):
     pytest.importorskip("rclpy", reason="the demo runs ROS 2 processes: rclpy is not installed")
     from checkpoints import make_tiny_espnet_checkpoint

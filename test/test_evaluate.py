@@ -4,6 +4,7 @@ its CLI, on small folders."""
 from __future__ import annotations
 
 import json
+import time
 
 import cv2
 import numpy as np
@@ -51,6 +52,7 @@ def test_predictions_used_as_labels_score_perfectly_and_pairs_respect_gaps(tmp_p
     labels_dir.mkdir()
     for path in paths[::2]:  # every other frame is labelled
         cv2.imwrite(str(labels_dir / path.name), engine.segment(rgb(path)).labels)
+    start = time.perf_counter()
     report = evaluate_folder(
         engine,
         FolderStream(images, labels_dir, "trainids"),
@@ -58,6 +60,7 @@ def test_predictions_used_as_labels_score_perfectly_and_pairs_respect_gaps(tmp_p
         save_overlays=tmp_path / "overlays",
         save_labels=tmp_path / "predictions",
     )
+    wall_ms = (time.perf_counter() - start) * 1000
     assert report["frames"] == 5 and report["labelled_frames"] == 3
     assert report["miou"] == 1.0 and report["pixel_accuracy"] == 1.0
     assert len(report["per_class_iou"]) == 19
@@ -73,7 +76,9 @@ def test_predictions_used_as_labels_score_perfectly_and_pairs_respect_gaps(tmp_p
     assert report["tc"] == round(expected.tc, 5)
     assert report["tc_pixel_agreement"] == round(expected.matrix.pixel_accuracy, 5)
     assert report["tc_settings"]["label_warp"] == "nearest"
-    assert report["ms_per_frame"] > 0
+    # The median of the frames' model times: 3 of the 5 frames took at least that long, and all
+    # of them ran inside this call.
+    assert 0 < report["ms_per_frame"] <= wall_ms / 3
     assert json.loads(json.dumps(report)) == report  # plain JSON, no NaN
     labelled = cv2.imread(str(tmp_path / "overlays" / "seqA_00000_overlay.png"))
     unlabelled = cv2.imread(str(tmp_path / "overlays" / "seqA_00001_overlay.png"))
@@ -85,15 +90,6 @@ def test_predictions_used_as_labels_score_perfectly_and_pairs_respect_gaps(tmp_p
     assert np.array_equal(
         saved, cv2.imread(str(labels_dir / "seqA_00000.png"), cv2.IMREAD_UNCHANGED)
     )
-
-
-def test_a_static_sequence_has_perfect_temporal_consistency(tmp_path, engine):
-    frame = (np.random.default_rng(1).random((HEIGHT, WIDTH, 3)) * 255).astype(np.uint8)
-    for number in range(3):
-        cv2.imwrite(str(tmp_path / f"still_{number:03d}.png"), frame)
-    report = evaluate_folder(engine, tmp_path, progress=False)
-    assert report["tc"] == 1.0 and report["tc_pairs"] == 2
-    assert report["miou"] is None and report["per_class_iou"] == {}
 
 
 def test_limit_and_frame_gap_options(tmp_path, engine):
@@ -142,27 +138,6 @@ def test_cli_writes_the_json_report_and_prints_a_summary(tmp_path, tiny_espnet_c
     printed = capsys.readouterr().out
     assert "| frames | labelled | mIoU" in printed and str(out) in printed
     assert (tmp_path / "eval.md").read_text().startswith("## Evaluation of espnet")
-
-
-def test_cli_keeps_the_old_out_spelling_for_one_release(tmp_path, tiny_espnet_checkpoint, capsys):
-    images, _ = write_sequence_folder(tmp_path, frames_per_sequence=((0,), ()))
-    out = tmp_path / "old.json"
-    assert (
-        main(
-            [
-                "--checkpoint",
-                str(tiny_espnet_checkpoint),
-                "--images",
-                str(images),
-                "--out",
-                str(out),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
-    assert json.loads(out.read_text())["frames"] == 1
-    assert "--out is deprecated" in capsys.readouterr().err
 
 
 def test_cli_explains_a_wrong_label_format(tmp_path, tiny_espnet_checkpoint, capsys):
@@ -266,105 +241,3 @@ def test_an_unreadable_frame_stops_the_run_unless_skipped(
     # seqA 0 -> 2 is now a gap: no pair crosses the skipped frame.
     assert report["sequences"]["seqA"]["tc_pairs"] == 0
     assert paths[1].name in capsys.readouterr().out
-
-
-# ---- label files as users have them -----------------------------------------------------------
-def _camvid_snippet(shared, root, count=3):
-    """The first ``count`` CamVid val frames and labels, copied as frames, mode-L and palette
-    PNGs."""
-    from PIL import Image
-
-    frames = sorted((shared / "data/camvid/val").glob("*.png"))[:count]
-    if len(frames) < count:
-        pytest.skip("../shared/data/camvid/val has too few frames")
-    for kind in ("images", "labels_l", "labels_p"):
-        (root / kind).mkdir(parents=True)
-    for frame in frames:
-        label_file = shared / "data/camvid/valannot" / frame.name
-        if not label_file.is_file():
-            pytest.skip(f"{label_file} is missing")
-        small = cv2.resize(cv2.imread(str(frame)), (120, 90), interpolation=cv2.INTER_AREA)
-        cv2.imwrite(str(root / "images" / frame.name), small)
-        ids = cv2.resize(
-            cv2.imread(str(label_file), cv2.IMREAD_UNCHANGED),
-            (120, 90),
-            interpolation=cv2.INTER_NEAREST,
-        )
-        Image.fromarray(ids, mode="L").save(root / "labels_l" / frame.name)
-        palette_image = Image.fromarray(ids, mode="P")
-        palette_image.putpalette(
-            [value for i in range(256) for value in (i * 37 % 256, i * 91 % 256, i)]
-        )
-        palette_image.save(root / "labels_p" / frame.name)
-    return frames
-
-
-def test_palette_png_labels_give_the_same_figures_as_the_same_labels_in_mode_l(
-    tmp_path, shared, tiny_espnet_checkpoint
-):
-    frames = _camvid_snippet(shared, tmp_path)
-    assert cv2.imread(str(tmp_path / "labels_p" / frames[0].name), cv2.IMREAD_UNCHANGED).ndim == 3
-    reports = {}
-    for kind in ("labels_l", "labels_p"):
-        out = tmp_path / f"{kind}.json"
-        assert (
-            main(
-                [
-                    "--checkpoint",
-                    str(tiny_espnet_checkpoint),
-                    "--images",
-                    str(tmp_path / "images"),
-                    "--labels",
-                    str(tmp_path / kind),
-                    "--label-format",
-                    "camvid",
-                    "--max-frame-gap",
-                    "2",
-                    "--quiet",
-                    "-o",
-                    str(out),
-                ]
-            )
-            == 0
-        )
-        reports[kind] = json.loads(out.read_text())
-    mode_l, palette = reports["labels_l"], reports["labels_p"]
-    assert mode_l["labelled_frames"] == palette["labelled_frames"] == len(frames)
-    assert mode_l["tc_pairs"] == len(frames) - 1  # CamVid val frames are 2 numbers apart
-    for key in ("miou", "pixel_accuracy", "per_class_iou", "tc", "tc_per_class"):
-        assert palette[key] == mode_l[key], key
-
-
-def test_sixteen_bit_and_cityscapes_color_labels_give_the_same_figures_as_train_ids(
-    tmp_path, engine
-):
-    from video_seg_ros.labels import CITYSCAPES, colorize
-
-    images, paths = write_sequence_folder(tmp_path, frames_per_sequence=((0, 1), ()))
-    for kind in ("ids8", "ids16", "colour"):
-        (tmp_path / kind).mkdir()
-    rng = np.random.default_rng(4)
-    for path in paths:
-        ids = rng.integers(0, 19, (HEIGHT, WIDTH)).astype(np.uint8)
-        ids[:4] = 255
-        key = path.stem
-        cv2.imwrite(str(tmp_path / "ids8" / f"{key}.png"), ids)
-        cv2.imwrite(str(tmp_path / "ids16" / f"{key}.png"), ids.astype(np.uint16))
-        colour = colorize(ids, CITYSCAPES.palette_array())
-        cv2.imwrite(str(tmp_path / "colour" / f"{key}_gtFine_color.png"), colour[..., ::-1].copy())
-    reports = [
-        evaluate_folder(
-            engine, FolderStream(images, tmp_path / kind, label_format), progress=False
-        )
-        for kind, label_format in (
-            ("ids8", "trainids"),
-            ("ids16", "trainids"),
-            ("colour", "cityscapes-color"),
-        )
-    ]
-    assert reports[0]["labelled_frames"] == 2 and reports[0]["miou"] is not None
-    for report in reports[1:]:
-        assert (report["miou"], report["per_class_iou"]) == (
-            reports[0]["miou"],
-            reports[0]["per_class_iou"],
-        )

@@ -156,6 +156,7 @@ def test_malformed_training_config_names_the_file_and_the_key(tmp_path, text, ex
 
 
 # ---- the node refuses them at start-up ----------------------------------------------------------
+@pytest.mark.ros
 def test_node_exits_with_one_error_line_on_a_corrupt_checkpoint_or_params_file(
     tmp_path, good_checkpoint
 ):

@@ -102,7 +102,7 @@ def test_checkpoint_round_trip_gives_identical_outputs(random_espnet_weights, tm
                 "cityscapes",
                 "--weights",
                 str(random_espnet_weights),
-                "--out",
+                "-o",
                 str(out),
             ]
         )
@@ -176,6 +176,7 @@ def test_engine_input_equals_original_espnet_preprocessing(shared, random_espnet
     np.testing.assert_allclose(ours, original, atol=2e-6)
 
 
+@pytest.mark.slow
 def test_imported_espnet_p2q8_segments_the_real_cityscapes_frame_as_published(shared):
     """The original network reaches 92.7-94.3 % pixel accuracy on this frame
     (../shared/README.md)."""
@@ -193,6 +194,7 @@ def test_imported_espnet_p2q8_segments_the_real_cityscapes_frame_as_published(sh
     assert scores.miou > 0.45
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("arch", "weights", "minimum_accuracy"),
     [

@@ -167,6 +167,7 @@ def _fuzz_node(probe, node, publisher, labels, diagnostics, kind, seed):
     return messages, good, answered, values, odd_ids
 
 
+@pytest.mark.ros
 def test_node_rejects_and_counts_every_malformed_message_and_answers_every_good_frame(tmp_path):
     pytest.importorskip("rclpy", reason="ROS 2 rclpy is not installed")
     from diagnostic_msgs.msg import DiagnosticArray

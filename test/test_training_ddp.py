@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from test_training import tiny_config, write_config, write_moving_square_sequences
+from training_helpers import tiny_config, write_config, write_moving_square_sequences
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +46,7 @@ def test_two_process_gloo_ddp_matches_a_single_process_on_the_same_data(tmp_path
             sys.executable,
             "-m",
             "video_seg_ros.tools.train",
-            "--no-progress",
+            "--quiet",
             "--config",
             str(write_config(tmp_path / "single.yaml", single)),
         ],
@@ -65,7 +65,7 @@ def test_two_process_gloo_ddp_matches_a_single_process_on_the_same_data(tmp_path
             "--nproc_per_node=2",
             "-m",
             "video_seg_ros.tools.train",
-            "--no-progress",
+            "--quiet",
             "--config",
             str(write_config(tmp_path / "ddp.yaml", ddp)),
         ],

@@ -463,7 +463,7 @@ def check_checkpoint(checkpoint: Checkpoint, label_set: str | None, origin: str)
     if checkpoint.memory:
         raise AdaptationError(
             f"checkpoint {origin} has a memory module; adaptation trains per-frame "
-            "models: pass its per-frame base (video_seg_ros.models.memory."
+            "models: pass its per-frame base (video_seg_ros.checkpoint."
             "strip_memory_from_checkpoint) and add the memory afterwards"
         )
 

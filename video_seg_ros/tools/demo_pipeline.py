@@ -103,6 +103,9 @@ def replay_parameters(
         "publish_overlay": False,
         "consistency_metric": True,
         "consistency_stride": 1,
+        # The recorder stops at the last frame's labels: at the default 1 s period a short replay
+        # records no status after the first frame and the summary has no node model time.
+        "diagnostics_period_s": 0.1,
     }
     values.update(temporal or {})
     return values
