@@ -155,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(build_parser(), argv)
     command = command_line(PROG, argv)
-    from video_seg_ros.adaptation import AdaptationSettings, adapt, format_markdown
+    from video_seg_ros.adaptation import AdaptationSettings, adapt
+    from video_seg_ros.adaptation_report import format_markdown
     from video_seg_ros.bags import BagError
     from video_seg_ros.checkpoint import CheckpointError
     from video_seg_ros.engine import DeviceError
