@@ -122,7 +122,9 @@ def prepare_checkpoint(args) -> str:
 def node_command(name: str, checkpoint: str, cameras: list[str], args) -> list[str]:
     script = Path(sys.executable).parent / "video_seg_node"
     command = (
-        [str(script)] if script.exists() else [sys.executable, "-m", "video_seg_ros.ros.node"]
+        [str(script)]
+        if script.exists()
+        else [sys.executable, "-m", "video_seg_ros.ros.executable"]
     )
     command += [
         "--ros-args",

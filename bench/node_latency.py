@@ -144,7 +144,7 @@ def start_node(args, env, log_path: Path) -> subprocess.Popen:
     command = [
         sys.executable,
         "-m",
-        "video_seg_ros.ros.node",
+        "video_seg_ros.ros.executable",
         "--ros-args",
         "-r",
         f"__node:={args.node_name}",

@@ -152,7 +152,7 @@ def run_mode(
     node_command = [
         sys.executable,
         "-m",
-        "video_seg_ros.ros.node",
+        "video_seg_ros.ros.executable",
         "--ros-args",
         "-r",
         f"__node:={name}",

@@ -114,8 +114,8 @@ def lifecycle_node_command() -> list[str]:
 
 def node_command() -> list[str]:
     """The installed ``video_seg_node`` console script, else ``python -m
-    video_seg_ros.ros.node``."""
-    return _console_script("video_seg_node", "video_seg_ros.ros.node")
+    video_seg_ros.ros.executable``."""
+    return _console_script("video_seg_node", "video_seg_ros.ros.executable")
 
 
 class NodeProcess(LoggedProcess):

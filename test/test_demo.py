@@ -39,7 +39,7 @@ def test_a_compressed_bag_topic_is_fed_as_image_transport_compressed(tmp_path):
     assert compressed.remappings == {"image": "/camera/image_raw"}
     assert compressed.parameters == {"image_transport": "compressed"}
     command = compressed.command("python")
-    assert command[:3] == ["python", "-m", "video_seg_ros.ros.node"]
+    assert command[:3] == ["python", "-m", "video_seg_ros.ros.executable"]
     assert command[3:] == [
         "--ros-args",
         "--params-file",

@@ -21,7 +21,6 @@ Run: ``ros2 run video_seg_ros video_seg_node --ros-args --params-file config/vid
 
 from __future__ import annotations
 
-import sys
 import time
 
 import torch
@@ -386,14 +385,3 @@ class VideoSegNode(LifecycleNode):
         array = DiagnosticArray(status=[self._camera_status(c, now) for c in self.cameras])
         array.header.stamp = self.get_clock().now().to_msg()
         self._diagnostics_pub.publish(array)
-
-
-def main(args=None) -> int:
-    """``video_seg_node`` (the installed script and ``python -m`` name this module)."""
-    from video_seg_ros.ros.executable import main as run  # that module imports this one
-
-    return run(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

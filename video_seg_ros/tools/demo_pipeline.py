@@ -134,7 +134,13 @@ def node_input(topic: str) -> tuple[str, dict[str, str]]:
 def node_spec(params_file: Path | None, topic: str) -> ProcessSpec:
     image, parameters = node_input(topic)
     return ProcessSpec(
-        "node", NODE_NAME, "video_seg_ros.ros.node", [], params_file, parameters, {"image": image}
+        "node",
+        NODE_NAME,
+        "video_seg_ros.ros.executable",
+        [],
+        params_file,
+        parameters,
+        {"image": image},
     )
 
 
