@@ -12,16 +12,16 @@ from video_seg_ros.engine import SegmentationEngine
 from video_seg_ros.image_encoding import Frame
 from video_seg_ros.labels import CITYSCAPES, IGNORE_ID, colorize
 from video_seg_ros.metrics import OnlineConsistency
+from video_seg_ros.ros.frame_queue import FrameQueue
 from video_seg_ros.ros.pipeline import (
-    FrameQueue,
     NodePipeline,
     OutputRequest,
     ResetPolicy,
     StreamItem,
     StreamPipeline,
-    StreamStats,
     segment_streams,
 )
+from video_seg_ros.ros.stream_stats import StreamStats
 
 
 def test_keep_latest_queue_replaces_the_waiting_frame_and_counts_the_drop():

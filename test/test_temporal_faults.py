@@ -236,7 +236,7 @@ def test_frames_of_one_stream_in_one_call_must_continue_each_other(engine):
 def test_a_loop_hidden_among_skipped_frames_still_resets():
     """Keep-latest drops frames on a slow device; if the bag loops among the dropped ones, the next
     processed stamp may be later than the previous processed one. The node hands the backwards
-    input gap on to the next frame (``pipeline.merge_input_gaps``); the policy must act on it."""
+    input gap on to the next frame (``merge_input_gaps``); the policy must act on it."""
     policy = ResetPolicy(gap_s=1.0)
     assert policy.check(10.0, (48, 96), "rgb8") is None
     key, message = policy.check(10.5, (48, 96), "rgb8", input_gap_s=-9.95)
@@ -244,7 +244,7 @@ def test_a_loop_hidden_among_skipped_frames_still_resets():
 
 
 def test_looped_gap_survives_dropped_frames():
-    from video_seg_ros.ros.pipeline import merge_input_gaps
+    from video_seg_ros.ros.frame_queue import merge_input_gaps
 
     assert merge_input_gaps(-9.95, 0.05) == -9.95  # a loop among dropped frames still shows
     assert merge_input_gaps(0.05, -9.95) == -9.95

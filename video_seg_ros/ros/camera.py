@@ -10,7 +10,8 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
-from video_seg_ros.ros.pipeline import StreamPipeline, StreamStats
+from video_seg_ros.ros.pipeline import StreamPipeline
+from video_seg_ros.ros.stream_stats import StreamStats
 
 #: Outputs that count as "someone needs this camera segmented".
 OUTPUTS = ("labels", "color", "overlay", "confidence", "consistency")

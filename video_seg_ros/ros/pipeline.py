@@ -1,4 +1,7 @@
-"""Everything the node does that does not need ROS: queueing, reset policy, segmentation, stats.
+"""Everything the node does that does not need ROS: reset policy, segmentation, outputs.
+
+The queue is in :mod:`video_seg_ros.ros.frame_queue`, the counters in
+:mod:`video_seg_ros.ros.stream_stats`.
 
 :mod:`video_seg_ros.ros.node` is a thin rclpy adapter over :class:`StreamPipeline`; this module
 imports no ROS package, so its behaviour is tested in plain pytest (test/test_node_pipeline.py).
@@ -6,105 +9,14 @@ imports no ROS package, so its behaviour is tested in plain pytest (test/test_no
 
 from __future__ import annotations
 
-import threading
-import time
-from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable
+from typing import Callable, Hashable
 
 import numpy as np
 
 from video_seg_ros.engine import SegmentationEngine
 from video_seg_ros.image_encoding import Frame
 from video_seg_ros.labels import colorize, overlay
-from video_seg_ros.stats import percentile  # noqa: F401 (re-exported for older imports)
-
-
-class FrameQueue:
-    """Bounded hand-over from the DDS callbacks to the worker thread; never blocks the producer.
-
-    One queue of ``capacity`` items per stream (camera), all under one lock, so a single worker
-    can wait for "a frame from any camera". With ``capacity=1`` (keep-latest) a new frame replaces
-    the one of the same stream still waiting, so the worker always takes the newest frame and
-    latency does not grow when frames arrive faster than they are processed. With a larger
-    capacity the oldest waiting frame of that stream is dropped when full.
-    ``on_drop(dropped, successor)`` (called under the queue's lock) lets the next waiting item of
-    the stream inherit what the dropped one knew, e.g. the input gap before it.
-    """
-
-    def __init__(self, capacity: int = 1, on_drop: Callable[[Any, Any], None] | None = None):
-        if capacity < 1:
-            raise ValueError("capacity must be at least 1")
-        self.capacity = capacity
-        self._on_drop = on_drop
-        self._items: dict[Hashable, deque] = {}
-        self._condition = threading.Condition()
-        self._closed = False
-
-    def put(self, item: Any, stream: Hashable = None) -> int:
-        """Add ``item`` to ``stream``; returns how many waiting items were dropped to make room
-        (0 or 1)."""
-        with self._condition:
-            items = self._items.setdefault(stream, deque())
-            dropped = 0
-            if len(items) >= self.capacity:
-                oldest = items.popleft()
-                dropped = 1
-                if self._on_drop is not None:
-                    self._on_drop(oldest, items[0] if items else item)
-            items.append(item)
-            self._condition.notify()
-            return dropped
-
-    def get(self, timeout: float | None = None) -> Any | None:
-        """The oldest waiting item of the first stream that has one, or None on timeout or after
-        :meth:`close`."""
-        batch = self.get_batch(timeout, max_items=1)
-        return batch[0][1] if batch else None
-
-    def get_batch(
-        self, timeout: float | None = None, max_items: int | None = None
-    ) -> list[tuple[Hashable, Any]]:
-        """``(stream, item)`` for the oldest waiting item of every stream that has one (a stream's
-        frames must be segmented one after the other, so one per stream); [] on timeout or after
-        :meth:`close`."""
-        with self._condition:
-            if not self._closed and not any(self._items.values()):
-                self._condition.wait(timeout)
-            if self._closed:
-                return []
-            batch = [(stream, items.popleft()) for stream, items in self._items.items() if items]
-            return batch[:max_items] if max_items else batch
-
-    def clear(self) -> dict[Hashable, int]:
-        """Drop every waiting item (e.g. on lifecycle deactivate); returns how many were dropped
-        per stream (streams with none left out), so each camera can count its own drops."""
-        with self._condition:
-            counts = {stream: len(items) for stream, items in self._items.items() if items}
-            for items in self._items.values():
-                items.clear()
-            return counts
-
-    def close(self) -> None:
-        with self._condition:
-            self._closed = True
-            self._items.clear()
-            self._condition.notify_all()
-
-    def __len__(self) -> int:
-        with self._condition:
-            return sum(len(items) for items in self._items.values())
-
-
-def merge_input_gaps(dropped_gap_s: float, successor_gap_s: float) -> float:
-    """The input gap a frame carries when the frame before it is dropped from the queue.
-
-    The dropped frame's gap still happened before the next processed frame (the larger one
-    counts), but a backwards jump (a looping bag) among dropped frames must not be hidden by
-    later forward gaps: a negative gap wins.
-    """
-    smaller = min(dropped_gap_s, successor_gap_s)
-    return smaller if smaller < 0 else max(dropped_gap_s, successor_gap_s)
 
 
 class ResetPolicy:
@@ -153,113 +65,6 @@ class ResetPolicy:
 
     def forget(self) -> None:
         self._last = None
-
-
-class StreamStats:
-    """Thread-safe counters and latency windows of one camera stream, for diagnostics."""
-
-    def __init__(self, window: int = 300, fps_window_s: float = 5.0):
-        self._lock = threading.Lock()
-        self.received = 0
-        self.processed = 0
-        self.dropped = 0
-        self.skipped = 0  # not segmented because nobody subscribed to any output
-        self.rejected: Counter[str] = Counter()
-        self.resets: Counter[str] = Counter()
-        self.last_reset_reason = ""
-        self.last_reject_reason = ""
-        self.last_received_at: float | None = None  # time.monotonic() of the newest frame
-        self._latency_ms: deque[float] = deque(maxlen=window)
-        self._keyframe_latency_ms: deque[float] = deque(maxlen=window)
-        self._propagated_latency_ms: deque[float] = deque(
-            maxlen=window
-        )  # frames the network skipped
-        self._model_ms: deque[float] = deque(maxlen=window)
-        self._done_at: deque[float] = deque(maxlen=window)
-        self._fps_window_s = fps_window_s
-        self._at_snapshot = {"rejected": 0, "received": 0, "processed": 0, "skipped": 0}
-
-    def on_received(self, dropped: int = 0, received_at: float | None = None) -> None:
-        with self._lock:
-            self.received += 1
-            self.dropped += dropped
-            self.last_received_at = time.monotonic() if received_at is None else received_at
-
-    def on_dropped(self, count: int) -> None:
-        with self._lock:
-            self.dropped += count
-
-    def on_skipped(self) -> None:
-        with self._lock:
-            self.skipped += 1
-
-    def on_rejected(self, reason: str, message: str) -> None:
-        with self._lock:
-            self.rejected[reason] += 1
-            self.last_reject_reason = message
-
-    def on_reset(self, key: str, reason: str) -> None:
-        with self._lock:
-            self.resets[key] += 1
-            self.last_reset_reason = reason
-
-    def on_processed(
-        self,
-        latency_ms: float,
-        model_ms: float,
-        done_at: float | None = None,
-        keyframe: bool = True,
-    ) -> None:
-        with self._lock:
-            self.processed += 1
-            self._latency_ms.append(latency_ms)
-            (self._keyframe_latency_ms if keyframe else self._propagated_latency_ms).append(
-                latency_ms
-            )
-            self._model_ms.append(model_ms)
-            self._done_at.append(time.monotonic() if done_at is None else done_at)
-
-    def snapshot(self, now: float | None = None) -> dict[str, Any]:
-        """All figures at once; ``new_*`` count what happened since the previous snapshot."""
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            recent = [t for t in self._done_at if now - t <= self._fps_window_s]
-            fps = (
-                (len(recent) - 1) / (recent[-1] - recent[0])
-                if len(recent) > 1 and recent[-1] > recent[0]
-                else 0.0
-            )
-            totals = {
-                "rejected": sum(self.rejected.values()),
-                "received": self.received,
-                "processed": self.processed,
-                "skipped": self.skipped,
-            }
-            snapshot = {
-                "received": self.received,
-                "processed": self.processed,
-                "dropped": self.dropped,
-                "skipped": self.skipped,
-                "rejected": totals["rejected"],
-                "rejected_by_reason": dict(self.rejected),
-                "last_reject_reason": self.last_reject_reason,
-                **{f"new_{key}": value - self._at_snapshot[key] for key, value in totals.items()},
-                "resets": sum(self.resets.values()),
-                "resets_by_reason": dict(self.resets),
-                "last_reset_reason": self.last_reset_reason,
-                "seconds_since_frame": None
-                if self.last_received_at is None
-                else now - self.last_received_at,
-                "fps": fps,
-                "latency_p50_ms": percentile(self._latency_ms, 50),
-                "latency_p95_ms": percentile(self._latency_ms, 95),
-                "keyframe_latency_p50_ms": percentile(self._keyframe_latency_ms, 50),
-                "propagated_latency_p50_ms": percentile(self._propagated_latency_ms, 50),
-                "model_p50_ms": percentile(self._model_ms, 50),
-                "model_p95_ms": percentile(self._model_ms, 95),
-            }
-            self._at_snapshot = totals
-            return snapshot
 
 
 @dataclass

@@ -23,13 +23,8 @@ from std_msgs.msg import Float32
 from video_seg_ros.image_encoding import ImageDecodeError, fill_image
 from video_seg_ros.ros.camera import Camera, scale_camera_info
 from video_seg_ros.ros.conversions import load_cv_bridge, message_to_frame
-from video_seg_ros.ros.pipeline import (
-    FrameQueue,
-    NodePipeline,
-    OutputRequest,
-    StreamItem,
-    merge_input_gaps,
-)
+from video_seg_ros.ros.frame_queue import FrameQueue, merge_input_gaps
+from video_seg_ros.ros.pipeline import NodePipeline, OutputRequest, StreamItem
 
 OPTIONAL_VIEWS = ("color", "overlay", "confidence")
 
