@@ -79,24 +79,10 @@ def make_tiny_checkpoint(
 def make_tiny_memory_checkpoint(
     path: Path, size: tuple[int, int] = (64, 32), seed: int = 1
 ) -> Path:
-    """The tiny ESPNet with an LMANet memory (T=2) whose memory layers are random, so a camera's
-    earlier frames visibly change its labels (a fresh memory would leave them untouched)."""
-    import torch
+    """:func:`checkpoints.random_memory_checkpoint` saved at ``path``."""
+    from checkpoints import random_memory_checkpoint
 
-    from checkpoints import tiny_espnet
-    from video_seg_ros.checkpoint import add_memory_to_checkpoint
-
-    checkpoint = add_memory_to_checkpoint(
-        tiny_espnet(size=size), {"memory_length": 2, "window": 5, "dropout": 0.0}
-    )
-    generator = torch.Generator().manual_seed(seed)
-    checkpoint.state_dict = {
-        key: torch.randn(value.shape, generator=generator)
-        if not key.startswith("base.") and value.is_floating_point()
-        else value
-        for key, value in checkpoint.state_dict.items()
-    }
-    return checkpoint.save(path)
+    return random_memory_checkpoint(size, seed).save(path)
 
 
 def _console_script(name: str, module: str) -> list[str]:

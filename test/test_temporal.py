@@ -18,12 +18,11 @@ import numpy as np
 import pytest
 import torch
 
-from checkpoints import tiny_espnet
+from checkpoints import random_memory_checkpoint, tiny_espnet
 from video_seg_ros.engine import SegmentationEngine
 from video_seg_ros.image_encoding import Frame
 from video_seg_ros.labels import CITYSCAPES
 from video_seg_ros.metrics import OnlineConsistency
-from video_seg_ros.checkpoint import add_memory_to_checkpoint
 from video_seg_ros.ros.pipeline import StreamPipeline
 from video_seg_ros.temporal import TemporalSettings, TemporalSettingsError
 
@@ -41,21 +40,6 @@ def confident():
     """A tiny ESPNet whose classifier is scaled 300x: mean max softmax ~0.7 instead of ~0.05."""
     checkpoint = tiny_espnet(size=(64, 32))
     checkpoint.state_dict["classifier.weight"] = checkpoint.state_dict["classifier.weight"] * 300.0
-    return checkpoint
-
-
-def random_memory_checkpoint(size=(64, 32)):
-    """The tiny ESPNet with an LMANet memory (T=2) whose memory layers are random, so memory
-    matters."""
-    memory = {"memory_length": 2, "window": 5, "dropout": 0.0}
-    checkpoint = add_memory_to_checkpoint(tiny_espnet(size=size), memory)
-    generator = torch.Generator().manual_seed(1)
-    checkpoint.state_dict = {
-        key: torch.randn(value.shape, generator=generator)
-        if not key.startswith("base.") and value.is_floating_point()
-        else value
-        for key, value in checkpoint.state_dict.items()
-    }
     return checkpoint
 
 

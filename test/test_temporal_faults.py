@@ -14,12 +14,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-import torch
 
-from checkpoints import tiny_espnet
+from checkpoints import random_memory_checkpoint, tiny_espnet
 from video_seg_ros.engine import SegmentationEngine
 from video_seg_ros.image_encoding import Frame
-from video_seg_ros.checkpoint import add_memory_to_checkpoint
 from video_seg_ros.ros.pipeline import OutputRequest, ResetPolicy, StreamPipeline
 from video_seg_ros.temporal import GUARD_REASONS
 
@@ -33,20 +31,6 @@ SETUPS = [
 ]
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
-
-
-def _memory_checkpoint():
-    checkpoint = add_memory_to_checkpoint(
-        tiny_espnet(size=(64, 32)), {"memory_length": 2, "window": 5, "dropout": 0.0}
-    )
-    generator = torch.Generator().manual_seed(1)
-    checkpoint.state_dict = {
-        key: torch.randn(value.shape, generator=generator)
-        if not key.startswith("base.") and value.is_floating_point()
-        else value
-        for key, value in checkpoint.state_dict.items()
-    }
-    return checkpoint
 
 
 def _confident_checkpoint():
@@ -72,7 +56,7 @@ def engine(request):
         if mode == "adaptive"
         else mode
     )
-    checkpoint = _memory_checkpoint() if memory else _confident_checkpoint()
+    checkpoint = random_memory_checkpoint() if memory else _confident_checkpoint()
     return SegmentationEngine(
         checkpoint, device="cpu", precision="fp32", backend="torch", temporal=temporal
     )
