@@ -13,6 +13,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+from launch_ast import calls, keyword, parse
 
 from video_seg_ros.tools import demo, demo_pipeline
 
@@ -25,20 +26,7 @@ _REASON = (
 
 
 def _tree() -> ast.Module:
-    return ast.parse(LAUNCH_FILE.read_text(), filename=str(LAUNCH_FILE))
-
-
-def _calls(tree: ast.AST, name: str) -> list[ast.Call]:
-    return [
-        node
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Call)
-        and getattr(node.func, "id", getattr(node.func, "attr", None)) == name
-    ]
-
-
-def _keyword(call: ast.Call, name: str):
-    return next((k.value for k in call.keywords if k.arg == name), None)
+    return parse(LAUNCH_FILE)
 
 
 def _specs(tmp_path: Path) -> list[demo_pipeline.ProcessSpec]:
@@ -51,7 +39,7 @@ def _specs(tmp_path: Path) -> list[demo_pipeline.ProcessSpec]:
 
 def test_launch_file_starts_the_demos_three_programs_from_the_shared_commands(tmp_path):
     tree = _tree()
-    executables = {_keyword(call, "executable").value for call in _calls(tree, "Node")}
+    executables = {keyword(call, "executable").value for call in calls(tree, "Node")}
     assert executables == {spec.executable for spec in _specs(tmp_path)}
     # The arguments and parameters come from demo_pipeline, not from a copy in the launch file.
     used = {
@@ -72,8 +60,8 @@ def test_launch_file_starts_the_demos_three_programs_from_the_shared_commands(tm
 
 def test_launch_arguments_default_as_the_demos_options():
     declared = {}
-    for call in _calls(_tree(), "DeclareLaunchArgument"):
-        default = _keyword(call, "default_value")
+    for call in calls(_tree(), "DeclareLaunchArgument"):
+        default = keyword(call, "default_value")
         declared[call.args[0].value] = default.value if isinstance(default, ast.Constant) else None
     assert declared["bag"] is None  # required
     parser = demo.build_parser()

@@ -15,6 +15,7 @@ from glob import glob
 from pathlib import Path
 
 import pytest
+from launch_ast import calls, keyword, parse
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,23 +24,6 @@ PACKAGE = "video_seg_ros"
 # Executables of other packages the launch files may start.
 EXTERNAL_EXECUTABLES = {("rviz2", "rviz2")}
 EXTERNAL_COMMANDS = {"ros2"}
-
-
-def _tree(path: Path) -> ast.Module:
-    return ast.parse(path.read_text(), filename=str(path))
-
-
-def _calls(tree: ast.AST, name: str) -> list[ast.Call]:
-    return [
-        node
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Call)
-        and getattr(node.func, "id", getattr(node.func, "attr", None)) == name
-    ]
-
-
-def _keyword(call: ast.Call, name: str):
-    return next((k.value for k in call.keywords if k.arg == name), None)
 
 
 def _constants(tree: ast.AST) -> dict[str, object]:
@@ -67,10 +51,10 @@ def _string(node, constants) -> str | None:
 
 
 def _console_scripts() -> set[str]:
-    setup = _tree(REPO / "setup.py")
+    setup = parse(REPO / "setup.py")
     scripts = set()
-    for call in _calls(setup, "setup"):
-        entry_points = ast.literal_eval(_keyword(call, "entry_points"))
+    for call in calls(setup, "setup"):
+        entry_points = ast.literal_eval(keyword(call, "entry_points"))
         scripts |= {spec.split("=")[0].strip() for spec in entry_points["console_scripts"]}
     return scripts
 
@@ -78,7 +62,7 @@ def _console_scripts() -> set[str]:
 def _installed_data_files() -> set[str]:
     """Repository-relative paths setup.py installs into share/ (its globs evaluated here)."""
     installed = set()
-    for call in _calls(_tree(REPO / "setup.py"), "glob"):
+    for call in calls(parse(REPO / "setup.py"), "glob"):
         pattern = ast.literal_eval(call.args[0])
         installed |= set(glob(pattern, root_dir=REPO))
     return installed
@@ -87,15 +71,15 @@ def _installed_data_files() -> set[str]:
 def _declared_arguments(tree: ast.AST) -> dict[str, str | None]:
     """DeclareLaunchArgument name -> default value (None when required or not a literal)."""
     declared = {}
-    for call in _calls(tree, "DeclareLaunchArgument"):
+    for call in calls(tree, "DeclareLaunchArgument"):
         name = ast.literal_eval(call.args[0])
-        default = _keyword(call, "default_value")
+        default = keyword(call, "default_value")
         declared[name] = default.value if isinstance(default, ast.Constant) else None
     return declared
 
 
 def _node_parameters() -> set[str]:
-    tree = _tree(REPO / "video_seg_ros" / "ros" / "parameters.py")
+    tree = parse(REPO / "video_seg_ros" / "ros" / "parameters.py")
     for node in tree.body:
         target = getattr(node, "target", None) or (
             node.targets[0] if isinstance(node, ast.Assign) else None
@@ -106,7 +90,7 @@ def _node_parameters() -> set[str]:
 
 
 def _node_name() -> str:
-    return _constants(_tree(REPO / "video_seg_ros" / "ros" / "node.py"))["NODE_NAME"]
+    return _constants(parse(REPO / "video_seg_ros" / "ros" / "node.py"))["NODE_NAME"]
 
 
 def test_launch_files_exist_and_are_installed():
@@ -119,20 +103,20 @@ def test_launch_files_exist_and_are_installed():
 
 @pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
 def test_launch_file_parses_and_defines_generate_launch_description(path):
-    tree = _tree(path)  # a SyntaxError fails the test
+    tree = parse(path)  # a SyntaxError fails the test
     functions = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
     assert "generate_launch_description" in functions
 
 
 @pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
 def test_every_executable_a_launch_file_starts_exists(path):
-    tree, constants = _tree(path), _constants(_tree(path))
+    tree, constants = parse(path), _constants(parse(path))
     scripts = _console_scripts()
-    nodes = _calls(tree, "Node") + _calls(tree, "LifecycleNode")
+    nodes = calls(tree, "Node") + calls(tree, "LifecycleNode")
     assert nodes, f"{path.name} starts no Node"
     for call in nodes:
-        package = _string(_keyword(call, "package"), constants)
-        executable = _string(_keyword(call, "executable"), constants)
+        package = _string(keyword(call, "package"), constants)
+        executable = _string(keyword(call, "executable"), constants)
         assert package and executable, f"{path.name}: Node without a literal package/executable"
         if package == PACKAGE:
             assert executable in scripts, (
@@ -142,8 +126,8 @@ def test_every_executable_a_launch_file_starts_exists(path):
             assert (package, executable) in EXTERNAL_EXECUTABLES, (
                 f"{path.name}: unexpected {package}/{executable}"
             )
-    for call in _calls(tree, "ExecuteProcess"):
-        command = _keyword(call, "cmd")
+    for call in calls(tree, "ExecuteProcess"):
+        command = keyword(call, "cmd")
         first = _string(command.elts[0], constants)
         assert first in EXTERNAL_COMMANDS, (
             f"{path.name}: ExecuteProcess runs unknown command {first!r}"
@@ -155,12 +139,12 @@ def test_every_file_a_launch_file_names_exists_and_is_installed(path):
     installed = _installed_data_files()
     named = [
         value
-        for value in _constants(_tree(path)).values()
+        for value in _constants(parse(path)).values()
         if isinstance(value, str) and value.endswith((".yaml", ".rviz", ".xml", ".launch.py"))
     ]
     named += [
         node.value
-        for node in ast.walk(_tree(path))
+        for node in ast.walk(parse(path))
         if isinstance(node, ast.Constant)
         and isinstance(node.value, str)
         and node.value.endswith((".yaml", ".rviz", ".xml"))
@@ -178,9 +162,9 @@ def test_every_file_a_launch_file_names_exists_and_is_installed(path):
 
 @pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
 def test_every_launch_configuration_is_declared(path):
-    tree = _tree(path)
+    tree = parse(path)
     declared = set(_declared_arguments(tree))
-    used = {ast.literal_eval(call.args[0]) for call in _calls(tree, "LaunchConfiguration")}
+    used = {ast.literal_eval(call.args[0]) for call in calls(tree, "LaunchConfiguration")}
     # video_seg.launch.py reads them as text in an OpaqueFunction:
     # value = context.launch_configurations
     used |= {
@@ -200,11 +184,11 @@ def test_parameters_set_by_launch_files_are_node_parameters():
     parameters = _node_parameters()
     checked = 0
     for path in LAUNCH_FILES:
-        tree = _tree(path)
+        tree = parse(path)
         dicts = [
             item
-            for call in _calls(tree, "Node") + _calls(tree, "LifecycleNode")
-            for item in getattr(_keyword(call, "parameters"), "elts", [])
+            for call in calls(tree, "Node") + calls(tree, "LifecycleNode")
+            for item in getattr(keyword(call, "parameters"), "elts", [])
             if isinstance(item, ast.Dict)
         ]
         # video_seg.launch.py builds them as `overrides = {...}` and `overrides["cameras"] = ...`
@@ -231,12 +215,12 @@ def test_parameters_set_by_launch_files_are_node_parameters():
 
 
 def test_included_launch_arguments_are_declared_by_the_included_file():
-    declared = _declared_arguments(_tree(REPO / "launch" / "video_seg.launch.py"))
-    replay = _tree(REPO / "launch" / "replay.launch.py")
-    includes = _calls(replay, "IncludeLaunchDescription")
+    declared = _declared_arguments(parse(REPO / "launch" / "video_seg.launch.py"))
+    replay = parse(REPO / "launch" / "replay.launch.py")
+    includes = calls(replay, "IncludeLaunchDescription")
     assert includes
     for call in includes:
-        arguments = _keyword(call, "launch_arguments").func.value  # {...}.items()
+        arguments = keyword(call, "launch_arguments").func.value  # {...}.items()
         passed = {ast.literal_eval(key) for key in arguments.keys}
         assert passed <= set(declared), (
             f"replay.launch.py passes undeclared arguments {passed - set(declared)}"
@@ -244,7 +228,7 @@ def test_included_launch_arguments_are_declared_by_the_included_file():
 
 
 def test_replay_launch_requires_a_bag_and_defaults_rviz_off():
-    declared = _declared_arguments(_tree(REPO / "launch" / "replay.launch.py"))
+    declared = _declared_arguments(parse(REPO / "launch" / "replay.launch.py"))
     assert "bag" in declared and declared["bag"] is None
     assert declared["rviz"] == "false"
 
@@ -272,7 +256,7 @@ def _foxglove_topics(text: str) -> set[str]:
 def test_rviz_config_and_foxglove_layout_show_the_camera_and_the_nodes_topics():
     rviz = (REPO / "config" / "video_seg.rviz").read_text()
     foxglove = (REPO / "config" / "foxglove_layout.json").read_text()
-    camera = _declared_arguments(_tree(REPO / "launch" / "video_seg.launch.py"))["image"]
+    camera = _declared_arguments(parse(REPO / "launch" / "video_seg.launch.py"))["image"]
     node = _node_name()
     assert _rviz_topics(rviz) == {camera, f"/{node}/color", f"/{node}/overlay"}
     assert _foxglove_topics(foxglove) == {
@@ -310,7 +294,7 @@ def test_views_follow_the_launch_files_namespace_node_name_and_cameras():
 
 
 def test_launch_file_offers_cameras_and_lifecycle_arguments():
-    declared = _declared_arguments(_tree(REPO / "launch" / "video_seg.launch.py"))
+    declared = _declared_arguments(parse(REPO / "launch" / "video_seg.launch.py"))
     assert {
         "cameras",
         "image_topics",
