@@ -11,10 +11,6 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-#: Node parameters kept for existing parameter files; ``PARAMETERS[name].deprecated`` names the
-#: others. ``use_compressed`` predates ``image_transport`` and is not marked there.
-OLD_NODE_PARAMETERS = ("use_compressed",)
-
 
 @dataclass(frozen=True)
 class Alias:
@@ -75,9 +71,7 @@ def current_options(parsers: dict[str, argparse.ArgumentParser] | None = None) -
 
 
 def deprecated_node_parameters() -> list[str]:
+    """Node parameters kept for existing parameter files (``PARAMETERS[name].deprecated``)."""
     from video_seg_ros.ros.parameters import PARAMETERS
 
-    marked = [name for name, spec in PARAMETERS.items() if spec.deprecated]
-    return marked + [
-        name for name in OLD_NODE_PARAMETERS if name in PARAMETERS and name not in marked
-    ]
+    return [name for name, spec in PARAMETERS.items() if spec.deprecated]

@@ -76,3 +76,70 @@ def test_the_engines_fp16_switch_warns_and_means_fp32_on_the_cpu():
     with pytest.warns(DeprecationWarning, match="precision="):
         engine = SegmentationEngine(tiny_espnet(), device="cpu", backend="torch", fp16=True)
     assert engine.precision == "fp32" and not engine.fp16  # fp16 was always ignored on the CPU
+
+
+@pytest.mark.ros
+def test_the_nodes_old_parameters_still_work_and_each_warns_once(tmp_path):
+    """``-p use_compressed:=true`` subscribes to ``image/compressed`` (not ``image``) and
+    ``-p fp16:=false`` runs fp32 (``precision: auto``): one node process for both."""
+    pytest.importorskip("rclpy", reason="ROS 2 rclpy is not installed")
+    from diagnostic_msgs.msg import DiagnosticArray
+    from sensor_msgs.msg import CompressedImage, Image
+
+    from video_seg_ros.runtime import NATIVE_BF16_ENV
+
+    from ros_support import (
+        NodeProcess,
+        RosProbe,
+        diagnostics_values,
+        make_tiny_checkpoint,
+        write_params_file,
+    )
+
+    params = write_params_file(
+        tmp_path / "old.yaml",
+        {
+            "checkpoint": str(make_tiny_checkpoint(tmp_path / "tiny.pt", size=(64, 32))),
+            "device": "cpu",
+            "backend": "torch",
+            "cpu_threads": 1,
+            "diagnostics_period_s": 0.3,
+        },
+    )
+    node = NodeProcess(
+        params,
+        tmp_path / "old.log",
+        remaps={"image": "/old_cam/image"},
+        name="seg_old_parameters",
+        parameters={"use_compressed": "true", "fp16": "false"},
+        env={NATIVE_BF16_ENV: "1"},  # the CPU says native bf16: `auto` alone would try bf16
+    )
+    probe = RosProbe("old_parameters_probe")
+    try:
+        compressed = probe.publisher(CompressedImage, "/old_cam/image/compressed")
+        raw = probe.publisher(Image, "/old_cam/image")
+        diagnostics = probe.collect(DiagnosticArray, "/diagnostics")
+        subscribed = probe.wait_for(
+            lambda: compressed.get_subscription_count() > 0 or not node.alive(), 240.0
+        )
+        assert subscribed and node.alive(), node.output()[-3000:]
+
+        def status():
+            for array in reversed(diagnostics):
+                values = diagnostics_values(array, name="seg_old_parameters: segmentation")
+                if values is not None:
+                    return values
+            return None
+
+        values = probe.wait_for(status, 30.0)
+        assert values is not None, node.output()[-3000:]
+        # fp16 false turned `auto` (which would try bf16 here) into an explicit fp32
+        assert (values["precision"], values["precision_reason"]) == ("fp32", "fp32 asked for")
+        assert raw.get_subscription_count() == 0  # image_transport compressed: not raw
+        output = node.output()
+        assert output.count("parameter use_compressed is deprecated") == 1, output
+        assert output.count("parameter fp16 is deprecated") == 1, output
+    finally:
+        probe.close()
+        code = node.stop(timeout=60.0)
+    assert code == 0, node.output()[-3000:]

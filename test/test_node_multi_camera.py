@@ -11,8 +11,6 @@ frames visibly change the labels):
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -268,18 +266,22 @@ def test_camera_info_is_republished_with_the_labels_header_and_scaled_to_the_lab
     info.p = [200.0, 0.0, 96.0, 10.0, 0.0, 180.0, 48.0, 0.0, 0.0, 0.0, 1.0, 0.0]
     info_pub = rig.probe.publisher(CameraInfo, "/mc_front/camera_info", qos_profile_sensor_data)
     assert rig.probe.wait_for_subscriber(info_pub)
-    republished = labels = None
-    for _ in range(10):  # camera_info is best effort: until the node has one
-        info_pub.publish(info)
-        time.sleep(0.1)
-        labels = rig.send("front", _frames("front")[0])
-        assert labels is not None
-        republished = rig.probe.wait_for(
-            lambda: next((m for m in rig.camera_info if _key(m) == _key(labels)), None), 2.0
-        )
-        if republished is not None:
-            break
-    assert republished is not None, "no ~/front/camera_info with the labels' stamp"
+    sent = {}  # labels' stamp -> labels of every frame sent so far
+
+    def republished_for_a_sent_frame():
+        """A camera_info with the stamp of labels sent, else one more camera_info and frame
+        (camera_info is best effort and reaches the node independently of the frames)."""
+        found = next((m for m in rig.camera_info if _key(m) in sent), None)
+        if found is None:
+            info_pub.publish(info)
+            answer = rig.send("front", _frames("front")[0])
+            assert answer is not None
+            sent[_key(answer)] = answer
+        return found
+
+    republished = rig.probe.wait_for(republished_for_a_sent_frame, ANSWER_TIMEOUT, interval=0.1)
+    assert republished is not None, "no ~/front/camera_info with the stamp of sent labels"
+    labels = sent[_key(republished)]
     assert republished.header.frame_id == labels.header.frame_id == "front_cam"
     assert (republished.width, republished.height) == (labels.width, labels.height)
     assert list(republished.k) == [100.0, 0.0, 48.0, 0.0, 90.0, 24.0, 0.0, 0.0, 1.0]

@@ -51,7 +51,9 @@ def test_every_parameter_has_a_description_and_deprecated_ones_say_what_replaces
     shipped = yaml.safe_load((REPO / "config" / "video_seg.yaml").read_text())["/**"][
         "ros__parameters"
     ]
-    assert "fp16" not in shipped and PARAMETERS["fp16"].deprecated == "precision"
+    deprecated = {name: spec.deprecated for name, spec in PARAMETERS.items() if spec.deprecated}
+    assert deprecated == {"fp16": "precision", "use_compressed": "image_transport"}
+    assert not set(deprecated) & set(shipped), "deprecated parameters in the shipped file"
 
 
 def test_string_choices_are_validated_with_a_reason():

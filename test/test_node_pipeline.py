@@ -192,8 +192,7 @@ def test_pipeline_consistency_is_measured_every_stride_frames(engine):
         result = pipeline.segment(frame, 1.0 + 0.1 * i)
         samples.append(pipeline.measure(frame, result.labels))
     measured = [s for s in samples if s is not None]
-    assert len(measured) == 2  # frames 2 and 4
-    assert [s.tc for s in measured] == [pytest.approx(1.0)] * 2  # static scene: identical labels
+    assert len(measured) == 2  # frames 2 and 4 (a static scene's TC of 1: test_metrics.py)
     pipeline.reset()
     assert consistency.pairs == 0
 

@@ -204,6 +204,10 @@ class VideoSegNode(LifecycleNode):
         self._compressed = (
             settings["image_transport"] == "compressed" or settings["use_compressed"]
         )
+        if settings["use_compressed"]:
+            self.get_logger().warning(
+                "parameter use_compressed is deprecated; use image_transport: compressed"
+            )
         for camera in self.cameras:
             self._make_camera_outputs(camera)
         self._seg_services.append(

@@ -148,8 +148,9 @@ PARAMETERS: dict[str, NodeParameter] = {
     ),
     "use_compressed": NodeParameter(
         False,
-        "Same as `image_transport: compressed` (kept for existing parameter files).",
+        "Deprecated: `true` = `image_transport: compressed` (kept for existing parameter files).",
         read_only=True,
+        deprecated="image_transport",
     ),
     "frame_queue_size": NodeParameter(
         1,
