@@ -3,7 +3,6 @@ report (tools/demo_report.py) and one short real run through ROS 2 processes (ti
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -97,52 +96,3 @@ def test_demo_py_keeps_only_the_command_line_and_the_flow():
     # All frame reading in one function (prepare_input), through the one frame-stream module.
     assert source.count("from video_seg_ros.streams import") == 1
     assert "def prepare_input(" in source
-
-
-@pytest.mark.ros
-def test_quiet_demo_run_prints_no_bar_and_writes_the_summary_keys(tmp_path, capsys):
-    pytest.importorskip("rclpy", reason="the demo runs ROS 2 processes: rclpy is not installed")
-    from checkpoints import make_tiny_espnet_checkpoint
-
-    checkpoint = make_tiny_espnet_checkpoint(tmp_path / "tiny.pt")
-    out = tmp_path / "demo"
-    code = demo.main(
-        [
-            "--checkpoint",
-            str(checkpoint),
-            "--limit",
-            "4",
-            "--size",
-            "64x32",
-            "--replay-hz",
-            "10",
-            "-o",
-            str(out),
-            "-q",
-        ]
-    )
-    captured = capsys.readouterr()
-    assert code == 0, captured.out + captured.err
-    assert "it/s" not in captured.err and "frame/s" not in captured.err, captured.err  # no bar
-    assert "segmented:" not in captured.err and "score:" not in captured.err
-    assert "4/4 segmented, 0 lost" in captured.out
-    for line in (
-        "latency     publish -> labels received, less the queue wait: p50 ",
-        "queue wait  behind earlier frames",
-        "end to end  publish -> labels received: p50 ",
-    ):
-        assert line in captured.out
-    summary = json.loads((out / "summary.json").read_text())
-    results = summary["results"]
-    for key in ("latency_ms", "queue_wait_ms", "end_to_end_ms"):
-        assert set(results[key]) == {"mean", "p50", "p95", "max"}, key
-        assert results[key]["p50"] is not None and results[key]["p50"] >= 0
-    assert results["end_to_end_ms"]["max"] >= results["latency_ms"]["max"] > 0
-    assert results["frames_published"] == results["frames_segmented"] == 4
-    assert summary["exit_codes"] == {"player": 0, "node": 0, "recorder": 0}
-    logs = out / "logs"
-    assert {"node.log", "recorder.log", "player.log"} <= {p.name for p in logs.iterdir()}
-    assert re.search(
-        demo_pipeline.RECORDER_READY_PATTERN, (logs / "recorder.log").read_text(), re.MULTILINE
-    )
-    assert "queue wait" in (out / "summary.md").read_text()

@@ -9,6 +9,7 @@ accuracy.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sys
 from pathlib import Path
@@ -30,7 +31,7 @@ from video_seg_ros.engine import SegmentationEngine  # noqa: E402
 from video_seg_ros.evaluation import evaluate_recording  # noqa: E402
 from video_seg_ros.streams import BagStream  # noqa: E402
 from video_seg_ros.processes import LoggedProcess  # noqa: E402
-from video_seg_ros.tools import demo, make_bag  # noqa: E402
+from video_seg_ros.tools import demo, demo_pipeline, make_bag  # noqa: E402
 
 pytestmark = pytest.mark.ros
 
@@ -226,10 +227,16 @@ def test_demo_replays_the_sample_through_the_node_and_writes_its_reports(tmp_pat
     captured = capsys.readouterr()
     printed = captured.out
     assert code == 0, printed
-    assert (
-        "segmented:" not in captured.err and "score:" not in captured.err
-    )  # --quiet: no progress bars
+    # --quiet: no progress bar of the replay, the segmenting or the scoring
+    assert "it/s" not in captured.err and "frame/s" not in captured.err, captured.err
+    assert "segmented:" not in captured.err and "score:" not in captured.err
     assert "6/6 segmented, 0 lost" in printed
+    for line in (  # the node's own latency is reported apart from the wait in the queue
+        "latency     publish -> labels received, less the queue wait: p50 ",
+        "queue wait  behind earlier frames",
+        "end to end  publish -> labels received: p50 ",
+    ):
+        assert line in printed
     summary = json.loads((out / "summary.json").read_text())
     results = summary["results"]
     assert results["frames_lost"] == 0 and results["frames_segmented"] == 6
@@ -245,6 +252,14 @@ def test_demo_replays_the_sample_through_the_node_and_writes_its_reports(tmp_pat
     # The node's own model time is a part of every frame's publish -> labels latency.
     latency = results["latency_ms"]
     assert 0 < results["node_model_ms_p50"] <= latency["p50"] <= latency["p95"]
+    for key in ("latency_ms", "queue_wait_ms", "end_to_end_ms"):
+        assert set(results[key]) == {"mean", "p50", "p95", "max"}, key
+    assert results["end_to_end_ms"]["max"] >= latency["max"] > 0
+    logs = out / "logs"
+    assert {"node.log", "recorder.log", "player.log"} <= {p.name for p in logs.iterdir()}
+    assert re.search(
+        demo_pipeline.RECORDER_READY_PATTERN, (logs / "recorder.log").read_text(), re.MULTILINE
+    )
     assert summary["exit_codes"] == {"player": 0, "node": 0, "recorder": 0}
     assert (
         summary["precision"] == "fp32" and summary["backend"] and summary["cpu"]
@@ -255,7 +270,8 @@ def test_demo_replays_the_sample_through_the_node_and_writes_its_reports(tmp_pat
     assert ok and frame.shape == (32, 64, 3)
     plot = cv2.imread(str(out / "tc_over_time.png"))
     assert plot is not None and plot.shape[1] > 400
-    assert "TC over time" in (out / "summary.md").read_text()
+    markdown = (out / "summary.md").read_text()
+    assert "TC over time" in markdown and "queue wait" in markdown
 
 
 def _sample_labels(count: int, size: tuple[int, int]) -> dict:
