@@ -59,6 +59,7 @@ def prepare_input(args: argparse.Namespace, out_dir: Path, progress: bool = True
     The one place that reads frames (video_seg_ros.streams).
     """
     from video_seg_ros.streams import SyntheticStream, TappedStream, open_stream
+    from video_seg_ros.synthetic import DEMO_SEED
 
     bag = out_dir / "input_bag"
     if args.bag is not None:
@@ -72,7 +73,11 @@ def prepare_input(args: argparse.Namespace, out_dir: Path, progress: bool = True
         frames, size = args.limit or SAMPLE_FRAMES, args.size or DEFAULT_SAMPLE_SIZE
         sample = SyntheticStream(None, frames, size, args.rate)
         labels = {}
-        print(f"[demo] generating the sample {sample.description} into {bag}", flush=True)
+        print(
+            f"[demo] generating the sample sequence (seed {DEMO_SEED}, {frames} frames "
+            f"{size[0]}x{size[1]}) into {bag}",
+            flush=True,
+        )
         # The labels are kept as the frames pass into the bag: rendering twice would double the
         # sample's start-up time.
         tapped = TappedStream(sample, lambda frame: labels.__setitem__(frame.key, frame.label))
