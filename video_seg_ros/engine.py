@@ -18,37 +18,36 @@ backwards (a looping bag: never fuse across the loop).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
 import warnings
 from collections import defaultdict
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from video_seg_ros import runtime
-from video_seg_ros.backends import (
-    AUTO_CPU_BACKEND,
-    BACKENDS,
-    BackendError,
-    default_cache_dir,
-    model_fingerprint,
+from video_seg_ros.backends import BACKENDS, BackendError, default_cache_dir, model_fingerprint
+from video_seg_ros.backends.selection import (
+    RunnerFactory,
+    backend_version,
+    checkpoint_fingerprint_extra,
 )
-from video_seg_ros.checkpoint import (
-    Checkpoint,
-    check_weights_fit,
-    load_checkpoint,
-    output_class_lookup,
+from video_seg_ros.checkpoint import Checkpoint, load_checkpoint
+from video_seg_ros.engine_io import (  # noqa: F401 (DeviceError, UPSAMPLE_MODES: re-exported)
+    UPSAMPLE_MODES,
+    DeviceError,
+    FrameCodec,
+    SegmentationResult,
+    build_model,
+    check_frame,
+    check_model_device,
+    resolve_device,
 )
 from video_seg_ros.labels import palette_lookup_table
-from video_seg_ros.models import build_from_checkpoint
 from video_seg_ros.precision import (
     AGREEMENT_THRESHOLD,
     GateCache,
@@ -57,75 +56,14 @@ from video_seg_ros.precision import (
     decide,
     frames_fingerprint,
 )
-from video_seg_ros.runtime import PrecisionError, precision_candidate, resolve_precision  # noqa: F401 (re-exported)
+from video_seg_ros.runtime import (  # noqa: F401 (re-exported)
+    PrecisionError,
+    precision_candidate,
+    resolve_precision,
+)
 from video_seg_ros.temporal import FlowFusion, StreamTemporalState, TemporalSettings
 
 LOG = logging.getLogger(__name__)
-
-_CV2_INTERPOLATION = {
-    "linear": cv2.INTER_LINEAR,
-    "area": cv2.INTER_AREA,
-    "nearest": cv2.INTER_NEAREST,
-}
-
-
-#: How predictions reach the frame size; "auto" = "logits" on CUDA, "labels" on the CPU, where
-#: resizing 20 score maps to 2048x1024 costs about as much as the network itself (measured 494 vs
-#: 109 ms) for under 0.1 point of pixel accuracy.
-UPSAMPLE_MODES = ("auto", "logits", "labels")
-
-
-class DeviceError(RuntimeError):
-    """The requested device does not exist on this machine."""
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> first CUDA device if any, else CPU; ``cuda[:N]`` must exist."""
-    device = (device or "auto").strip().lower()
-    if device == "auto":
-        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    if device == "cpu":
-        return torch.device("cpu")
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise DeviceError(
-                f"device '{device}' requested but no CUDA device is available here; "
-                "use 'cpu' or 'auto'."
-            )
-        try:
-            resolved = torch.device(device if ":" in device else "cuda:0")
-        except RuntimeError as error:
-            raise DeviceError(
-                f"cannot parse device '{device}'; use auto, cpu or cuda[:N]."
-            ) from error
-        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise DeviceError(
-                f"device '{device}' requested but only {torch.cuda.device_count()} "
-                "CUDA device(s) exist."
-            )
-        return resolved
-    raise DeviceError(f"unknown device '{device}'; use auto, cpu or cuda[:N].")
-
-
-@dataclass
-class SegmentationResult:
-    """One frame's output at the frame's own resolution.
-
-    With temporal fusion (:mod:`video_seg_ros.temporal`) ``labels`` and ``confidence`` are those of
-    the fused probabilities, ``flow`` is the flow of this frame to its stream's previous frame
-    (reusable, e.g. by :class:`~video_seg_ros.metrics.OnlineConsistency`), and ``keyframe`` says
-    whether the network ran on this frame (always True in modes off and fuse).
-    """
-
-    labels: np.ndarray  # (H, W) uint8 class ids, IGNORE_ID = unlabelled
-    confidence: np.ndarray | None  # (H, W) float32 max (fused) probability, if requested
-    model_ms: float  # everything the engine did for this frame, milliseconds
-    keyframe: bool = True  # the network ran on this frame
-    flow: np.ndarray | None = None  # (h, w, 2) float32 flow this frame -> previous one (flow size)
-    network_ms: float = 0.0  # preprocessing + network, this frame's share (mode off: all)
-    flow_ms: float = 0.0  # optical flow, warp-error check and warp
-    fusion_ms: float = 0.0  # blend and postprocessing (argmax, resize)
-
 
 #: The stream key of frames given without ``streams=`` (and of :meth:`SegmentationEngine.segment`).
 DEFAULT_STREAM = None
@@ -213,7 +151,6 @@ class SegmentationEngine:
         self.min_agreement = float(min_agreement)
         if upsample == "auto":
             upsample = "logits" if self.device.type == "cuda" else "labels"
-        self.upsample = upsample
         self._flush = bool(flush_denormals) and self.device.type == "cpu"
         if self._flush:
             # This thread; segment_batch repeats it in whichever thread calls it.
@@ -225,35 +162,40 @@ class SegmentationEngine:
             )
         owned = model is None
         if owned:
-            model = _build_model(checkpoint).eval().to(self.device)
+            model = build_model(checkpoint).eval().to(self.device)
         else:
-            _check_model_device(model, self.device)
+            check_model_device(model, self.device)
         self.model = model
         #: An imported ONNX graph: no torch module to run, so no torch backend nor torch reference.
-        self._is_graph = not getattr(model, "runs_in_torch", True)
+        is_graph = not getattr(model, "runs_in_torch", True)
         if getattr(model, "output_kind", "logits") == "class_ids":
-            self.upsample = (
-                "labels"  # an imported graph's class ids resize nearest; no scores to blend
-            )
+            upsample = "labels"  # an imported graph's class ids resize nearest; no scores to blend
         self._temporal = bool(getattr(model, "is_temporal", False))
         base = getattr(model, "base", model)
         self.cpu_mkldnn = (
             getattr(base, "prefers_mkldnn", True) if cpu_mkldnn is None else cpu_mkldnn
         )
-        pre = checkpoint.preprocessing
-        self._input_size = (pre.input_width, pre.input_height)
-        self._interpolation = _CV2_INTERPOLATION[pre.interpolation]
-        self._channel_order = pre.channel_order
-        std = torch.tensor(pre.std, dtype=torch.float32)
-        self._mean = torch.tensor(pre.mean, dtype=torch.float32, device=self.device).view(
-            1, 3, 1, 1
-        )
-        self._factor = (pre.scale / std).to(self.device).view(1, 3, 1, 1)
-        self._output_to_class = output_class_lookup(checkpoint.output_to_class, self.device)
+        #: Preprocessing and postprocessing, the checkpoint's, in this one place.
+        self._codec = FrameCodec(checkpoint, self.device, upsample)
         self.palette_table = palette_lookup_table(checkpoint.palette)
-        self.fallback_reason: str | None = None
         self._cache_dir = cache_dir
-        self._runner = self._make_runner(backend, owned)
+        #: Builds the runners: the backend, the ``auto`` choice, the gate's fp32 reference.
+        self._runners = RunnerFactory(
+            model,
+            self.device,
+            self._codec.input_size,
+            model_name=self.model_name,
+            cache_dir=cache_dir,
+            flush_denormals=self._flush,
+            fingerprint_extra=checkpoint_fingerprint_extra(checkpoint),
+            is_graph=is_graph,
+            cpu_mkldnn=self.cpu_mkldnn,
+        )
+        self._runner, self.fallback_reason, level = self._runners.choose(
+            backend, self.precision, owned
+        )
+        if self.fallback_reason is not None:
+            self._log_fallback(self.fallback_reason, level)
         self.backend = self._runner.name
         #: Every temporal thing of each stream (memory, previous frame, fused probabilities,
         #: clock).
@@ -272,85 +214,26 @@ class SegmentationEngine:
             f"; backend fallback: {self.fallback_reason}" if self.fallback_reason else "",
         )
 
-    # ---- backend choice ------------------------------------------------------------------------
-    def _runner_for(self, backend: str, owned: bool):
-        """The runner of a concrete backend in ``self.precision``."""
-        from video_seg_ros.backends.torch_backend import TorchRunner
-
-        if backend == "openvino":
-            return self._openvino_runner()
-        if backend == "tensorrt":
-            return self._tensorrt_runner()
-        if self._is_graph:
-            raise BackendError(
-                f"{self.model_name} is an imported ONNX graph, which PyTorch cannot run: use "
-                "backend 'openvino' (CPU), 'tensorrt' (CUDA) or 'auto'."
-            )
-        return TorchRunner(self.model, self.device, self.precision, self.cpu_mkldnn, owned=owned)
-
-    def _make_runner(self, backend: str, owned: bool):
-        def torch_runner():
-            return self._runner_for("torch", owned)
-
-        if backend != "auto":
-            return self._runner_for(backend, owned)
-        # auto
-        if self._is_graph:
-            return self._graph_runner()  # an imported graph has no torch fallback
-        if self.device.type == "cuda":
-            return torch_runner()
-        if not owned:
-            # Expected (the trainer validates its own module): not worth a warning.
-            self._fall_back(
-                "a model object was passed (model=); only the torch backend runs it", logging.INFO
-            )
-            return torch_runner()
-        if AUTO_CPU_BACKEND == "openvino" and getattr(self.model, "is_temporal", False):
-            # Exporting the memory graph crashed the node's worker thread with SIGFPE inside
-            # torch.onnx.export (not yet understood); auto must never take the node down, so memory
-            # models stay on torch unless OpenVINO is asked for explicitly.
-            self._fall_back(
-                "memory (temporal) models run on torch under backend auto; "
-                "ask for backend 'openvino' explicitly to convert them",
-                logging.INFO,
-            )
-        elif AUTO_CPU_BACKEND == "openvino":
-            try:
-                return self._openvino_runner()
-            except BackendError as error:
-                self._fall_back(str(error))
-            except (
-                Exception
-            ) as error:  # auto must still start: anything OpenVINO raises means torch
-                self._fall_back(
-                    f"OpenVINO failed: {type(error).__name__}: {str(error).strip()[:300]}"
-                )
-        return torch_runner()
-
     def _settle_precision(self, backend: str, owned: bool, calibration) -> None:
         """Keep the candidate precision only where it earns it, with one warm-up pass in what runs
         (:func:`video_seg_ros.precision.decide`); under ``backend='auto'`` a converted model that
         cannot run falls back to torch, as a failed conversion does."""
-        from video_seg_ros.backends.torch_backend import TorchRunner
-
-        width, height = self._input_size
+        width, height = self.input_size
         frames = (
             list(calibration) if calibration is not None else calibration_frames(width, height)
         )
         for frame in frames:
-            _check_frame(frame)
-        batches = [self._preprocess([frame], "rgb") for frame in frames]
+            check_frame(frame)
+        batches = [self._codec.preprocess([frame], "rgb") for frame in frames]
         if not batches:
             raise ValueError("calibration needs at least one frame")
 
         def reference():
-            if self._is_graph:
-                return self._graph_reference()
-            return TorchRunner(self.model, self.device, "fp32", self.cpu_mkldnn, owned=owned)
+            return self._runners.reference(owned)
 
         def rebuild(precision: str):
             self.precision = precision
-            return self._runner_for(self.backend, owned)
+            return self._runners.runner(self.backend, precision, owned)
 
         cache = None
         if self.precision != "fp32":
@@ -358,12 +241,12 @@ class SegmentationEngine:
                 self.model,
                 self.backend,
                 self.precision,
-                self._input_size,
+                self.input_size,
                 runtime.cpu_name(),
                 torch.__version__,
-                _backend_version(self.backend),
+                backend_version(self.backend),
                 frames_fingerprint(frames),
-                *self._fingerprint_extra(),
+                *self._runners.fingerprint_extra,
             )[:32]
             cache = GateCache(self._cache_dir or default_cache_dir(), key)
         candidate = self.precision
@@ -386,18 +269,22 @@ class SegmentationEngine:
             if self.backend == "torch":
                 raise  # the reference path itself cannot run the model
             message = f"{type(error).__name__}: {str(error).strip()[:300]}"
-            if backend != "auto" or self._is_graph:
+            if backend != "auto" or self._runners.is_graph:
                 raise BackendError(
                     f"{self.backend} could not run the converted model: {message}"
                 ) from error
-            self._fall_back(f"{self.backend} could not run the model: {message}")
+            self.fallback_reason = f"{self.backend} could not run the model: {message}"
+            self._log_fallback(self.fallback_reason, logging.WARNING)
             self.precision = candidate
-            self._runner = self._runner_for("torch", owned)
+            self._runner = self._runners.runner("torch", candidate, owned)
             self.backend = self._runner.name
             self._settle_precision("torch", owned, frames)
             return
         self.precision = decision.precision
         self.precision_decision: PrecisionDecision = decision
+
+    def _log_fallback(self, reason: str, level: int) -> None:
+        LOG.log(level, "backend auto: running %s with torch: %s", self.model_name, reason)
 
     def describe(self) -> dict:
         """Device, backend, precision and why: what logs, diagnostics and reports say."""
@@ -413,91 +300,6 @@ class SegmentationEngine:
             "backend_fallback": self.fallback_reason,
             "cpu": runtime.cpu_description(),
         }
-
-    def _fall_back(self, reason: str, level: int = logging.WARNING) -> None:
-        self.fallback_reason = reason
-        LOG.log(level, "backend auto: running %s with torch: %s", self.model_name, reason)
-
-    def _fingerprint_extra(self) -> tuple:
-        cp = self.checkpoint
-        return (cp.arch, sorted(cp.arch_kwargs.items()), sorted((cp.memory or {}).items()))
-
-    def _openvino_runner(self):
-        from video_seg_ros.backends.openvino_backend import OpenVinoRunner
-
-        if self.device.type != "cpu":
-            raise BackendError(
-                f"backend 'openvino' runs on the CPU here; device is {self.device}. "
-                "Use device 'cpu', or backend 'torch'/'tensorrt' on CUDA."
-            )
-        return OpenVinoRunner(
-            self.model,
-            self._input_size,
-            self.precision,
-            cache_dir=self._cache_dir,
-            threads=torch.get_num_threads(),
-            flush_denormals=self._flush,
-            fingerprint_extra=self._fingerprint_extra(),
-        )
-
-    def _tensorrt_runner(self):
-        from video_seg_ros.backends.tensorrt_backend import TensorRtRunner
-
-        return TensorRtRunner(
-            self.model,
-            self._input_size,
-            self.precision,
-            self.device,
-            cache_dir=self._cache_dir,
-            fingerprint_extra=self._fingerprint_extra(),
-        )
-
-    def _graph_runner(self):
-        """An imported ONNX graph under backend ``auto``: OpenVINO on the CPU, TensorRT on CUDA."""
-        from video_seg_ros.backends.onnx_graph import GraphError
-
-        try:
-            return (
-                self._tensorrt_runner() if self.device.type == "cuda" else self._openvino_runner()
-            )
-        except GraphError:
-            raise  # a damaged graph: its message says what to do
-        except BackendError as error:
-            raise BackendError(
-                f"{error} (an imported ONNX graph runs on OpenVINO with device 'cpu', or on "
-                "TensorRT with device 'cuda'; PyTorch cannot run it)"
-            ) from error
-
-    def _graph_reference(self):
-        """The precision gate's fp32 reference for an imported graph (no torch module): OpenVINO
-        fp32 on the CPU, its results moved to the engine's device; TensorRT fp32 where OpenVINO is
-        missing."""
-        from video_seg_ros.backends.onnx_graph import HostRunner
-        from video_seg_ros.backends.openvino_backend import OpenVinoRunner
-        from video_seg_ros.backends.tensorrt_backend import TensorRtRunner
-
-        try:
-            runner = OpenVinoRunner(
-                self.model,
-                self._input_size,
-                "fp32",
-                cache_dir=self._cache_dir,
-                threads=torch.get_num_threads(),
-                flush_denormals=True,
-                fingerprint_extra=self._fingerprint_extra(),
-            )
-        except BackendError:
-            if self.device.type != "cuda":
-                raise
-            return TensorRtRunner(
-                self.model,
-                self._input_size,
-                "fp32",
-                self.device,
-                cache_dir=self._cache_dir,
-                fingerprint_extra=self._fingerprint_extra(),
-            )
-        return runner if self.device.type == "cpu" else HostRunner(runner, self.device)
 
     # ---- properties the node and the tools report ---------------------------------------------
     @property
@@ -520,7 +322,16 @@ class SegmentationEngine:
     @property
     def input_size(self) -> tuple[int, int]:
         """The network input (width, height) every frame is resized to."""
-        return self._input_size
+        return self._codec.input_size
+
+    @property
+    def upsample(self) -> str:
+        """How predictions reach the frame size: ``"logits"`` or ``"labels"``."""
+        return self._codec.upsample
+
+    @upsample.setter
+    def upsample(self, mode: str) -> None:
+        self._codec.upsample = mode
 
     # ---- temporal state ------------------------------------------------------------------------
     @property
@@ -589,6 +400,7 @@ class SegmentationEngine:
         if self._runner is not None:
             self._runner.release()
         self._runner = None
+        self._runners = None  # it holds the model too
         self._states.clear()
         self.model = None
         if self.device.type == "cuda":
@@ -632,7 +444,7 @@ class SegmentationEngine:
         if self._runner is None:
             raise RuntimeError("this SegmentationEngine was released; create a new one")
         for frame in frames:
-            _check_frame(frame)
+            check_frame(frame)
         if streams is None:
             if any(frame.shape[:2] != frames[0].shape[:2] for frame in frames):
                 raise ValueError(
@@ -665,7 +477,7 @@ class SegmentationEngine:
             return results
         for stream in streams:
             self.stream_state(stream).stats.record("every_frame", None)
-        batch = self._preprocess(frames, channel_order)
+        batch = self._codec.preprocess(frames, channel_order)
         logits = self._infer(batch, list(streams))
         sizes = [frame.shape[:2] for frame in frames]
         results: list[SegmentationResult | None] = [None] * len(frames)
@@ -675,7 +487,7 @@ class SegmentationEngine:
         with torch.inference_mode():
             for size, indices in by_size.items():
                 group = logits if len(indices) == len(frames) else logits[indices]
-                labels, confidence = self._postprocess(group.float(), size, with_confidence)
+                labels, confidence = self._codec.postprocess(group.float(), size, with_confidence)
                 labels_np = labels.cpu().numpy()
                 confidence_np = confidence.cpu().numpy() if confidence is not None else None
                 for j, i in enumerate(indices):
@@ -691,7 +503,7 @@ class SegmentationEngine:
 
     def preprocess(self, frames: list[np.ndarray], channel_order: str = "rgb") -> torch.Tensor:
         """Frames -> the normalised (N, 3, h, w) float tensor the model takes, on the device."""
-        return self._preprocess(frames, channel_order)
+        return self._codec.preprocess(frames, channel_order)
 
     # ---- internals ---------------------------------------------------------------------------
     def _guard_streams(self, frames, streams: list[Hashable], stamps) -> None:
@@ -757,7 +569,7 @@ class SegmentationEngine:
             if keyframes:
                 started = time.perf_counter()
                 logits = self._infer(
-                    self._preprocess([frames[i] for i in keyframes], channel_order),
+                    self._codec.preprocess([frames[i] for i in keyframes], channel_order),
                     [streams[i] for i in keyframes],
                 )
                 if self.device.type == "cuda":
@@ -773,7 +585,7 @@ class SegmentationEngine:
                     # Fused log-probabilities go through the logits' postprocessing: argmax and max
                     # softmax are those of the probabilities, resized as `upsample` says.
                     scores = own if exact else torch.log(fused.clamp_min(1e-12))
-                    labels, confidence = self._postprocess(
+                    labels, confidence = self._codec.postprocess(
                         scores, frames[i].shape[:2], with_confidence
                     )
                     results[i] = SegmentationResult(
@@ -788,67 +600,12 @@ class SegmentationEngine:
                     )
         return results
 
-    def _preprocess(self, frames, channel_order):
-        if channel_order not in ("rgb", "bgr"):
-            raise ValueError("channel_order must be 'rgb' or 'bgr'")
-        width, height = self._input_size
-        # Resize in float, as the source repositories do: rounding resized pixels to uint8
-        # moves ESPNet's logits by up to 0.7 (its normalised inputs span only about +-0.02).
-        resized = [
-            frame
-            if frame.shape[:2] == (height, width)
-            else cv2.resize(
-                frame.astype(np.float32), (width, height), interpolation=self._interpolation
-            )
-            for frame in frames
-        ]
-        host = torch.from_numpy(
-            np.stack(resized)
-        )  # (N, h, w, 3) uint8, or float32 when any was resized
-        if channel_order != self._channel_order:
-            host = host.flip(-1)
-        if self.device.type == "cuda":
-            host = host.pin_memory()
-        x = host.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
-        return ((x - self._mean) * self._factor).contiguous()
-
-    def _postprocess(self, logits, size, with_confidence):
-        if self.upsample == "logits" and logits.shape[-2:] != size:
-            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-        scores, index = logits.max(dim=1)
-        labels = self._output_to_class[index.to(self._output_to_class.device)]
-        confidence = None
-        if with_confidence:
-            # max softmax = 1 / sum(exp(l - max l)), without materialising the softmax.
-            confidence = 1.0 / torch.exp(logits - scores.unsqueeze(1)).sum(dim=1)
-        if labels.shape[-2:] != size:
-            labels = F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].to(
-                torch.uint8
-            )
-            if confidence is not None:
-                confidence = F.interpolate(
-                    confidence[:, None], size=size, mode="bilinear", align_corners=False
-                )[:, 0]
-        return labels, confidence
-
     def _backend_context(self):
         """The torch backend's autocast/oneDNN settings (benchmarks time model parts under
         them)."""
         from video_seg_ros.backends.torch_backend import TorchRunner
 
         return TorchRunner(self.model, self.device, self.precision, self.cpu_mkldnn).context()
-
-
-def _backend_version(backend: str) -> str:
-    if backend == "openvino":
-        from video_seg_ros.backends.openvino_backend import import_openvino
-
-        return import_openvino().get_version()
-    if backend == "tensorrt":
-        import tensorrt
-
-        return tensorrt.__version__
-    return ""
 
 
 def _waves(streams: list[Hashable]) -> list[list[int]]:
@@ -859,46 +616,3 @@ def _waves(streams: list[Hashable]) -> list[list[int]]:
         waves[occurrence[stream]].append(index)
         occurrence[stream] += 1
     return list(waves.values())
-
-
-def _build_model(checkpoint: Checkpoint) -> nn.Module:
-    """The checkpoint's model with its weights; weights that do not fit the architecture its
-    metadata names (another label set's classifier, another model) raise a one-line
-    :class:`~video_seg_ros.checkpoint.CheckpointError` instead of torch's page of key lists."""
-    try:
-        return build_from_checkpoint(checkpoint)
-    except RuntimeError as error:
-        try:  # the same model without weights, to compare shapes
-            skeleton = build_from_checkpoint(
-                dataclasses.replace(checkpoint, state_dict={}), strict=False
-            )
-        except Exception:
-            raise error from None
-        expected = {key: tuple(value.shape) for key, value in skeleton.state_dict().items()}
-        origin = getattr(checkpoint, "loaded_from", None) or checkpoint.model_name
-        check_weights_fit(checkpoint, expected, origin=origin)
-        raise
-
-
-def _check_model_device(model: nn.Module, device: torch.device) -> None:
-    parameter = next(model.parameters(), None)
-    if parameter is not None and parameter.device.type != device.type:
-        raise ValueError(
-            f"model= is on {parameter.device} but the engine runs on {device}; move it "
-            "with model.to(...) or pass the matching device."
-        )
-
-
-def _check_frame(frame: np.ndarray) -> None:
-    if (
-        not isinstance(frame, np.ndarray)
-        or frame.dtype != np.uint8
-        or frame.ndim != 3
-        or frame.shape[2] != 3
-    ):
-        raise ValueError(
-            "frames must be (H, W, 3) uint8 arrays, got "
-            f"{getattr(frame, 'shape', None)} {getattr(frame, 'dtype', type(frame))}"
-        )
-    if frame.shape[0] < 2 or frame.shape[1] < 2:
-        raise ValueError(f"frame too small: {frame.shape[:2]}")
