@@ -30,12 +30,8 @@ import torch
 from torch import nn
 
 from video_seg_ros import runtime
-from video_seg_ros.backends import BACKENDS, BackendError, default_cache_dir, model_fingerprint
-from video_seg_ros.backends.selection import (
-    RunnerFactory,
-    backend_version,
-    checkpoint_fingerprint_extra,
-)
+from video_seg_ros.backends import BACKENDS, BackendError
+from video_seg_ros.backends.selection import RunnerFactory, checkpoint_fingerprint_extra
 from video_seg_ros.checkpoint import Checkpoint, load_checkpoint
 from video_seg_ros.engine_io import (  # noqa: F401 (DeviceError, UPSAMPLE_MODES: re-exported)
     UPSAMPLE_MODES,
@@ -48,14 +44,8 @@ from video_seg_ros.engine_io import (  # noqa: F401 (DeviceError, UPSAMPLE_MODES
     resolve_device,
 )
 from video_seg_ros.labels import palette_lookup_table
-from video_seg_ros.precision import (
-    AGREEMENT_THRESHOLD,
-    GateCache,
-    PrecisionDecision,
-    calibration_frames,
-    decide,
-    frames_fingerprint,
-)
+from video_seg_ros.precision import AGREEMENT_THRESHOLD, PrecisionDecision
+from video_seg_ros.precision import settle as settle_precision
 from video_seg_ros.runtime import (  # noqa: F401 (re-exported)
     PrecisionError,
     precision_candidate,
@@ -178,7 +168,6 @@ class SegmentationEngine:
         #: Preprocessing and postprocessing, the checkpoint's, in this one place.
         self._codec = FrameCodec(checkpoint, self.device, upsample)
         self.palette_table = palette_lookup_table(checkpoint.palette)
-        self._cache_dir = cache_dir
         #: Builds the runners: the backend, the ``auto`` choice, the gate's fp32 reference.
         self._runners = RunnerFactory(
             model,
@@ -216,70 +205,28 @@ class SegmentationEngine:
 
     def _settle_precision(self, backend: str, owned: bool, calibration) -> None:
         """Keep the candidate precision only where it earns it, with one warm-up pass in what runs
-        (:func:`video_seg_ros.precision.decide`); under ``backend='auto'`` a converted model that
+        (:func:`video_seg_ros.precision.settle`); under ``backend='auto'`` a converted model that
         cannot run falls back to torch, as a failed conversion does."""
-        width, height = self.input_size
-        frames = (
-            list(calibration) if calibration is not None else calibration_frames(width, height)
+
+        def backend_fallback(reason: str) -> None:
+            self.fallback_reason = reason
+            self._log_fallback(reason, logging.WARNING)
+
+        self._runner, decision = settle_precision(
+            self._runners,
+            self._runner,
+            backend,
+            self.requested_precision,
+            self.precision,
+            self._precision_candidate_reason,
+            self._codec.preprocess,
+            calibration,
+            self.is_temporal,
+            self.min_agreement,
+            owned,
+            backend_fallback,
         )
-        for frame in frames:
-            check_frame(frame)
-        batches = [self._codec.preprocess([frame], "rgb") for frame in frames]
-        if not batches:
-            raise ValueError("calibration needs at least one frame")
-
-        def reference():
-            return self._runners.reference(owned)
-
-        def rebuild(precision: str):
-            self.precision = precision
-            return self._runners.runner(self.backend, precision, owned)
-
-        cache = None
-        if self.precision != "fp32":
-            key = model_fingerprint(
-                self.model,
-                self.backend,
-                self.precision,
-                self.input_size,
-                runtime.cpu_name(),
-                torch.__version__,
-                backend_version(self.backend),
-                frames_fingerprint(frames),
-                *self._runners.fingerprint_extra,
-            )[:32]
-            cache = GateCache(self._cache_dir or default_cache_dir(), key)
-        candidate = self.precision
-        try:
-            self._runner, decision = decide(
-                self.requested_precision,
-                candidate,
-                self._precision_candidate_reason,
-                self._runner,
-                rebuild,
-                reference,
-                batches,
-                self.is_temporal,
-                self.min_agreement,
-                cache,
-            )
-        except PrecisionError:
-            raise
-        except Exception as error:
-            if self.backend == "torch":
-                raise  # the reference path itself cannot run the model
-            message = f"{type(error).__name__}: {str(error).strip()[:300]}"
-            if backend != "auto" or self._runners.is_graph:
-                raise BackendError(
-                    f"{self.backend} could not run the converted model: {message}"
-                ) from error
-            self.fallback_reason = f"{self.backend} could not run the model: {message}"
-            self._log_fallback(self.fallback_reason, logging.WARNING)
-            self.precision = candidate
-            self._runner = self._runners.runner("torch", candidate, owned)
-            self.backend = self._runner.name
-            self._settle_precision("torch", owned, frames)
-            return
+        self.backend = self._runner.name
         self.precision = decision.precision
         self.precision_decision: PrecisionDecision = decision
 

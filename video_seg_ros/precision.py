@@ -215,3 +215,80 @@ def _fall_back_to_fp32(requested, rebuild, batches, temporal, fallback, agreemen
     runner = rebuild("fp32")
     run_sequence(runner, batches[:1], temporal)
     return runner, PrecisionDecision(requested, "fp32", fallback, agreement, fallback)
+
+
+def settle(
+    runners,
+    runner,
+    asked_backend: str,
+    requested: str,
+    candidate: str,
+    candidate_reason: str,
+    preprocess: Callable[[list[np.ndarray], str], torch.Tensor],
+    calibration: Sequence[np.ndarray] | None,
+    temporal: bool,
+    threshold: float,
+    owned: bool,
+    on_backend_fallback: Callable[[str], None],
+) -> tuple[object, PrecisionDecision]:
+    """An engine's precision at construction: :func:`decide` on the calibration frames (default
+    :func:`calibration_frames`, (H, W, 3) uint8 RGB) for ``runner``, built by ``runners`` (a
+    :class:`~video_seg_ros.backends.selection.RunnerFactory`) in ``candidate``, with its decision
+    cached beside the conversions. Under ``asked_backend='auto'`` a converted model that cannot
+    run falls back to torch, as a failed conversion does (``on_backend_fallback(reason)`` is told
+    first); returns the runner that runs (its ``name`` is the backend) and the decision."""
+    from video_seg_ros import runtime
+    from video_seg_ros.backends import BackendError, default_cache_dir, model_fingerprint
+    from video_seg_ros.backends.selection import backend_version
+    from video_seg_ros.engine_io import check_frame
+    from video_seg_ros.runtime import PrecisionError
+
+    width, height = runners.input_size
+    frames = list(calibration) if calibration is not None else calibration_frames(width, height)
+    for frame in frames:
+        check_frame(frame)
+    batches = [preprocess([frame], "rgb") for frame in frames]
+    if not batches:
+        raise ValueError("calibration needs at least one frame")
+    backend = runner.name
+    while True:
+        cache = None
+        if candidate != "fp32":
+            key = model_fingerprint(
+                runners.model,
+                backend,
+                candidate,
+                runners.input_size,
+                runtime.cpu_name(),
+                torch.__version__,
+                backend_version(backend),
+                frames_fingerprint(frames),
+                *runners.fingerprint_extra,
+            )[:32]
+            cache = GateCache(runners.cache_dir or default_cache_dir(), key)
+        try:
+            return decide(
+                requested,
+                candidate,
+                candidate_reason,
+                runner,
+                lambda precision: runners.runner(backend, precision, owned),
+                lambda: runners.reference(owned),
+                batches,
+                temporal,
+                threshold,
+                cache,
+            )
+        except PrecisionError:
+            raise
+        except Exception as error:
+            if backend == "torch":
+                raise  # the reference path itself cannot run the model
+            message = f"{type(error).__name__}: {str(error).strip()[:300]}"
+            if asked_backend != "auto" or runners.is_graph:
+                raise BackendError(
+                    f"{backend} could not run the converted model: {message}"
+                ) from error
+            on_backend_fallback(f"{backend} could not run the model: {message}")
+            runner = runners.runner("torch", candidate, owned)
+            backend = runner.name
