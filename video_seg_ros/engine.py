@@ -19,10 +19,8 @@ backwards (a looping bag: never fuse across the loop).
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import warnings
-from collections import defaultdict
 from collections.abc import Hashable, Sequence
 
 import numpy as np
@@ -39,9 +37,16 @@ from video_seg_ros.engine_io import (  # noqa: F401 (DeviceError, UPSAMPLE_MODES
     FrameCodec,
     SegmentationResult,
     build_model,
-    check_frame,
     check_model_device,
     resolve_device,
+)
+from video_seg_ros.engine_batches import (
+    DEFAULT_STREAM,
+    check_batch,
+    guard_streams,
+    infer_with_memory,
+    segment_fused,
+    segment_plain,
 )
 from video_seg_ros.labels import palette_lookup_table
 from video_seg_ros.precision import AGREEMENT_THRESHOLD, PrecisionDecision
@@ -51,12 +56,10 @@ from video_seg_ros.runtime import (  # noqa: F401 (re-exported)
     precision_candidate,
     resolve_precision,
 )
-from video_seg_ros.temporal import FlowFusion, StreamTemporalState, TemporalSettings
+from video_seg_ros.temporal import StreamTemporalState, TemporalSettings
+from video_seg_ros.temporal_states import StreamStates
 
 LOG = logging.getLogger(__name__)
-
-#: The stream key of frames given without ``streams=`` (and of :meth:`SegmentationEngine.segment`).
-DEFAULT_STREAM = None
 
 
 class SegmentationEngine:
@@ -188,11 +191,7 @@ class SegmentationEngine:
         self.backend = self._runner.name
         #: Every temporal thing of each stream (memory, previous frame, fused probabilities,
         #: clock).
-        self._states: dict[Hashable, StreamTemporalState] = {}
-        self._settings = temporal
-        self._pending_settings: TemporalSettings | None = None
-        self._settings_lock = threading.Lock()  # set_temporal may come from another thread
-        self._fusion = FlowFusion(temporal, self.device)
+        self._streams = StreamStates(temporal, self.device)
         self._settle_precision(backend, owned, calibration)
         LOG.info(
             "%s: backend %s, precision %s (%s)%s",
@@ -284,7 +283,7 @@ class SegmentationEngine:
     @property
     def temporal(self) -> TemporalSettings:
         """The temporal settings (the newest ones given to :meth:`set_temporal`)."""
-        return self._pending_settings or self._settings
+        return self._streams.newest
 
     def set_temporal(self, settings: TemporalSettings | dict | str) -> TemporalSettings:
         """Change the temporal settings; they apply from the next frame (safe to call from another
@@ -292,55 +291,28 @@ class SegmentationEngine:
         invalid (mode off, or another probability or flow resolution). Raises
         :class:`~video_seg_ros.temporal.TemporalSettingsError` (a ValueError) naming a bad
         field."""
-        settings = TemporalSettings.coerce(settings)
-        with self._settings_lock:
-            self._pending_settings = settings
-        return settings
-
-    def _apply_pending_settings(self) -> None:
-        with self._settings_lock:
-            settings, self._pending_settings = self._pending_settings, None
-        if settings is None:
-            return
-        if not settings.keeps_state_of(self._settings):
-            for state in self._states.values():
-                state.clear_fusion()
-        self._settings = settings
-        self._fusion = FlowFusion(settings, self.device)
+        return self._streams.request(settings)
 
     def stream_state(self, stream: Hashable = DEFAULT_STREAM) -> StreamTemporalState:
         """The temporal state of ``stream`` (created empty when the stream is new)."""
-        state = self._states.get(stream)
-        if state is None:
-            state = self._states[stream] = StreamTemporalState()
-        return state
+        return self._streams.state(stream)
 
     def temporal_stats(self, stream: Hashable = DEFAULT_STREAM) -> dict:
         """Diagnostics of one stream: ``mode``, ``frames``, ``keyframes``, ``keyframe_share``
         (network share over the last 100 frames), ``fused_confidence`` (mean, same window; None in
         mode off), ``reasons`` (keyframes by reason), ``resets`` (the engine's own resets of the
         stream by reason: ``size_change``, ``time_backwards``)."""
-        state = self._states.get(stream)  # read only: diagnostics call this from another thread
-        stats = state.stats if state is not None else StreamTemporalState().stats
-        return {"mode": self.temporal.mode, **stats.snapshot()}
+        return self._streams.stats(stream)
 
     def forget_streams(self) -> None:
         """Drop every stream's state and statistics, as in a new engine (e.g. after a warm-up)."""
-        self._states.clear()
+        self._streams.forget()
 
     def reset(self, stream: Hashable | None = None, *, memory_only: bool = False) -> None:
         """Forget temporal state (model memory, previous frame, fused probabilities, keyframe
         clock): of one stream, or of all (``stream=None``). ``memory_only``: empty the model
         memory only."""
-        if stream is None:
-            states = list(self._states.values())
-        else:
-            states = [self._states[stream]] if stream in self._states else []
-        for state in states:
-            if memory_only:
-                state.clear_memory()
-            else:
-                state.reset()
+        self._streams.reset(stream, memory_only)
 
     def release(self) -> None:
         """Free the model and every stream's state (the engine cannot segment afterwards)."""
@@ -348,7 +320,7 @@ class SegmentationEngine:
             self._runner.release()
         self._runner = None
         self._runners = None  # it holds the model too
-        self._states.clear()
+        self._streams.forget()
         self.model = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -390,62 +362,38 @@ class SegmentationEngine:
             return []
         if self._runner is None:
             raise RuntimeError("this SegmentationEngine was released; create a new one")
-        for frame in frames:
-            check_frame(frame)
-        if streams is None:
-            if any(frame.shape[:2] != frames[0].shape[:2] for frame in frames):
-                raise ValueError(
-                    "all frames of a batch must have the same size (pass streams= to mix "
-                    "cameras of different sizes)"
-                )
-            streams = [DEFAULT_STREAM] * len(frames)
-        elif len(streams) != len(frames):
-            raise ValueError(
-                f"streams must give one key per frame: {len(streams)} keys for {len(frames)} "
-                "frames"
-            )
-        if stamps is not None and len(stamps) != len(frames):
-            raise ValueError(
-                f"stamps must give one time per frame: {len(stamps)} for {len(frames)} frames"
-            )
-        self._apply_pending_settings()
-        self._guard_streams(frames, list(streams), stamps)
+        streams = check_batch(frames, streams, stamps)
+        self._streams.apply_pending()
+        guard_streams(self.stream_state, frames, streams, stamps)
         start = time.perf_counter()
         if self._flush:
             # Per thread (the node segments in a worker thread); cheap when repeated.
             runtime.flush_denormals()
-        if self._settings.mode != "off":
-            results = self._segment_fused(
-                frames, channel_order, with_confidence, list(streams), stamps
+        fused = self._streams.settings.mode != "off"
+        if fused:
+            results = segment_fused(
+                self._codec,
+                self._streams.fusion,
+                self._infer,
+                self.stream_state,
+                self.device,
+                frames,
+                channel_order,
+                with_confidence,
+                streams,
+                stamps,
             )
-            elapsed_ms = (time.perf_counter() - start) * 1000.0 / len(frames)
-            for result in results:
-                result.model_ms = elapsed_ms
-            return results
-        for stream in streams:
-            self.stream_state(stream).stats.record("every_frame", None)
-        batch = self._codec.preprocess(frames, channel_order)
-        logits = self._infer(batch, list(streams))
-        sizes = [frame.shape[:2] for frame in frames]
-        results: list[SegmentationResult | None] = [None] * len(frames)
-        by_size = defaultdict(list)
-        for index, size in enumerate(sizes):
-            by_size[size].append(index)
-        with torch.inference_mode():
-            for size, indices in by_size.items():
-                group = logits if len(indices) == len(frames) else logits[indices]
-                labels, confidence = self._codec.postprocess(group.float(), size, with_confidence)
-                labels_np = labels.cpu().numpy()
-                confidence_np = confidence.cpu().numpy() if confidence is not None else None
-                for j, i in enumerate(indices):
-                    results[i] = SegmentationResult(
-                        labels_np[j], None if confidence_np is None else confidence_np[j], 0.0
-                    )
+        else:
+            for stream in streams:
+                self.stream_state(stream).stats.record("every_frame", None)
+            results = segment_plain(
+                self._codec, self._infer, frames, channel_order, with_confidence, streams
+            )
         elapsed_ms = (time.perf_counter() - start) * 1000.0 / len(frames)
         for result in results:
-            result.model_ms = result.network_ms = (
-                elapsed_ms  # mode off: all of it is the network's
-            )
+            result.model_ms = elapsed_ms
+            if not fused:
+                result.network_ms = elapsed_ms  # mode off: all of it is the network's
         return results
 
     def preprocess(self, frames: list[np.ndarray], channel_order: str = "rgb") -> torch.Tensor:
@@ -453,39 +401,10 @@ class SegmentationEngine:
         return self._codec.preprocess(frames, channel_order)
 
     # ---- internals ---------------------------------------------------------------------------
-    def _guard_streams(self, frames, streams: list[Hashable], stamps) -> None:
-        """Reset a stream whose new frame cannot continue it (another size, a stamp before the
-        previous one: a looping bag), whatever the caller's own reset policy; a stream's frames
-        within one call must continue each other."""
-        seen: set = set()
-        for index, (frame, stream) in enumerate(zip(frames, streams)):
-            state = self.stream_state(stream)
-            stamp = None if stamps is None else float(stamps[index])
-            if stream in seen:
-                reason = state.continues(frame.shape[:2], stamp)
-                if reason is not None:
-                    raise ValueError(
-                        f"frame {index} of stream {stream!r} cannot follow the previous one "
-                        f"in the same call ({reason}); segment it in a call of its own"
-                    )
-            state.guard(frame.shape[:2], stamp)
-            seen.add(stream)
-
     def _infer(self, batch: torch.Tensor, streams: list[Hashable]) -> torch.Tensor:
         if not self.is_temporal:
             return self._runner.run(batch)
-        # A stream's frames must run one after the other; different streams run together.
-        waves = _waves(streams)
-        if len(waves) == 1:
-            return self._runner.run(batch, [self._memory(stream) for stream in streams])
-        logits: list[torch.Tensor | None] = [None] * len(streams)
-        for indices in waves:
-            memories = [self._memory(streams[i]) for i in indices]
-            part = batch[indices[0] : indices[0] + 1] if len(indices) == 1 else batch[indices]
-            out = self._runner.run(part, memories)
-            for j, i in enumerate(indices):
-                logits[i] = out[j]
-        return torch.stack(logits)
+        return infer_with_memory(self._runner, batch, streams, self._memory)
 
     def _memory(self, stream: Hashable):
         state = self.stream_state(stream)
@@ -493,73 +412,9 @@ class SegmentationEngine:
             state.memory = self._runner.new_memory()
         return state.memory
 
-    def _segment_fused(
-        self, frames, channel_order, with_confidence, streams, stamps
-    ) -> list[SegmentationResult]:
-        """Temporal fusion / adaptive clock: per wave (every stream's k-th frame of this call),
-        flow and keyframe decisions first, then the network on the keyframes as one batch, then
-        fusion."""
-        fusion = self._fusion
-        results: list[SegmentationResult | None] = [None] * len(frames)
-        for wave in _waves(streams):
-            with torch.inference_mode():
-                plans = []
-                for i in wave:
-                    state = self.stream_state(streams[i])
-                    analysis = fusion.analyse(state, frames[i])
-                    stamp = None if stamps is None else float(stamps[i])
-                    plans.append(
-                        (i, state, analysis, fusion.keyframe_reason(state, analysis, stamp), stamp)
-                    )
-            keyframes = [i for i, _, _, reason, _ in plans if reason is not None]
-            logits, network_ms = None, 0.0
-            if keyframes:
-                started = time.perf_counter()
-                logits = self._infer(
-                    self._codec.preprocess([frames[i] for i in keyframes], channel_order),
-                    [streams[i] for i in keyframes],
-                )
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)  # so that the network's time is its own
-                network_ms = (time.perf_counter() - started) * 1000.0 / len(keyframes)
-            with torch.inference_mode():
-                for i, state, analysis, reason, stamp in plans:
-                    started = time.perf_counter()
-                    own = None if reason is None else logits[keyframes.index(i)][None].float()
-                    fused, exact = fusion.update(
-                        state, frames[i].shape[:2], analysis, own, reason, stamp
-                    )
-                    # Fused log-probabilities go through the logits' postprocessing: argmax and max
-                    # softmax are those of the probabilities, resized as `upsample` says.
-                    scores = own if exact else torch.log(fused.clamp_min(1e-12))
-                    labels, confidence = self._codec.postprocess(
-                        scores, frames[i].shape[:2], with_confidence
-                    )
-                    results[i] = SegmentationResult(
-                        labels[0].cpu().numpy(),
-                        None if confidence is None else confidence[0].cpu().numpy(),
-                        0.0,
-                        keyframe=reason is not None,
-                        flow=analysis.flow,
-                        network_ms=network_ms if reason is not None else 0.0,
-                        flow_ms=analysis.flow_ms,
-                        fusion_ms=(time.perf_counter() - started) * 1000.0,
-                    )
-        return results
-
     def _backend_context(self):
         """The torch backend's autocast/oneDNN settings (benchmarks time model parts under
         them)."""
         from video_seg_ros.backends.torch_backend import TorchRunner
 
         return TorchRunner(self.model, self.device, self.precision, self.cpu_mkldnn).context()
-
-
-def _waves(streams: list[Hashable]) -> list[list[int]]:
-    """Frame indices grouped so that wave k holds every stream's k-th frame (in call order)."""
-    occurrence: dict[Hashable, int] = defaultdict(int)
-    waves: dict[int, list[int]] = defaultdict(list)
-    for index, stream in enumerate(streams):
-        waves[occurrence[stream]].append(index)
-        occurrence[stream] += 1
-    return list(waves.values())

@@ -1,0 +1,195 @@
+"""How one call's frames run through the network: checked and assigned to streams, run as one
+batch (temporal fusion off) or wave by wave (every stream's k-th frame of the call together: a
+memory model, temporal fusion and the adaptive clock). No ROS here.
+
+The functions take what they use as arguments (the runner's ``infer``, the
+:class:`~video_seg_ros.engine_io.FrameCodec`, each stream's
+:class:`~video_seg_ros.temporal.StreamTemporalState` through ``state_of``); the engine owns them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable, Hashable, Sequence
+
+import numpy as np
+import torch
+
+from video_seg_ros.engine_io import FrameCodec, SegmentationResult, check_frame
+from video_seg_ros.temporal import FlowFusion, StreamTemporalState
+
+#: The stream key of frames given without ``streams=`` (and of ``SegmentationEngine.segment``).
+DEFAULT_STREAM = None
+
+#: (N, 3, h, w) normalised batch and one stream key per frame -> logits (N, classes, h, w).
+Infer = Callable[[torch.Tensor, list[Hashable]], torch.Tensor]
+StateOf = Callable[[Hashable], StreamTemporalState]
+
+
+def check_batch(
+    frames: list[np.ndarray],
+    streams: Sequence[Hashable] | None,
+    stamps: Sequence[float] | None,
+) -> list[Hashable]:
+    """Refuse frames that are not (H, W, 3) uint8, frames of several sizes without ``streams``,
+    and ``streams``/``stamps`` that do not give one item per frame; returns one stream key per
+    frame."""
+    for frame in frames:
+        check_frame(frame)
+    if streams is None:
+        if any(frame.shape[:2] != frames[0].shape[:2] for frame in frames):
+            raise ValueError(
+                "all frames of a batch must have the same size (pass streams= to mix "
+                "cameras of different sizes)"
+            )
+        streams = [DEFAULT_STREAM] * len(frames)
+    elif len(streams) != len(frames):
+        raise ValueError(
+            f"streams must give one key per frame: {len(streams)} keys for {len(frames)} frames"
+        )
+    if stamps is not None and len(stamps) != len(frames):
+        raise ValueError(
+            f"stamps must give one time per frame: {len(stamps)} for {len(frames)} frames"
+        )
+    return list(streams)
+
+
+def guard_streams(state_of: StateOf, frames, streams: list[Hashable], stamps) -> None:
+    """Reset a stream whose new frame cannot continue it (another size, a stamp before the
+    previous one: a looping bag), whatever the caller's own reset policy; a stream's frames
+    within one call must continue each other."""
+    seen: set = set()
+    for index, (frame, stream) in enumerate(zip(frames, streams)):
+        state = state_of(stream)
+        stamp = None if stamps is None else float(stamps[index])
+        if stream in seen:
+            reason = state.continues(frame.shape[:2], stamp)
+            if reason is not None:
+                raise ValueError(
+                    f"frame {index} of stream {stream!r} cannot follow the previous one "
+                    f"in the same call ({reason}); segment it in a call of its own"
+                )
+        state.guard(frame.shape[:2], stamp)
+        seen.add(stream)
+
+
+def waves(streams: list[Hashable]) -> list[list[int]]:
+    """Frame indices grouped so that wave k holds every stream's k-th frame (in call order)."""
+    occurrence: dict[Hashable, int] = defaultdict(int)
+    grouped: dict[int, list[int]] = defaultdict(list)
+    for index, stream in enumerate(streams):
+        grouped[occurrence[stream]].append(index)
+        occurrence[stream] += 1
+    return list(grouped.values())
+
+
+def infer_with_memory(
+    runner, batch: torch.Tensor, streams: list[Hashable], memory_of: Callable[[Hashable], object]
+) -> torch.Tensor:
+    """A memory model's logits (N, classes, h, w) for ``batch`` (N, 3, h, w), each frame with its
+    stream's memory: a stream's frames run one after the other; different streams together."""
+    grouped = waves(streams)
+    if len(grouped) == 1:
+        return runner.run(batch, [memory_of(stream) for stream in streams])
+    logits: list[torch.Tensor | None] = [None] * len(streams)
+    for indices in grouped:
+        memories = [memory_of(streams[i]) for i in indices]
+        part = batch[indices[0] : indices[0] + 1] if len(indices) == 1 else batch[indices]
+        out = runner.run(part, memories)
+        for j, i in enumerate(indices):
+            logits[i] = out[j]
+    return torch.stack(logits)
+
+
+def segment_plain(
+    codec: FrameCodec,
+    infer: Infer,
+    frames: list[np.ndarray],
+    channel_order: str,
+    with_confidence: bool,
+    streams: list[Hashable],
+) -> list[SegmentationResult]:
+    """Temporal fusion off: every frame through the network as one batch, postprocessed per frame
+    size (times left at 0 for the caller)."""
+    batch = codec.preprocess(frames, channel_order)
+    logits = infer(batch, streams)
+    sizes = [frame.shape[:2] for frame in frames]
+    results: list[SegmentationResult | None] = [None] * len(frames)
+    by_size = defaultdict(list)
+    for index, size in enumerate(sizes):
+        by_size[size].append(index)
+    with torch.inference_mode():
+        for size, indices in by_size.items():
+            group = logits if len(indices) == len(frames) else logits[indices]
+            labels, confidence = codec.postprocess(group.float(), size, with_confidence)
+            labels_np = labels.cpu().numpy()
+            confidence_np = confidence.cpu().numpy() if confidence is not None else None
+            for j, i in enumerate(indices):
+                results[i] = SegmentationResult(
+                    labels_np[j], None if confidence_np is None else confidence_np[j], 0.0
+                )
+    return results
+
+
+def segment_fused(
+    codec: FrameCodec,
+    fusion: FlowFusion,
+    infer: Infer,
+    state_of: StateOf,
+    device: torch.device,
+    frames: list[np.ndarray],
+    channel_order: str,
+    with_confidence: bool,
+    streams: list[Hashable],
+    stamps: Sequence[float] | None,
+) -> list[SegmentationResult]:
+    """Temporal fusion / adaptive clock: per wave (every stream's k-th frame of this call),
+    flow and keyframe decisions first, then the network on the keyframes as one batch, then
+    fusion."""
+    results: list[SegmentationResult | None] = [None] * len(frames)
+    for wave in waves(streams):
+        with torch.inference_mode():
+            plans = []
+            for i in wave:
+                state = state_of(streams[i])
+                analysis = fusion.analyse(state, frames[i])
+                stamp = None if stamps is None else float(stamps[i])
+                plans.append(
+                    (i, state, analysis, fusion.keyframe_reason(state, analysis, stamp), stamp)
+                )
+        keyframes = [i for i, _, _, reason, _ in plans if reason is not None]
+        logits, network_ms = None, 0.0
+        if keyframes:
+            started = time.perf_counter()
+            logits = infer(
+                codec.preprocess([frames[i] for i in keyframes], channel_order),
+                [streams[i] for i in keyframes],
+            )
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)  # so that the network's time is its own
+            network_ms = (time.perf_counter() - started) * 1000.0 / len(keyframes)
+        with torch.inference_mode():
+            for i, state, analysis, reason, stamp in plans:
+                started = time.perf_counter()
+                own = None if reason is None else logits[keyframes.index(i)][None].float()
+                fused, exact = fusion.update(
+                    state, frames[i].shape[:2], analysis, own, reason, stamp
+                )
+                # Fused log-probabilities go through the logits' postprocessing: argmax and max
+                # softmax are those of the probabilities, resized as `upsample` says.
+                scores = own if exact else torch.log(fused.clamp_min(1e-12))
+                labels, confidence = codec.postprocess(
+                    scores, frames[i].shape[:2], with_confidence
+                )
+                results[i] = SegmentationResult(
+                    labels[0].cpu().numpy(),
+                    None if confidence is None else confidence[0].cpu().numpy(),
+                    0.0,
+                    keyframe=reason is not None,
+                    flow=analysis.flow,
+                    network_ms=network_ms if reason is not None else 0.0,
+                    flow_ms=analysis.flow_ms,
+                    fusion_ms=(time.perf_counter() - started) * 1000.0,
+                )
+    return results
