@@ -14,6 +14,11 @@ and with temporal fusion (``temporal=``, :meth:`SegmentationEngine.set_temporal`
 frame, the fused class probabilities and the keyframe clock; :meth:`SegmentationEngine.reset`
 clears it, and so does the engine itself when a stream's frame size changes or its stamps run
 backwards (a looping bag: never fuse across the loop).
+
+The engine puts the parts together: :mod:`video_seg_ros.backends.selection` builds the runner
+(backend, ``auto`` choice), :func:`video_seg_ros.precision.settle` settles the precision,
+:mod:`video_seg_ros.engine_io` holds the pre/postprocessing and :mod:`video_seg_ros.engine_batches`
+runs a call's frames; :mod:`video_seg_ros.temporal_states` keeps the streams.
 """
 
 from __future__ import annotations

@@ -8,8 +8,9 @@ reduced precision still runs below the gate (with a warning), and is refused at 
 cannot run. The outcome is cached beside the conversions, keyed by the weights, backend,
 precision, input size, CPU and library versions, so a node starts fast the second time.
 
-Calibration frames are the package's own synthetic street (no data needed) unless the caller
-gives frames. No ROS here.
+:func:`settle` is what the engine calls at construction (with the ``auto`` backend's fallback to
+torch when a converted model cannot run). Calibration frames are the package's own synthetic
+street (no data needed) unless the caller gives frames. No ROS here.
 """
 
 from __future__ import annotations

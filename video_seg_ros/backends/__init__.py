@@ -7,6 +7,9 @@
 - ``tensorrt`` (:mod:`.tensorrt_backend`): the same ONNX graph built into a TensorRT engine on a
   CUDA GPU (needs the ``tensorrt`` wheel; only used when asked for).
 
+:mod:`.selection` builds a model's runner for a backend and precision, makes the ``auto`` choice
+(with its fallback reason) and the precision gate's fp32 reference.
+
 Around them: :mod:`.onnx_graph` reads and adapts users' ONNX graphs, and :mod:`.graph_check` runs
 an exported or imported graph in OpenVINO to show that it works (``video-seg-export``,
 ``video-seg-import --onnx``).
