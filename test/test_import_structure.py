@@ -42,7 +42,14 @@ ROS_EXCEPTIONS = {
 
 MODELS = (f"{PACKAGE}.models", f"{PACKAGE}.checkpoint")
 BACKENDS = (f"{PACKAGE}.backends",)
-ENGINE = (f"{PACKAGE}.engine", f"{PACKAGE}.temporal", f"{PACKAGE}.precision")
+ENGINE = (
+    f"{PACKAGE}.engine",
+    f"{PACKAGE}.engine_io",
+    f"{PACKAGE}.engine_batches",
+    f"{PACKAGE}.temporal",
+    f"{PACKAGE}.temporal_states",
+    f"{PACKAGE}.precision",
+)
 TRAINING = (f"{PACKAGE}.training", f"{PACKAGE}.adaptation")
 
 
