@@ -258,6 +258,18 @@ def image_message(pixels: np.ndarray, encoding: str, stamp_s: float, frame_id: s
     return msg
 
 
+def newest_diagnostics(
+    diagnostics: list, name: str, condition=lambda values: True, since: int = 0
+) -> dict[str, str] | None:
+    """The values of the newest status named ``name`` among ``diagnostics[since:]`` (collected
+    DiagnosticArrays) for which ``condition`` holds, or None; poll it with RosProbe.wait_for."""
+    for array in reversed(diagnostics[since:]):
+        values = diagnostics_values(array, name=name)
+        if values is not None and condition(values):
+            return values
+    return None
+
+
 def diagnostics_values(
     array_msg, name_contains: str = "segmentation", name: str | None = None
 ) -> dict[str, str] | None:

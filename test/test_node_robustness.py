@@ -32,7 +32,7 @@ from sensor_msgs.msg import Image  # noqa: E402
 from ros_support import (  # noqa: E402
     NodeProcess,
     RosProbe,
-    diagnostics_values,
+    newest_diagnostics,
     image_message,
     make_tiny_checkpoint,
     write_params_file,
@@ -85,14 +85,10 @@ class Rig:
         ``condition``."""
         seen = len(self.diagnostics)
 
-        def find():
-            for array in reversed(self.diagnostics[seen:]):
-                values = diagnostics_values(array, name=f"{NODE}: {camera} segmentation")
-                if values is not None and condition(values):
-                    return values
-            return None
-
-        values = self.probe.wait_for(find, timeout)
+        name = f"{NODE}: {camera} segmentation"
+        values = self.probe.wait_for(
+            lambda: newest_diagnostics(self.diagnostics, name, condition, seen), timeout
+        )
         assert values is not None, (
             f"no matching diagnostics for {camera}:\n{self.node.output()[-3000:]}"
         )

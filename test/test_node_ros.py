@@ -35,6 +35,7 @@ from ros_support import (  # noqa: E402
     NodeProcess,
     RosProbe,
     diagnostics_values,
+    newest_diagnostics,
     image_message,
     make_tiny_checkpoint,
     write_params_file,
@@ -125,14 +126,10 @@ class Session:
         the test when none comes). ``fresh``: only a status published after this call."""
         seen = len(self.diagnostics) if fresh else 0
 
-        def find():
-            for array in reversed(self.diagnostics[seen:]):
-                values = diagnostics_values(array, name=f"{node.name}: segmentation")
-                if values is not None and condition(values):
-                    return values
-            return None
-
-        values = self.probe.wait_for(find, timeout)
+        name = f"{node.name}: segmentation"
+        values = self.probe.wait_for(
+            lambda: newest_diagnostics(self.diagnostics, name, condition, seen), timeout
+        )
         if values is None:
             newest = next(
                 (
