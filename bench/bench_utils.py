@@ -93,7 +93,7 @@ def benchmark_checkpoint(name: str, size: tuple[int, int] | None = None):
     if name in RANDOM:
         arch, kwargs = RANDOM[name]
         return make_checkpoint(arch, kwargs, *(size or (1024, 512)))
-    from video_seg_ros.tools.import_weights import import_weights
+    from video_seg_ros.weights_import import import_weights
 
     arch, preset, relative = PUBLISHED[name]
     checkpoint = import_weights(arch, preset, require_shared() / relative)

@@ -110,7 +110,7 @@ def load_frames(count: int = 12) -> list[np.ndarray]:
 def prepare_checkpoint(args) -> str:
     if args.checkpoint is not None:
         return str(args.checkpoint)
-    from video_seg_ros.tools.import_weights import import_weights
+    from video_seg_ros.weights_import import import_weights
 
     weights = args.weights or require_shared() / "weights" / "espnet" / "espnet_p_2_q_8.pth"
     folder = Path(tempfile.mkdtemp(prefix="multi_camera_"))  # kept: the nodes read it at start-up

@@ -228,7 +228,7 @@ def build_engine(args) -> SegmentationEngine:
     if args.checkpoint is not None:
         checkpoint = str(args.checkpoint)
     else:
-        from video_seg_ros.tools.import_weights import import_weights
+        from video_seg_ros.weights_import import import_weights
 
         if args.espnet_weights is None or not Path(args.espnet_weights).is_file():
             raise SystemExit(

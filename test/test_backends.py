@@ -101,7 +101,7 @@ def test_openvino_bf16_agrees_with_fp32_and_shares_the_fp32_conversion(monkeypat
 # ---- OpenVINO against torch ---------------------------------------------------------------------
 @pytest.mark.slow
 def test_openvino_gives_the_torch_labels_for_published_espnet_on_a_real_frame(shared, cache_dir):
-    from video_seg_ros.tools.import_weights import import_weights
+    from video_seg_ros.weights_import import import_weights
 
     weights = require_shared_file(shared, "weights/espnet/espnet_p_2_q_3.pth")
     checkpoint = import_weights("espnet", "cityscapes", weights)

@@ -15,7 +15,8 @@ from video_seg_ros.frames import read_label, read_rgb
 from video_seg_ros.metrics import ConfusionMatrix
 from video_seg_ros.models import build_model
 from video_seg_ros.runtime import flush_denormals
-from video_seg_ros.tools.import_weights import WeightsImportError, import_weights, main
+from video_seg_ros.tools.import_weights import main
+from video_seg_ros.weights_import import WeightsImportError, import_weights
 from video_seg_ros.training import losses
 from video_seg_ros.training.modeling import SegmenterWithFeatures, build_teacher
 

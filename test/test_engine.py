@@ -241,7 +241,7 @@ def test_unknown_backend_is_refused_with_the_choices():
 UNFLUSHED_RUN = """
 import sys, cv2, numpy as np, torch
 from video_seg_ros.engine import SegmentationEngine
-from video_seg_ros.tools.import_weights import import_weights
+from video_seg_ros.weights_import import import_weights
 checkpoint = import_weights("espnet", "cityscapes", sys.argv[1])
 engine = SegmentationEngine(checkpoint, device="cpu", backend="torch", precision="fp32",
                             flush_denormals=False)
@@ -256,7 +256,7 @@ def test_denormal_flush_keeps_every_label_of_published_espnet_p2q8_on_the_real_f
     shared, tmp_path
 ):
     """The flush makes the published weights fast on a CPU; it must not change one label."""
-    from video_seg_ros.tools.import_weights import import_weights
+    from video_seg_ros.weights_import import import_weights
 
     weights = require_shared_file(shared, "weights/espnet/espnet_p_2_q_8.pth")
     frame_path = require_shared_file(

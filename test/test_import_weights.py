@@ -17,7 +17,8 @@ from video_seg_ros.frames import read_label, read_rgb
 from video_seg_ros.labels import IGNORE_ID
 from video_seg_ros.metrics import ConfusionMatrix
 from video_seg_ros.models import build_from_checkpoint, build_model
-from video_seg_ros.tools.import_weights import WeightsImportError, import_weights, main
+from video_seg_ros.tools.import_weights import main
+from video_seg_ros.weights_import import WeightsImportError, import_weights
 
 ESPNET_WEIGHTS = {
     # file -> (preset, expected builder arguments read from the weights)

@@ -26,7 +26,7 @@ def test_published_labels_equal_the_engine_output_for_a_real_cityscapes_frame(sh
 
     from video_seg_ros.engine import SegmentationEngine
     from video_seg_ros.frames import read_label, read_rgb
-    from video_seg_ros.tools.import_weights import import_weights
+    from video_seg_ros.weights_import import import_weights
 
     frame_path = require_shared_file(shared, FRAME)
     weights = require_shared_file(shared, WEIGHTS)
