@@ -643,13 +643,19 @@ class Soak:
         worst = worst_status(merged, result.started_s, end)
         if worst is not None:
             result.level, result.message = worst[1], worst[2]
+        groups: dict[str, list[str]] = {}  # the same changes on several cameras: one note
         for camera in cameras:
             changes = counter_changes(before[camera], after[camera])
             if changes:
-                where = f"{camera}: " if len(cameras) > 1 else ""
-                result.notes.append(
-                    where + ", ".join(f"{key} +{value}" for key, value in sorted(changes.items()))
-                )
+                text = ", ".join(f"{key} +{value}" for key, value in sorted(changes.items()))
+                groups.setdefault(text, []).append(camera)
+        for text, where in groups.items():
+            if len(cameras) == 1:
+                result.notes.append(text)
+            elif len(where) == len(cameras):
+                result.notes.append(f"each camera: {text}")
+            else:
+                result.notes.append(f"{', '.join(where)}: {text}")
         return result
 
     def _fault_camera_stop(self, event, result) -> None:

@@ -462,7 +462,7 @@ def format_report(summary: dict, limits: Limits) -> str:
                     if fault.get("ended_s") is None or fault.get("started_s") is None
                     else f"{fault['ended_s'] - fault['started_s']:.1f}",
                     reported,
-                    _short("; ".join(fault.get("notes", [])) or "-", 60),
+                    _short("; ".join(fault.get("notes", [])) or "-", 90),
                     fault.get("error")
                     or ("not recovered" if recovered is None else f"{recovered:.2f}"),
                 ]
