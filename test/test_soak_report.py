@@ -145,6 +145,13 @@ def test_the_worst_status_of_a_fault_window_is_reported():
     assert worst_status(statuses, 0.5, 5.0) == statuses[1]  # first of the worst level
     assert worst_status(statuses, 3.5, 4.5) == statuses[3]
     assert worst_status(statuses, 10.0, 11.0) is None
+    quiet = [
+        (1.0, 0, "segmenting at 5.0 fps"),
+        (2.0, 0, "no subscriber on any output: inference skipped"),
+        (3.0, 0, "segmenting at 4.0 fps"),
+    ]
+    assert worst_status(quiet, 0.0, 5.0) == quiet[1]  # says more than the routine message
+    assert worst_status(quiet[:1], 0.0, 5.0) == quiet[0]
 
 
 def test_counter_changes_name_the_resets_and_rejections_a_fault_caused():

@@ -247,13 +247,21 @@ def parse_fault_kinds(text: str) -> list[str]:
     return kinds
 
 
+#: The node's message while all is well; any other message of the same level says more.
+ROUTINE_MESSAGE = "segmenting at"
+
+
 def worst_status(statuses: list[tuple[float, int, str]], start: float, end: float):
-    """The most severe ``(t, level, message)`` within ``[start, end]`` (the first one of that
-    level), or None. STALE (3) counts as the most severe: the camera said nothing at all."""
+    """The most severe ``(t, level, message)`` within ``[start, end]``, or None: the highest
+    level (STALE, 3, the camera said nothing at all, counts as the worst), among those a message
+    other than the routine ``segmenting at ...`` (e.g. OK ``inference skipped``), the first."""
     within = [status for status in statuses if start <= status[0] <= end]
     if not within:
         return None
-    return max(within, key=lambda status: (status[1], -status[0]))
+    return max(
+        within,
+        key=lambda status: (status[1], not status[2].startswith(ROUTINE_MESSAGE), -status[0]),
+    )
 
 
 def counter_changes(
