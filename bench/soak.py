@@ -411,7 +411,7 @@ class Soak:
             )
             self.subscribe(camera)
         node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 50)
-        self.frame_size, self.alt_size = size, alt
+        self.frame_size, self.alt_frame_size = size, alt
         if self.lifecycle:
             from lifecycle_msgs.msg import Transition
 
@@ -631,7 +631,7 @@ class Soak:
         result.ended_s = self.clock.now()
         recovered = self.wait_recovered(cameras, result.ended_s, self.args.recover_timeout)
         result.recovered_s = None if recovered is None else round(recovered, 3)
-        time.sleep(1.5)  # one more diagnostics period, so the counters include the fault
+        time.sleep(1.5)  # one more diagnostics period (1 s), so the counters include the fault
         end = self.clock.now()
         with self.lock:
             after = {c: dict(self.latest.get(c, {})) for c in cameras}
@@ -673,7 +673,7 @@ class Soak:
         feed.alt_size = True
         self.sleep_until(result.started_s + event.duration_s)
         feed.alt_size = False
-        (w, h), (aw, ah) = self.frame_size, self.alt_size
+        (w, h), (aw, ah) = self.frame_size, self.alt_frame_size
         result.notes.append(f"{w}x{h} -> {aw}x{ah} -> {w}x{h}")
 
     def _fault_malformed_burst(self, event, result) -> None:
