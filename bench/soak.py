@@ -982,11 +982,11 @@ def run_fuzz(args, log_dir: Path) -> int:
         )
     probe.node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 50)
 
-    def send_good(kind, rng, stamp) -> bool:
+    def send_good(kind, rng, stamp, timeout=30.0) -> bool:
         msg = _good_frame(rng, kind, stamp)
         wanted = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
         publishers[kind].publish(msg)
-        return bool(probe.wait_for(lambda: wanted in answered[kind], 30.0))
+        return bool(probe.wait_for(lambda: wanted in answered[kind], timeout))
 
     def fuzz(kind):
         node = nodes[kind]
@@ -1044,7 +1044,7 @@ def run_fuzz(args, log_dir: Path) -> int:
             rng = np.random.default_rng(0)
             for attempt in range(40):  # until the node has discovered our labels subscription
                 warmup[kind] += 1
-                if send_good(kind, rng, 10.0 + attempt * 0.05):
+                if send_good(kind, rng, 10.0 + attempt * 0.05, timeout=1.0):
                     break
         threads = [threading.Thread(target=fuzz, args=(kind,)) for kind in kinds]
         for thread in threads:
