@@ -45,6 +45,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +74,7 @@ from video_seg_ros.soak_report import (  # noqa: E402
     reference_time,
     resource_summary,
     run_windows,
+    status_rank,
     window_latency,
     worst_status,
 )
@@ -345,6 +347,7 @@ class Soak:
         self.node_died_at: float | None = None
         self.subscriptions = {}
         self.clients = {}
+        self.epoch_end: dict | None = None  # diagnostics just before a cleanup (its last epoch)
 
     # ---- start-up ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -635,17 +638,23 @@ class Soak:
         end = self.clock.now()
         with self.lock:
             after = {c: dict(self.latest.get(c, {})) for c in cameras}
-            merged = [
-                (t, level, f"{c}: {message}" if len(cameras) > 1 else message)
-                for c in cameras
-                for t, level, message in self.statuses[c]
+            worst = [
+                (status_rank(status), camera, status)
+                for camera in cameras
+                if (status := worst_status(self.statuses[camera], result.started_s, end))
             ]
-        worst = worst_status(merged, result.started_s, end)
-        if worst is not None:
-            result.level, result.message = worst[1], worst[2]
+        if worst:
+            _, camera, (_, level, message) = max(worst)
+            result.level = level
+            result.message = f"{camera}: {message}" if len(cameras) > 1 else message
+        mid, self.epoch_end = self.epoch_end, None
         groups: dict[str, list[str]] = {}  # the same changes on several cameras: one note
         for camera in cameras:
-            changes = counter_changes(before[camera], after[camera])
+            if mid is None:
+                changes = counter_changes(before[camera], after[camera])
+            else:  # counters restarted at configure: the old epoch's end, then the new epoch
+                changes = Counter(counter_changes(before[camera], mid[camera]))
+                changes.update(counter_changes({}, after[camera]))
             if changes:
                 text = ", ".join(f"{key} +{value}" for key, value in sorted(changes.items()))
                 groups.setdefault(text, []).append(camera)
@@ -755,12 +764,16 @@ class Soak:
         try:
             if not self.wait_settled(idle=False, timeout=self.args.recover_timeout):
                 result.notes.append("not every frame was received before deactivate")
+            with self.lock:
+                dropped = sum(self.totals.total(c)["dropped"] for c in self.cameras)
             self.change_state(Transition.TRANSITION_DEACTIVATE)
             if not self.wait_settled(idle=True, timeout=self.args.recover_timeout):
                 raise FaultFailed("frames not accounted for after deactivate")
             with self.lock:
-                dropped = sum(self.totals.total(c)["dropped"] for c in self.cameras)
-            result.notes.append(f"dropped in all after deactivate: {dropped}")
+                dropped = sum(self.totals.total(c)["dropped"] for c in self.cameras) - dropped
+                if cleanup:
+                    self.epoch_end = {c: dict(self.latest.get(c, {})) for c in self.cameras}
+            result.notes.append(f"waiting frames dropped at deactivate: {dropped}")
             if cleanup:
                 self.change_state(Transition.TRANSITION_CLEANUP)
                 time.sleep(event.duration_s)
@@ -908,8 +921,6 @@ def _good_frame(rng, kind: str, stamp_s: float):
 
 
 def run_fuzz(args, log_dir: Path) -> int:
-    from collections import Counter
-
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import CompressedImage, Image

@@ -256,12 +256,12 @@ def worst_status(statuses: list[tuple[float, int, str]], start: float, end: floa
     level (STALE, 3, the camera said nothing at all, counts as the worst), among those a message
     other than the routine ``segmenting at ...`` (e.g. OK ``inference skipped``), the first."""
     within = [status for status in statuses if start <= status[0] <= end]
-    if not within:
-        return None
-    return max(
-        within,
-        key=lambda status: (status[1], not status[2].startswith(ROUTINE_MESSAGE), -status[0]),
-    )
+    return max(within, key=status_rank) if within else None
+
+
+def status_rank(status: tuple[float, int, str]) -> tuple:
+    """Sort key of :func:`worst_status`: level, then a telling message, then the earliest."""
+    return status[1], not status[2].startswith(ROUTINE_MESSAGE), -status[0]
 
 
 def counter_changes(
