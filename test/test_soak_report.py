@@ -105,8 +105,12 @@ def test_rss_reference_is_the_tenth_minute_or_a_tenth_of_a_short_run():
     assert summary["rss_growth_percent"] == pytest.approx(2.5)
     assert (summary["fds_first"], summary["fds_last"]) == (41, 41)
     assert (summary["threads_first"], summary["threads_last"]) == (21, 22)
-    late = resource_summary(samples, 1000.0)  # no sample that late: the last one
+    between = resource_summary(samples, 100.0)  # the last sample before the reference time
+    assert between["reference_t"] == 30.0 and between["rss_first_kb"] == 400_000
+    late = resource_summary(samples, 1000.0)
     assert late["reference_t"] == 300.0 and late["rss_growth_percent"] == 0.0
+    early = resource_summary(samples[1:], 10.0)  # no sample that early: the first one
+    assert early["reference_t"] == 30.0
     assert resource_summary([], 10.0) == {}
 
 

@@ -151,11 +151,14 @@ def resource_summary(samples: list[dict], reference_s: float) -> dict:
     """RSS (kB), fds and threads at the reference point, at the end and the RSS maximum.
 
     ``samples``: ``{"t": run seconds, "rss_kb", "fds", "threads"}`` in time order. The reference
-    is the first sample at or after ``reference_s`` (the last one when none is that late).
+    is the last sample at or before ``reference_s`` (the first one when none is that early): the
+    faults start at ``reference_s`` in a short run, and a sample taken while one runs (a cleanup
+    releases the model) is no reference.
     """
     if not samples:
         return {}
-    reference = next((s for s in samples if s["t"] >= reference_s), samples[-1])
+    early = [s for s in samples if s["t"] <= reference_s]
+    reference = early[-1] if early else samples[0]
     last = samples[-1]
     first_rss = reference["rss_kb"]
     return {
