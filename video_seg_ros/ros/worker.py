@@ -56,8 +56,12 @@ class FrameWorker:
         self._by_name = {camera.name: camera for camera in cameras}
         self._queue = FrameQueue(pipeline.settings["frame_queue_size"], on_drop=_inherit_gap)
         self._cv_bridge = load_cv_bridge()
-        self._stop = threading.Event()
+        # One thread for the worker's whole life, idle while inactive: a new thread per activate
+        # took a new malloc arena each time, and the process grew with every lifecycle cycle.
         self._thread: threading.Thread | None = None
+        self._closed = threading.Event()
+        self._wake = threading.Event()  # set while running
+        self._busy = threading.Lock()  # held while a batch is processed
 
     def receive(self, camera: Camera, msg, kind: str) -> None:
         """DDS callback (``kind``: "raw" or "compressed"): never blocks."""
@@ -72,42 +76,53 @@ class FrameWorker:
         camera.stats.on_received(dropped, received_at)
 
     def start(self) -> None:
-        self._stop.clear()
         self.running = True
-        self._thread = threading.Thread(target=self._loop, name="video_seg_worker", daemon=True)
-        self._thread.start()
+        self._wake.set()
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(
+                target=self._loop, name="video_seg_worker", daemon=True
+            )
+            self._thread.start()
 
     def stop(self) -> None:
         """Finish the frame in progress; the waiting ones are dropped and counted per camera
-        (no ROS call: also safe once the context is shut down)."""
+        (no ROS call: also safe once the context is shut down). The thread stays, idle."""
         self.running = False
-        self._stop.set()
-        if self._thread is not None and self._thread.is_alive():
-            self._thread.join(timeout=30.0)
-        self._thread = None
+        self._wake.clear()
+        with self._busy:  # returns once the batch in progress is done
+            pass
         for name, count in self._queue.clear().items():
             self._by_name[name].stats.on_dropped(count)
 
     def close(self) -> None:
         self.stop()
+        self._closed.set()
+        self._wake.set()
         self._queue.close()
+        if self._thread is not None and self._thread.is_alive():
+            self._thread.join(timeout=30.0)
+        self._thread = None
 
     def _loop(self) -> None:
         threads = self.pipeline.settings["cpu_threads"]
         if threads > 0:
             torch.set_num_threads(threads)
-        while not self._stop.is_set():
-            taken = self._queue.get_batch(timeout=0.2)
-            batch = [(self._by_name[name], pending) for name, pending in taken]
-            if self._stop.is_set():  # taken just as the worker was stopped
-                for camera, _ in batch:
-                    camera.stats.on_dropped(1)
+        while not self._closed.is_set():
+            if not self.running:
+                self._wake.wait(timeout=0.2)
                 continue
-            try:
-                self._process(batch)
-            except Exception as error:  # outside the per-camera guards: still never stop
-                for camera, _ in batch:
-                    self._reject_internal(camera, error)
+            taken = self._queue.get_batch(timeout=0.2)
+            with self._busy:
+                batch = [(self._by_name[name], pending) for name, pending in taken]
+                if not self.running:  # taken just as the worker was stopped
+                    for camera, _ in batch:
+                        camera.stats.on_dropped(1)
+                    continue
+                try:
+                    self._process(batch)
+                except Exception as error:  # outside the per-camera guards: still never stop
+                    for camera, _ in batch:
+                        self._reject_internal(camera, error)
 
     def _reject(self, camera: Camera, reason: str, message: str) -> None:
         camera.stats.on_rejected(reason, message)
