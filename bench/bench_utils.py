@@ -53,6 +53,10 @@ RANDOM = {
 }
 #: The real 2048x1024 Cityscapes frame with ground truth.
 CITYSCAPES_FRAME = "data/cityscapes_val/leftImg8bit/frankfurt_000001_058914_leftImg8bit.png"
+#: The real 30-frame Cityscapes snippet held out from training (2048x1024 frames in
+#: ``leftImg8bit/``, a strong segmenter's pseudo labels as Cityscapes labelIds in
+#: ``pseudo_labelIds/``: not ground truth).
+CITYSCAPES_SNIPPET = "data/cityscapes_sequences/aachen_000002"
 
 
 def require_shared() -> Path:
@@ -144,3 +148,53 @@ class NodeOutputs:
         for status in msg.status:
             if status.name.lstrip("/").startswith(f"{self.node_name}:"):
                 self.diagnostics.append({kv.key: kv.value for kv in status.values})
+
+
+#: The snippets int8 is calibrated on by default: the training ones, never the scored one.
+CALIBRATION_SNIPPETS = ("aachen_000000", "aachen_000001")
+
+
+def add_int8_arguments(parser, several: bool) -> None:
+    """``--int8-recipes`` (``several``: one row each) or ``--int8-recipe``, then
+    ``--calibration-snippets`` and ``--calibration-frames``."""
+    from video_seg_ros.backends.int8 import DEFAULT_RECIPE, RECIPES
+
+    if several:
+        parser.add_argument(
+            "--int8-recipes",
+            nargs="+",
+            default=[DEFAULT_RECIPE],
+            choices=sorted(RECIPES),
+            help="how int8 is quantised: one row per recipe",
+        )
+    else:
+        parser.add_argument(
+            "--int8-recipe",
+            default=DEFAULT_RECIPE,
+            choices=sorted(RECIPES),
+            help="how int8 is quantised (bench/precision.py compares recipes)",
+        )
+    parser.add_argument(
+        "--calibration-snippets",
+        nargs="+",
+        default=list(CALIBRATION_SNIPPETS),
+        help="snippets of ../shared/data/cityscapes_sequences int8 is calibrated on (and the "
+        "precision gate measured on)",
+    )
+    parser.add_argument(
+        "--calibration-frames", type=int, default=30, help="spread over those snippets"
+    )
+
+
+def snippet_calibration(snippets, count: int) -> list:
+    """``count`` (H, W, 3) RGB frames spread over the snippets' leftImg8bit folders, an equal
+    share each."""
+    from video_seg_ros.precision import load_calibration
+
+    root = require_shared() / "data" / "cityscapes_sequences"
+    share = max(1, count // len(snippets))
+    return [
+        frame
+        for snippet in snippets
+        for frame in load_calibration(root / snippet / "leftImg8bit", share)
+    ]

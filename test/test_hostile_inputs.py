@@ -157,7 +157,7 @@ def test_malformed_training_config_names_the_file_and_the_key(tmp_path, text, ex
 
 # ---- the node refuses them at start-up ----------------------------------------------------------
 @pytest.mark.ros
-def test_node_exits_with_one_error_line_on_a_corrupt_checkpoint_or_params_file(
+def test_node_exits_with_one_error_line_on_a_corrupt_checkpoint_params_or_calibration(
     tmp_path, good_checkpoint
 ):
     pytest.importorskip("rclpy", reason="ROS 2 rclpy is not installed")
@@ -184,12 +184,34 @@ def test_node_exits_with_one_error_line_on_a_corrupt_checkpoint_or_params_file(
             name="hostile_evil",
         ),
         "params": NodeProcess(bad_params, tmp_path / "params.log", name="hostile_params"),
+        "calibration": NodeProcess(
+            write_params_file(
+                tmp_path / "calibration.yaml",
+                {
+                    **common,
+                    "checkpoint": str(good_checkpoint),
+                    "calibration": str(tmp_path / "no_such_frames"),
+                },
+            ),
+            tmp_path / "calibration.log",
+            name="hostile_calibration",
+        ),
+        "int8_on_torch": NodeProcess(
+            write_params_file(
+                tmp_path / "int8.yaml",
+                {**common, "checkpoint": str(good_checkpoint), "precision": "int8"},
+            ),
+            tmp_path / "int8.log",
+            name="hostile_int8",
+        ),
     }
     codes = {name: node.wait_exit(STARTUP_TIMEOUT) for name, node in nodes.items()}
     expected = {
         "truncated": ["truncated", str(truncated)],
         "evil": ["refused on purpose", "weights_only=True", "`video-seg-import`"],
         "params": ["Couldn't parse params file", "--params-file must be YAML"],
+        "calibration": ["cannot read calibration frames", str(tmp_path / "no_such_frames")],
+        "int8_on_torch": ["precision 'int8' runs on the OpenVINO backend"],
     }
     for name, node in nodes.items():
         output = node.output()

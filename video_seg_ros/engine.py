@@ -54,7 +54,7 @@ from video_seg_ros.engine_batches import (
     segment_plain,
 )
 from video_seg_ros.labels import palette_lookup_table
-from video_seg_ros.precision import AGREEMENT_THRESHOLD, PrecisionDecision
+from video_seg_ros.precision import AGREEMENT_THRESHOLD, CalibrationSet, PrecisionDecision
 from video_seg_ros.precision import settle as settle_precision
 from video_seg_ros.runtime import (  # noqa: F401 (re-exported)
     PrecisionError,
@@ -75,12 +75,19 @@ class SegmentationEngine:
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         precision: ``fp32`` (always the exact path), ``bf16`` (CPUs with native bf16 - AMX or
             AVX512-BF16 - and CUDA; refused where it would be emulated), ``fp16`` (CUDA), or
+            ``int8`` (OpenVINO on the CPU: quantised from the calibration frames, refused below
+            the accuracy gate), or
             ``auto``: fp16 on CUDA, bf16 on a CPU with native bf16, fp32 elsewhere, a reduced
             precision kept only where it passes the accuracy gate (:mod:`video_seg_ros.precision`;
             ``precision_decision`` says what runs and why, also logged).
             :class:`~video_seg_ros.runtime.PrecisionError` says what to use instead.
         min_agreement: the gate: share of calibration labels a reduced precision must keep.
-        calibration: (H, W, 3) uint8 RGB frames for the gate (default: synthetic street frames).
+        calibration: (H, W, 3) uint8 RGB frames for the gate and int8's calibration (default:
+            synthetic street frames; :func:`~video_seg_ros.precision.load_calibration` reads
+            them from a folder, video or bag).
+        int8_recipe: how ``precision='int8'`` quantises
+            (:data:`~video_seg_ros.backends.int8.RECIPES`; default
+            :data:`~video_seg_ros.backends.int8.DEFAULT_RECIPE`).
         backend: ``torch``, ``openvino`` (CPU), ``tensorrt`` (CUDA, needs the tensorrt wheel) or
             ``auto``: OpenVINO on the CPU when it is installed and converts the model, else torch
             (``fallback_reason`` says why, also logged); torch on CUDA. An explicitly requested
@@ -121,6 +128,7 @@ class SegmentationEngine:
         min_agreement: float = AGREEMENT_THRESHOLD,
         calibration: Sequence[np.ndarray] | None = None,
         temporal: TemporalSettings | dict | str | None = None,
+        int8_recipe: str | None = None,
     ):
         temporal = TemporalSettings.coerce(temporal)  # refused before a model loads
         if not isinstance(checkpoint, Checkpoint):
@@ -176,6 +184,9 @@ class SegmentationEngine:
         #: Preprocessing and postprocessing, the checkpoint's, in this one place.
         self._codec = FrameCodec(checkpoint, self.device, upsample)
         self.palette_table = palette_lookup_table(checkpoint.palette)
+        self._calibration = CalibrationSet(
+            calibration, self._codec.input_size, self._codec.preprocess
+        )
         #: Builds the runners: the backend, the ``auto`` choice, the gate's fp32 reference.
         self._runners = RunnerFactory(
             model,
@@ -187,6 +198,8 @@ class SegmentationEngine:
             fingerprint_extra=checkpoint_fingerprint_extra(checkpoint),
             is_graph=is_graph,
             cpu_mkldnn=self.cpu_mkldnn,
+            calibration=self._calibration,
+            int8_recipe=int8_recipe,
         )
         self._runner, self.fallback_reason, level = self._runners.choose(
             backend, self.precision, owned
@@ -197,7 +210,7 @@ class SegmentationEngine:
         #: Every temporal thing of each stream (memory, previous frame, fused probabilities,
         #: clock).
         self._streams = StreamStates(temporal, self.device)
-        self._settle_precision(backend, owned, calibration)
+        self._settle_precision(backend, owned)
         LOG.info(
             "%s: backend %s, precision %s (%s)%s",
             self.model_name,
@@ -207,7 +220,7 @@ class SegmentationEngine:
             f"; backend fallback: {self.fallback_reason}" if self.fallback_reason else "",
         )
 
-    def _settle_precision(self, backend: str, owned: bool, calibration) -> None:
+    def _settle_precision(self, backend: str, owned: bool) -> None:
         """Keep the candidate precision only where it earns it, with one warm-up pass in what runs
         (:func:`video_seg_ros.precision.settle`); under ``backend='auto'`` a converted model that
         cannot run falls back to torch, as a failed conversion does."""
@@ -223,8 +236,7 @@ class SegmentationEngine:
             self.requested_precision,
             self.precision,
             self._precision_candidate_reason,
-            self._codec.preprocess,
-            calibration,
+            self._calibration,
             self.is_temporal,
             self.min_agreement,
             owned,

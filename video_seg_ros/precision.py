@@ -87,6 +87,71 @@ def calibration_frames(width: int, height: int) -> list[np.ndarray]:
     return list(_synthetic_frames(int(width), int(height)))
 
 
+class CalibrationSet:
+    """The frames a reduced precision is gated on, and int8 calibrated on, made once.
+
+    ``frames``: (H, W, 3) uint8 RGB frames, or None for :func:`calibration_frames` at
+    ``input_size`` (W, H); ``preprocess(frames, "rgb")`` makes the network input (1, 3, h, w) of
+    each (the engine's codec). Each is computed once, on first use (the engine's warm-up pass
+    uses the first frame in every precision).
+    """
+
+    def __init__(
+        self,
+        frames: Sequence[np.ndarray] | None,
+        input_size: tuple[int, int],
+        preprocess: Callable[[list[np.ndarray], str], torch.Tensor],
+    ):
+        self._given = None if frames is None else list(frames)
+        self._input_size = input_size
+        self._preprocess = preprocess
+
+    @functools.cached_property
+    def frames(self) -> list[np.ndarray]:
+        from video_seg_ros.engine_io import check_frame
+
+        frames = self._given if self._given is not None else calibration_frames(*self._input_size)
+        if not frames:
+            raise ValueError("calibration needs at least one frame")
+        for frame in frames:
+            check_frame(frame)
+        return frames
+
+    @functools.cached_property
+    def batches(self) -> list[torch.Tensor]:
+        """(1, 3, h, w) network inputs on the engine's device, one per frame."""
+        return [self._preprocess([frame], "rgb") for frame in self.frames]
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        return frames_fingerprint(self.frames)
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+
+def load_calibration(path: str | os.PathLike, count: int) -> list[np.ndarray]:
+    """Up to ``count`` (H, W, 3) uint8 RGB frames spread evenly over a folder of images, a video
+    or a bag (:func:`video_seg_ros.streams.open_stream`); ValueError saying what went wrong."""
+    from video_seg_ros.streams import StreamError, open_stream
+
+    if count < 1:
+        raise ValueError(f"calibration frames must be at least 1, got {count}")
+    try:
+        stream = open_stream(str(path))
+        step = max(1, len(stream) // count)
+        # Only the chosen frames are kept: a long bag never sits in memory whole.
+        frames = [frame.rgb for i, frame in enumerate(stream) if i % step == 0][:count]
+    except (StreamError, OSError) as error:
+        raise ValueError(
+            f"cannot read calibration frames from {path}: {error}; give a folder of images, a "
+            "video or a bag from the camera the model will see"
+        ) from error
+    if not frames:
+        raise ValueError(f"no frames in {path}: calibration needs frames from the camera")
+    return frames
+
+
 def frames_fingerprint(frames: Sequence[np.ndarray]) -> str:
     """A short hash of calibration frames (part of the cached decision's key)."""
     digest = hashlib.sha256(str(GATE_VERSION).encode())
@@ -156,7 +221,7 @@ def decide(
     first frame. Raises :class:`~video_seg_ros.runtime.PrecisionError` when an explicitly asked
     precision cannot run the model.
     """
-    from video_seg_ros.runtime import PrecisionError
+    from video_seg_ros.runtime import GATED_PRECISIONS, PrecisionError
 
     if candidate == "fp32":
         run_sequence(runner, batches[:1], temporal)
@@ -187,6 +252,12 @@ def decide(
         if requested == "auto":
             fallback = f"{measured}, below the {threshold:.1%} gate; running fp32"
             return _fall_back_to_fp32(requested, rebuild, batches, temporal, fallback, agreement)
+        if candidate in GATED_PRECISIONS:
+            raise PrecisionError(
+                f"precision {candidate!r} refused: {measured}, below the {threshold:.1%} gate "
+                "(precision_min_agreement). Calibrate on frames from your camera (calibration), "
+                "or use 'fp32'/'auto'."
+            )
         LOG.warning(
             "precision %s asked for: %s, below the %.1f%% gate (auto would run fp32)",
             candidate,
@@ -225,15 +296,14 @@ def settle(
     requested: str,
     candidate: str,
     candidate_reason: str,
-    preprocess: Callable[[list[np.ndarray], str], torch.Tensor],
-    calibration: Sequence[np.ndarray] | None,
+    calibration: CalibrationSet,
     temporal: bool,
     threshold: float,
     owned: bool,
     on_backend_fallback: Callable[[str], None],
 ) -> tuple[object, PrecisionDecision]:
-    """An engine's precision at construction: :func:`decide` on the calibration frames (default
-    :func:`calibration_frames`, (H, W, 3) uint8 RGB) for ``runner``, built by ``runners`` (a
+    """An engine's precision at construction: :func:`decide` on the calibration frames for
+    ``runner``, built by ``runners`` (a
     :class:`~video_seg_ros.backends.selection.RunnerFactory`) in ``candidate``, with its decision
     cached beside the conversions. Under ``asked_backend='auto'`` a converted model that cannot
     run falls back to torch, as a failed conversion does (``on_backend_fallback(reason)`` is told
@@ -241,16 +311,9 @@ def settle(
     from video_seg_ros import runtime
     from video_seg_ros.backends import BackendError, default_cache_dir, model_fingerprint
     from video_seg_ros.backends.selection import backend_version
-    from video_seg_ros.engine_io import check_frame
     from video_seg_ros.runtime import PrecisionError
 
-    width, height = runners.input_size
-    frames = list(calibration) if calibration is not None else calibration_frames(width, height)
-    for frame in frames:
-        check_frame(frame)
-    batches = [preprocess([frame], "rgb") for frame in frames]
-    if not batches:
-        raise ValueError("calibration needs at least one frame")
+    batches = calibration.batches
     backend = runner.name
     while True:
         cache = None
@@ -263,7 +326,8 @@ def settle(
                 runtime.cpu_name(),
                 torch.__version__,
                 backend_version(backend),
-                frames_fingerprint(frames),
+                calibration.fingerprint,
+                getattr(runner, "conversion_key", ""),
                 *runners.fingerprint_extra,
             )[:32]
             cache = GateCache(runners.cache_dir or default_cache_dir(), key)

@@ -18,10 +18,19 @@ from pathlib import Path
 
 import torch
 
-#: What a user may ask for. ``auto``: fp16 on CUDA, bf16 on a CPU that computes bf16 natively
-#: (AMX-BF16 or AVX512-BF16), fp32 elsewhere -- a reduced precision only where it keeps the fp32
-#: labels (:mod:`video_seg_ros.precision`). ``fp32`` is always the exact path.
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: The precisions PyTorch itself runs (autocast): what training and the torch backend take.
+TORCH_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+#: What a user may ask of inference. ``auto``: fp16 on CUDA, bf16 on a CPU that computes bf16
+#: natively (AMX-BF16 or AVX512-BF16), fp32 elsewhere -- a reduced precision only where it keeps
+#: the fp32 labels (:mod:`video_seg_ros.precision`). ``fp32`` is always the exact path. ``int8``:
+#: the OpenVINO backend's post-training quantisation (:mod:`video_seg_ros.backends.int8`), only
+#: when asked for and refused below the accuracy gate (``auto`` never proposes it).
+PRECISIONS = (*TORCH_PRECISIONS, "int8")
+
+#: Precisions that are lossy by construction: below the accuracy gate they are refused, not
+#: merely warned about.
+GATED_PRECISIONS = ("int8",)
 
 #: The one precision rule of every figure the package reports (``video-seg-eval``, the demo's
 #: scoring, ``Trainer.validate``): fp32, the same labels on every CPU; ``--precision`` scores
@@ -189,6 +198,11 @@ def precision_candidate(precision: str, device: torch.device) -> tuple[str, str]
 
 
 def _check_explicit_precision(precision: str, device: torch.device) -> None:
+    if precision == "int8" and device.type != "cpu":
+        raise PrecisionError(
+            f"precision 'int8' runs on the CPU with the OpenVINO backend; device is {device}. "
+            "Use 'fp16' or 'auto' on CUDA."
+        )
     if device.type == "cuda":
         return
     if precision == "fp16":

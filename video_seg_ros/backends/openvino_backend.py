@@ -12,10 +12,15 @@ kept.
 Compiled for ``CPU`` with ``INFERENCE_PRECISION_HINT`` f32 (``fp32``: OpenVINO's exact path; it
 would pick bf16 by itself on AMX CPUs) or bf16, the latency hint with one stream, as many threads
 as PyTorch uses, and denormals flushed like the torch backend.
+
+``int8``: the fp32 IR quantised by NNCF from calibration frames (:mod:`.int8`), cached as its own
+entry whose key adds the calibration frames, the recipe and the NNCF version to the fp32 key; the
+layers left in fp32 run with the f32 hint.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -29,6 +34,13 @@ import torch
 from torch import nn
 
 from video_seg_ros.backends import BackendError, default_cache_dir, model_fingerprint
+from video_seg_ros.backends.int8 import (
+    DEFAULT_RECIPE,
+    Int8Recipe,
+    nncf_version,
+    quantize,
+    recipe_named,
+)
 from video_seg_ros.backends.onnx_export import (
     GRAPH_VERSION,
     IMAGE,
@@ -44,7 +56,7 @@ LOG = logging.getLogger(__name__)
 #: Conversions kept in the cache (least recently used ones are deleted beyond this).
 CACHE_ENTRIES = 32
 
-_PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
+_PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 
 
 def import_openvino():
@@ -90,12 +102,21 @@ class OpenVinoRunner:
         threads: int | None = None,
         flush_denormals: bool = True,
         fingerprint_extra: tuple = (),
+        calibration=None,
+        int8_recipe: str | Int8Recipe = DEFAULT_RECIPE,
     ):
         if precision not in _PRECISION_HINTS:
-            raise BackendError(f"the OpenVINO backend runs fp32 or bf16, not {precision!r}")
+            raise BackendError(
+                f"the OpenVINO backend runs {', '.join(_PRECISION_HINTS)}, not {precision!r}"
+            )
         ov = import_openvino()
         self._ov = ov
         self.temporal = is_temporal(model)
+        if precision == "int8" and self.temporal:
+            raise BackendError(
+                "precision 'int8' quantises per-frame models; a memory (temporal) model runs "
+                "'fp32' or 'bf16'."
+            )
         self.input_size = tuple(input_size)
         self.precision = precision
         # The IR keeps fp32 weights whatever the precision (chosen at compile time), so one
@@ -113,6 +134,12 @@ class OpenVinoRunner:
         self.cache_path = root / "openvino" / key
         self._core = ov.Core()
         self._ov_model = self._load_or_convert(model)
+        if precision == "int8":
+            self._ov_model = self._load_or_quantize(
+                calibration, recipe_named(int8_recipe), int(threads or torch.get_num_threads())
+            )
+        #: Names the model that runs (fp32 IR or its int8 quantisation): keys the gate's verdict.
+        self.conversion_key = self.cache_path.name
         self._config = {
             "INFERENCE_PRECISION_HINT": _PRECISION_HINTS[precision],
             "PERFORMANCE_HINT": "LATENCY",
@@ -140,7 +167,8 @@ class OpenVinoRunner:
             ) from error
 
     # ---- conversion cache --------------------------------------------------------------------
-    def _load_or_convert(self, model: nn.Module):
+    def _read_cached(self):
+        """The IR stored at ``cache_path``, or None (missing or unreadable: made again)."""
         xml = self.cache_path / "model.xml"
         if xml.is_file() and (self.cache_path / "model.bin").is_file():
             try:
@@ -149,10 +177,16 @@ class OpenVinoRunner:
                 return ov_model
             except (RuntimeError, OSError) as error:
                 LOG.warning(
-                    "ignoring unreadable OpenVINO cache entry %s (%s); converting again",
+                    "ignoring unreadable OpenVINO cache entry %s (%s); making it again",
                     self.cache_path,
                     error,
                 )
+        return None
+
+    def _load_or_convert(self, model: nn.Module):
+        cached = self._read_cached()
+        if cached is not None:
+            return cached
         with tempfile.TemporaryDirectory(prefix="video_seg_ov_") as tmp:
             onnx_path = write_graph(
                 model, self.input_size, Path(tmp) / "model.onnx", dynamic_batch=not self.temporal
@@ -167,7 +201,32 @@ class OpenVinoRunner:
             self._store(ov_model)
         return ov_model
 
-    def _store(self, ov_model) -> None:
+    def _load_or_quantize(self, calibration, recipe: Int8Recipe, threads: int):
+        """The int8 model of the fp32 IR, from the cache or quantised now (:mod:`.int8`)."""
+        if calibration is None:
+            raise BackendError("precision 'int8' needs calibration frames")
+        key = hashlib.sha256(
+            repr(
+                (self.cache_path.name, calibration.fingerprint, recipe.key(), nncf_version())
+            ).encode()
+        ).hexdigest()[:32]
+        self.cache_path = self.cache_path.parent / f"{key}-int8"
+        cached = self._read_cached()
+        if cached is not None:
+            return cached
+        started = time.perf_counter()
+        batches = [batch.numpy() for batch in calibration.batches]
+        quantized = quantize(self._ov_model, batches, recipe, IMAGE, threads)
+        LOG.info(
+            "quantised to int8 on %d calibration frames in %.1f s (recipe %s)",
+            len(batches),
+            time.perf_counter() - started,
+            recipe,
+        )
+        self._store(quantized, {"precision": "int8", "recipe": recipe.key()})
+        return quantized
+
+    def _store(self, ov_model, info: dict | None = None) -> None:
         """Write the IR atomically (temporary folder + rename); a read-only cache is only
         logged."""
         parent = self.cache_path.parent
@@ -185,6 +244,7 @@ class OpenVinoRunner:
                         "torch": torch.__version__,
                         "graph_version": GRAPH_VERSION,
                         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                        **(info or {}),
                     },
                     indent=2,
                 )

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 
 from video_seg_ros.backends import AUTO_CPU_BACKEND, BackendError
+from video_seg_ros.backends.int8 import DEFAULT_RECIPE
+from video_seg_ros.runtime import PrecisionError
 
 
 def backend_version(backend: str) -> str:
@@ -50,6 +52,9 @@ class RunnerFactory:
             (:func:`checkpoint_fingerprint_extra`).
         is_graph: an imported ONNX graph, which PyTorch cannot run.
         cpu_mkldnn: torch backend: oneDNN convolutions on the CPU.
+        calibration: the engine's :class:`~video_seg_ros.precision.CalibrationSet` (int8
+            calibrates on it).
+        int8_recipe: how OpenVINO int8 quantises (:data:`~video_seg_ros.backends.int8.RECIPES`).
     """
 
     def __init__(
@@ -64,6 +69,8 @@ class RunnerFactory:
         fingerprint_extra: tuple,
         is_graph: bool,
         cpu_mkldnn: bool,
+        calibration=None,
+        int8_recipe: str | None = None,
     ):
         self.model = model
         self.device = device
@@ -74,6 +81,8 @@ class RunnerFactory:
         self.fingerprint_extra = fingerprint_extra
         self.is_graph = is_graph
         self.cpu_mkldnn = cpu_mkldnn
+        self.calibration = calibration
+        self.int8_recipe = int8_recipe or DEFAULT_RECIPE
 
     def runner(self, backend: str, precision: str, owned: bool):
         """The runner of a concrete backend in ``precision``."""
@@ -88,6 +97,11 @@ class RunnerFactory:
                 f"{self.model_name} is an imported ONNX graph, which PyTorch cannot run: use "
                 "backend 'openvino' (CPU), 'tensorrt' (CUDA) or 'auto'."
             )
+        if precision == "int8":
+            raise PrecisionError(
+                "precision 'int8' runs on the OpenVINO backend (backend 'openvino' or 'auto'), "
+                "not on torch; use 'fp32' or 'bf16' with torch."
+            )
         return TorchRunner(self.model, self.device, precision, self.cpu_mkldnn, owned=owned)
 
     def choose(self, backend: str, precision: str, owned: bool):
@@ -98,7 +112,9 @@ class RunnerFactory:
         def torch_runner():
             return self.runner("torch", precision, owned)
 
-        if backend != "auto":
+        if backend != "auto" or precision == "int8":
+            # int8 exists only on OpenVINO: no quiet fallback to a torch model that is not int8
+            backend = "openvino" if backend == "auto" else backend
             return self.runner(backend, precision, owned), None, logging.WARNING
         if self.is_graph:
             return self.graph(precision), None, logging.WARNING  # no torch fallback for a graph
@@ -145,6 +161,8 @@ class RunnerFactory:
             threads=torch.get_num_threads(),
             flush_denormals=self.flush_denormals,
             fingerprint_extra=self.fingerprint_extra,
+            calibration=self.calibration,
+            int8_recipe=self.int8_recipe,
         )
 
     def tensorrt(self, precision: str):

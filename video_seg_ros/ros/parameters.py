@@ -99,16 +99,31 @@ PARAMETERS: dict[str, NodeParameter] = {
         "auto",
         "Arithmetic precision; `auto` = fp16 on CUDA, bf16 on a CPU with native bf16, "
         "fp32 elsewhere, a reduced precision only where it passes the accuracy gate (diagnostics "
-        "keys `precision`, `precision_reason`, `precision_fallback`).",
+        "keys `precision`, `precision_reason`, `precision_fallback`). `int8` (OpenVINO, CPU) is "
+        "quantised from `calibration` and refused below the gate.",
         read_only=True,
         choices=PRECISIONS,
     ),
     "precision_min_agreement": NodeParameter(
         AGREEMENT_THRESHOLD,
         "The accuracy gate: share of calibration pixels whose label a reduced "
-        "precision must keep against fp32 (else `auto` runs fp32; an explicit bf16/fp16 warns).",
+        "precision must keep against fp32 (else `auto` runs fp32; an explicit bf16/fp16 warns, "
+        "int8 is refused).",
         read_only=True,
         float_range=(0.0, 1.0),
+    ),
+    "calibration": NodeParameter(
+        "",
+        "Frames the accuracy gate and int8 calibrate on: a folder of images, a video or a "
+        "rosbag2 folder from the camera the model will see; empty = the synthetic street.",
+        read_only=True,
+        values="path",
+    ),
+    "calibration_frames": NodeParameter(
+        30,
+        "How many frames of `calibration` to use (spread evenly over it).",
+        read_only=True,
+        int_range=(1, 1000),
     ),
     "fp16": NodeParameter(
         True,

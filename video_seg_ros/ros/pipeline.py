@@ -295,6 +295,7 @@ def build_engine(settings: dict, warn: Callable[[str], None] = print):
     """
     from video_seg_ros.checkpoint import CheckpointError, load_checkpoint
     from video_seg_ros.engine import DeviceError
+    from video_seg_ros.precision import load_calibration
     from video_seg_ros.ros.parameters import temporal_settings
 
     precision = settings["precision"]
@@ -303,6 +304,11 @@ def build_engine(settings: dict, warn: Callable[[str], None] = print):
             precision = "fp32"
         warn(f"parameter fp16 is deprecated; use precision (now {precision})")
     try:
+        calibration = (
+            load_calibration(settings["calibration"], settings["calibration_frames"])
+            if settings["calibration"]
+            else None
+        )
         checkpoint = load_checkpoint(settings["checkpoint"])
         engine = SegmentationEngine(
             checkpoint,
@@ -311,6 +317,7 @@ def build_engine(settings: dict, warn: Callable[[str], None] = print):
             backend=settings["backend"],
             upsample=settings["upsample"],
             min_agreement=settings["precision_min_agreement"],
+            calibration=calibration,
         )
     except (CheckpointError, DeviceError, ValueError) as error:  # PrecisionError: a ValueError
         raise ConfigurationError(str(error)) from error

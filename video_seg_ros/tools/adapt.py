@@ -39,7 +39,7 @@ PROG = "video-seg-adapt"
 
 def build_parser() -> argparse.ArgumentParser:
     from video_seg_ros.labels import LABEL_SETS
-    from video_seg_ros.runtime import PRECISIONS
+    from video_seg_ros.runtime import TORCH_PRECISIONS
 
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument(
         "--precision",
-        choices=PRECISIONS,
+        choices=TORCH_PRECISIONS,
         default="auto",
         help="training and scoring precision (auto: fp16 on CUDA, bf16 on a CPU with "
         "native bf16, else fp32)",

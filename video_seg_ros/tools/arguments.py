@@ -200,7 +200,8 @@ def add_engine_arguments(
         "--precision",
         choices=PRECISIONS,
         default=precision,
-        help="arithmetic: fp32, bf16 (CPUs with native bf16, CUDA), fp16 (CUDA), or "
+        help="arithmetic: fp32, bf16 (CPUs with native bf16, CUDA), fp16 (CUDA), int8 "
+        "(OpenVINO on the CPU, refused below the accuracy gate), or "
         "auto (a reduced precision only where it keeps the fp32 labels on "
         "calibration frames; the report says which ran and why)." + scored,
     )
@@ -213,6 +214,35 @@ def add_engine_arguments(
         "class map nearest-neighbour (much cheaper on large frames); 'auto': "
         "logits on CUDA, labels on the CPU",
     )
+
+
+def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--calibration`` and ``--calibration-frames``: the frames the accuracy gate and int8
+    calibrate on (the node's ``calibration`` and ``calibration_frames``); read them with
+    :func:`calibration_from_arguments`."""
+    parser.add_argument(
+        "--calibration",
+        default=None,
+        metavar="PATH",
+        help="frames for the precision gate and int8 calibration: a folder of images, a video "
+        "or a bag from the camera (default: the synthetic street)",
+    )
+    parser.add_argument(
+        "--calibration-frames",
+        type=positive_int,
+        default=30,
+        metavar="N",
+        help="how many frames of --calibration, spread evenly (default 30)",
+    )
+
+
+def calibration_from_arguments(args: argparse.Namespace):
+    """The calibration frames ``--calibration`` names, or None (the engine's default)."""
+    if not args.calibration:
+        return None
+    from video_seg_ros.precision import load_calibration
+
+    return load_calibration(args.calibration, args.calibration_frames)
 
 
 def add_temporal_arguments(parser: argparse.ArgumentParser) -> None:

@@ -21,10 +21,12 @@ from video_seg_ros.labels import LABEL_FORMATS
 from video_seg_ros.runtime import EVALUATION_PRECISION
 from video_seg_ros.streams import FolderStream, open_stream
 from video_seg_ros.tools.arguments import (
+    add_calibration_arguments,
     add_engine_arguments,
     add_limit_argument,
     add_output_argument,
     add_quiet_argument,
+    calibration_from_arguments,
     command_line,
     fail,
     non_negative_int,
@@ -148,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write the printed Markdown summary to this file",
     )
     add_engine_arguments(parser, precision=EVALUATION_PRECISION)
+    add_calibration_arguments(parser)
     add_temporal_arguments(parser)
     add_limit_argument(parser, "evaluate at most N frames (the first ones in sorted order)")
     parser.add_argument(
@@ -230,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             upsample=args.upsample,
             backend=args.backend,
             precision=args.precision,
+            calibration=calibration_from_arguments(args),
         )
         engine.set_temporal(temporal)
         report = _evaluate_folder(

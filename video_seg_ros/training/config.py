@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from video_seg_ros.runtime import PRECISIONS
+from video_seg_ros.runtime import TORCH_PRECISIONS
 
 DEFAULTS: dict[str, Any] = {
     "run_dir": "runs/train",
@@ -282,9 +282,10 @@ def validate(config: dict) -> None:
     if train["optimizer"] not in ("sgd", "adam", "adamw"):
         raise ConfigError("train.optimizer must be sgd, adam or adamw")
     precision = train["precision"]
-    if precision is not None and str(precision).lower() not in PRECISIONS:
+    if precision is not None and str(precision).lower() not in TORCH_PRECISIONS:
         raise ConfigError(
-            f"train.precision must be null or one of {', '.join(PRECISIONS)}; got {precision!r}"
+            f"train.precision must be null or one of {', '.join(TORCH_PRECISIONS)}; "
+            f"got {precision!r}"
         )
     if not isinstance(train["amp"], bool):
         raise ConfigError(f"train.amp must be true or false; got {train['amp']!r}")
