@@ -14,8 +14,14 @@ from video_seg_ros.processes import LoggedProcess, ProcessFailed, Supervisor
 
 
 def _script(body: str) -> list[str]:
-    """A Python child that runs ``body``; ``say(text)`` prints a line at once."""
-    prelude = "import signal, sys, time\ndef say(text):\n    print(text, flush=True)\n"
+    """A Python child that runs ``body``; ``say(text)`` prints a line at once. SIGINT raises
+    KeyboardInterrupt even where the test runner was started with SIGINT ignored (a background
+    job of a non-interactive shell), which Python would otherwise inherit."""
+    prelude = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+        "def say(text):\n    print(text, flush=True)\n"
+    )
     return [sys.executable, "-c", prelude + textwrap.dedent(body)]
 
 
