@@ -156,7 +156,13 @@ def main(argv: list[str] | None = None) -> int:
     bench = rclpy.create_node("startup_bench")
     executor = SingleThreadedExecutor()
     executor.add_node(bench)
-    threading.Thread(target=executor.spin, daemon=True).start()
+    def spin():
+        try:
+            executor.spin()
+        except Exception:  # ExternalShutdownException once rclpy shuts down at the end
+            pass
+
+    threading.Thread(target=spin, daemon=True).start()
     labels: list[float] = []
     bench.create_subscription(
         Image, f"/{NODE}/labels", lambda msg: labels.append(time.perf_counter()), 10
