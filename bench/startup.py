@@ -156,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = rclpy.create_node("startup_bench")
     executor = SingleThreadedExecutor()
     executor.add_node(bench)
+
     def spin():
         try:
             executor.spin()
