@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -198,3 +199,24 @@ def snippet_calibration(snippets, count: int) -> list:
         for snippet in snippets
         for frame in load_calibration(root / snippet / "leftImg8bit", share)
     ]
+
+
+def spinning_node(name: str):
+    """``rclpy.init()``, a node called ``name`` and a daemon thread spinning it (the
+    ExternalShutdownException of the final ``rclpy.shutdown()`` ends the thread quietly)."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    rclpy.init()
+    node = rclpy.create_node(name)
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+
+    def spin():
+        try:
+            executor.spin()
+        except Exception:  # ExternalShutdownException at exit
+            pass
+
+    threading.Thread(target=spin, daemon=True).start()
+    return node

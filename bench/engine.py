@@ -75,7 +75,7 @@ from bench_utils import (
 )
 from video_seg_ros.backends import BACKENDS as ENGINE_BACKENDS
 from video_seg_ros.runtime import PRECISIONS as ENGINE_PRECISIONS
-from video_seg_ros.tools.arguments import parse_size, positive_int
+from video_seg_ros.tools.arguments import parse_size, positive_float, positive_int
 
 PROG = "bench/engine.py"
 # Every concrete setting is measured ("auto" only picks one of them).
@@ -147,17 +147,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--baseline-only", default=None, help=argparse.SUPPRESS
     )  # the subprocess's job
     return parser
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
-    return value
 
 
 def size_text(size: tuple[int, int]) -> str:

@@ -26,13 +26,18 @@ import shlex
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-from bench_utils import CITYSCAPES_FRAME, benchmark_checkpoint, machine_description, shared_dir
+from bench_utils import (
+    CITYSCAPES_FRAME,
+    benchmark_checkpoint,
+    machine_description,
+    shared_dir,
+    spinning_node,
+)
 from video_seg_ros.processes import LoggedProcess
 
 PROG = "bench/startup.py"
@@ -146,24 +151,12 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint = str(benchmark_checkpoint("espnet-p2q8").save(work / "espnet_p2q8.pt"))
 
     import rclpy
-    from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import Image
 
     from video_seg_ros.image_encoding import fill_image
 
-    rclpy.init()
-    bench = rclpy.create_node("startup_bench")
-    executor = SingleThreadedExecutor()
-    executor.add_node(bench)
-
-    def spin():
-        try:
-            executor.spin()
-        except Exception:  # ExternalShutdownException once rclpy shuts down at the end
-            pass
-
-    threading.Thread(target=spin, daemon=True).start()
+    bench = spinning_node("startup_bench")
     labels: list[float] = []
     bench.create_subscription(
         Image, f"/{NODE}/labels", lambda msg: labels.append(time.perf_counter()), 10
