@@ -186,7 +186,8 @@ def parse_params(items: list[str]) -> dict:
 
 
 def process_figures(pid: int) -> dict | None:
-    """VmRSS (kB), threads and open fds of a process (None once it has exited)."""
+    """VmRSS and its parts (kB: anonymous, file-backed, shared memory such as Fast DDS
+    segments), threads and open fds of a process (None once it has exited)."""
     try:
         status = Path(f"/proc/{pid}/status").read_text().splitlines()
         fds = len(os.listdir(f"/proc/{pid}/fd"))
@@ -195,6 +196,9 @@ def process_figures(pid: int) -> dict | None:
     fields = dict(line.split(":", 1) for line in status if ":" in line)
     return {
         "rss_kb": int(fields["VmRSS"].split()[0]),
+        "rss_anon_kb": int(fields["RssAnon"].split()[0]),
+        "rss_file_kb": int(fields["RssFile"].split()[0]),
+        "rss_shmem_kb": int(fields["RssShmem"].split()[0]),
         "threads": int(fields["Threads"].strip()),
         "fds": fds,
     }
@@ -1139,6 +1143,10 @@ def main(argv=None) -> int:
     log_dir.mkdir(parents=True, exist_ok=True)
     command = "python bench/soak.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     print(f"{command}\n{machine_line()}; logs in {log_dir}", flush=True)
+    from video_seg_ros.ros.dds import remove_stale_shared_memory
+
+    # Segments left by killed processes take RAM from the run (tmpfs): start from none.
+    print(f"stale Fast DDS segments removed: {remove_stale_shared_memory()}", flush=True)
     if args.fuzz:
         return run_fuzz(args, log_dir)
     soak = Soak(args, log_dir)

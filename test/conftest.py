@@ -66,6 +66,16 @@ def private_conversion_cache(tmp_path_factory):
         os.environ["XDG_CACHE_HOME"] = previous
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_stale_dds_segments():
+    """Node processes a test had to kill (SIGKILL) leave their Fast DDS segment (64 MB) in
+    /dev/shm: remove those at the end, so that repeated runs do not fill the machine's memory."""
+    from video_seg_ros.ros.dds import remove_stale_shared_memory
+
+    yield
+    remove_stale_shared_memory()
+
+
 def pytest_collection_modifyitems(config, items):
     """Mark every test that takes the ``shared`` fixture (nothing to forget), and keep the
     collected tests for the per-marker counts of the closing summary."""

@@ -167,6 +167,13 @@ def resource_summary(samples: list[dict], reference_s: float) -> dict:
         "rss_first_kb": first_rss,
         "rss_last_kb": last["rss_kb"],
         "rss_max_kb": max(s["rss_kb"] for s in samples),
+        # where the growth is: the heap (anon) or mapped files and DDS shared memory
+        **{
+            f"{part}_{end}_kb": sample[f"{part}_kb"]
+            for part in ("rss_anon", "rss_file", "rss_shmem")
+            for end, sample in (("first", reference), ("last", last))
+            if f"{part}_kb" in sample
+        },
         "rss_growth_percent": (last["rss_kb"] - first_rss) / first_rss * 100.0
         if first_rss
         else None,
@@ -452,6 +459,18 @@ def format_report(summary: dict, limits: Limits) -> str:
             f"{res['fds_last']}; threads {res['threads_first']} -> {res['threads_last']}; "
             f"exit code {summary.get('node_exit_code', '-')}"
         )
+        if "rss_anon_first_kb" in res:
+            lines.append(
+                "node RSS parts, reference -> end: "
+                + "; ".join(
+                    f"{label} {_mb(res[f'{part}_first_kb'])} -> {_mb(res[f'{part}_last_kb'])} MB"
+                    for label, part in (
+                        ("anonymous", "rss_anon"),
+                        ("file", "rss_file"),
+                        ("shared memory", "rss_shmem"),
+                    )
+                )
+            )
     faults = summary.get("faults", [])
     if faults:
         fault_rows = []

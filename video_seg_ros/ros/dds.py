@@ -10,6 +10,7 @@ participant is created. The node, the bag tools and the benchmarks call
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from video_seg_ros.config_files import config_candidates, config_path  # noqa: F401 (re-exported)
@@ -51,3 +52,41 @@ def ros_process_environment(domain_id: int, env: dict[str, str] | None = None) -
     env["PYTHONUNBUFFERED"] = "1"
     env.pop("ROS_LOCALHOST_ONLY", None)  # deprecated; the domain id isolates the processes
     return env
+
+
+#: Where Fast DDS keeps its shared-memory segments and port files (Linux).
+SHARED_MEMORY_DIR = Path("/dev/shm")
+_SEGMENT = re.compile(r"fastdds_(?:[0-9a-f]{16}|port\d+)")
+
+
+def stale_shared_memory(directory: Path = SHARED_MEMORY_DIR) -> list[str]:
+    """Names of the Fast DDS segments in ``directory`` that no process holds any more.
+
+    A live participant keeps a lock on ``<segment>_el``; a process killed (SIGKILL, a crash)
+    never removes its segment, 64 MB each with the large-image profile, and tmpfs fills up."""
+    import fcntl  # POSIX only, as /dev/shm is
+
+    stale = []
+    for lock_path in sorted(directory.glob("fastdds_*_el")):
+        name = lock_path.name[: -len("_el")]
+        if not _SEGMENT.fullmatch(name):
+            continue
+        try:
+            with open(lock_path, "rb") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails while an owner lives
+                fcntl.flock(lock, fcntl.LOCK_UN)
+        except OSError:
+            continue
+        stale.append(name)
+    return stale
+
+
+def remove_stale_shared_memory(directory: Path = SHARED_MEMORY_DIR) -> int:
+    """Delete what :func:`stale_shared_memory` finds (segment, lock and port mutex files, as
+    ``fastdds shm clean`` does, without its psutil); returns how many segments went."""
+    removed = 0
+    for name in stale_shared_memory(directory):
+        for path in (directory / name, directory / f"{name}_el", directory / f"sem.{name}_mutex"):
+            path.unlink(missing_ok=True)
+        removed += 1
+    return removed

@@ -25,6 +25,7 @@ from video_seg_ros.ros.camera import Camera, scale_camera_info
 from video_seg_ros.ros.conversions import load_cv_bridge, message_to_frame
 from video_seg_ros.ros.frame_queue import FrameQueue, merge_input_gaps
 from video_seg_ros.ros.pipeline import NodePipeline, OutputRequest, StreamItem
+from video_seg_ros.runtime import HeapTrimmer
 
 OPTIONAL_VIEWS = ("color", "overlay", "confidence")
 
@@ -62,6 +63,8 @@ class FrameWorker:
         self._closed = threading.Event()
         self._wake = threading.Event()  # set while running
         self._busy = threading.Lock()  # held while a batch is processed
+        # Without it freed per-frame temporaries stay resident and RSS ratchets for hours.
+        self._heap = HeapTrimmer()
 
     def receive(self, camera: Camera, msg, kind: str) -> None:
         """DDS callback (``kind``: "raw" or "compressed"): never blocks."""
@@ -123,6 +126,7 @@ class FrameWorker:
                 except Exception as error:  # outside the per-camera guards: still never stop
                     for camera, _ in batch:
                         self._reject_internal(camera, error)
+            self._heap.maybe_release()  # outside the lock: stop() need not wait for it
 
     def _reject(self, camera: Camera, reason: str, message: str) -> None:
         camera.stats.on_rejected(reason, message)
