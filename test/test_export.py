@@ -43,9 +43,9 @@ def compile_onnx(path, shapes=None):
     return core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
 
 
-def memory_checkpoint():
+def memory_checkpoint(size=SIZE):
     checkpoint = add_memory_to_checkpoint(
-        tiny_espnet(size=SIZE), {"memory_length": 2, "window": 5, "dropout": 0.0}
+        tiny_espnet(size=size), {"memory_length": 2, "window": 5, "dropout": 0.0}
     )
     generator = torch.Generator().manual_seed(2)
     checkpoint.state_dict = {
@@ -105,6 +105,43 @@ def test_memory_through_the_exported_graph_equals_the_torch_memory_with_a_reset(
         alone = model.step(images[2])
         model.step(images[0])
         assert (model.step(images[2]) - alone).abs().max() > 1e-3
+
+
+# In a child process: the crash this guards against (SIGFPE in the exporter's shape inference)
+# killed the whole process, and would take the test session with it.
+SMALL_MEMORY_EXPORT = """
+import sys, torch
+sys.path.insert(0, {test_dir!r})
+from test_export import compile_onnx, memory_checkpoint
+from video_seg_ros.backends import onnx_export as ox
+from video_seg_ros.models import build_from_checkpoint
+size = {size!r}
+model = build_from_checkpoint(memory_checkpoint(size)).eval()
+path = ox.export_onnx(model, size, {path!r})
+image = torch.randn(1, 3, size[1], size[0], generator=torch.Generator().manual_seed(0))
+state = [t.numpy() for t in ox.empty_state(model, size)]
+with torch.inference_mode():
+    expected = model.step(image)
+inputs = {{ox.IMAGE: image.numpy(), **dict(zip(ox.STATE_INPUTS, state))}}
+got = compile_onnx(path)(inputs)[ox.LOGITS]
+print(float((torch.from_numpy(got) - expected).abs().max()))
+"""
+
+
+@pytest.mark.parametrize("size", [(64, 32), (80, 40)], ids=["1/8 map 8x4", "1/8 map 10x5"])
+def test_a_memory_model_exports_at_sizes_whose_attention_is_one_tile(tmp_path, size):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = SMALL_MEMORY_EXPORT.format(
+        test_dir=str(Path(__file__).parent), size=size, path=str(tmp_path / "memory.onnx")
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stderr[-2000:]}"
+    assert float(result.stdout.split()[-1]) < 1e-4, result.stdout
 
 
 def test_export_tool_checks_and_writes_a_dynamic_graph(tmp_path, capsys):

@@ -126,9 +126,9 @@ class RunnerFactory:
             return torch_runner(), reason, logging.INFO
         reason, level = None, logging.WARNING
         if AUTO_CPU_BACKEND == "openvino" and getattr(self.model, "is_temporal", False):
-            # Exporting the memory graph crashed the node's worker thread with SIGFPE inside
-            # torch.onnx.export (not yet understood); auto must never take the node down, so memory
-            # models stay on torch unless OpenVINO is asked for explicitly.
+            # Memory models stay on torch unless OpenVINO is asked for: their export once killed
+            # the process (SIGFPE in the exporter, fixed in local_attention), and auto switches
+            # only once the node has been measured with them on OpenVINO.
             reason = (
                 "memory (temporal) models run on torch under backend auto; "
                 "ask for backend 'openvino' explicitly to convert them"

@@ -131,7 +131,10 @@ def local_attention(query: Tensor, memory: list[TiledMemoryFrame]) -> Tensor:
     if not memory:
         raise ValueError("local_attention needs at least one memory frame")
     first = memory[0]
-    n, k_channels, h, w = query.shape
+    # Python ints, not traced sizes: exported memory graphs have static shapes, and a Reshape
+    # whose sizes the ONNX exporter traced from a padded tensor crashed its shape inference with
+    # SIGFPE (integer division by zero in C++, the whole process killed) at 1/8 maps of 8x4.
+    n, k_channels, h, w = (int(size) for size in query.shape)
     for frame in memory:
         if (frame.size, frame.batch, frame.radius, frame.tile) != (
             (h, w),
