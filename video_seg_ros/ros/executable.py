@@ -29,9 +29,8 @@ def spin_until_shutdown(node: VideoSegNode) -> None:
         for _ in range(5):
             executor.spin_once(timeout_sec=0.05)
     finally:
-        # Releases the handles its wait generator still holds. Without it destroy_node() is
-        # deferred for ever, the DDS participant outlives the process's clean exit and Fast DDS
-        # leaves its shared-memory segment (64 MB with the large-image profile) in /dev/shm.
+        # Releases the executor's guard condition and wait-set handles before destroy_node(), on
+        # every way out. (The /dev/shm leak itself was the lifecycle state machine: node.py.)
         executor.shutdown()
 
 
