@@ -4,7 +4,6 @@ hours of changing temporaries) and Fast DDS segments of processes that died (tmp
 from __future__ import annotations
 
 import fcntl
-import os
 import platform
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from video_seg_ros.ros.dds import remove_stale_shared_memory, stale_shared_memory
-from video_seg_ros.runtime import MALLOC_ENVIRONMENT, HeapTrimmer
+from video_seg_ros.runtime import HeapTrimmer
 
 glibc_only = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
 
@@ -49,59 +48,6 @@ def test_release_free_heap_returns_the_pages_that_free_keeps():
     freed_mb = (int(before_kb) - int(after_kb)) / 1024
     # ~195 MB were freed between the kept blocks; free() returned none of it
     assert released == "True" and freed_mb > 100, result.stdout
-
-
-# Frees a 2 MiB block, allocates another and prints how many bytes that added to glibc's
-# mapped blocks (mallinfo2's hblkhd): by default the free raised the mmap threshold and the
-# second block came from the heap (0); under the long-run policy it is mapped (unmapped on free).
-SECOND_LARGE_BLOCK = textwrap.dedent(
-    """
-    import ctypes, sys
-    from video_seg_ros.runtime import use_long_run_heap_policy
-
-    class MallInfo2(ctypes.Structure):
-        _fields_ = [(name, ctypes.c_size_t) for name in (
-            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
-            "uordblks", "fordblks", "keepcost")]
-
-    libc = ctypes.CDLL(None)
-    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
-    libc.free.argtypes = [ctypes.c_void_p]
-    libc.mallinfo2.restype = MallInfo2
-    applied = use_long_run_heap_policy() if sys.argv[1] == "policy" else False
-    libc.free(libc.malloc(2 << 20))
-    mapped_before = libc.mallinfo2().hblkhd
-    block = libc.malloc(2 << 20)
-    print(applied, libc.mallinfo2().hblkhd - mapped_before)
-    libc.free(block)
-    """
-)
-
-
-@glibc_only
-@pytest.mark.parametrize("policy", ["default", "policy"])
-def test_the_long_run_heap_policy_keeps_frame_sized_blocks_out_of_the_heap(policy):
-    environment = {k: v for k, v in os.environ.items() if k not in MALLOC_ENVIRONMENT}
-    result = subprocess.run(
-        [sys.executable, "-c", SECOND_LARGE_BLOCK, policy],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=environment,
-    )
-    assert result.returncode == 0, result.stderr
-    applied, mapped_bytes = result.stdout.split()
-    if policy == "policy":
-        assert applied == "True" and int(mapped_bytes) >= 2 << 20, result.stdout
-    else:
-        assert int(mapped_bytes) < 2 << 20, result.stdout  # glibc's dynamic threshold
-
-
-@glibc_only
-def test_a_user_set_malloc_tunable_wins_over_the_long_run_policy():
-    from video_seg_ros.runtime import use_long_run_heap_policy
-
-    assert use_long_run_heap_policy({"MALLOC_TRIM_THRESHOLD_": "131072"}) is False
 
 
 def test_the_heap_trimmer_releases_at_most_once_a_period():

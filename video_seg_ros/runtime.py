@@ -228,51 +228,15 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
 HEAP_TRIM_PERIOD_S = 10.0
 
 
-#: Blocks from this size up get their own mapping, unmapped when freed (see
-#: :func:`use_long_run_heap_policy`).
-LONG_RUN_MMAP_THRESHOLD = 1 << 20
-#: The heap top is never trimmed on free(): :class:`HeapTrimmer` trims instead.
-LONG_RUN_TRIM_THRESHOLD = 1 << 30
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt() parameter numbers
-#: Environment variables by which a user sets these glibc tunables; either one set wins.
-MALLOC_ENVIRONMENT = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
-
-
-@functools.lru_cache(maxsize=None)
-def _glibc_function(name: str, argtypes: tuple, restype=ctypes.c_int):
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
     try:
-        function = getattr(ctypes.CDLL(None), name)
+        trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
         return None  # not glibc (musl, macOS, Windows): nothing to call
-    function.argtypes = list(argtypes)
-    function.restype = restype
-    return function
-
-
-def _malloc_trim():
-    return _glibc_function("malloc_trim", (ctypes.c_size_t,))
-
-
-def use_long_run_heap_policy(environ=os.environ) -> bool:
-    """Fix glibc's thresholds for a process that runs for hours (the node executables).
-
-    By default glibc raises its mmap threshold to the size of each large block freed (up to
-    32 MB), so later frame-sized buffers come from the heaps, between long-lived blocks made at
-    each lifecycle configure, and the heaps grow with every cleanup/configure (in-process,
-    4 cameras fed at 5 Hz: RssAnon +15 MB a cycle after a trim; with a fixed 1 MiB threshold
-    +2 MB a cycle). A fixed threshold alone made every 4-frame batch 35-45 % slower, because
-    glibc then also trims the heap top at every free() and the next frame faults the pages
-    in again; a high trim threshold keeps them (same speed as the default, measured on a
-    2-core EPYC), and :class:`HeapTrimmer` returns the free pages every few seconds instead.
-    Call before the model loads. False where the C library is not glibc or the user set
-    either tunable in the environment (theirs wins)."""
-    mallopt = _glibc_function("mallopt", (ctypes.c_int, ctypes.c_int))
-    if mallopt is None or any(name in environ for name in MALLOC_ENVIRONMENT):
-        return False
-    return bool(
-        mallopt(_M_MMAP_THRESHOLD, LONG_RUN_MMAP_THRESHOLD)
-        and mallopt(_M_TRIM_THRESHOLD, LONG_RUN_TRIM_THRESHOLD)
-    )
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return trim
 
 
 def release_free_heap() -> bool:
