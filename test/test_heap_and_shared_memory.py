@@ -4,6 +4,7 @@ hours of changing temporaries) and Fast DDS segments of processes that died (tmp
 from __future__ import annotations
 
 import fcntl
+import os
 import platform
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from video_seg_ros.ros.dds import remove_stale_shared_memory, stale_shared_memory
-from video_seg_ros.runtime import HeapTrimmer
+from video_seg_ros.runtime import NODE_MALLOC_ARENAS, HeapTrimmer, limit_malloc_arenas
 
 glibc_only = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
 
@@ -48,6 +49,67 @@ def test_release_free_heap_returns_the_pages_that_free_keeps():
     freed_mb = (int(before_kb) - int(after_kb)) / 1024
     # ~195 MB were freed between the kept blocks; free() returned none of it
     assert released == "True" and freed_mb > 100, result.stdout
+
+
+# Six threads each allocate while all are alive, then the process counts glibc's heaps (one per
+# arena) in malloc_info(): each new thread gets an arena of its own unless the count is capped.
+ARENAS_OF_SIX_THREADS = textwrap.dedent(
+    """
+    import ctypes, sys, tempfile, threading
+    from video_seg_ros.runtime import limit_malloc_arenas
+
+    applied = limit_malloc_arenas() if sys.argv[1] == "limited" else False
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.fopen.restype, libc.fopen.argtypes = ctypes.c_void_p, [ctypes.c_char_p, ctypes.c_char_p]
+    libc.fclose.argtypes = [ctypes.c_void_p]
+    libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    all_allocated = threading.Barrier(7)
+
+    def allocate():
+        libc.malloc(4096)
+        all_allocated.wait()
+        all_allocated.wait()  # alive until the count is taken
+
+    threads = [threading.Thread(target=allocate) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    all_allocated.wait()
+    with tempfile.NamedTemporaryFile(suffix=".xml") as report:
+        stream = libc.fopen(report.name.encode(), b"w")
+        libc.malloc_info(0, stream)
+        libc.fclose(stream)
+        heaps = open(report.name).read().count("<heap nr=")
+    all_allocated.wait()
+    print(applied, heaps)
+    """
+)
+
+
+@glibc_only
+@pytest.mark.parametrize("mode", ["default", "limited"])
+def test_the_node_caps_glibc_arenas_that_threads_would_each_get(mode):
+    environment = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    environment.pop("GLIBC_TUNABLES", None)
+    result = subprocess.run(
+        [sys.executable, "-c", ARENAS_OF_SIX_THREADS, mode],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=environment,
+    )
+    assert result.returncode == 0, result.stderr
+    applied, heaps = result.stdout.split()
+    if mode == "limited":
+        assert applied == "True" and int(heaps) <= NODE_MALLOC_ARENAS, result.stdout
+    else:
+        assert int(heaps) > NODE_MALLOC_ARENAS, result.stdout  # the main arena and one a thread
+
+
+@glibc_only
+def test_a_user_set_arena_count_wins():
+    assert limit_malloc_arenas(environ={"MALLOC_ARENA_MAX": "8"}) is False
+    assert limit_malloc_arenas(environ={"GLIBC_TUNABLES": "glibc.malloc.arena_max=4"}) is False
 
 
 def test_the_heap_trimmer_releases_at_most_once_a_period():

@@ -228,15 +228,43 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
 HEAP_TRIM_PERIOD_S = 10.0
 
 
-@functools.lru_cache(maxsize=1)
-def _malloc_trim():
+#: glibc malloc arenas of a node process (see :func:`limit_malloc_arenas`).
+NODE_MALLOC_ARENAS = 2
+_M_ARENA_MAX = -8  # glibc's mallopt() parameter number
+
+
+@functools.lru_cache(maxsize=None)
+def _glibc_function(name: str, argtypes: tuple):
     try:
-        trim = ctypes.CDLL(None).malloc_trim
+        function = getattr(ctypes.CDLL(None), name)
     except (OSError, AttributeError):
         return None  # not glibc (musl, macOS, Windows): nothing to call
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
-    return trim
+    function.argtypes = list(argtypes)
+    function.restype = ctypes.c_int
+    return function
+
+
+def _malloc_trim():
+    return _glibc_function("malloc_trim", (ctypes.c_size_t,))
+
+
+def limit_malloc_arenas(arenas: int = NODE_MALLOC_ARENAS, environ=os.environ) -> bool:
+    """Cap glibc's malloc arenas for a process that runs for hours (the node executables).
+
+    glibc gives threads their own arenas, up to 8 per core; the node has dozens of threads
+    (DDS, OpenVINO, the worker of each configuration, the executor), and freed memory stays in
+    the arena that made it, where the other threads cannot reuse it. With the default the live
+    heap after each lifecycle cleanup stayed flat (heaptrack, 14 cycles: 176 MB) while RSS grew
+    about 6 MB a cycle (docs/soak.md). Call before the threads start. False where the C library
+    is not glibc or the user set the arena count (``MALLOC_ARENA_MAX`` or ``GLIBC_TUNABLES``
+    ``glibc.malloc.arena_max``): theirs wins."""
+    mallopt = _glibc_function("mallopt", (ctypes.c_int, ctypes.c_int))
+    user_set = "MALLOC_ARENA_MAX" in environ or "glibc.malloc.arena_max" in environ.get(
+        "GLIBC_TUNABLES", ""
+    )
+    if mallopt is None or user_set:
+        return False
+    return bool(mallopt(_M_ARENA_MAX, arenas))
 
 
 def release_free_heap() -> bool:

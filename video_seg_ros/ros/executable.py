@@ -15,6 +15,7 @@ from rclpy.signals import SignalHandlerOptions
 from video_seg_ros.processes import install_stop_handlers
 from video_seg_ros.ros.dds import use_large_image_profile
 from video_seg_ros.ros.node import NODE_NAME, StartupError, VideoSegNode
+from video_seg_ros.runtime import limit_malloc_arenas
 
 LIFECYCLE_EXECUTABLE = "video_seg_lifecycle_node"
 
@@ -46,6 +47,7 @@ def ros_arguments_error(error: Exception) -> str:
 def run_node(make_node, executable: str, args=None, spin=spin_until_shutdown) -> int:
     """The body of every node executable: init, build, spin, clean exit; 1 on a start-up error."""
     use_large_image_profile()  # before the first DDS participant; a user-set profile wins
+    limit_malloc_arenas()  # before DDS, OpenVINO and the worker start their threads
     # Python's own handlers, not rclpy's: SIGTERM (launch, systemd) then leaves spin() as Ctrl-C
     # does; with rclpy's handler a SIGTERM left the process hanging at exit. Set explicitly: a
     # process started in the background by a shell inherits SIGINT as ignored.
