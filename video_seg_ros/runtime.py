@@ -244,10 +244,6 @@ def _glibc_function(name: str, argtypes: tuple):
     return function
 
 
-def _malloc_trim():
-    return _glibc_function("malloc_trim", (ctypes.c_size_t,))
-
-
 def limit_malloc_arenas(arenas: int = NODE_MALLOC_ARENAS, environ=os.environ) -> bool:
     """Cap glibc's malloc arenas for a process that runs for hours (the node executables).
 
@@ -275,7 +271,7 @@ def release_free_heap() -> bool:
     leaks. Measured (docs/soak.md): an engine switching 4 streams off -> fuse -> off 10 times
     grew RssAnon 634 -> 890 MB, and stayed at 565 MB with a trim after each switch. True when
     pages were released; False when none were or the C library has no ``malloc_trim``."""
-    trim = _malloc_trim()
+    trim = _glibc_function("malloc_trim", (ctypes.c_size_t,))
     return bool(trim(0)) if trim is not None else False
 
 
