@@ -150,6 +150,51 @@ def test_the_int8_conversion_is_keyed_by_the_calibration_frames(tmp_path):
     assert len(fp32_entries) == 1  # one fp32 IR serves every calibration set
 
 
+# ---- recipes -----------------------------------------------------------------------------------
+def _additions_fed_by_quantizers(cache_path) -> int:
+    import openvino as ov
+
+    model = ov.Core().read_model(str(cache_path / "model.xml"))
+    return sum(
+        any(
+            source.get_node().get_type_name() == "FakeQuantize"
+            for source in (value.get_source_output() for value in node.inputs())
+        )
+        for node in model.get_ops()
+        if node.get_type_name() == "Add"
+    )
+
+
+def test_a_recipe_keeps_the_operation_types_it_names_in_fp32(tmp_path):
+    _needs_nncf()
+    from video_seg_ros.backends.int8 import Int8Recipe
+
+    def quantised(recipe):
+        return SegmentationEngine(
+            _default_model(),
+            device="cpu",
+            backend="openvino",
+            precision="int8",
+            int8_recipe=recipe,
+            calibration=_street((9601, 9602)),
+            cache_dir=tmp_path,
+            min_agreement=0.0,
+        )._runner.cache_path
+
+    assert _additions_fed_by_quantizers(quantised(Int8Recipe())) > 0
+    kept = Int8Recipe(ignored_types=("Add",), activation_ranges="HISTOGRAM")
+    assert _additions_fed_by_quantizers(quantised(kept)) == 0
+
+
+def test_an_unknown_activation_range_estimator_is_refused_with_the_known_ones():
+    _needs_nncf()
+    from video_seg_ros.backends.int8 import Int8Recipe, quantize
+
+    frame = np.zeros((1, 3, 8, 8), np.float32)
+    with pytest.raises(BackendError, match="unknown activation range estimator 'minmax'.*MINMAX"):
+        quantize(None, [frame], Int8Recipe(activation_ranges="minmax"), "image")
+
+
 # ---- calibration frames -------------------------------------------------------------------------
 def test_calibration_frames_are_read_spread_over_a_folder(tmp_path):
     for i in range(10):

@@ -34,6 +34,7 @@ from torch import nn
 
 from video_seg_ros import runtime
 from video_seg_ros.backends import BACKENDS, BackendError
+from video_seg_ros.backends.int8 import Int8Recipe
 from video_seg_ros.backends.selection import RunnerFactory, checkpoint_fingerprint_extra
 from video_seg_ros.checkpoint import Checkpoint, load_checkpoint
 from video_seg_ros.engine_io import (  # noqa: F401 (DeviceError, UPSAMPLE_MODES: re-exported)
@@ -85,8 +86,9 @@ class SegmentationEngine:
         calibration: (H, W, 3) uint8 RGB frames for the gate and int8's calibration (default:
             synthetic street frames; :func:`~video_seg_ros.precision.load_calibration` reads
             them from a folder, video or bag).
-        int8_recipe: how ``precision='int8'`` quantises
-            (:data:`~video_seg_ros.backends.int8.RECIPES`; default
+        int8_recipe: how ``precision='int8'`` quantises: a name in
+            :data:`~video_seg_ros.backends.int8.RECIPES` or an
+            :class:`~video_seg_ros.backends.int8.Int8Recipe` (default
             :data:`~video_seg_ros.backends.int8.DEFAULT_RECIPE`).
         backend: ``torch``, ``openvino`` (CPU), ``tensorrt`` (CUDA, needs the tensorrt wheel) or
             ``auto``: OpenVINO on the CPU when it is installed and converts the model, else torch
@@ -128,7 +130,7 @@ class SegmentationEngine:
         min_agreement: float = AGREEMENT_THRESHOLD,
         calibration: Sequence[np.ndarray] | None = None,
         temporal: TemporalSettings | dict | str | None = None,
-        int8_recipe: str | None = None,
+        int8_recipe: str | Int8Recipe | None = None,
     ):
         temporal = TemporalSettings.coerce(temporal)  # refused before a model loads
         if not isinstance(checkpoint, Checkpoint):

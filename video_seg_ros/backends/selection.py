@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from video_seg_ros.backends import AUTO_CPU_BACKEND, BackendError
-from video_seg_ros.backends.int8 import DEFAULT_RECIPE
+from video_seg_ros.backends.int8 import DEFAULT_RECIPE, Int8Recipe
 from video_seg_ros.runtime import PrecisionError
 
 
@@ -54,7 +54,8 @@ class RunnerFactory:
         cpu_mkldnn: torch backend: oneDNN convolutions on the CPU.
         calibration: the engine's :class:`~video_seg_ros.precision.CalibrationSet` (int8
             calibrates on it).
-        int8_recipe: how OpenVINO int8 quantises (:data:`~video_seg_ros.backends.int8.RECIPES`).
+        int8_recipe: how OpenVINO int8 quantises (a name in
+            :data:`~video_seg_ros.backends.int8.RECIPES`, or an ``Int8Recipe``).
     """
 
     def __init__(
@@ -70,7 +71,7 @@ class RunnerFactory:
         is_graph: bool,
         cpu_mkldnn: bool,
         calibration=None,
-        int8_recipe: str | None = None,
+        int8_recipe: str | Int8Recipe | None = None,
     ):
         self.model = model
         self.device = device
