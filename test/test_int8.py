@@ -127,25 +127,26 @@ def test_int8_that_passes_the_gate_runs_from_its_own_cached_conversion(tmp_path)
         assert np.mean(a == exact.segment(frame).labels) >= 0.9
 
 
+def _int8_conversion(cache_dir, frames, recipe="mixed"):
+    """The cache entry of the embedded model quantised on ``frames`` (no gate)."""
+    return SegmentationEngine(
+        _default_model(),
+        device="cpu",
+        backend="openvino",
+        precision="int8",
+        int8_recipe=recipe,
+        calibration=frames,
+        cache_dir=cache_dir,
+        min_agreement=0.0,
+    )._runner.cache_path
+
+
 def test_the_int8_conversion_is_keyed_by_the_calibration_frames(tmp_path):
     _needs_nncf()
-
-    def quantised(frames):
-        return SegmentationEngine(
-            _default_model(),
-            device="cpu",
-            backend="openvino",
-            precision="int8",
-            int8_recipe="mixed",
-            calibration=frames,
-            cache_dir=tmp_path,
-            min_agreement=0.0,
-        )._runner.cache_path
-
-    a = quantised(_street((9501, 9502)))
-    b = quantised(_street((9503, 9504)))
+    a = _int8_conversion(tmp_path, _street((9501, 9502)))
+    b = _int8_conversion(tmp_path, _street((9503, 9504)))
     assert a != b and a.name.endswith("-int8") and b.name.endswith("-int8")
-    assert quantised(_street((9501, 9502))) == a
+    assert _int8_conversion(tmp_path, _street((9501, 9502))) == a
     fp32_entries = [p for p in (tmp_path / "openvino").iterdir() if not p.name.endswith("-int8")]
     assert len(fp32_entries) == 1  # one fp32 IR serves every calibration set
 
@@ -169,21 +170,10 @@ def test_a_recipe_keeps_the_operation_types_it_names_in_fp32(tmp_path):
     _needs_nncf()
     from video_seg_ros.backends.int8 import Int8Recipe
 
-    def quantised(recipe):
-        return SegmentationEngine(
-            _default_model(),
-            device="cpu",
-            backend="openvino",
-            precision="int8",
-            int8_recipe=recipe,
-            calibration=_street((9601, 9602)),
-            cache_dir=tmp_path,
-            min_agreement=0.0,
-        )._runner.cache_path
-
-    assert _additions_fed_by_quantizers(quantised(Int8Recipe())) > 0
+    frames = _street((9601, 9602))
+    assert _additions_fed_by_quantizers(_int8_conversion(tmp_path, frames, Int8Recipe())) > 0
     kept = Int8Recipe(ignored_types=("Add",), activation_ranges="HISTOGRAM")
-    assert _additions_fed_by_quantizers(quantised(kept)) == 0
+    assert _additions_fed_by_quantizers(_int8_conversion(tmp_path, frames, kept)) == 0
 
 
 def test_an_unknown_activation_range_estimator_is_refused_with_the_known_ones():
