@@ -202,18 +202,15 @@ def _advanced_parameters(activation_ranges: str):
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
-    estimator = (
-        getattr(RangeEstimatorParametersSet, activation_ranges, None)
-        if activation_ranges.isupper()
-        else None
-    )
-    if estimator is None:
-        known = [name for name in dir(RangeEstimatorParametersSet) if name.isupper()]
+    known = [name for name in dir(RangeEstimatorParametersSet) if name.isupper()]
+    if activation_ranges not in known:
         raise BackendError(
             f"unknown activation range estimator {activation_ranges!r}; use 'default' or one "
             f"of {known}"
         )
-    return AdvancedQuantizationParameters(activations_range_estimator_params=estimator)
+    return AdvancedQuantizationParameters(
+        activations_range_estimator_params=getattr(RangeEstimatorParametersSet, activation_ranges)
+    )
 
 
 def _image_input(input_name: str):
