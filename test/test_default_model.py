@@ -1,17 +1,35 @@
-"""The embedded default model: loads in the project format and segments unseen synthetic
-streets."""
+"""The embedded default model: loads in the project format and scores on unseen synthetic streets
+and on real video as its model card says."""
 
 from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
 
 from video_seg_ros.checkpoint import default_checkpoint_path, load_checkpoint
 from video_seg_ros.engine import SegmentationEngine
 from video_seg_ros.labels import CITYSCAPES
 from video_seg_ros.metrics import ConfusionMatrix
-from video_seg_ros.synthetic import generate_sequence
-from video_seg_ros.synthetic.evaluation import majority_class_scores
+from video_seg_ros.synthetic import generate_sequence, sequence_seed
+from video_seg_ros.synthetic.evaluation import evaluate_on_synthetic, majority_class_scores
 
-#: A street the model never saw: training used sequence seeds 0..47, validation 1000..1003.
+MODEL_CARD = Path(__file__).resolve().parents[1] / "video_seg_ros" / "resources" / "MODEL_CARD.md"
+#: A street the model never saw: training used sequence seeds 0..399, validation 1000..1003.
 UNSEEN_SEED = 424242
+#: The held-out streets of the model card (video-seg-generate --seed 1 --sequences 4).
+HELD_OUT_SEEDS = [sequence_seed(1, index) for index in range(4)]
+#: How far below its card the committed model may score on the card's test frames: the CPU
+#: kernels differ between machines by far less; a worse model (the old one: 20 %) falls far below.
+CARD_TOLERANCE = 0.02
+
+
+def _card_figure(name: str) -> float:
+    """A figure the model card states for this test, e.g. ``test figure: miou 71.23 %``."""
+    match = re.search(rf"test figure: {name} (\d+\.\d+) %", MODEL_CARD.read_text())
+    assert match, f"MODEL_CARD.md states no 'test figure: {name} NN.NN %'"
+    return float(match.group(1)) / 100
 
 
 def test_the_committed_default_model_is_there():
@@ -27,10 +45,19 @@ def test_default_checkpoint_loads_and_is_small_enough_for_git():
     checkpoint = load_checkpoint(None)
     assert checkpoint.label_set == "cityscapes"
     assert checkpoint.class_names == list(CITYSCAPES.names)
-    assert (
-        checkpoint.training is not None
-    )  # trained by the package's own pipeline, config recorded
-    assert default_checkpoint_path().stat().st_size < 5 * 1024 * 1024
+    # Trained by the package's own pipeline from the published weights, config recorded.
+    assert checkpoint.training is not None
+    assert "espnet_p2_q8_cityscapes" in str(checkpoint.training["config"]["model"]["init"])
+    assert default_checkpoint_path().stat().st_size <= 2 * 1024 * 1024
+
+
+def test_default_model_reproduces_its_model_cards_figures_on_held_out_streets():
+    report = evaluate_on_synthetic(
+        SegmentationEngine(None, device="cpu", precision="fp32"), HELD_OUT_SEEDS, num_frames=4
+    )
+    assert report["frames"] == 16
+    assert report["miou"] >= _card_figure("miou") - CARD_TOLERANCE, report
+    assert report["tc_true_flow"] >= _card_figure("tc_true_flow") - CARD_TOLERANCE, report
 
 
 def test_default_model_beats_majority_class_by_a_wide_margin_on_an_unseen_street():
@@ -39,23 +66,25 @@ def test_default_model_beats_majority_class_by_a_wide_margin_on_an_unseen_street
     for frame in generate_sequence(UNSEEN_SEED, 3, 512, 256, with_flow=False):
         model.update(engine.segment(frame.rgb).labels, frame.labels)
     majority = majority_class_scores([UNSEEN_SEED], 3)  # the same three frames, 512x256
-    # Majority class (road) everywhere: ~0.35 pixel accuracy, mIoU ~0.02 over the present classes;
-    # the default model measured ~0.68 and ~0.15 on held-out streets (MODEL_CARD.md).
-    assert model.pixel_accuracy > majority["pixel_accuracy"] + 0.2, (
+    # Majority class (road) everywhere: ~0.35 pixel accuracy, mIoU ~0.02 over the present classes.
+    assert model.pixel_accuracy > majority["pixel_accuracy"] + 0.4, (
         model.pixel_accuracy,
         majority["pixel_accuracy"],
     )
-    assert model.miou > 3 * majority["miou"], (model.miou, majority["miou"])
+    assert model.miou > 10 * majority["miou"], (model.miou, majority["miou"])
 
 
-def test_true_flow_evaluation_scores_the_default_model_on_generated_streets():
-    from video_seg_ros.synthetic.evaluation import evaluate_on_synthetic
+def test_default_model_reproduces_its_model_cards_figure_on_real_video(shared):
+    from video_seg_ros.evaluation import EvaluationOptions, evaluate
+    from video_seg_ros.streams import FolderStream
 
-    report = evaluate_on_synthetic(
-        SegmentationEngine(None, device="cpu", precision="fp32"), [UNSEEN_SEED], num_frames=3
+    snippet = shared / "data/cityscapes_sequences/aachen_000002"
+    if not snippet.is_dir():
+        pytest.skip(f"{snippet} is not here")
+    frames = FolderStream(
+        snippet / "leftImg8bit", snippet / "pseudo_labelIds", "cityscapes-labelids", limit=8
     )
-    baseline = majority_class_scores([UNSEEN_SEED], num_frames=3)
-    assert report["frames"] == 3 and baseline["class"] == "road"
-    assert report["miou"] > 3 * baseline["miou"]
-    # Consecutive predictions agree far better than chance once aligned with the exact flow.
-    assert 0.2 < report["tc_true_flow"] <= 1.0
+    engine = SegmentationEngine(None, device="cpu", precision="fp32")
+    report = evaluate(engine, frames, EvaluationOptions(tc=False))
+    # The first 8 frames of the held-out real snippet (labels: pseudo-labels), as on the card.
+    assert report.miou >= _card_figure("real_miou") - CARD_TOLERANCE, report.summary()

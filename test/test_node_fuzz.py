@@ -276,11 +276,14 @@ def test_node_rejects_and_counts_every_malformed_message_and_answers_every_good_
             assert counted == expected, (kind, counted, expected)
             assert answered == good
             assert int(values["received"]) == len(messages) + good + warmup[kind]
+            # A warm-up frame sent while the node still works on the first one may be replaced
+            # in its queue (dropped); every fuzz-phase frame is answered (above).
+            dropped = int(values["dropped"])
+            assert dropped < warmup[kind], (dropped, warmup[kind])
             assert (
-                int(values["processed"]) + int(values["skipped_no_subscriber"])
+                int(values["processed"]) + int(values["skipped_no_subscriber"]) + dropped
                 == good + warmup[kind]
             )
-            assert int(values["dropped"]) == 0
             assert odd_ids, "no good frame carried an odd frame id"
             assert node.alive(), node.tail(30)
     finally:

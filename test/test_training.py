@@ -145,6 +145,38 @@ def test_pair_samples_are_reproducible_and_labelled(tmp_path, sequences):
     assert not torch.equal(dataset[3]["image"], a["image"])
 
 
+def test_repeat_lists_an_entrys_anchors_again_with_their_own_augmentation(sequences):
+    from video_seg_ros.training.datasets import DatasetError
+
+    data = {
+        "resize": None,
+        "crop": [48, 32],
+        "scale_range": [0.8, 1.2],
+        "hflip": True,
+        "mode": "pair",
+        "max_gap": 2,
+        "direction": "both",
+        "clip_length": 3,
+        "clip_stride": 1,
+    }
+    entry = {
+        "images": str(sequences / "images"),
+        "labels": str(sequences / "labels"),
+        "label_format": "trainids",
+    }
+    once = SequenceSampleDataset(entry, data, None, seed=1, needs_neighbour=False)
+    thrice = SequenceSampleDataset(
+        dict(entry, repeat=3), data, None, seed=1, needs_neighbour=False
+    )
+    assert len(thrice) == 3 * len(once) == 36
+    assert thrice.anchors[3] == thrice.anchors[3 + 12] == once.anchors[3]
+    # The copy of an anchor is another sample: its crop, scale and flip are drawn again.
+    assert not torch.equal(thrice[3]["image"], thrice[3 + 12]["image"])
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(DatasetError, match="repeat must be an integer >= 1"):
+            SequenceSampleDataset(dict(entry, repeat=bad), data, None)
+
+
 def test_clip_samples_end_at_the_labelled_frame(sequences):
     data = {
         "resize": None,

@@ -5,7 +5,7 @@ Dataset entries in a config (``data.train`` / ``data.val`` lists)::
 
     {type: folder, images: DIR, labels: DIR|null,
      label_format: auto|trainids|cityscapes-labelids|camvid,
-     sequences: [names]|null, exclude_sequences: [names], labelled_only: true}
+     sequences: [names]|null, exclude_sequences: [names], labelled_only: true, repeat: 1}
     {type: cityscapes, root: DIR, split: train}  # leftImg8bit_sequence/<split> + gtFine/<split>
     {type: camvid, root: DIR, split: train}          # <split>/ + <split>annot/ (SegNet layout)
     {type: synthetic, root: DIR}                     # the generator's Cityscapes-style output
@@ -16,6 +16,8 @@ frame of each 30-frame snippet) plus, in ``pair`` mode, one neighbour t+k (k uni
 ``clip_length`` frames ending at the anchor (memory training; the label belongs to the last one).
 Random choices come from a generator seeded by (seed, epoch, index), so a sample is the same in
 every process and data-loader worker: DDP and single-process runs see identical data.
+``repeat: N`` lists an entry's anchors N times per epoch (each copy with its own crop, scale and
+neighbour): it sets how much a small real set weighs beside a large generated one.
 """
 
 from __future__ import annotations
@@ -186,6 +188,10 @@ class SequenceSampleDataset(Dataset):
                     self.anchors.append((name, index))
         if not self.anchors:
             raise DatasetError(f"dataset entry {entry} yields no training frames")
+        repeat = entry.get("repeat", 1)
+        if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
+            raise DatasetError(f"dataset entry {entry}: repeat must be an integer >= 1")
+        self.anchors *= repeat
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
