@@ -234,3 +234,58 @@ def test_frames_keep_their_own_names_so_their_label_files_still_match(tmp_path):
     assert [r.path.name for r in held] == ["aachen_000002_000002.png", "aachen_000002_000003.png"]
     labels = index_label_files(folder, "cityscapes-labelids")
     assert all(record.key in labels for record in held)  # video-seg-eval --labels finds them
+
+
+def test_fused_targets_train_the_student_on_the_teachers_fused_labels(tmp_path, checkpoint):
+    from video_seg_ros.adaptation import write_fused_targets
+
+    frames = drive_frames(10)
+    bag = write_bag(tmp_path / "drive_bag", frames)
+    out = tmp_path / "adapted"
+    # confidence 0: every pixel of the (random) teacher's fused map is a target; without the
+    # per-frame KL no teacher runs in training
+    assert (
+        _adapt(
+            bag,
+            checkpoint,
+            out,
+            "--targets",
+            "fused",
+            "--confidence",
+            "0.0",
+            "--distill-weight",
+            "0",
+        )
+        == 0
+    )
+
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["targets"] == "fused"
+    assert report["fused_targets"] == {"frames": 8, "confident_share": 1.0}
+    targets = out / "work" / "fused_targets"
+    assert sorted(p.name for p in targets.iterdir()) == [f"drive_{i:06d}.png" for i in range(8)]
+    first = cv2.imread(str(targets / "drive_000000.png"), cv2.IMREAD_UNCHANGED)
+    # The first frame of a drive has no past: its fused labels are the teacher's own.
+    teacher = SegmentationEngine(checkpoint, device="cpu", backend="torch")
+    assert np.array_equal(first, teacher.segment(frames[0]).labels)
+
+    adapted = load_checkpoint(out / "adapted.pt")
+    trained = adapted.training["config"]
+    assert trained["teacher"] is None and trained["data"]["train"][0]["labels"] == str(targets)
+    final = report["training"]["final_losses"]
+    assert final["ce"] > 0 and "temporal" in final
+    assert "distill_pixel" not in final and "pseudo_label" not in final
+    engine = SegmentationEngine(adapted, device="cpu", precision="fp32")
+    assert engine.segment(frames[9]).labels.shape == (HEIGHT, WIDTH)
+
+    # A pixel whose fused probability is below the confidence asked for is left unlabelled.
+    strict = write_fused_targets(
+        load_checkpoint(checkpoint),
+        out / "work" / "frames" / "train",
+        tmp_path / "strict",
+        0.99,
+        device="cpu",
+        progress=False,
+    )
+    assert strict["confident_share"] < 1.0
+    assert 255 in cv2.imread(str(tmp_path / "strict" / "drive_000003.png"), cv2.IMREAD_UNCHANGED)

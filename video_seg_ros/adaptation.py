@@ -8,6 +8,14 @@ drive's frames with
 - pixel-wise distillation (KL to the teacher's class distribution, on t and t+k),
 - cross-entropy on the teacher's *confident* pixels (max softmax >= ``confidence``).
 
+With ``targets="fused"`` the teacher's targets are its **fused** predictions instead
+(:mod:`video_seg_ros.temporal`, mode ``fuse``: consistent over time by construction), computed once
+over the training frames in drive order and written as label files
+(:func:`write_fused_targets`): cross-entropy on their confident pixels replaces the per-frame
+confident-pixel loss; the temporal loss and the per-frame KL stay (``distill_weight``; without the
+KL the classes the fused map is rarely confident about fade). The aim is ETC's promise:
+consistency learned, per-frame cost at run time.
+
 The training is the project's :class:`~video_seg_ros.training.trainer.Trainer`, configured in code
 (:func:`adaptation_config`): the drive's frames are written once as PNG files into the work folder,
 so the trainer's folder dataset, flow cache and ``--resume`` apply unchanged. The last
@@ -44,6 +52,9 @@ from video_seg_ros.streams import BagStream, FolderStream, FrameStream, StreamEr
 #: Written frame files: ``<sequence>_<drive index>.png`` (frames.py groups them by the prefix).
 FRAME_NAME = "{sequence}_{index:06d}.png"
 MANIFEST = "manifest.json"
+#: Where the student's targets come from: the teacher's per-frame outputs (computed in each step)
+#: or its fused labels (computed once over the drive, see :func:`write_fused_targets`).
+TARGETS = ("teacher", "fused")
 
 
 class AdaptationError(ValueError):
@@ -72,6 +83,7 @@ class AdaptationSettings:
     pseudo_label_weight: float = 1.0
     max_gap: int = 3
     freeze_bn: bool = True
+    targets: str = "teacher"  # one of TARGETS
 
     def check(self) -> None:
         if self.steps < 1:
@@ -94,6 +106,10 @@ class AdaptationSettings:
             raise AdaptationError(f"max_gap must be at least 1, got {self.max_gap}")
         if not (self.temporal_weight or self.distill_weight or self.pseudo_label_weight):
             raise AdaptationError("all loss weights are 0: nothing to train")
+        if self.targets not in TARGETS:
+            raise AdaptationError(
+                f"--targets must be one of {', '.join(TARGETS)}, got {self.targets!r}"
+            )
 
 
 # ---- the drive --------------------------------------------------------------------------------
@@ -273,18 +289,32 @@ def adaptation_config(
     run_dir: Path,
     frame_size: tuple[int, int],
     settings: AdaptationSettings,
+    target_labels: Path | None = None,
 ) -> dict:
     """The Trainer config of one adaptation run (input checkpoint = student init and frozen
-    teacher)."""
+    teacher). ``target_labels``: the fused targets' label folder (``settings.targets ==
+    "fused"``); cross-entropy on them replaces the confident-pixel loss."""
     from video_seg_ros.training.config import config_from_dict
+
+    fused = target_labels is not None
 
     user = {
         "run_dir": str(run_dir),
         "seed": settings.seed,
         "model": {"init": str(checkpoint)},
-        "teacher": {"checkpoint": str(checkpoint)},
+        # With fused targets the teacher runs in training only for the per-frame KL, if asked.
+        "teacher": (
+            {"checkpoint": str(checkpoint)} if not fused or settings.distill_weight else None
+        ),
         "data": {
-            "train": [{"type": "folder", "images": str(train_frames), "labels": None}],
+            "train": [
+                {
+                    "type": "folder",
+                    "images": str(train_frames),
+                    "labels": str(target_labels) if fused else None,
+                    "label_format": "trainids" if fused else "auto",
+                }
+            ],
             "val": [],  # the held-out tail is scored after training, never used to pick a model
             "resize": list(frame_size),
             "crop": list(settings.crop) if settings.crop else None,
@@ -318,7 +348,8 @@ def adaptation_config(
             "device": settings.device,
         },
         "losses": {
-            "ce": {"weight": 0.0},  # no labels
+            # No labels: with fused targets, the fused labels' confident pixels stand in for them.
+            "ce": {"weight": settings.pseudo_label_weight if fused else 0.0},
             "temporal": {"weight": settings.temporal_weight},
             "distill_pixel": {
                 "weight": settings.distill_weight,
@@ -326,13 +357,57 @@ def adaptation_config(
                 "neighbour_weight": 0.4,
             },
             "pseudo_label": {
-                "weight": settings.pseudo_label_weight,
+                "weight": 0.0 if fused else settings.pseudo_label_weight,
                 "confidence": settings.confidence,
                 "neighbour_weight": 0.4,
             },
         },
     }
     return config_from_dict(user)
+
+
+def write_fused_targets(
+    checkpoint: Checkpoint,
+    frames_folder: Path,
+    labels_folder: Path,
+    confidence: float,
+    device: str = "auto",
+    precision: str = "auto",
+    progress: bool = True,
+) -> dict:
+    """The teacher's fused labels for every frame of ``frames_folder``, as trainId PNG files of
+    the same names in ``labels_folder``; pixels whose fused probability is below ``confidence``
+    are 255 (ignored by the cross-entropy).
+
+    The teacher runs on the torch backend with temporal fusion (mode ``fuse``, the engine's
+    default settings) over the frames in drive order, its state reset at a sequence change.
+    Returns ``{"frames", "confident_share"}``.
+    """
+    from tqdm import tqdm
+
+    from video_seg_ros.engine import SegmentationEngine
+    from video_seg_ros.labels import IGNORE_ID
+
+    frames = FolderStream(frames_folder)
+    labels_folder.mkdir(parents=True, exist_ok=True)
+    engine = SegmentationEngine(
+        checkpoint, device=device, precision=precision, backend="torch", temporal="fuse"
+    )
+    confident, pixels, sequence = 0, 0, None
+    try:
+        for frame in tqdm(frames, desc="fused targets", unit="frame", disable=not progress):
+            if frame.sequence != sequence:
+                engine.reset()
+                sequence = frame.sequence
+            result = engine.segment(frame.rgb, channel_order="rgb", with_confidence=True)
+            keep = result.confidence >= confidence
+            labels = np.where(keep, result.labels, IGNORE_ID).astype(np.uint8)
+            cv2.imwrite(str(labels_folder / f"{frame.key}.png"), labels)
+            confident += int(keep.sum())
+            pixels += keep.size
+    finally:
+        engine.release()
+    return {"frames": len(frames), "confident_share": confident / max(pixels, 1)}
 
 
 # ---- scoring on the held-out tail -------------------------------------------------------------
@@ -511,8 +586,25 @@ def adapt(
 
     from video_seg_ros.training.trainer import Trainer
 
+    target_labels, targets = None, None
+    if settings.targets == "fused":
+        target_labels = paths.work / "fused_targets"
+        targets = write_fused_targets(
+            teacher,
+            paths.work / "frames" / "train",
+            target_labels,
+            settings.confidence,
+            settings.device,
+            settings.precision,
+            progress,
+        )
     config = adaptation_config(
-        checkpoint.resolve(), paths.work / "frames" / "train", run_dir, size, settings
+        checkpoint.resolve(),
+        paths.work / "frames" / "train",
+        run_dir,
+        size,
+        settings,
+        target_labels,
     )
     start = time.perf_counter()
     trainer = Trainer(config, resume=resume, progress=progress)
@@ -561,6 +653,7 @@ def adapt(
         "train_frames": manifest["train"],
         "holdout_frames": manifest["holdout"],
         "settings": _plain_settings(settings),
+        "fused_targets": targets,
         "training": {
             "steps": trainer.iteration,
             "steps_before_resume": done_before,
@@ -594,6 +687,7 @@ __all__ = [
     "AdaptationError",
     "AdaptationSettings",
     "OutputPaths",
+    "TARGETS",
     "adapt",
     "adaptation_config",
     "check_checkpoint",
@@ -601,4 +695,5 @@ __all__ = [
     "open_drive",
     "score_holdout",
     "split_holdout",
+    "write_fused_targets",
 ]
