@@ -449,6 +449,48 @@ def test_max_iters_ends_the_run_inside_an_epoch(tmp_path, sequences):
     assert trainer.iteration == 2 and trainer.epoch == 1
 
 
+def test_a_detached_neighbour_runs_without_a_graph_and_gives_the_batched_losses_and_gradients(
+    tmp_path, sequences
+):
+    from video_seg_ros.training.trainer import Trainer
+
+    overrides = [
+        "train.freeze_bn=true",
+        "losses.temporal.detach_neighbour=true",
+        "losses.ce.weight=1",
+    ]
+    config = load_config(
+        write_config(tmp_path / "c.yaml", tiny_config(sequences, tmp_path / "run")), overrides
+    )
+    fast = Trainer(config, progress=False)
+    assert fast.neighbour_without_grad
+    batch = fast._to_device(next(iter(fast.loader)))
+    fast._train_mode()  # BatchNorm frozen: its statistics do not depend on the batch's makeup
+    results = []
+    for without_grad in (True, False):  # False: t and t+k in one batch, as without the detach
+        fast.neighbour_without_grad = without_grad
+        fast.model.zero_grad()
+        losses = fast.compute_losses(batch)
+        sum(losses.values()).backward()
+        grads = [p.grad.clone() for p in fast.model.parameters() if p.grad is not None]
+        results.append(({k: v.item() for k, v in losses.items()}, grads))
+    (losses_fast, grads_fast), (losses_batched, grads_batched) = results
+    assert losses_fast.keys() == losses_batched.keys() == {"ce", "temporal"}
+    for key in losses_fast:
+        assert losses_fast[key] == pytest.approx(losses_batched[key], rel=1e-5, abs=1e-7)
+    assert len(grads_fast) == len(grads_batched)
+    for grad_fast, grad_batched in zip(grads_fast, grads_batched):
+        assert torch.allclose(grad_fast, grad_batched, rtol=1e-4, atol=1e-6)
+    # Distillation on the neighbour needs its graph: then the batched forward stays.
+    distilling = tiny_config(sequences, tmp_path / "run_d")
+    distilling["teacher"] = {"arch": "espnet", "kwargs": {"p": 1, "q": 1, "num_classes": 19}}
+    with_distillation = load_config(
+        write_config(tmp_path / "d.yaml", distilling),
+        [*overrides, "losses.distill_pixel.weight=1"],
+    )
+    assert not Trainer(with_distillation, progress=False).neighbour_without_grad
+
+
 def test_epochs_null_runs_the_epochs_max_iters_needs_and_records_their_number(tmp_path, sequences):
     from video_seg_ros.training.trainer import Trainer
 

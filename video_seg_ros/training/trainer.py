@@ -126,6 +126,15 @@ class Trainer:
             weights[n] for n in ("distill_pairwise", "distill_cross_frame", "distill_temporal")
         )
         losses_cfg = config["losses"]
+        # With a detached neighbour and no distillation on it, the neighbour's forward needs no
+        # autograd graph: the backward pass then covers frame t alone (about half the step).
+        self.neighbour_without_grad = bool(
+            weights["temporal"]
+            and losses_cfg["temporal"]["detach_neighbour"]
+            and not self.needs_features
+            and not (weights["distill_pixel"] and losses_cfg["distill_pixel"]["neighbour_weight"])
+            and not (weights["pseudo_label"] and losses_cfg["pseudo_label"]["neighbour_weight"])
+        )
         self.needs_neighbour = not clip_mode and bool(
             weights["temporal"]
             or weights["distill_cross_frame"]
@@ -337,9 +346,14 @@ class Trainer:
                 out["ce"] = w["ce"] * L.cross_entropy_loss(logits, label)
             return out
         image = batch["image"]
-        inputs = torch.cat([image, batch["neighbour"]]) if self.needs_neighbour else image
+        batched = self.needs_neighbour and not self.neighbour_without_grad
+        inputs = torch.cat([image, batch["neighbour"]]) if batched else image
         with phase("student"), self.autocast():
             all_logits, all_features = self.model(inputs, with_features=self.needs_features)
+            if self.needs_neighbour and not batched:
+                with torch.no_grad():
+                    neighbour_logits, _ = self.model(batch["neighbour"])
+                all_logits = torch.cat([all_logits, neighbour_logits])
         n = image.shape[0]
         logits, logits_n = all_logits[:n], all_logits[n:]
         features = all_features[:n] if all_features is not None else None
