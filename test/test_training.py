@@ -115,18 +115,22 @@ def test_flow_cache_computes_once_then_reads_from_disk(tmp_path, sequences):
     assert other_settings.misses == 1  # settings are part of the key
 
 
+#: Pair-mode sample settings with random crops, scales and flips (the dataset tests').
+PAIR_DATA = {
+    "resize": None,
+    "crop": [48, 32],
+    "scale_range": [0.8, 1.2],
+    "hflip": True,
+    "mode": "pair",
+    "max_gap": 2,
+    "direction": "both",
+    "clip_length": 3,
+    "clip_stride": 1,
+}
+
+
 def test_pair_samples_are_reproducible_and_labelled(tmp_path, sequences):
-    data = {
-        "resize": None,
-        "crop": [48, 32],
-        "scale_range": [0.8, 1.2],
-        "hflip": True,
-        "mode": "pair",
-        "max_gap": 2,
-        "direction": "both",
-        "clip_length": 3,
-        "clip_stride": 1,
-    }
+    data = dict(PAIR_DATA)
     cache = FlowCache(DisFlowEstimator("ultrafast"), tmp_path / "cache")
     entry = {
         "images": str(sequences / "images"),
@@ -148,17 +152,7 @@ def test_pair_samples_are_reproducible_and_labelled(tmp_path, sequences):
 def test_repeat_lists_an_entrys_anchors_again_with_their_own_augmentation(sequences):
     from video_seg_ros.training.datasets import DatasetError
 
-    data = {
-        "resize": None,
-        "crop": [48, 32],
-        "scale_range": [0.8, 1.2],
-        "hflip": True,
-        "mode": "pair",
-        "max_gap": 2,
-        "direction": "both",
-        "clip_length": 3,
-        "clip_stride": 1,
-    }
+    data = dict(PAIR_DATA)
     entry = {
         "images": str(sequences / "images"),
         "labels": str(sequences / "labels"),
