@@ -33,6 +33,7 @@ from video_seg_ros.ros.dds import PROFILE_ENV, ros_process_environment
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FASTDDS_PROFILE = REPO_ROOT / "config" / "fastdds_large_images.xml"
+CLIENT_SETTLE_S = 0.3  # after a new service client first sees its server
 
 _DOMAIN_ID: int | None = None
 
@@ -168,6 +169,7 @@ class RosProbe:
         self.executor.add_node(self.node)
         self._lock = threading.Lock()
         self._closing = False
+        self._clients: dict = {}
         self.spin_error: BaseException | None = None
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
@@ -234,9 +236,18 @@ class RosProbe:
     def call(self, srv_type, name: str, request=None, timeout: float = 10.0):
         """Call a service and return its response (None on timeout)."""
         self._check_spin()
-        client = self.node.create_client(srv_type, name)
+        # One client per service, kept: a fresh client's response reader may not be matched by
+        # the server yet when the request arrives, and a response written before that is lost
+        # (seen as a ~/change_state call that never answered on a loaded CI machine).
+        key = (srv_type, name)
+        fresh = key not in self._clients
+        if fresh:
+            self._clients[key] = self.node.create_client(srv_type, name)
+        client = self._clients[key]
         if not client.wait_for_service(timeout_sec=timeout):
             return None
+        if fresh:
+            time.sleep(CLIENT_SETTLE_S)  # the server's side of the matching may lag the client's
         future = client.call_async(request if request is not None else srv_type.Request())
         self.wait_for(future.done, timeout)
         return future.result() if future.done() else None

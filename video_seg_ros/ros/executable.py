@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import re
 import sys
+import time
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
@@ -18,6 +19,7 @@ from video_seg_ros.ros.node import NODE_NAME, StartupError, VideoSegNode
 from video_seg_ros.runtime import limit_malloc_arenas
 
 LIFECYCLE_EXECUTABLE = "video_seg_lifecycle_node"
+SHUTDOWN_GRACE_S = 1.0  # spinning after the shutdown transition, for its response to arrive
 
 
 def spin_until_shutdown(node: VideoSegNode) -> None:
@@ -27,7 +29,11 @@ def spin_until_shutdown(node: VideoSegNode) -> None:
     try:
         while rclpy.ok() and not node.exit_requested:
             executor.spin_once(timeout_sec=0.1)
-        for _ in range(5):
+        # The transition's response has been written, not yet delivered: destroying the
+        # participant at once lost it on a loaded CI machine (the caller's ~/change_state call
+        # timed out after "shutdown: done"). Keep serving for a moment so the DDS write completes.
+        grace_end = time.monotonic() + SHUTDOWN_GRACE_S
+        while rclpy.ok() and time.monotonic() < grace_end:
             executor.spin_once(timeout_sec=0.05)
     finally:
         # Releases the executor's guard condition and wait-set handles before destroy_node(), on
