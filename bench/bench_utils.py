@@ -109,6 +109,19 @@ def benchmark_checkpoint(name: str, size: tuple[int, int] | None = None):
     return checkpoint
 
 
+def untrained_memory(base_checkpoint, config: dict):
+    """``add_memory_to_checkpoint`` with small random memory weights (seed 0), still untrained.
+
+    A fresh wrapper's gate and projection convs are zero, which lets a graph compiler (OpenVINO)
+    fold part of the memory away; random weights keep every layer's work in the timing.
+    """
+    from video_seg_ros.checkpoint import add_memory_to_checkpoint, randomise_memory_weights
+
+    return randomise_memory_weights(
+        add_memory_to_checkpoint(base_checkpoint, config), seed=0, scale=0.05
+    )
+
+
 def machine_description() -> str:
     """Load, CPU, thread count and library versions, for the header of every benchmark report."""
     import os

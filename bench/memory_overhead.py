@@ -42,9 +42,9 @@ from bench_utils import (
     machine_description,
     median_ms,
     require_shared,
+    untrained_memory,
 )
 from video_seg_ros.backends import BackendError
-from video_seg_ros.checkpoint import add_memory_to_checkpoint
 from video_seg_ros.engine import SegmentationEngine
 from video_seg_ros.models.local_attention import local_attention
 from video_seg_ros.models.memory import FUSION_VARIANTS
@@ -105,23 +105,6 @@ def breakdown(memory: SegmentationEngine, frame: np.ndarray, repeats: int, profi
                 print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8))
     parts["feature map"] = "x".join(str(s) for s in features.shape[1:])
     return parts
-
-
-def untrained_memory(base_checkpoint, config: dict):
-    """``add_memory_to_checkpoint`` with small random memory weights (seed 0), still untrained.
-
-    A fresh wrapper's gate and projection convs are zero, which lets a graph compiler (OpenVINO)
-    fold part of the memory away; random weights keep every layer's work in the timing.
-    """
-    checkpoint = add_memory_to_checkpoint(base_checkpoint, config)
-    generator = torch.Generator().manual_seed(0)
-    checkpoint.state_dict = {
-        key: torch.randn(value.shape, generator=generator) * 0.05
-        if not key.startswith("base.") and value.is_floating_point()
-        else value
-        for key, value in checkpoint.state_dict.items()
-    }
-    return checkpoint
 
 
 def real_sequence(size: tuple[int, int], count: int = 8) -> tuple[list[np.ndarray], str]:

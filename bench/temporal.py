@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -82,7 +83,9 @@ class Clip:
     visible: list[np.ndarray | None] = field(default_factory=list)  # exact visibility of t in t+1
 
 
-def policies(weights: list[float], intervals: list[int]) -> list[tuple[str, dict]]:
+def policies(
+    weights: list[float], intervals: list[int], lags: list[int] = ()
+) -> list[tuple[str, dict]]:
     """Rows: the defaults of each mode first, then what each default setting buys (one changed at a
     time)."""
     rows = [("off", {"mode": "off"}), ("fuse (defaults)", {"mode": "fuse"})]
@@ -105,6 +108,8 @@ def policies(weights: list[float], intervals: list[int]) -> list[tuple[str, dict
         )
     for k in intervals:
         rows.append((f"every {k} (blind)", {"mode": "adaptive", "max_interval": k, **BLIND}))
+    for lag in lags:
+        rows.append((f"adaptive, keyframe lag {lag}", {"mode": "adaptive", "keyframe_lag": lag}))
     return rows
 
 
@@ -320,6 +325,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="max intervals of the 'adaptive' and 'every k (blind)' rows",
     )
     parser.add_argument(
+        "--lags",
+        type=int,
+        nargs="*",
+        default=[1, 2, 3],
+        help="keyframe lags of the 'adaptive, keyframe lag' rows (network in the background)",
+    )
+    parser.add_argument(
+        "--only",
+        default=None,
+        metavar="REGEX",
+        help="run only the rows whose name matches (re.search); 'off' always runs",
+    )
+    parser.add_argument(
         "--synthetic-seeds",
         type=int,
         nargs="*",
@@ -355,7 +373,9 @@ def main(argv: list[str] | None = None) -> int:
     engine.segment(np.zeros((engine.input_size[1], engine.input_size[0], 3), np.uint8))  # warm-up
     engine.forget_streams()
     num_classes = len(engine.class_names)
-    rows = policies(args.weights, args.intervals)
+    rows = policies(args.weights, args.intervals, args.lags)
+    if args.only:
+        rows = [row for row in rows if row[0] == "off" or re.search(args.only, row[0])]
     report = {
         "command": shlex.join(sys.argv),
         "cpu": cpu_model(),

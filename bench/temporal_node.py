@@ -4,6 +4,10 @@ Usage (from the repository root; needs ../shared)::
 
     python bench/temporal_node.py  # p2q8, aachen_000002, 10 Hz, off vs adaptive
     python bench/temporal_node.py --modes off fuse adaptive --seconds 30 --rate 10
+    python bench/temporal_node.py --modes off adaptive adaptive-lag3 --precision fp32
+
+``adaptive-lagN``: mode adaptive with ``keyframe_lag: N`` (the network in the background, its
+result joining N frames later).
 
 For each mode a fresh ``video_seg_node`` process (as its console module, sensor-data QoS,
 keep-latest queue: what a live camera gets) serves the real 2048x1024 frames of a shared snippet,
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -30,7 +35,13 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_utils import NodeOutputs, benchmark_checkpoint, machine_description, require_shared
+from bench_utils import (
+    NodeOutputs,
+    benchmark_checkpoint,
+    machine_description,
+    require_shared,
+    untrained_memory,
+)
 
 PROG = "bench/temporal_node.py"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +50,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--modes", nargs="+", default=["off", "adaptive"], choices=["off", "fuse", "adaptive"]
+        "--modes",
+        nargs="+",
+        default=["off", "adaptive"],
+        type=mode_spec,
+        help="off, fuse, adaptive, or adaptive-lagN (keyframe_lag N)",
     )
     parser.add_argument(
         "--snippet", default="aachen_000002", help="folder of ../shared/data/cityscapes_sequences"
@@ -54,8 +69,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="the node's keyframe_max_interval (default: the node's own default)",
     )
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="serve p2q8 with an LMANet memory (default settings, untrained random memory "
+        "weights): a memory model through the node",
+    )
     parser.add_argument("--startup-timeout", type=float, default=300.0)
     return parser
+
+
+def mode_spec(text: str) -> str:
+    if text in ("off", "fuse", "adaptive") or re.fullmatch(r"adaptive-lag\d+", text):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r}: use off, fuse, adaptive or adaptive-lagN")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,7 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     folder = require_shared() / "data" / "cityscapes_sequences" / args.snippet / "leftImg8bit"
     frames = [read_rgb(record.path) for record in list_frames(folder)]
     workdir = Path(tempfile.mkdtemp(prefix="temporal_node_"))
-    checkpoint = str(benchmark_checkpoint("espnet-p2q8").save(workdir / "espnet_p2q8.pt"))
+    model = benchmark_checkpoint("espnet-p2q8")
+    if args.memory:
+        model = untrained_memory(model, {})
+    checkpoint = str(model.save(workdir / "espnet_p2q8.pt"))
     messages = [fill_image(Image(), frame, "rgb8") for frame in frames]
     rclpy.init()
     probe = rclpy.create_node("temporal_node_bench")
@@ -112,27 +142,31 @@ def main(argv: list[str] | None = None) -> int:
         f"\n{command}\n{machine_description()}\nfrom {len(frames)} real "
         f"{frames[0].shape[1]}x{frames[0].shape[0]} "
         f"frames of {args.snippet} at {args.rate:g} Hz for {args.seconds:g} s per mode; published "
-        "ESPNet p2q8\n"
+        f"ESPNet p2q8{' with an untrained LMANet memory' if args.memory else ''}\n"
     )
     print(
         "| mode | backend / precision | published | labels out | output fps | e2e p50 / p95 ms | "
-        "node latency keyframe / propagated p50 ms | keyframe share | dropped (keep-latest) |"
+        "node latency keyframe / propagated p50 ms | keyframe share | dropped (keep-latest) | "
+        "rejected | error lines in the node's log |"
     )
-    print("|---|---|---:|---:|---:|---|---|---:|---:|")
+    print("|---|---|---:|---:|---:|---|---|---:|---:|---:|---:|")
     for row in rows:
         print(
             f"| {row['mode']} | {row['runs']} | {row['published']} | {row['answered']} | "
             f"{row['fps']:.2f} | "
             f"{row['p50']:.0f} / {row['p95']:.0f} | {row['keyframe_p50']} / "
             f"{row['propagated_p50']} | "
-            f"{row['keyframe_share']} | {row['dropped']} |"
+            f"{row['keyframe_share']} | {row['dropped']} | {row['rejected']} | "
+            f"{error_lines(row['log'])} |"
         )
     by_mode = {row["mode"]: row for row in rows}
-    if "off" in by_mode and "adaptive" in by_mode and by_mode["off"]["fps"] > 0:
-        print(
-            "\noutput rate adaptive / off: "
-            f"{by_mode['adaptive']['fps'] / by_mode['off']['fps']:.2f}x"
-        )
+    if "off" in by_mode and by_mode["off"]["fps"] > 0:
+        for mode in by_mode:
+            if mode.startswith("adaptive"):
+                print(
+                    f"output rate {mode} / off: "
+                    f"{by_mode[mode]['fps'] / by_mode['off']['fps']:.2f}x"
+                )
     return 0
 
 
@@ -146,7 +180,7 @@ def _spin(executor) -> None:
 def run_mode(
     mode, args, env, checkpoint, messages, probe, workdir, Image, DiagnosticArray, sensor_qos
 ) -> dict:
-    name = f"temporal_bench_{mode}_{os.getpid()}"
+    name = f"temporal_bench_{mode.replace('-', '_')}_{os.getpid()}"
     topic = f"/{name}_camera/image"
     log_path = workdir / f"{name}.log"
     node_command = [
@@ -167,12 +201,14 @@ def run_mode(
         "-p",
         f"precision:={args.precision}",
         "-p",
-        f"temporal_mode:='{mode}'",
+        f"temporal_mode:='{mode.split('-')[0]}'",
         "-p",
         "diagnostics_period_s:=0.5",
         "-p",
         "consistency_stride:=5",
     ]
+    if "-lag" in mode:
+        node_command += ["-p", f"keyframe_lag:={mode.split('-lag')[1]}"]
     if args.keyframe_max_interval is not None:
         node_command += ["-p", f"keyframe_max_interval:={args.keyframe_max_interval}"]
     with open(log_path, "wb") as log:
@@ -227,6 +263,8 @@ def run_mode(
             "propagated_p50": last.get("propagated_latency_p50_ms") or "-",
             "keyframe_share": last.get("keyframe_share") or "-",
             "dropped": last.get("dropped"),
+            "rejected": last.get("rejected"),
+            "log": log_path,
         }
     finally:
         probe.destroy_subscription(labels_sub)
@@ -238,6 +276,12 @@ def run_mode(
                 node.wait(30)
             except subprocess.TimeoutExpired:
                 node.kill()
+
+
+def error_lines(log_path: Path) -> int:
+    """Lines of the node's log that report an error or a traceback (after it stopped)."""
+    text = log_path.read_text(errors="replace")
+    return sum(("[ERROR]" in line or "Traceback" in line) for line in text.splitlines())
 
 
 if __name__ == "__main__":

@@ -105,15 +105,9 @@ def unconvertible_checkpoint() -> Checkpoint:
 def random_memory_checkpoint(size: tuple[int, int] = (64, 32), seed: int = 1) -> Checkpoint:
     """The tiny ESPNet with an LMANet memory (T=2) whose memory layers are random, so a stream's
     earlier frames visibly change its labels (a fresh memory would leave them untouched)."""
-    from video_seg_ros.checkpoint import add_memory_to_checkpoint
+    from video_seg_ros.checkpoint import add_memory_to_checkpoint, randomise_memory_weights
 
     memory = {"memory_length": 2, "window": 5, "dropout": 0.0}
-    checkpoint = add_memory_to_checkpoint(tiny_espnet(size=size), memory)
-    generator = torch.Generator().manual_seed(seed)
-    checkpoint.state_dict = {
-        key: torch.randn(value.shape, generator=generator)
-        if not key.startswith("base.") and value.is_floating_point()
-        else value
-        for key, value in checkpoint.state_dict.items()
-    }
-    return checkpoint
+    return randomise_memory_weights(
+        add_memory_to_checkpoint(tiny_espnet(size=size), memory), seed=seed
+    )

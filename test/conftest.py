@@ -14,7 +14,7 @@ import os
 
 import pytest
 
-from checkpoints import make_tiny_espnet_checkpoint
+from checkpoints import make_tiny_espnet_checkpoint, random_memory_checkpoint, tiny_espnet
 from shared_data import shared_dir
 
 MARKERS = ("ros", "slow", "openvino", "shared")
@@ -39,6 +39,22 @@ def tiny_espnet_checkpoint(tmp_path_factory):
     ``checkpoints.make_tiny_espnet_checkpoint(path, size=..., ...)``.
     """
     return make_tiny_espnet_checkpoint(tmp_path_factory.mktemp("tiny_espnet") / "tiny_espnet.pt")
+
+
+@pytest.fixture(scope="module")
+def confident():
+    """A tiny ESPNet (input 64x32) whose classifier is scaled 300x: mean max softmax ~0.7 instead
+    of ~0.05, peaked as a trained model's (temporal fusion tests)."""
+    checkpoint = tiny_espnet(size=(64, 32))
+    checkpoint.state_dict["classifier.weight"] = checkpoint.state_dict["classifier.weight"] * 300.0
+    return checkpoint
+
+
+@pytest.fixture(scope="module")
+def memory_checkpoint():
+    """The tiny ESPNet with a random LMANet memory (``checkpoints.random_memory_checkpoint``);
+    test modules that need another one define their own."""
+    return random_memory_checkpoint()
 
 
 @pytest.fixture(scope="module")

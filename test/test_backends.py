@@ -19,7 +19,7 @@ from checkpoints import tiny_espnet, unconvertible_checkpoint
 from shared_data import require_shared_file
 from video_seg_ros import runtime
 from video_seg_ros.backends import BackendError
-from video_seg_ros.checkpoint import Checkpoint, add_memory_to_checkpoint
+from video_seg_ros.checkpoint import Checkpoint, add_memory_to_checkpoint, randomise_memory_weights
 from video_seg_ros.engine import SegmentationEngine
 
 openvino = pytest.importorskip(
@@ -42,14 +42,7 @@ def trained_looking_memory(seed: int = 1) -> Checkpoint:
     checkpoint = add_memory_to_checkpoint(
         tiny_espnet(size=(128, 64)), {"memory_length": 2, "window": 5, "dropout": 0.0}
     )
-    generator = torch.Generator().manual_seed(seed)
-    checkpoint.state_dict = {
-        key: torch.randn(value.shape, generator=generator) * 2.0
-        if not key.startswith("base.") and value.is_floating_point()
-        else value
-        for key, value in checkpoint.state_dict.items()
-    }
-    return checkpoint
+    return randomise_memory_weights(checkpoint, seed=seed, scale=2.0)
 
 
 def frames(count: int, height: int = 64, width: int = 128, seed: int = 0) -> list[np.ndarray]:
@@ -290,12 +283,12 @@ def test_tensorrt_on_the_cpu_is_refused_with_a_clear_message():
         SegmentationEngine(tiny_espnet(), device="cpu", backend="tensorrt")
 
 
-def test_auto_keeps_memory_models_on_torch_and_says_why(memory_checkpoint, cache_dir):
+def test_auto_converts_memory_models_to_openvino_like_any_model(memory_checkpoint, cache_dir):
     engine = SegmentationEngine(
-        memory_checkpoint, device="cpu", backend="auto", cache_dir=cache_dir
+        memory_checkpoint, device="cpu", backend="auto", precision="fp32", cache_dir=cache_dir
     )
-    assert engine.backend == "torch" and engine.is_temporal
-    assert "memory" in engine.fallback_reason and "openvino" in engine.fallback_reason
+    assert engine.backend == "openvino" and engine.is_temporal
+    assert engine.fallback_reason is None
 
 
 def test_the_tools_and_the_node_offer_the_engines_backend_and_precision_names():

@@ -20,6 +20,7 @@ from video_seg_ros.backends import BackendError
 from checkpoints import tiny_espnet
 from video_seg_ros.checkpoint import Checkpoint, output_class_lookup
 from video_seg_ros.engine import DeviceError, SegmentationEngine, resolve_device
+from video_seg_ros.engine_io import channel_max
 from video_seg_ros.labels import IGNORE_ID
 from video_seg_ros.models import build_model
 
@@ -288,3 +289,14 @@ def test_denormal_flush_keeps_every_label_of_published_espnet_p2q8_on_the_real_f
     )
     assert (torch.tensor([1e-40]) * 1.0).item() == 0.0
     assert np.array_equal(flushed, np.load(tmp_path / "unflushed.npy"))
+
+
+def test_channel_max_is_torch_max_with_the_first_index_on_ties():
+    scores = torch.randn(2, 19, 9, 13)
+    scores[0, :, 0, 0] = 0.0  # every class tied: the first one wins, as with torch.max
+    scores[1, 3:7, 2, 5] = scores[1, :, 2, 5].max() + 1.0  # a tie between classes 3..6
+    values, index = channel_max(scores)
+    expected_values, expected_index = scores.max(dim=1)
+    assert torch.equal(values, expected_values)
+    assert torch.equal(index, expected_index)
+    assert index[0, 0, 0] == 0 and index[1, 2, 5] == 3

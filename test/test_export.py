@@ -22,7 +22,7 @@ from video_seg_ros.backends.onnx_export import (
     export_onnx,
 )
 from video_seg_ros.models import build_from_checkpoint
-from video_seg_ros.checkpoint import add_memory_to_checkpoint
+from video_seg_ros.checkpoint import add_memory_to_checkpoint, randomise_memory_weights
 from video_seg_ros.tools.export import main as export_main
 
 openvino = pytest.importorskip(
@@ -47,14 +47,7 @@ def memory_checkpoint(size=SIZE):
     checkpoint = add_memory_to_checkpoint(
         tiny_espnet(size=size), {"memory_length": 2, "window": 5, "dropout": 0.0}
     )
-    generator = torch.Generator().manual_seed(2)
-    checkpoint.state_dict = {
-        key: torch.randn(value.shape, generator=generator) * 2.0
-        if not key.startswith("base.") and value.is_floating_point()
-        else value
-        for key, value in checkpoint.state_dict.items()
-    }
-    return checkpoint
+    return randomise_memory_weights(checkpoint, seed=2, scale=2.0)
 
 
 def test_exported_per_frame_graph_equals_torch_at_any_batch_size(tmp_path):

@@ -35,19 +35,6 @@ COUNT_ONLY = {"keyframe_confidence": 0.0, "keyframe_motion": 0.0, "max_interval_
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def confident():
-    """A tiny ESPNet whose classifier is scaled 300x: mean max softmax ~0.7 instead of ~0.05."""
-    checkpoint = tiny_espnet(size=(64, 32))
-    checkpoint.state_dict["classifier.weight"] = checkpoint.state_dict["classifier.weight"] * 300.0
-    return checkpoint
-
-
-@pytest.fixture(scope="module")
-def memory_checkpoint():
-    return random_memory_checkpoint()
-
-
 def engine(checkpoint, temporal="off", backend="torch", **kwargs) -> SegmentationEngine:
     return SegmentationEngine(
         checkpoint, device="cpu", precision="fp32", backend=backend, temporal=temporal, **kwargs
@@ -442,6 +429,8 @@ def test_online_tc_reuses_the_fusion_flow_instead_of_computing_a_second_one(conf
         ({"confidence_weighting": "yes"}, "confidence_weighting"),
         ({"weight": 0.5}, "weight"),
         ({"label_stickiness": 1.5}, "label_stickiness"),
+        ({"keyframe_lag": -1}, "keyframe_lag"),
+        ({"keyframe_lag": 1.5}, "keyframe_lag"),
     ],
 )
 def test_bad_temporal_settings_are_refused_naming_the_setting(confident, value, named):
@@ -623,6 +612,7 @@ def test_node_changes_temporal_settings_at_run_time_and_refuses_bad_values(ros):
     for name, value, reason in (
         ("fusion_weight", 1.5, ""),
         ("keyframe_max_interval", 0, ""),
+        ("keyframe_lag", -1, ""),
         ("fusion_flow_width", 8, "fusion_flow_width must be 0"),
         ("temporal_mode", "blend", "temporal_mode must be one of"),
     ):
@@ -631,10 +621,15 @@ def test_node_changes_temporal_settings_at_run_time_and_refuses_bad_values(ros):
         assert node.get_parameter(name).value != value  # the old value is kept
     assert node.engine.temporal.fusion_weight == 0.6
     result = node.set_parameters(
-        [Parameter("temporal_mode", value="adaptive"), Parameter("keyframe_max_interval", value=3)]
+        [
+            Parameter("temporal_mode", value="adaptive"),
+            Parameter("keyframe_max_interval", value=3),
+            Parameter("keyframe_lag", value=2),
+        ]
     )
     assert all(r.successful for r in result)
-    assert (node.engine.temporal.mode, node.engine.temporal.max_interval) == ("adaptive", 3)
+    temporal = node.engine.temporal
+    assert (temporal.mode, temporal.max_interval, temporal.keyframe_lag) == ("adaptive", 3, 2)
     # `ros2 param set ... temporal_mode off` and `-p temporal_mode:=off` arrive as YAML's false.
     assert node.set_parameters([Parameter("temporal_mode", value=False)])[0].successful
     assert node.engine.temporal.mode == "off"

@@ -483,6 +483,26 @@ def add_memory_to_checkpoint(
     return result
 
 
+def randomise_memory_weights(
+    checkpoint: Checkpoint, seed: int = 0, scale: float = 1.0
+) -> Checkpoint:
+    """A copy of a memory checkpoint whose memory layers hold Gaussian noise (``scale`` x N(0, 1),
+    from ``seed``); the base is untouched. For benchmarks and tests: a freshly added memory's zero
+    gate leaves labels unchanged and lets a graph compiler fold part of the memory away, random
+    weights make every memory layer work and change the labels."""
+    if not checkpoint.memory:
+        raise ValueError("this checkpoint has no memory; add one with add_memory_to_checkpoint()")
+    generator = torch.Generator().manual_seed(seed)
+    result = copy.copy(checkpoint)
+    result.state_dict = {
+        key: torch.randn(value.shape, generator=generator) * scale
+        if not key.startswith("base.") and value.is_floating_point()
+        else value
+        for key, value in checkpoint.state_dict.items()
+    }
+    return result
+
+
 def strip_memory_from_checkpoint(checkpoint: Checkpoint) -> Checkpoint:
     """The base model of a memory checkpoint, as a per-frame checkpoint (memory disabled)."""
     if not checkpoint.memory:

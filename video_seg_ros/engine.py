@@ -48,6 +48,7 @@ from video_seg_ros.engine_io import (  # noqa: F401 (DeviceError, UPSAMPLE_MODES
 )
 from video_seg_ros.engine_batches import (
     DEFAULT_STREAM,
+    NetworkThread,
     check_batch,
     guard_streams,
     infer_with_memory,
@@ -212,6 +213,7 @@ class SegmentationEngine:
         #: Every temporal thing of each stream (memory, previous frame, fused probabilities,
         #: clock).
         self._streams = StreamStates(temporal, self.device)
+        self._network_thread = NetworkThread(self._flush)  # started by keyframe_lag > 0 only
         self._settle_precision(backend, owned)
         LOG.info(
             "%s: backend %s, precision %s (%s)%s",
@@ -335,6 +337,7 @@ class SegmentationEngine:
 
     def release(self) -> None:
         """Free the model and every stream's state (the engine cannot segment afterwards)."""
+        self._network_thread.close()  # first: a background keyframe may be using the runner
         if self._runner is not None:
             self._runner.release()
         self._runner = None
@@ -401,6 +404,7 @@ class SegmentationEngine:
                 with_confidence,
                 streams,
                 stamps,
+                self._network_thread,
             )
         else:
             for stream in streams:

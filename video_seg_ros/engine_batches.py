@@ -12,12 +12,14 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import torch
 
+from video_seg_ros import runtime
 from video_seg_ros.engine_io import FrameCodec, SegmentationResult, check_frame
-from video_seg_ros.temporal import FlowFusion, StreamTemporalState
+from video_seg_ros.temporal import FlowFusion, LateKeyframe, StreamTemporalState
 
 #: The stream key of frames given without ``streams=`` (and of ``SegmentationEngine.segment``).
 DEFAULT_STREAM = None
@@ -132,6 +134,39 @@ def segment_plain(
     return results
 
 
+class NetworkThread:
+    """The thread that runs the network while ``keyframe_lag`` > 0: keyframes run there in the
+    background while the frames between are propagated. While a lag is in force every network
+    run goes through it (a frame that needs its result at once waits for it), so the runner is
+    never used by two threads."""
+
+    def __init__(self, flush_denormals: bool):
+        self._flush = flush_denormals
+        self._executor: ThreadPoolExecutor | None = None
+
+    def submit(self, job: Callable[[], torch.Tensor]) -> Future:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                1,
+                thread_name_prefix="keyframe_network",
+                initializer=self._start_thread,
+                initargs=(torch.get_num_threads(),),
+            )
+        return self._executor.submit(job)
+
+    def _start_thread(self, threads: int) -> None:
+        # Per-thread settings: the caller's intra-op threads, and flushed denormals (the
+        # published weights' activations cost 10x without it on some CPUs).
+        torch.set_num_threads(threads)
+        if self._flush:
+            runtime.flush_denormals()
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+
 def segment_fused(
     codec: FrameCodec,
     fusion: FlowFusion,
@@ -143,10 +178,23 @@ def segment_fused(
     with_confidence: bool,
     streams: list[Hashable],
     stamps: Sequence[float] | None,
+    network_thread: NetworkThread | None = None,
 ) -> list[SegmentationResult]:
     """Temporal fusion / adaptive clock: per wave (every stream's k-th frame of this call),
     flow and keyframe decisions first, then the network on the keyframes as one batch, then
-    fusion."""
+    fusion. With ``keyframe_lag`` > 0 the keyframes' network runs on ``network_thread`` and
+    joins their streams that many frames later."""
+    settings = fusion.settings
+    lag = settings.keyframe_lag if settings.mode == "adaptive" else 0
+    if lag and network_thread is None:
+        raise ValueError("keyframe_lag > 0 needs a network thread")
+
+    def network(indices: list[int]) -> torch.Tensor:
+        return infer(
+            codec.preprocess([frames[i] for i in indices], channel_order),
+            [streams[i] for i in indices],
+        )
+
     results: list[SegmentationResult | None] = [None] * len(frames)
     for wave in waves(streams):
         with torch.inference_mode():
@@ -155,40 +203,58 @@ def segment_fused(
                 state = state_of(streams[i])
                 analysis = fusion.analyse(state, frames[i])
                 stamp = None if stamps is None else float(stamps[i])
-                plans.append(
-                    (i, state, analysis, fusion.keyframe_reason(state, analysis, stamp), stamp)
-                )
-        keyframes = [i for i, _, _, reason, _ in plans if reason is not None]
+                reason = fusion.keyframe_reason(state, analysis, stamp)
+                late = None
+                if state.late is not None:
+                    if analysis.flow is None:  # nothing to carry it along: start afresh
+                        state.late.settle()
+                        state.late = None
+                    else:
+                        state.late.flows.append(analysis.flow)
+                        if len(state.late.flows) >= lag:
+                            late = fusion.late_probabilities(state.late)
+                            state.late = None
+                        else:
+                            reason = None  # this stream's network is busy
+                plans.append((i, state, analysis, reason, stamp, late))
+        keyframes = [plan[0] for plan in plans if plan[3] is not None]
+        # Keyframes that cannot wait: nothing to propagate yet (a stream's first frame).
+        now = [i for i in keyframes if not lag or plans[wave.index(i)][3] == "start"]
+        background = [i for i in keyframes if i not in now]
         logits, network_ms = None, 0.0
-        if keyframes:
+        if now:
             started = time.perf_counter()
-            logits = infer(
-                codec.preprocess([frames[i] for i in keyframes], channel_order),
-                [streams[i] for i in keyframes],
-            )
+            logits = network_thread.submit(lambda: network(now)).result() if lag else network(now)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)  # so that the network's time is its own
-            network_ms = (time.perf_counter() - started) * 1000.0 / len(keyframes)
+            network_ms = (time.perf_counter() - started) * 1000.0 / len(now)
+        if background:
+            job = network_thread.submit(lambda indices=background: network(indices))
+            for plan in plans:
+                if plan[0] in background:
+                    plan[1].late = LateKeyframe(job, background.index(plan[0]))
         with torch.inference_mode():
-            for i, state, analysis, reason, stamp in plans:
+            for i, state, analysis, reason, stamp, late in plans:
                 started = time.perf_counter()
-                own = None if reason is None else logits[keyframes.index(i)][None].float()
+                own = None if i not in now else logits[now.index(i)][None].float()
                 fused, exact = fusion.update(
-                    state, frames[i].shape[:2], analysis, own, reason, stamp
+                    state, frames[i].shape[:2], analysis, own, reason, stamp, late
                 )
-                # Fused log-probabilities go through the logits' postprocessing: argmax and max
-                # softmax are those of the probabilities, resized as `upsample` says.
-                scores = own if exact else torch.log(fused.clamp_min(1e-12))
-                labels, confidence = codec.postprocess(
-                    scores, frames[i].shape[:2], with_confidence
-                )
+                if exact:
+                    labels, confidence = codec.postprocess(
+                        own, frames[i].shape[:2], with_confidence
+                    )
+                else:
+                    labels, confidence = codec.postprocess_probabilities(
+                        fused, frames[i].shape[:2], with_confidence
+                    )
                 results[i] = SegmentationResult(
                     labels[0].cpu().numpy(),
                     None if confidence is None else confidence[0].cpu().numpy(),
                     0.0,
                     keyframe=reason is not None,
                     flow=analysis.flow,
-                    network_ms=network_ms if reason is not None else 0.0,
+                    network_ms=network_ms if i in now else 0.0,
                     flow_ms=analysis.flow_ms,
                     fusion_ms=(time.perf_counter() - started) * 1000.0,
                 )

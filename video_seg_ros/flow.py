@@ -67,7 +67,8 @@ def to_gray(frame: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
 
 
-def _sampling_maps(flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def sampling_maps(flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """cv2.remap's source coordinates (map_x, map_y) for a backward warp along ``flow``."""
     height, width = flow.shape[:2]
     grid_x, grid_y = np.meshgrid(
         np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32)
@@ -81,7 +82,7 @@ def warp_labels(labels_b: np.ndarray, flow_ab: np.ndarray, fill: int = 255) -> n
     Nearest sampling copies existing ids only (bilinear sampling of ids invents classes at
     boundaries). Pixels whose source falls outside the image get ``fill``.
     """
-    map_x, map_y = _sampling_maps(flow_ab)
+    map_x, map_y = sampling_maps(flow_ab)
     return cv2.remap(
         labels_b,
         map_x,
@@ -92,18 +93,19 @@ def warp_labels(labels_b: np.ndarray, flow_ab: np.ndarray, fill: int = 255) -> n
     )
 
 
-def warp_image(image_b: np.ndarray, flow_ab: np.ndarray) -> np.ndarray:
-    """Bilinear backward warp of an image (or float map) of frame ``b`` onto frame ``a``."""
-    map_x, map_y = _sampling_maps(flow_ab)
+def warp_image(image_b: np.ndarray, flow_ab: np.ndarray, maps=None) -> np.ndarray:
+    """Bilinear backward warp of an image (or float map) of frame ``b`` onto frame ``a``
+    (``maps``: :func:`sampling_maps` of ``flow_ab`` when the caller has them already)."""
+    map_x, map_y = maps if maps is not None else sampling_maps(flow_ab)
     return cv2.remap(
         image_b, map_x, map_y, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
     )
 
 
-def inside_mask(flow_ab: np.ndarray) -> np.ndarray:
+def inside_mask(flow_ab: np.ndarray, maps=None) -> np.ndarray:
     """(H, W) bool: True where ``p + flow_ab(p)`` falls inside the image (the warp has a
-    source)."""
-    map_x, map_y = _sampling_maps(flow_ab)
+    source); ``maps`` as in :func:`warp_image`."""
+    map_x, map_y = maps if maps is not None else sampling_maps(flow_ab)
     height, width = flow_ab.shape[:2]
     return (map_x >= 0) & (map_x <= width - 1) & (map_y >= 0) & (map_y <= height - 1)
 
@@ -132,7 +134,7 @@ def occlusion_mask(
     total = flow_ab + back
     lhs = (total**2).sum(-1)
     rhs = alpha * ((flow_ab**2).sum(-1) + (back**2).sum(-1)) + beta
-    map_x, map_y = _sampling_maps(flow_ab)
+    map_x, map_y = sampling_maps(flow_ab)
     height, width = flow_ab.shape[:2]
     inside = (map_x >= 0) & (map_x <= width - 1) & (map_y >= 0) & (map_y <= height - 1)
     return (lhs <= rhs) & inside

@@ -22,6 +22,13 @@ trustworthy (a large share of pixels with high warp error: a scene cut), when th
 when the predicted confidence drops, or when ``max_interval`` frames / ``max_interval_s`` seconds
 have passed since the last keyframe. A keyframe's network result is fused as in ``fuse``.
 
+With ``keyframe_lag`` N > 0 (adaptive only) a keyframe does not wait for the network: the network
+runs in a background thread while the frame and the next ones are propagated, and its result
+joins the stream N frames after its keyframe, warped onto that frame through the flows of the
+frames between (the engine waits for it there if it is late). A frame then costs flow and fusion
+only, whatever the network's time; the price is labels that lag behind the scene by N frames'
+worth of propagation. The result depends on the frames alone, not on timing.
+
 Everything temporal of one stream lives in one :class:`StreamTemporalState` (the memory of a memory
 model, the previous frame, the fused probabilities, the keyframe clock) with one
 :meth:`~StreamTemporalState.reset`. :class:`FlowFusion` does the work for the engine
@@ -39,6 +46,7 @@ import dataclasses
 import threading
 import time
 from collections import Counter, deque
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +54,7 @@ import cv2
 import numpy as np
 import torch
 
+from video_seg_ros.engine_io import channel_max
 from video_seg_ros.flow import (
     DIS_PRESETS,
     DisFlow,
@@ -54,7 +63,7 @@ from video_seg_ros.flow import (
     reduced_size,
     resize_flow,
 )
-from video_seg_ros.flow import to_gray, warp_image, warp_tensor
+from video_seg_ros.flow import sampling_maps, to_gray, warp_image, warp_tensor
 
 #: What ``TemporalSettings.mode`` accepts.
 TEMPORAL_MODES = ("off", "fuse", "adaptive")
@@ -121,6 +130,9 @@ class TemporalSettings:
             of the frame width (0 = never).
         keyframe_confidence: adaptive: a keyframe when the mean confidence of the warped previous
             probabilities falls below this (0 = never).
+        keyframe_lag: adaptive: 0 = a keyframe waits for its network result; N >= 1 = the network
+            runs in the background and its result joins the stream N frames later (see the
+            module docstring). No new keyframe starts while one is in the background.
     """
 
     mode: str = "off"
@@ -139,6 +151,7 @@ class TemporalSettings:
     keyframe_error_share: float = 0.15
     keyframe_motion: float = 0.05
     keyframe_confidence: float = 0.5
+    keyframe_lag: int = 0
 
     @classmethod
     def coerce(cls, value: "TemporalSettings | dict | str | None") -> "TemporalSettings":
@@ -190,6 +203,7 @@ class TemporalSettings:
         for name in ("keyframe_error_share", "keyframe_motion", "keyframe_confidence"):
             _check_number(self, name, 0.0, 1.0)
         _check_number(self, "max_interval", 1, 10_000, integer=True)
+        _check_number(self, "keyframe_lag", 0, 100, integer=True)
         for name in ("probability_width", "flow_width"):
             _check_number(self, name, 0, 16_384, integer=True)
             if 0 < getattr(self, name) < 16:
@@ -203,11 +217,13 @@ class TemporalSettings:
 
     def keeps_state_of(self, other: "TemporalSettings") -> bool:
         """Whether a stream's fused state made under ``other`` is still valid under these settings
-        (mode off keeps none; the probability and flow grids must not change)."""
+        (mode off keeps none; the probability and flow grids and the keyframe lag must not
+        change)."""
         return (
             "off" not in (self.mode, other.mode)
             and self.probability_width == other.probability_width
             and self.flow_width == other.flow_width
+            and self.keyframe_lag == other.keyframe_lag
         )
 
 
@@ -290,6 +306,7 @@ class StreamTemporalState:
         last_size: (H, W) of the latest frame, whatever the mode (for :meth:`guard`).
         last_stamp: stamp (seconds) of the latest frame given with one (for :meth:`guard`).
         dis: the stream's own :class:`~video_seg_ros.flow.DisFlow` (see ``FlowFusion``).
+        late: the keyframe whose network result is still to join (``keyframe_lag`` > 0), or None.
         stats: :class:`TemporalStats` (kept across resets).
     """
 
@@ -304,6 +321,7 @@ class StreamTemporalState:
     last_size: tuple[int, int] | None = None
     last_stamp: float | None = None
     dis: Any = None
+    late: "LateKeyframe | None" = None
     stats: TemporalStats = field(default_factory=TemporalStats)
 
     def reset(self) -> None:
@@ -339,12 +357,17 @@ class StreamTemporalState:
 
     def clear_memory(self) -> None:
         """Empty the model memory only (its object is kept and reused)."""
+        if self.late is not None:
+            self.late.settle()  # its network run may still be writing the memory
         if self.memory is not None:
             self.memory.reset()
 
     def clear_fusion(self) -> None:
         """Forget the previous frame, fused probabilities, flow and keyframe clock (not the
         memory)."""
+        if self.late is not None:
+            self.late.settle()
+            self.late = None
         self.frame_size = None
         self.previous_grey = None
         self.fused = None
@@ -352,6 +375,35 @@ class StreamTemporalState:
         self.dis = None  # a fresh one: no buffers from frames before the reset
         self.frames_since_keyframe = 0
         self.last_keyframe_stamp = None
+
+
+def mean_confidence(probabilities: torch.Tensor) -> float:
+    """Mean over pixels of the maximum class probability of (1, C, h, w), on every 4th row and
+    column (a statistic: the full map costs a millisecond more per frame on a CPU)."""
+    return float(torch.amax(probabilities[..., ::4, ::4], dim=1).mean())
+
+
+@dataclass
+class LateKeyframe:
+    """A keyframe whose network result is computed in the background (``keyframe_lag`` > 0).
+
+    Attributes:
+        logits: resolves to the (N, C, h', w') network output of the batch the keyframe ran in.
+        index: the keyframe's place in that batch.
+        flows: (h_f, w_f, 2) flows (current -> previous) of the frames after the keyframe, in
+            order: the path its result is warped along to reach the current frame.
+    """
+
+    logits: Future
+    index: int
+    flows: list = field(default_factory=list)
+
+    def settle(self) -> None:
+        """Wait until the network run is over (its result or error is not wanted any more)."""
+        try:
+            self.logits.result()
+        except Exception:  # noqa: BLE001 - dropped on purpose; a frame that uses it raises
+            pass
 
 
 @dataclass
@@ -415,9 +467,12 @@ class FlowFusion:
         previous = state.previous_grey
         dis = self._stream_flow(state)
         flow = dis(grey, previous)  # current -> previous, at flow resolution
-        trusted = inside_mask(flow)
+        maps = sampling_maps(flow)
+        trusted = inside_mask(flow, maps)
         if settings.warp_error_threshold > 0:
-            difference = grey.astype(np.float32) - warp_image(previous.astype(np.float32), flow)
+            difference = grey.astype(np.float32) - warp_image(
+                previous.astype(np.float32), flow, maps
+            )
             # Exposure changes shift every pixel alike: judge the warp, not the camera's gain.
             difference -= float(difference[trusted].mean()) if trusted.any() else 0.0
             trusted &= np.abs(difference) <= settings.warp_error_threshold
@@ -433,20 +488,50 @@ class FlowFusion:
 
         fused = state.fused[None]  # (1, C, h, w)
         grid = fused.shape[-2:]
-        grid_flow = resize_flow(flow, grid)
         trust = cv2.resize(
             trusted.astype(np.float32), (grid[1], grid[0]), interpolation=cv2.INTER_AREA
         )
         analysis.trust = torch.from_numpy(trust).to(self.device)[None, None]
+        analysis.warped = self._warp(fused, flow)
+        if adaptive and settings.keyframe_confidence > 0:
+            analysis.warped_confidence = mean_confidence(analysis.warped)
+        analysis.flow_ms = (time.perf_counter() - start) * 1000.0
+        return analysis
+
+    def _warp(self, probabilities: torch.Tensor, flow: np.ndarray) -> torch.Tensor:
+        """(1, C, h, w) probabilities of the previous frame -> the current one's pixel grid, along
+        ``flow`` (h_f, w_f, 2, current -> previous, flow resolution); renormalised."""
+        grid_flow = resize_flow(flow, probabilities.shape[-2:])
+        if probabilities.device.type == "cpu":
+            # OpenCV's remap, channel by channel: the same bilinear border-replicating warp as
+            # grid_sample (pixel centres) at a third of its time.
+            source = probabilities[0].float().contiguous().numpy()
+            map_x, map_y = sampling_maps(grid_flow)
+            warped = np.empty_like(source)
+            for channel in range(source.shape[0]):
+                cv2.remap(
+                    source[channel],
+                    map_x,
+                    map_y,
+                    interpolation=cv2.INTER_LINEAR,
+                    borderMode=cv2.BORDER_REPLICATE,
+                    dst=warped[channel],
+                )
+            # Bilinear weights sum to 1: warped probabilities still sum to 1 per pixel.
+            return torch.from_numpy(warped)[None]
         flow_tensor = torch.from_numpy(np.ascontiguousarray(grid_flow.transpose(2, 0, 1))).to(
             self.device
         )
-        warped = warp_tensor(fused, flow_tensor[None])
-        analysis.warped = warped / warped.sum(1, keepdim=True).clamp_min(1e-12)
-        if adaptive and settings.keyframe_confidence > 0:
-            analysis.warped_confidence = float(analysis.warped.max(1).values.mean())
-        analysis.flow_ms = (time.perf_counter() - start) * 1000.0
-        return analysis
+        return warp_tensor(probabilities, flow_tensor[None])
+
+    def late_probabilities(self, late: LateKeyframe) -> torch.Tensor:
+        """A late keyframe's softmax (1, C, h, w), warped frame by frame onto the current frame
+        (waits for the network if it has not finished)."""
+        logits = late.logits.result()[late.index][None].float()
+        probabilities = torch.softmax(self._to_grid(logits), dim=1)
+        for flow in late.flows:
+            probabilities = self._warp(probabilities, flow)
+        return probabilities
 
     def _stream_flow(self, state: StreamTemporalState) -> DisFlow:
         """The stream's own DIS object: OpenCV's keeps buffers from its previous frame size that
@@ -492,13 +577,17 @@ class FlowFusion:
         logits: torch.Tensor | None,
         reason: str | None,
         stamp: float | None = None,
+        late: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, bool]:
         """Fuse, store the new state and count the frame.
 
         Args:
             frame_size: (H, W) of the frame.
-            logits: (1, C, h', w') network output of a keyframe (None on other frames).
-            reason: :meth:`keyframe_reason`'s answer.
+            logits: (1, C, h', w') network output of a keyframe (None on other frames and on a
+                keyframe whose network runs in the background).
+            reason: :meth:`keyframe_reason`'s answer (not None also for a background keyframe).
+            late: (1, C, h, w) a late keyframe's probabilities on this frame
+                (:meth:`late_probabilities`), fused like a keyframe's own.
 
         Returns:
             ``(fused, exact)``: (1, C, h, w) fused probabilities, and True when they are the
@@ -507,14 +596,16 @@ class FlowFusion:
         """
         settings = self.settings
         exact = False
-        if reason is None:
-            fused = analysis.warped
-        else:
+        if logits is not None:
             probabilities = torch.softmax(self._to_grid(logits.float()), dim=1)
-            if analysis.warped is None or settings.fusion_weight >= 1.0:
-                fused, exact = probabilities, True
-            else:
-                fused = self._blend(probabilities, analysis)
+        else:
+            probabilities = late
+        if probabilities is None:
+            fused = analysis.warped
+        elif analysis.warped is None or settings.fusion_weight >= 1.0:
+            fused, exact = probabilities, logits is not None
+        else:
+            fused = self._blend(probabilities, analysis)
         state.fused = fused[0]
         state.previous_grey = analysis.grey
         state.frame_size = tuple(frame_size)
@@ -525,7 +616,7 @@ class FlowFusion:
         else:
             state.frames_since_keyframe = 0
             state.last_keyframe_stamp = stamp
-        state.stats.record(reason, float(fused.max(1).values.mean()))
+        state.stats.record(reason, mean_confidence(fused))
         return fused, exact
 
     def _to_grid(self, logits: torch.Tensor) -> torch.Tensor:
@@ -550,7 +641,7 @@ class FlowFusion:
         if self.settings.label_stickiness > 0 and self.settings.mode == "fuse":
             # Hysteresis: a trusted pixel keeps its previous class unless another wins by a margin.
             # Not on the adaptive clock's keyframes: they must correct what propagation let drift.
-            previous = analysis.warped.argmax(1, keepdim=True)
+            previous = channel_max(analysis.warped)[1][:, None]
             bonus = self.settings.label_stickiness * analysis.trust
             fused = fused + torch.zeros_like(fused).scatter_(1, previous, 1.0) * bonus
         return fused / fused.sum(1, keepdim=True).clamp_min(1e-12)

@@ -69,6 +69,8 @@ class StreamStates:
 
     def forget(self) -> None:
         """Drop every stream's state and statistics."""
+        for state in self._states.values():
+            state.clear_fusion()  # waits for a keyframe still in the background
         self._states.clear()
 
     def reset(self, stream: Hashable | None, memory_only: bool) -> None:

@@ -126,16 +126,9 @@ class RunnerFactory:
             reason = "a model object was passed (model=); only the torch backend runs it"
             return torch_runner(), reason, logging.INFO
         reason, level = None, logging.WARNING
-        if AUTO_CPU_BACKEND == "openvino" and getattr(self.model, "is_temporal", False):
-            # Memory models stay on torch unless OpenVINO is asked for: their export once killed
-            # the process (SIGFPE in the exporter, fixed in local_attention), and auto switches
-            # only once the node has been measured with them on OpenVINO.
-            reason = (
-                "memory (temporal) models run on torch under backend auto; "
-                "ask for backend 'openvino' explicitly to convert them"
-            )
-            level = logging.INFO
-        elif AUTO_CPU_BACKEND == "openvino":
+        if AUTO_CPU_BACKEND == "openvino":
+            # Memory models too, since their export no longer dies (local_attention's static
+            # sizes): test_backends checks them against torch over a sequence with a reset.
             try:
                 return self.openvino(precision), None, logging.WARNING
             except BackendError as error:

@@ -36,6 +36,7 @@ TEMPORAL_PARAMETERS = {
     "keyframe_error_share": "keyframe_error_share",
     "keyframe_motion": "keyframe_motion",
     "keyframe_confidence": "keyframe_confidence",
+    "keyframe_lag": "keyframe_lag",
 }
 
 
@@ -287,6 +288,13 @@ PARAMETERS: dict[str, NodeParameter] = {
         "`adaptive`: a keyframe when the mean confidence of the warped "
         "probabilities falls below this; 0 = never.",
         float_range=(0.0, 1.0),
+    ),
+    "keyframe_lag": NodeParameter(
+        _TEMPORAL.keyframe_lag,
+        "`adaptive`: 0 = a keyframe waits for the network; N >= 1 = the network runs in the "
+        "background while frames are propagated, and its result joins N frames later (every "
+        "frame costs flow and fusion only; labels lag the scene a little).",
+        int_range=(0, 100),
     ),
     "consistency_metric": NodeParameter(
         True, "Compute the online temporal-consistency metric and publish `~/consistency`."
