@@ -28,7 +28,9 @@ EVERY_FRAME_LAG_2 = {
 }
 
 
-def test_a_background_keyframe_joins_its_stream_exactly_lag_frames_later(confident):
+def test_with_a_lag_only_the_first_frame_waits_and_a_keyframe_starts_when_none_is_pending(
+    confident,
+):
     segmenter = engine(confident, {**EVERY_FRAME_LAG_2, "fusion_weight": 1.0})
     frames = panning(8)
     results = [segmenter.segment(frame) for frame in frames]

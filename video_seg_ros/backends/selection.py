@@ -125,7 +125,7 @@ class RunnerFactory:
             # Expected (the trainer validates its own module): not worth a warning.
             reason = "a model object was passed (model=); only the torch backend runs it"
             return torch_runner(), reason, logging.INFO
-        reason, level = None, logging.WARNING
+        reason = None
         if AUTO_CPU_BACKEND == "openvino":
             # Memory models too, since their export no longer dies (local_attention's static
             # sizes): test_backends checks them against torch over a sequence with a reset.
@@ -137,7 +137,7 @@ class RunnerFactory:
                 Exception
             ) as error:  # auto must still start: anything OpenVINO raises means torch
                 reason = f"OpenVINO failed: {type(error).__name__}: {str(error).strip()[:300]}"
-        return torch_runner(), reason, level
+        return torch_runner(), reason, logging.WARNING
 
     def openvino(self, precision: str):
         from video_seg_ros.backends.openvino_backend import OpenVinoRunner
