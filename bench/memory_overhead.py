@@ -79,7 +79,7 @@ def breakdown(memory: SegmentationEngine, frame: np.ndarray, repeats: int, profi
     x = memory.preprocess([frame])
     with torch.inference_mode(), memory._backend_context():
         features, _ = model.base.encode(x)
-        memory_frames = model.state.frames
+        memory_frames = memory.stream_state().memory.frames  # the engine keeps it per stream
         with model._memory_context(features.device):
             query = model.query_key(features)
             read = local_attention(query, memory_frames)

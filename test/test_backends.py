@@ -182,6 +182,35 @@ def test_openvino_conversion_is_cached_per_model_and_input_size(tmp_path):
 
 
 # ---- streams ------------------------------------------------------------------------------------
+def test_openvino_runs_several_frames_one_per_request_with_the_labels_of_single_frames(
+    cache_dir,
+):
+    """Several cameras' frames run one frame per request on the throughput model (no batch-N
+    model is compiled) and give exactly the labels of one-frame calls; a caller that stops
+    iterating early leaves no request running."""
+    engine = SegmentationEngine(
+        tiny_espnet(size=(128, 64)),
+        device="cpu",
+        backend="openvino",
+        precision="fp32",
+        cache_dir=cache_dir,
+    )
+    shots = frames(5) + frames(1, 48, 96, seed=3)
+    together = engine.segment_batch(shots, with_confidence=True, streams=list("abcdef"))
+    alone = [engine.segment(frame, with_confidence=True) for frame in shots]
+    for single, batched in zip(alone, together):
+        np.testing.assert_array_equal(batched.labels, single.labels)
+        np.testing.assert_allclose(batched.confidence, single.confidence, atol=1e-5)
+    assert set(engine._runner._compiled) == {(1, "LATENCY"), (1, "THROUGHPUT")}
+
+    stopped = engine._runner.run_frames(engine.preprocess(shots[:4]))
+    next(stopped)
+    stopped.close()
+    again = engine.segment_batch(shots[:4], streams=list("abcd"))
+    for single, batched in zip(alone, again):
+        np.testing.assert_array_equal(batched.labels, single.labels)
+
+
 def test_a_frame_of_one_stream_never_changes_another_streams_memory(
     memory_engine, memory_checkpoint
 ):

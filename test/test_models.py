@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -132,3 +135,17 @@ def test_pspnet18_backbone_keeps_resnet18_weight_shapes():
 def test_unknown_architecture_error_lists_the_available_ones():
     with pytest.raises(ValueError, match="available: .*espnet"):
         build_model("segformer")
+
+
+def test_building_one_architecture_imports_only_its_own_module():
+    """A node serving ESPNet does not pay for torchvision's import (about 2 s of its start)."""
+    code = (
+        "import sys\n"
+        "from video_seg_ros.models import build_model\n"
+        "build_model('espnet', num_classes=20)\n"
+        "assert 'torchvision' not in sys.modules, 'torchvision was imported'\n"
+        "assert 'video_seg_ros.models.pspnet' not in sys.modules\n"
+        "build_model('pspnet18', num_classes=20)\n"
+        "assert 'torchvision' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

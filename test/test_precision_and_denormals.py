@@ -192,3 +192,32 @@ def test_an_explicit_bf16_that_cannot_run_the_model_fails_at_start_up(monkeypatc
             precision="bf16",
             cache_dir=tmp_path,
         )
+
+
+def test_default_calibration_frames_are_generated_once_and_read_back(monkeypatch, tmp_path):
+    """The synthetic calibration frames are kept in the cache folder (a node's start no longer
+    generates them); a damaged file is made again."""
+    from video_seg_ros import precision
+    from video_seg_ros.synthetic import generator
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    precision._synthetic_frames.cache_clear()
+    made = precision.calibration_frames(96, 48)
+    (stored,) = (tmp_path / "video_seg_ros" / "calibration").glob("synthetic-*.npz")
+    assert len(made) == len(precision.CALIBRATION_SEEDS) and made[0].shape == (48, 96, 3)
+
+    def no_generator(*args, **kwargs):
+        raise AssertionError("the calibration frames were generated again")
+
+    monkeypatch.setattr(generator, "generate_sequence", no_generator)
+    precision._synthetic_frames.cache_clear()
+    for read, original in zip(precision.calibration_frames(96, 48), made, strict=True):
+        np.testing.assert_array_equal(read, original)
+
+    monkeypatch.undo()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    stored.write_bytes(b"not an npz")
+    precision._synthetic_frames.cache_clear()
+    for again, original in zip(precision.calibration_frames(96, 48), made, strict=True):
+        np.testing.assert_array_equal(again, original)
+    precision._synthetic_frames.cache_clear()  # other tests see their own cache folder

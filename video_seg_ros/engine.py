@@ -410,7 +410,7 @@ class SegmentationEngine:
             for stream in streams:
                 self.stream_state(stream).stats.record("every_frame", None)
             results = segment_plain(
-                self._codec, self._infer, frames, channel_order, with_confidence, streams
+                self._codec, self._infer_frames, frames, channel_order, with_confidence, streams
             )
         elapsed_ms = (time.perf_counter() - start) * 1000.0 / len(frames)
         for result in results:
@@ -428,6 +428,16 @@ class SegmentationEngine:
         if not self.is_temporal:
             return self._runner.run(batch)
         return infer_with_memory(self._runner, batch, streams, self._memory)
+
+    def _infer_frames(self, batch: torch.Tensor, streams: list[Hashable]):
+        """Yields ``(index, logits (1, classes, h, w))`` per frame, each valid until the next:
+        frame by frame where the runner can (OpenVINO), else slices of one batch."""
+        if not self.is_temporal and getattr(self._runner, "runs_frame_by_frame", False):
+            yield from self._runner.run_frames(batch)
+            return
+        logits = self._infer(batch, streams)
+        for index in range(len(logits)):
+            yield index, logits[index : index + 1]
 
     def _memory(self, stream: Hashable):
         state = self.stream_state(stream)

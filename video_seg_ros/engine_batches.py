@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
@@ -27,6 +27,8 @@ DEFAULT_STREAM = None
 #: (N, 3, h, w) normalised batch and one stream key per frame -> logits (N, classes, h, w).
 Infer = Callable[[torch.Tensor, list[Hashable]], torch.Tensor]
 StateOf = Callable[[Hashable], StreamTemporalState]
+#: The same, frame by frame: yields (index, logits (1, classes, h, w)), each valid until the next.
+InferFrames = Callable[[torch.Tensor, list[Hashable]], Iterator[tuple[int, torch.Tensor]]]
 
 
 def check_batch(
@@ -106,31 +108,29 @@ def infer_with_memory(
 
 def segment_plain(
     codec: FrameCodec,
-    infer: Infer,
+    infer_frames: InferFrames,
     frames: list[np.ndarray],
     channel_order: str,
     with_confidence: bool,
     streams: list[Hashable],
 ) -> list[SegmentationResult]:
-    """Temporal fusion off: every frame through the network as one batch, postprocessed per frame
-    size (times left at 0 for the caller)."""
+    """Temporal fusion off: every frame through the network, each postprocessed at its own size
+    as soon as its logits come (a backend running frame by frame runs the next one meanwhile);
+    times left at 0 for the caller."""
     batch = codec.preprocess(frames, channel_order)
-    logits = infer(batch, streams)
-    sizes = [frame.shape[:2] for frame in frames]
-    results: list[SegmentationResult | None] = [None] * len(frames)
-    by_size = defaultdict(list)
-    for index, size in enumerate(sizes):
-        by_size[size].append(index)
+    results = []
     with torch.inference_mode():
-        for size, indices in by_size.items():
-            group = logits if len(indices) == len(frames) else logits[indices]
-            labels, confidence = codec.postprocess(group.float(), size, with_confidence)
-            labels_np = labels.cpu().numpy()
-            confidence_np = confidence.cpu().numpy() if confidence is not None else None
-            for j, i in enumerate(indices):
-                results[i] = SegmentationResult(
-                    labels_np[j], None if confidence_np is None else confidence_np[j], 0.0
+        for index, logits in infer_frames(batch, streams):
+            labels, confidence = codec.postprocess(
+                logits.float(), frames[index].shape[:2], with_confidence
+            )
+            results.append(
+                SegmentationResult(
+                    labels[0].cpu().numpy(),
+                    None if confidence is None else confidence[0].cpu().numpy(),
+                    0.0,
                 )
+            )
     return results
 
 

@@ -72,13 +72,37 @@ def label_agreement(reference: Sequence[torch.Tensor], candidate: Sequence[torch
 
 @functools.lru_cache(maxsize=4)
 def _synthetic_frames(width: int, height: int) -> tuple[np.ndarray, ...]:
-    from video_seg_ros.synthetic.generator import generate_sequence
+    """Generated once per size and kept in the cache folder: generating them took about 2 s of
+    every node start at 1024x512."""
+    from video_seg_ros import synthetic
+    from video_seg_ros.backends import default_cache_dir
 
     width, height = max(width, 32), max(height, 16)
-    return tuple(
+    digest = hashlib.sha256(repr((GATE_VERSION, CALIBRATION_SEEDS, width, height)).encode())
+    for source in sorted(Path(synthetic.__file__).parent.glob("*.py")):  # a changed generator
+        digest.update(source.read_bytes())
+    path = default_cache_dir() / "calibration" / f"synthetic-{digest.hexdigest()[:24]}.npz"
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            frames = tuple(stored[f"frame{i}"] for i in range(len(CALIBRATION_SEEDS)))
+        if all(f.shape == (height, width, 3) and f.dtype == np.uint8 for f in frames):
+            return frames
+    except (OSError, ValueError, KeyError, EOFError):
+        pass  # missing or damaged: made again
+    from video_seg_ros.synthetic.generator import generate_sequence
+
+    frames = tuple(
         next(iter(generate_sequence(seed, 1, width, height, with_flow=False))).rgb
         for seed in CALIBRATION_SEEDS
     )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as tmp:
+            np.savez(tmp, **{f"frame{i}": frame for i, frame in enumerate(frames)})
+        os.replace(tmp.name, path)
+    except OSError as error:  # a read-only cache costs time, not correctness
+        LOG.debug("calibration frames not cached in %s: %s", path.parent, error)
+    return frames
 
 
 def calibration_frames(width: int, height: int) -> list[np.ndarray]:

@@ -16,6 +16,7 @@ Models with temporal state (the memory wrapper) also set ``is_temporal = True`` 
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from torch import nn
@@ -31,7 +32,10 @@ def available_architectures() -> list[str]:
 
 def build_model(arch: str, **kwargs: Any) -> nn.Module:
     """Build an architecture by its registered name with its keyword arguments."""
-    _import_model_modules()
+    if arch not in BUILDERS and arch in _BUILTIN_MODULES:
+        importlib.import_module(f"{__name__}.{_BUILTIN_MODULES[arch]}")
+    if arch not in BUILDERS:
+        _import_model_modules()
     if arch not in BUILDERS:
         raise ValueError(
             f"unknown architecture {arch!r}; available: {', '.join(sorted(BUILDERS))}"
@@ -49,6 +53,17 @@ def build_from_checkpoint(checkpoint, strict: bool = True) -> nn.Module:
         # A memory checkpoint stores the wrapper's keys; load_state_dict on it is strict.
     model.load_state_dict(checkpoint.state_dict, strict=strict)
     return model
+
+
+#: The built-in architectures and the module that registers each: building one imports its own
+#: module only (pspnet's pulls in torchvision: about 2 s of a node's start).
+_BUILTIN_MODULES = {
+    "cgnet": "cgnet",
+    "dicenet": "dicenet",
+    "espnet": "espnet",
+    "onnx": "onnx_graph",
+    "pspnet18": "pspnet",
+}
 
 
 def _import_model_modules() -> None:
