@@ -13,10 +13,12 @@ Compiled for ``CPU`` with ``INFERENCE_PRECISION_HINT`` f32 (``fp32``: OpenVINO's
 would pick bf16 by itself on AMX CPUs) or bf16, the latency hint with one stream, as many threads
 as PyTorch uses, and denormals flushed like the torch backend.
 
-Several frames (cameras of one node, evaluation batches) run one frame per request, two requests
-taking turns (:meth:`OpenVinoRunner.run_frames`): ESPNet at 1024x512 ran 87 ms a frame so against
-101 ms as one batch of 4 (its full-resolution activations outgrow the caches), only the batch-1
-model is compiled, and the caller post-processes one frame while the next one runs.
+Several frames (the cameras of one node, evaluation batches) run one frame per infer request on
+the model compiled with the throughput hint (OpenVINO's streams share the threads: two streams of
+one thread on two cores), the caller post-processing one frame while the next ones run
+(:meth:`OpenVinoRunner.run_frames`); one frame alone runs on the latency model. No batch-N model
+is compiled: ESPNet's full-resolution activations at 1024x512 outgrow the caches as a batch (4
+frames through the engine: 136-142 ms a frame as one batch, 116-122 ms this way, AMX Xeon).
 
 ``int8``: the fp32 IR quantised by NNCF from calibration frames (:mod:`.int8`), cached as its own
 entry whose key adds the calibration frames, the recipe and the NNCF version to the fp32 key; the
