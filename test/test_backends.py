@@ -186,8 +186,9 @@ def test_openvino_runs_several_frames_one_per_request_with_the_labels_of_single_
     cache_dir,
 ):
     """Several cameras' frames run one frame per request on the throughput model (no batch-N
-    model is compiled) and give exactly the labels of one-frame calls; a caller that stops
-    iterating early leaves no request running."""
+    model is compiled) and give exactly the labels of one-frame calls; asked for labels only, the
+    graph's own maximum gives the same labels as the engine's over the logits; a caller that
+    stops iterating early leaves no request running."""
     engine = SegmentationEngine(
         tiny_espnet(size=(128, 64)),
         device="cpu",
@@ -201,7 +202,14 @@ def test_openvino_runs_several_frames_one_per_request_with_the_labels_of_single_
     for single, batched in zip(alone, together):
         np.testing.assert_array_equal(batched.labels, single.labels)
         np.testing.assert_allclose(batched.confidence, single.confidence, atol=1e-5)
-    assert set(engine._runner._compiled) == {(1, "LATENCY"), (1, "THROUGHPUT")}
+    assert set(engine._runner._compiled) == {(1, "LATENCY", False), (1, "THROUGHPUT", False)}
+
+    labels_only = engine.segment_batch(shots, streams=list("abcdef")) + [engine.segment(shots[0])]
+    for single, result in zip(alone + alone[:1], labels_only):
+        assert result.confidence is None and result.labels.shape == single.labels.shape
+        np.testing.assert_array_equal(result.labels, single.labels)
+    assert {(1, "LATENCY", True), (1, "THROUGHPUT", True)} <= set(engine._runner._compiled)
+    assert len(np.unique(np.concatenate([r.labels.ravel() for r in labels_only]))) > 1
 
     stopped = engine._runner.run_frames(engine.preprocess(shots[:4]))
     next(stopped)

@@ -410,7 +410,13 @@ class SegmentationEngine:
             for stream in streams:
                 self.stream_state(stream).stats.record("every_frame", None)
             results = segment_plain(
-                self._codec, self._infer_frames, frames, channel_order, with_confidence, streams
+                self._codec,
+                self._infer_frames,
+                frames,
+                channel_order,
+                with_confidence,
+                streams,
+                self._infer_class_index if self._gives_class_index() else None,
             )
         elapsed_ms = (time.perf_counter() - start) * 1000.0 / len(frames)
         for result in results:
@@ -438,6 +444,14 @@ class SegmentationEngine:
         logits = self._infer(batch, streams)
         for index in range(len(logits)):
             yield index, logits[index : index + 1]
+
+    def _gives_class_index(self) -> bool:
+        return not self.is_temporal and getattr(self._runner, "gives_class_index", False)
+
+    def _infer_class_index(self, batch: torch.Tensor, streams: list[Hashable]):
+        """Yields ``(index, class index (1, h, w))`` per frame from a runner that takes the
+        maximum in its graph (OpenVINO): the full-resolution logits are never written."""
+        yield from self._runner.run_frames(batch, labels=True)
 
     def _memory(self, stream: Hashable):
         state = self.stream_state(stream)

@@ -113,13 +113,21 @@ def segment_plain(
     channel_order: str,
     with_confidence: bool,
     streams: list[Hashable],
+    infer_class_index: InferFrames | None = None,
 ) -> list[SegmentationResult]:
     """Temporal fusion off: every frame through the network, each postprocessed at its own size
     as soon as its logits come (a backend running frame by frame runs the next one meanwhile);
-    times left at 0 for the caller."""
+    times left at 0 for the caller. ``infer_class_index`` (a backend that takes each pixel's
+    maximum itself, yielding (index, class index (1, h, w))) serves the frames when only labels
+    resized nearest are asked for."""
     batch = codec.preprocess(frames, channel_order)
     results = []
     with torch.inference_mode():
+        if infer_class_index is not None and not with_confidence and codec.upsample == "labels":
+            for index, class_index in infer_class_index(batch, streams):
+                labels = codec.labels_from_index(class_index, frames[index].shape[:2])
+                results.append(SegmentationResult(labels[0].cpu().numpy(), None, 0.0))
+            return results
         for index, logits in infer_frames(batch, streams):
             labels, confidence = codec.postprocess(
                 logits.float(), frames[index].shape[:2], with_confidence

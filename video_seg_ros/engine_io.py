@@ -150,6 +150,11 @@ class FrameCodec:
         scores, index = channel_max(probabilities)
         return self._finish(index, scores if with_confidence else None, size)
 
+    def labels_from_index(self, index, size):
+        """Class ids (N, H, W) uint8 at ``size`` from the index of each pixel's largest output
+        (N, h, w), e.g. taken by the backend."""
+        return self._finish(index.long(), None, size)[0]
+
     def _finish(self, index, confidence, size):
         labels = self._output_to_class[index.to(self._output_to_class.device)]
         if labels.shape[-2:] != size:
