@@ -102,12 +102,15 @@ def unconvertible_checkpoint() -> Checkpoint:
     )
 
 
-def random_memory_checkpoint(size: tuple[int, int] = (64, 32), seed: int = 1) -> Checkpoint:
-    """The tiny ESPNet with an LMANet memory (T=2) whose memory layers are random, so a stream's
-    earlier frames visibly change its labels (a fresh memory would leave them untouched)."""
+def random_memory_checkpoint(
+    size: tuple[int, int] = (64, 32), seed: int = 1, scale: float = 1.0
+) -> Checkpoint:
+    """The tiny ESPNet with an LMANet memory (T=2, 5x5 window) whose memory layers are random
+    (``scale`` x N(0, 1)), so a stream's earlier frames visibly change its labels (a fresh memory
+    would leave them untouched)."""
     from video_seg_ros.checkpoint import add_memory_to_checkpoint, randomise_memory_weights
 
     memory = {"memory_length": 2, "window": 5, "dropout": 0.0}
     return randomise_memory_weights(
-        add_memory_to_checkpoint(tiny_espnet(size=size), memory), seed=seed
+        add_memory_to_checkpoint(tiny_espnet(size=size), memory), seed=seed, scale=scale
     )

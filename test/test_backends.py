@@ -15,11 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from checkpoints import tiny_espnet, unconvertible_checkpoint
+from checkpoints import random_memory_checkpoint, tiny_espnet, unconvertible_checkpoint
 from shared_data import require_shared_file
 from video_seg_ros import runtime
 from video_seg_ros.backends import BackendError
-from video_seg_ros.checkpoint import Checkpoint, add_memory_to_checkpoint, randomise_memory_weights
 from video_seg_ros.engine import SegmentationEngine
 
 openvino = pytest.importorskip(
@@ -36,15 +35,6 @@ def cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("conversion_cache")
 
 
-def trained_looking_memory(seed: int = 1) -> Checkpoint:
-    """A tiny ESPNet + memory whose memory layers have random weights, so the memory changes
-    outputs."""
-    checkpoint = add_memory_to_checkpoint(
-        tiny_espnet(size=(128, 64)), {"memory_length": 2, "window": 5, "dropout": 0.0}
-    )
-    return randomise_memory_weights(checkpoint, seed=seed, scale=2.0)
-
-
 def frames(count: int, height: int = 64, width: int = 128, seed: int = 0) -> list[np.ndarray]:
     """Unrelated noise frames: a memory of them changes the outputs much more than a smooth
     video."""
@@ -54,7 +44,7 @@ def frames(count: int, height: int = 64, width: int = 128, seed: int = 0) -> lis
 
 @pytest.fixture(scope="module")
 def memory_checkpoint():
-    return trained_looking_memory()
+    return random_memory_checkpoint((128, 64), seed=1, scale=2.0)
 
 
 @pytest.fixture(scope="module", params=["torch", "openvino"])

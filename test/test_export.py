@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from checkpoints import tiny_espnet
+from checkpoints import random_memory_checkpoint, tiny_espnet
 from video_seg_ros.backends.onnx_export import (
     IMAGE,
     LOGITS,
@@ -22,7 +22,6 @@ from video_seg_ros.backends.onnx_export import (
     export_onnx,
 )
 from video_seg_ros.models import build_from_checkpoint
-from video_seg_ros.checkpoint import add_memory_to_checkpoint, randomise_memory_weights
 from video_seg_ros.tools.export import main as export_main
 
 openvino = pytest.importorskip(
@@ -44,10 +43,7 @@ def compile_onnx(path, shapes=None):
 
 
 def memory_checkpoint(size=SIZE):
-    checkpoint = add_memory_to_checkpoint(
-        tiny_espnet(size=size), {"memory_length": 2, "window": 5, "dropout": 0.0}
-    )
-    return randomise_memory_weights(checkpoint, seed=2, scale=2.0)
+    return random_memory_checkpoint(size, seed=2, scale=2.0)
 
 
 def test_exported_per_frame_graph_equals_torch_at_any_batch_size(tmp_path):

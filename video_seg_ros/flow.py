@@ -134,10 +134,7 @@ def occlusion_mask(
     total = flow_ab + back
     lhs = (total**2).sum(-1)
     rhs = alpha * ((flow_ab**2).sum(-1) + (back**2).sum(-1)) + beta
-    map_x, map_y = sampling_maps(flow_ab)
-    height, width = flow_ab.shape[:2]
-    inside = (map_x >= 0) & (map_x <= width - 1) & (map_y >= 0) & (map_y <= height - 1)
-    return (lhs <= rhs) & inside
+    return (lhs <= rhs) & inside_mask(flow_ab)
 
 
 def warp_tensor(

@@ -500,7 +500,8 @@ class FlowFusion:
 
     def _warp(self, probabilities: torch.Tensor, flow: np.ndarray) -> torch.Tensor:
         """(1, C, h, w) probabilities of the previous frame -> the current one's pixel grid, along
-        ``flow`` (h_f, w_f, 2, current -> previous, flow resolution); renormalised."""
+        ``flow`` (h_f, w_f, 2, current -> previous, flow resolution). Bilinear weights sum to 1,
+        so the warped probabilities still sum to 1 per pixel (no renormalisation)."""
         grid_flow = resize_flow(flow, probabilities.shape[-2:])
         if probabilities.device.type == "cpu":
             # OpenCV's remap, channel by channel: the same bilinear border-replicating warp as
@@ -517,7 +518,6 @@ class FlowFusion:
                     borderMode=cv2.BORDER_REPLICATE,
                     dst=warped[channel],
                 )
-            # Bilinear weights sum to 1: warped probabilities still sum to 1 per pixel.
             return torch.from_numpy(warped)[None]
         flow_tensor = torch.from_numpy(np.ascontiguousarray(grid_flow.transpose(2, 0, 1))).to(
             self.device

@@ -18,7 +18,9 @@ the model compiled with the throughput hint (OpenVINO's streams share the thread
 one thread on two cores), the caller post-processing one frame while the next ones run
 (:meth:`OpenVinoRunner.run_frames`); one frame alone runs on the latency model. No batch-N model
 is compiled: ESPNet's full-resolution activations at 1024x512 outgrow the caches as a batch (4
-frames through the engine: 136-142 ms a frame as one batch, 116-122 ms this way, AMX Xeon).
+frames through the engine: 136-142 ms a frame as one batch, 116-122 ms this way, AMX Xeon). When
+only labels are wanted, a variant of the model with a TopK over the classes gives each pixel's
+class index, so the full-resolution logits are never written.
 
 ``int8``: the fp32 IR quantised by NNCF from calibration frames (:mod:`.int8`), cached as its own
 entry whose key adds the calibration frames, the recipe and the NNCF version to the fp32 key; the
@@ -177,6 +179,16 @@ class OpenVinoRunner:
         self._fixed_batch = (
             None if self.temporal or batch_dim.is_dynamic else batch_dim.get_length()
         )
+        logits_shape = self._ov_model.output(LOGITS).get_partial_shape()
+        #: Whether ``run_frames(..., labels=True)`` applies: frame by frame, and logits with a
+        #: class axis (N, C > 1, h, w) to take the maximum of (not a graph giving class ids).
+        self.gives_class_index = (
+            self.runs_frame_by_frame
+            and logits_shape.rank.is_static
+            and len(logits_shape) == 4
+            and logits_shape[1].is_static
+            and logits_shape[1].get_length() > 1
+        )
         try:
             # compile now: a model OpenVINO cannot compile fails at start-up
             self._request(self._fixed_batch or 1)
@@ -315,19 +327,6 @@ class OpenVinoRunner:
         """Whether :meth:`run_frames` applies: a model without memory whose graph takes one
         frame (a dynamic batch, or a batch fixed at 1)."""
         return not self.temporal and self._fixed_batch in (None, 1)
-
-    @property
-    def gives_class_index(self) -> bool:
-        """Whether ``run_frames(..., labels=True)`` applies: frame by frame, and logits with a
-        class axis (N, C > 1, h, w) to take the maximum of (not a graph giving class ids)."""
-        shape = self._ov_model.output(LOGITS).get_partial_shape()
-        return (
-            self.runs_frame_by_frame
-            and shape.rank.is_static
-            and len(shape) == 4
-            and shape[1].is_static
-            and shape[1].get_length() > 1
-        )
 
     def run_frames(self, batch: torch.Tensor, labels: bool = False):
         """Yields ``(index, logits (1, C, h, w))`` for each frame of a normalised CPU batch, in
