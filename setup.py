@@ -43,6 +43,7 @@ setup(
             "video-seg-train = video_seg_ros.tools.train:main",
             "video-seg-export = video_seg_ros.tools.export:main",
             "video-seg-adapt = video_seg_ros.tools.adapt:main",
+            "video-seg-interpolate = video_seg_ros.tools.interpolate:main",
         ],
     },
 )

@@ -485,6 +485,120 @@ def test_a_detached_neighbour_runs_without_a_graph_and_gives_the_batched_losses_
     assert not Trainer(with_distillation, progress=False).neighbour_without_grad
 
 
+def _scaled_losses_config(sequences, run_dir, scales):
+    """The tiny config with a teacher, one train entry per ``scales`` item (its ``loss_scale``),
+    no crop padding and no scaling, so every sample has the same labelled pixels."""
+    config = tiny_config(sequences, run_dir)
+    entry = config["data"]["train"][0]
+    config["data"]["train"] = [
+        dict(entry, loss_scale=scale) if scale else dict(entry) for scale in scales
+    ]
+    config["data"].update({"crop": None, "scale_range": [1.0, 1.0], "val": []})
+    config["teacher"] = {"arch": "espnet", "kwargs": {"p": 1, "q": 1, "num_classes": 19}}
+    config["losses"].update({"ce": {"weight": 1.0}, "distill_pixel": {"weight": 1.0}})
+    config["train"].update({"freeze_bn": True, "batch_size": 4})
+    return config_from_dict(config)
+
+
+def test_loss_scales_of_1_give_the_batch_losses_and_the_teacher_sees_only_distilling_samples(
+    tmp_path, sequences
+):
+    from video_seg_ros.training.trainer import Trainer
+
+    plain = Trainer(_scaled_losses_config(sequences, tmp_path / "a", [None]), progress=False)
+    ones = Trainer(
+        _scaled_losses_config(sequences, tmp_path / "b", [{"ce": 1, "distill_pixel": 1}]),
+        progress=False,
+    )
+    assert ones.scaled_losses and not plain.scaled_losses
+    ones.model.load_state_dict(plain.model.state_dict())
+    ones.teacher.load_state_dict(plain.teacher.state_dict())
+    batch = plain._to_device(next(iter(plain.loader)))
+    plain._train_mode(), ones._train_mode()
+    expected = {k: v.item() for k, v in plain.compute_losses(batch).items()}
+    got = {k: v.item() for k, v in ones.compute_losses(batch).items()}
+    assert got.keys() == expected.keys() == {"ce", "temporal", "distill_pixel"}
+    for key in expected:
+        assert got[key] == pytest.approx(expected[key], rel=1e-5), key
+
+    # Entry 0: labels only; entry 1 (the same frames): the teacher only.
+    mixed = Trainer(
+        _scaled_losses_config(
+            sequences, tmp_path / "c", [{"distill_pixel": 0}, {"ce": 0, "temporal": 0}]
+        ),
+        progress=False,
+    )
+    mixed._train_mode()
+    rows_seen = []
+    mixed.teacher.register_forward_hook(lambda module, args, out: rows_seen.append(len(args[0])))
+    for batch in mixed.loader:
+        batch = mixed._to_device(batch)
+        distilling = int((batch["loss_scale"][:, 2] > 0).sum())
+        rows_seen.clear()
+        losses = mixed.compute_losses(batch)
+        # The neighbour is distilled too (neighbour_weight 0.4): two rows per sample.
+        assert rows_seen == ([2 * distilling] if distilling else [])
+        assert (losses["distill_pixel"].item() > 0) == (distilling > 0)
+        assert (losses["ce"].item() > 0) == (distilling < len(batch["label"]))
+
+
+def test_loss_scale_is_refused_with_losses_it_cannot_scale_and_with_bad_factors(
+    tmp_path, sequences
+):
+    from video_seg_ros.training.datasets import DatasetError, entry_loss_scale
+
+    config = tiny_config(sequences, tmp_path / "run")
+    config["data"]["train"][0]["loss_scale"] = {"ce": 0.5}
+    config["teacher"] = {"arch": "espnet", "kwargs": {"p": 1, "q": 1, "num_classes": 19}}
+    config["losses"]["distill_pairwise"] = {"weight": 1.0}
+    with pytest.raises(ConfigError, match="loss_scale works .* also on: distill_pairwise"):
+        config_from_dict(config)
+    with pytest.raises(DatasetError, match="loss_scale.ce must be a number >= 0"):
+        entry_loss_scale({"loss_scale": {"ce": -1}})
+    with pytest.raises(DatasetError, match="loss_scale may name ce, temporal, distill_pixel"):
+        entry_loss_scale({"loss_scale": {"distill_pairwise": 1}})
+    assert entry_loss_scale({}) == [1.0, 1.0, 1.0]
+
+
+def test_enet_class_weights_come_from_the_training_labels_and_weigh_rare_classes_up(
+    tmp_path, sequences
+):
+    import json
+
+    from video_seg_ros.training import losses as L
+    from video_seg_ros.training.trainer import Trainer
+
+    config = tiny_config(sequences, tmp_path / "run")
+    config["losses"]["ce"] = {"weight": 1.0, "class_weights": "enet"}
+    trainer = Trainer(config_from_dict(config), progress=False)
+    written = json.loads((tmp_path / "run" / "class_weights.json").read_text())
+    pixels = np.array(written["pixels"])
+    # seqa's 6 labels: rows 24.. road (0), a 12x12 car (13) square, vegetation (8) elsewhere.
+    assert pixels.sum() == 6 * WIDTH * HEIGHT and pixels[13] == 6 * 144
+    assert pixels[0] == 6 * 8 * WIDTH and len(pixels) == 19
+    weights = trainer.ce_class_weights
+    assert weights[13] > weights[0] > weights[8]  # car is the rarest class, vegetation the most
+    assert weights[5] == pytest.approx(1 / math.log(1.02))  # absent: the largest weight
+    # A labelled pixel of a class weighs as its weight; the mean stays a mean.
+    logits = torch.zeros(1, 19, 2, 2)
+    logits[0, 13, 0, 0] = 5.0
+    label = torch.tensor([[[13, 0], [0, 255]]])
+    per_pixel = torch.nn.functional.cross_entropy(
+        logits, label, ignore_index=255, reduction="none"
+    )
+    w = torch.tensor([float(weights[13]), float(weights[0]), float(weights[0])])
+    expected = (w * per_pixel.flatten()[:3]).sum() / w.sum()
+    assert L.cross_entropy_loss(logits, label, class_weights=weights).item() == pytest.approx(
+        expected.item(), rel=1e-6
+    )
+    config["losses"]["ce"]["class_weights"] = [1.0, 2.0]
+    with pytest.raises(ConfigError, match="has 2 numbers; the model has 19 output channels"):
+        Trainer(config_from_dict(config), progress=False)
+    config["losses"]["ce"]["class_weights"] = "inverse"
+    with pytest.raises(ConfigError, match="class_weights must be null, enet or a list"):
+        config_from_dict(config)
+
+
 def test_epochs_null_runs_the_epochs_max_iters_needs_and_records_their_number(tmp_path, sequences):
     from video_seg_ros.training.trainer import Trainer
 
@@ -721,13 +835,16 @@ def test_every_recipe_config_loads_and_trains_two_steps_on_tiny_frames(
     config["run_dir"] = str(tmp_path / "run")
     config["data"].update(
         {
+            # One tiny entry per recipe entry, keeping the entry's loss_scale.
             "train": [
                 {
                     "type": "folder",
                     "images": str(sequences / "images"),
                     "labels": str(sequences / "labels"),
                     "label_format": "trainids",
+                    **({"loss_scale": e["loss_scale"]} if e.get("loss_scale") else {}),
                 }
+                for e in config["data"]["train"]
             ],
             "val": [],
             "resize": [WIDTH, HEIGHT],
@@ -755,3 +872,44 @@ def test_every_recipe_config_loads_and_trains_two_steps_on_tiny_frames(
     assert enabled <= set(trainer.step_log[-1]) and all(
         math.isfinite(row["total"]) for row in trainer.step_log
     )
+
+
+# ---- weight interpolation (video-seg-interpolate) -----------------------------------------------
+def test_interpolation_mixes_float_tensors_keeps_counters_and_records_its_inputs(tmp_path, capsys):
+    from checkpoints import make_tiny_espnet_checkpoint
+    from video_seg_ros.tools.interpolate import main as interpolate_main
+
+    start = make_tiny_espnet_checkpoint(tmp_path / "start.pt", seed=0)
+    finetuned_checkpoint = load_checkpoint(make_tiny_espnet_checkpoint(tmp_path / "f.pt", seed=1))
+    counter = next(k for k in finetuned_checkpoint.state_dict if "num_batches_tracked" in k)
+    finetuned_checkpoint.state_dict[counter] = torch.tensor(1234)
+    finetuned = finetuned_checkpoint.save(tmp_path / "finetuned.pt")
+    outputs = {}
+    for alpha in (0.0, 0.25, 1.0):
+        out = tmp_path / f"mix_{alpha}.pt"
+        argv = ["--finetuned", str(finetuned), "--start", str(start), "--alpha", str(alpha)]
+        assert interpolate_main([*argv, "-o", str(out)]) == 0
+        outputs[alpha] = load_checkpoint(out)
+    a, b = load_checkpoint(finetuned).state_dict, load_checkpoint(start).state_dict
+    weight = next(k for k, v in a.items() if v.is_floating_point() and v.numel() > 8)
+    assert torch.equal(outputs[1.0].state_dict[weight], a[weight])
+    assert torch.equal(outputs[0.0].state_dict[weight], b[weight])
+    assert torch.allclose(outputs[0.25].state_dict[weight], 0.25 * a[weight] + 0.75 * b[weight])
+    assert all(int(m.state_dict[counter]) == 1234 for m in outputs.values())
+    record = outputs[0.25].training["interpolation"]
+    assert record["alpha"] == 0.25 and record["start"] == "start.pt"
+    assert len(record["finetuned_sha256"]) == 64
+    # The mixed checkpoint is a working model: the engine segments with it.
+    frame = np.random.default_rng(0).integers(0, 255, (32, 64, 3), np.uint8)
+    engine = SegmentationEngine(tmp_path / "mix_0.25.pt", device="cpu", precision="fp32")
+    assert engine.segment(frame).labels.shape == (32, 64)
+
+    # Another network, or alpha outside 0..1, is refused with what is wrong.
+    other = make_tiny_espnet_checkpoint(tmp_path / "other.pt", q=2)
+    capsys.readouterr()
+    argv = ["--finetuned", str(finetuned), "--start", str(other), "-o", str(tmp_path / "x.pt")]
+    assert interpolate_main(argv) == 1
+    assert "different networks: espnet(p=2,q=3) and espnet(p=2,q=2)" in capsys.readouterr().err
+    assert interpolate_main([*argv[:2], "--start", str(start), "--alpha", "1.5", *argv[4:]]) == 2
+    assert "--alpha must be in 0..1" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()

@@ -86,7 +86,9 @@ DEFAULTS: dict[str, Any] = {
         "find_unused_parameters": False,  # DDP: needed only if some parameters get no gradient
     },
     "losses": {
-        "ce": {"weight": 1.0},
+        # class_weights: null, enet (1 / ln(1.02 + share), shares counted over the training
+        # labels at start-up) or one positive number per output channel.
+        "ce": {"weight": 1.0, "class_weights": None},
         "temporal": {"weight": 0.0, "detach_neighbour": False},
         "distill_pixel": {"weight": 0.0, "temperature": 1.0, "neighbour_weight": 0.4},
         "distill_pairwise": {"weight": 0.0, "grid": [16, 32], "neighbour_weight": 0.4},
@@ -292,6 +294,23 @@ def validate(config: dict) -> None:
     if not 0.0 <= float(config["losses"]["pseudo_label"]["confidence"]) <= 1.0:
         raise ConfigError("losses.pseudo_label.confidence must be a probability in [0, 1]")
     losses = config["losses"]
+    class_weights = losses["ce"]["class_weights"]
+    if (
+        class_weights is not None
+        and class_weights != "enet"
+        and not (
+            isinstance(class_weights, list)
+            and class_weights
+            and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+                for v in class_weights
+            )
+        )
+    ):
+        raise ConfigError(
+            "losses.ce.class_weights must be null, enet or a list of positive numbers (one per "
+            f"output channel); got {class_weights!r}"
+        )
     distill = [
         name
         for name in losses
@@ -299,6 +318,17 @@ def validate(config: dict) -> None:
     ]
     if distill and not config.get("teacher"):
         raise ConfigError(f"losses {', '.join(distill)} need a teacher: set teacher.checkpoint")
+    scaling = [e for e in data["train"] if isinstance(e, dict) and e.get("loss_scale")]
+    if scaling:
+        from video_seg_ros.training.losses import PER_SAMPLE_LOSSES
+
+        others = [n for n in losses if losses[n]["weight"] and n not in PER_SAMPLE_LOSSES]
+        if others or data["mode"] == "clip":
+            raise ConfigError(
+                "a dataset entry's loss_scale works in pair mode with the losses "
+                f"{', '.join(PER_SAMPLE_LOSSES)}; "
+                + (f"also on: {', '.join(others)}" if others else "data.mode is 'clip'")
+            )
     if data["mode"] == "clip" and any(losses[n]["weight"] for n in losses if n != "ce"):
         raise ConfigError(
             "data.mode 'clip' (memory training) supports only the ce loss; set the "

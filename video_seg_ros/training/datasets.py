@@ -5,7 +5,8 @@ Dataset entries in a config (``data.train`` / ``data.val`` lists)::
 
     {type: folder, images: DIR, labels: DIR|null,
      label_format: auto|trainids|cityscapes-labelids|camvid,
-     sequences: [names]|null, exclude_sequences: [names], labelled_only: true, repeat: 1}
+     sequences: [names]|null, exclude_sequences: [names], labelled_only: true, repeat: 1,
+     loss_scale: {ce: 1, temporal: 1, distill_pixel: 1}}
     {type: cityscapes, root: DIR, split: train}  # leftImg8bit_sequence/<split> + gtFine/<split>
     {type: camvid, root: DIR, split: train}          # <split>/ + <split>annot/ (SegNet layout)
     {type: synthetic, root: DIR}                     # the generator's Cityscapes-style output
@@ -18,6 +19,9 @@ Random choices come from a generator seeded by (seed, epoch, index), so a sample
 every process and data-loader worker: DDP and single-process runs see identical data.
 ``repeat: N`` lists an entry's anchors N times per epoch (each copy with its own crop, scale and
 neighbour): it sets how much a small real set weighs beside a large generated one.
+``loss_scale`` multiplies the losses of :data:`~video_seg_ros.training.losses.PER_SAMPLE_LOSSES`
+for this entry's samples (missing names: 1), e.g. distillation from the published model on real
+frames only and cross-entropy on generated frames only.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from video_seg_ros.labels import IGNORE_ID
 from video_seg_ros.streams import FolderEntry, list_folder
 from video_seg_ros.training.augment import AlignedAugmentation, AlignedSample
 from video_seg_ros.training.flow_cache import FlowCache, build_flow_cache
+from video_seg_ros.training.losses import PER_SAMPLE_LOSSES
 
 
 class DatasetError(ValueError):
@@ -92,6 +97,28 @@ def resolve_entry(entry: dict) -> dict:
     entry.setdefault("labels", None)
     entry.setdefault("label_format", "auto")
     return entry
+
+
+def entry_loss_scale(entry: dict) -> list[float]:
+    """The entry's ``loss_scale`` as one factor per name of ``PER_SAMPLE_LOSSES`` (default 1)."""
+    scale = entry.get("loss_scale") or {}
+    if not isinstance(scale, dict):
+        raise DatasetError(f"dataset entry {entry}: loss_scale must be a mapping loss -> factor")
+    unknown = sorted(set(scale) - set(PER_SAMPLE_LOSSES))
+    if unknown:
+        raise DatasetError(
+            f"dataset entry {entry}: loss_scale may name {', '.join(PER_SAMPLE_LOSSES)}; "
+            f"got {', '.join(map(str, unknown))}"
+        )
+    factors = []
+    for name in PER_SAMPLE_LOSSES:
+        value = scale.get(name, 1.0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise DatasetError(
+                f"dataset entry {entry}: loss_scale.{name} must be a number >= 0; got {value!r}"
+            )
+        factors.append(float(value))
+    return factors
 
 
 def load_sequences(entry: dict) -> dict[str, list[SequenceFrame]]:
@@ -192,6 +219,7 @@ class SequenceSampleDataset(Dataset):
         if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
             raise DatasetError(f"dataset entry {entry}: repeat must be an integer >= 1")
         self.anchors *= repeat
+        self.loss_scale = torch.tensor(entry_loss_scale(entry), dtype=torch.float32)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -270,6 +298,7 @@ class SequenceSampleDataset(Dataset):
         out = {
             "label": torch.from_numpy(sample.label.astype(np.int64)),
             "valid": torch.from_numpy(sample.valid.astype(np.float32)).unsqueeze(0),
+            "loss_scale": self.loss_scale.clone(),
         }
         if self.mode == "pair":
             out["image"] = to_tensor_image(sample.frames[0])
@@ -289,6 +318,22 @@ class TrainingDataset(ConcatDataset):
     def set_epoch(self, epoch: int) -> None:
         for part in self.datasets:
             part.set_epoch(epoch)
+
+    def label_histogram(self) -> np.ndarray:
+        """Pixels per label value (256 bins) over every anchor as sampled in one epoch (an entry's
+        ``repeat`` counts), each label file read once."""
+        uses: dict[int, tuple[SequenceFrame, int]] = {}
+        for part in self.datasets:
+            for name, index in part.anchors:
+                frame = part.sequences[name][index]
+                if frame.label_path is not None:
+                    _, count = uses.get(id(frame), (frame, 0))
+                    uses[id(frame)] = (frame, count + 1)
+        histogram = np.zeros(256, np.int64)
+        for frame, count in uses.values():
+            label = read_label_resized(frame, None)
+            histogram += count * np.bincount(label.ravel(), minlength=256)[:256]
+        return histogram
 
 
 def build_training_dataset(
@@ -324,6 +369,7 @@ __all__ = [
     "TrainingDataset",
     "build_training_dataset",
     "build_validation_sequences",
+    "entry_loss_scale",
     "load_sequences",
     "read_frame",
     "read_label_resized",

@@ -2,7 +2,9 @@
 ECCV 2020): cross-entropy, the flow-warped temporal loss and distillation from a teacher.
 
 Every loss returns a scalar tensor that is exactly zero when its two sides agree, so each can be
-weighted (or switched off with weight 0) independently from the training config.
+weighted (or switched off with weight 0) independently from the training config. The losses in
+:data:`PER_SAMPLE_LOSSES` also give one value per sample (``per_sample=True``), which lets a
+dataset entry scale them for its own samples (``loss_scale`` in the entry).
 
 Gradient paths (what the tests check): the flow, the occlusion weight and the teacher's outputs are
 constants. In the temporal loss both student outputs receive gradient, as in ETC's public code
@@ -11,6 +13,8 @@ warped neighbour into a fixed target instead.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +27,10 @@ from video_seg_ros.labels import IGNORE_ID
 #: the per-channel difference divided by these standard deviations (the means cancel).
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+#: Losses a dataset entry may scale for its own samples, in the order of a sample's
+#: ``loss_scale`` vector.
+PER_SAMPLE_LOSSES = ("ce", "temporal", "distill_pixel")
+
 
 def upsample_to(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(logits.shape[-2:]) == tuple(size):
@@ -30,15 +38,35 @@ def upsample_to(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
 
 
-def cross_entropy_loss(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+def cross_entropy_loss(
+    logits: torch.Tensor,
+    label: torch.Tensor,
+    per_sample: bool = False,
+    class_weights: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Mean cross-entropy over labelled pixels (``IGNORE_ID`` skipped); 0 when nothing is labelled.
 
-    logits: (N, C, h, w), upsampled to label's (N, H, W) size first.
+    logits: (N, C, h, w), upsampled to label's (N, H, W) size first. ``per_sample``: (N,), each
+    sample's mean over its own labelled pixels. ``class_weights`` (C,): each pixel's loss weighted
+    by its class, the mean taken over the weights (as ``torch.nn.CrossEntropyLoss``).
     """
     logits = upsample_to(logits, label.shape[-2:])
-    per_pixel = F.cross_entropy(logits.float(), label, ignore_index=IGNORE_ID, reduction="none")
-    count = (label != IGNORE_ID).sum()
-    return per_pixel.sum() / count.clamp(min=1)
+    per_pixel = F.cross_entropy(
+        logits.float(), label, weight=class_weights, ignore_index=IGNORE_ID, reduction="none"
+    )
+    labelled = (label != IGNORE_ID).float()
+    if class_weights is not None:
+        labelled = labelled * class_weights[torch.where(label == IGNORE_ID, 0, label)]
+    if per_sample:
+        return per_pixel.sum((1, 2)) / labelled.sum((1, 2)).clamp(min=1e-12)
+    return per_pixel.sum() / labelled.sum().clamp(min=1e-12)
+
+
+def enet_class_weights(frequencies, constant: float = 1.02) -> list[float]:
+    """ENet's class weighting 1 / ln(c + p_class) (Paszke et al. 2016; ESPNet trains with it):
+    rare classes weigh up to 1 / ln(c) ~ 50, one that covers a third of the pixels ~ 3.4.
+    ``frequencies``: each class's share of the labelled pixels."""
+    return [1.0 / math.log(constant + float(p)) for p in frequencies]
 
 
 def occlusion_weight(image: torch.Tensor, neighbour_warped: torch.Tensor) -> torch.Tensor:
@@ -58,8 +86,10 @@ def temporal_loss(
     flow: torch.Tensor,
     valid: torch.Tensor | None = None,
     detach_neighbour: bool = False,
+    per_sample: bool = False,
 ) -> torch.Tensor:
-    """MSE(M * logits_t, M * warp(logits_{t+k}, F)) on logits upsampled to the image size.
+    """MSE(M * logits_t, M * warp(logits_{t+k}, F)) on logits upsampled to the image size;
+    ``per_sample``: (N,), each sample's mean (their mean is the batch's).
 
     Args:
         logits, neighbour_logits: (N, C, h, w) student outputs for frame t and t+k.
@@ -78,19 +108,25 @@ def temporal_loss(
         if valid is not None:
             mask = mask * valid.float()
     warped = warp_tensor(neighbour_logits, flow)
+    if per_sample:
+        return ((logits * mask - warped * mask) ** 2).mean((1, 2, 3))
     return F.mse_loss(logits * mask, warped * mask)
 
 
 def pixel_distillation_loss(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float = 1.0,
+    per_sample: bool = False,
 ) -> torch.Tensor:
     """KL(teacher || student) of softened class distributions, summed over classes, averaged over
-    pixels, times T^2 (so the gradient scale does not depend on T). (N, C, h, w) each."""
+    pixels, times T^2 (so the gradient scale does not depend on T). (N, C, h, w) each;
+    ``per_sample``: (N,), each sample's mean."""
     student_logits = upsample_to(student_logits, teacher_logits.shape[-2:]).float()
     log_p_student = F.log_softmax(student_logits / temperature, dim=1)
     log_p_teacher = F.log_softmax(teacher_logits.float() / temperature, dim=1)
     kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(1)
-    return kl.mean() * temperature**2
+    return (kl.mean((1, 2)) if per_sample else kl.mean()) * temperature**2
 
 
 def _pooled_unit_nodes(features: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:

@@ -36,6 +36,7 @@ from video_seg_ros.runtime import (
     resolve_precision,
 )
 from video_seg_ros.training import losses as L
+from video_seg_ros.training.config import ConfigError
 from video_seg_ros.training.datasets import build_training_dataset, build_validation_sequences
 from video_seg_ros.training.distributed import (
     DistributedContext,
@@ -126,6 +127,9 @@ class Trainer:
             weights[n] for n in ("distill_pairwise", "distill_cross_frame", "distill_temporal")
         )
         losses_cfg = config["losses"]
+        # Some dataset entry scales its own samples' losses (``loss_scale``): losses are then
+        # reduced per sample, and the teacher runs only on the samples it is asked about.
+        self.scaled_losses = any(entry.get("loss_scale") for entry in config["data"]["train"])
         # With a detached neighbour and no distillation on it, the neighbour's forward needs no
         # autograd graph: the backward pass then covers frame t alone (about half the step).
         self.neighbour_without_grad = bool(
@@ -135,13 +139,15 @@ class Trainer:
             and not (weights["distill_pixel"] and losses_cfg["distill_pixel"]["neighbour_weight"])
             and not (weights["pseudo_label"] and losses_cfg["pseudo_label"]["neighbour_weight"])
         )
-        self.needs_neighbour = not clip_mode and bool(
-            weights["temporal"]
-            or weights["distill_cross_frame"]
+        self.teacher_needs_neighbour = bool(
+            weights["distill_cross_frame"]
             or weights["distill_temporal"]
             or (weights["distill_pixel"] and losses_cfg["distill_pixel"]["neighbour_weight"])
             or (weights["distill_pairwise"] and losses_cfg["distill_pairwise"]["neighbour_weight"])
             or (weights["pseudo_label"] and losses_cfg["pseudo_label"]["neighbour_weight"])
+        )
+        self.needs_neighbour = not clip_mode and bool(
+            weights["temporal"] or self.teacher_needs_neighbour
         )
 
         student, self.meta = build_student(config, self.checkpoints)
@@ -171,6 +177,7 @@ class Trainer:
             needs_neighbour=self.needs_neighbour,
             needs_flow=bool(weights["temporal"]),
         )
+        self.ce_class_weights = self._ce_class_weights() if weights["ce"] else None
         self.sampler = DistributedSampler(
             self.dataset,
             num_replicas=self.ctx.world_size,
@@ -250,6 +257,32 @@ class Trainer:
             )
 
     # ---- checkpoints ---------------------------------------------------------------------------
+    def _ce_class_weights(self) -> torch.Tensor | None:
+        """``losses.ce.class_weights`` as a (C,) tensor, or None; ``enet`` counts the training
+        labels once here and writes the weights to ``class_weights.json`` in the run folder."""
+        setting = self.config["losses"]["ce"]["class_weights"]
+        if setting is None:
+            return None
+        channels = len(self.meta["output_to_class"])
+        if setting == "enet":
+            histogram = self.dataset.label_histogram()[:channels].astype(np.float64)
+            values = L.enet_class_weights(histogram / max(histogram.sum(), 1.0))
+            if self.ctx.is_main:
+                (self.run_dir / "class_weights.json").write_text(
+                    json.dumps(
+                        {"pixels": histogram.astype(np.int64).tolist(), "weights": values},
+                        indent=1,
+                    )
+                )
+        else:
+            values = [float(v) for v in setting]
+            if len(values) != channels:
+                raise ConfigError(
+                    f"losses.ce.class_weights has {len(values)} numbers; the model has "
+                    f"{channels} output channels"
+                )
+        return torch.tensor(values, dtype=torch.float32, device=self.device)
+
     def _checkpoint(self, metrics: dict | None) -> Checkpoint:
         meta = self.meta
         return Checkpoint(
@@ -343,7 +376,9 @@ class Trainer:
             with phase("student"), self.autocast():
                 logits, _ = self.model(batch["clip"])
             with phase("loss.ce"):
-                out["ce"] = w["ce"] * L.cross_entropy_loss(logits, label)
+                out["ce"] = w["ce"] * L.cross_entropy_loss(
+                    logits, label, class_weights=self.ce_class_weights
+                )
             return out
         image = batch["image"]
         batched = self.needs_neighbour and not self.neighbour_without_grad
@@ -358,12 +393,25 @@ class Trainer:
         logits, logits_n = all_logits[:n], all_logits[n:]
         features = all_features[:n] if all_features is not None else None
         features_n = all_features[n:] if all_features is not None else None
+        scaled = self.scaled_losses
+        scale = batch["loss_scale"] if scaled else None
+
+        def reduce(name: str, values: torch.Tensor, rows=None) -> torch.Tensor:
+            """Per-sample values (of ``rows`` of the batch) -> the batch's scaled mean."""
+            factors = scale[:, L.PER_SAMPLE_LOSSES.index(name)]
+            if rows is not None:
+                factors = factors[rows]
+            return (factors * values).sum() / n
+
         if w["ce"]:
             with phase("loss.ce"):
-                out["ce"] = w["ce"] * L.cross_entropy_loss(logits, label)
+                ce = L.cross_entropy_loss(
+                    logits, label, per_sample=scaled, class_weights=self.ce_class_weights
+                )
+                out["ce"] = w["ce"] * (reduce("ce", ce) if scaled else ce)
         if w["temporal"]:
             with phase("loss.temporal"):
-                out["temporal"] = w["temporal"] * L.temporal_loss(
+                temporal = L.temporal_loss(
                     logits,
                     logits_n,
                     image,
@@ -371,23 +419,37 @@ class Trainer:
                     batch["flow"],
                     batch["valid"],
                     detach_neighbour=bool(cfg["temporal"]["detach_neighbour"]),
+                    per_sample=scaled,
                 )
-        if self.teacher is not None:
-            teacher_inputs = inputs
+                out["temporal"] = w["temporal"] * (
+                    reduce("temporal", temporal) if scaled else temporal
+                )
+        # Rows the teacher is asked about: all, or (scaled losses) those whose distillation counts.
+        teacher_rows = scale[:, L.PER_SAMPLE_LOSSES.index("distill_pixel")] > 0 if scaled else None
+        if self.teacher is not None and teacher_rows is not None and not teacher_rows.any():
+            out["distill_pixel"] = logits.new_zeros(())
+        elif self.teacher is not None:
+            # The neighbours go through the teacher only when a loss compares them.
+            teacher_inputs = inputs if self.teacher_needs_neighbour else inputs[:n]
+            if teacher_rows is not None:
+                rows = teacher_rows.repeat(teacher_inputs.shape[0] // n)
+                teacher_inputs = teacher_inputs[rows]
+                logits, logits_n = logits[teacher_rows], logits_n[teacher_rows[: len(logits_n)]]
+            m = int(teacher_rows.sum()) if teacher_rows is not None else n
             if self.teacher_size is not None and tuple(inputs.shape[-2:]) != self.teacher_size:
                 # A teacher trained at a higher resolution is far better there; its logits are then
                 # compared at its resolution and its features pooled to the same affinity grid.
                 teacher_inputs = torch.nn.functional.interpolate(
-                    inputs, size=self.teacher_size, mode="bilinear", align_corners=False
+                    teacher_inputs, size=self.teacher_size, mode="bilinear", align_corners=False
                 )
             with phase("teacher"), torch.no_grad(), self.autocast():
                 t_logits_all, t_features_all = self.teacher(
                     teacher_inputs, with_features=self.needs_features
                 )
             t_logits_all = t_logits_all[:, self.teacher_channels].float()
-            t_logits, t_logits_n = t_logits_all[:n], t_logits_all[n:]
-            t_feat = t_features_all[:n] if t_features_all is not None else None
-            t_feat_n = t_features_all[n:] if t_features_all is not None else None
+            t_logits, t_logits_n = t_logits_all[:m], t_logits_all[m:]
+            t_feat = t_features_all[:m] if t_features_all is not None else None
+            t_feat_n = t_features_all[m:] if t_features_all is not None else None
             if w["pseudo_label"]:
                 with phase("loss.pseudo_label"):
                     c = cfg["pseudo_label"]
@@ -408,11 +470,15 @@ class Trainer:
                 with phase("loss.distill_pixel"):
                     c = cfg["distill_pixel"]
                     shared = self.student_channels
-                    loss = L.pixel_distillation_loss(logits[:, shared], t_logits, c["temperature"])
+                    loss = L.pixel_distillation_loss(
+                        logits[:, shared], t_logits, c["temperature"], per_sample=scaled
+                    )
                     if self.needs_neighbour and c["neighbour_weight"]:
                         loss = loss + c["neighbour_weight"] * L.pixel_distillation_loss(
-                            logits_n[:, shared], t_logits_n, c["temperature"]
+                            logits_n[:, shared], t_logits_n, c["temperature"], per_sample=scaled
                         )
+                    if scaled:
+                        loss = reduce("distill_pixel", loss, teacher_rows)
                     out["distill_pixel"] = w["distill_pixel"] * loss
             if w["distill_pairwise"]:
                 with phase("loss.distill_pairwise"):
