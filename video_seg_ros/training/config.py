@@ -245,6 +245,15 @@ def config_from_dict(user: dict, overrides: list[str] | tuple[str, ...] = ()) ->
     return config
 
 
+def _positive_numbers(value) -> bool:
+    """A non-empty list of numbers > 0 (booleans are not numbers here)."""
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in value)
+    )
+
+
 def validate(config: dict) -> None:
     _check_integers(config)
     model = config["model"]
@@ -295,18 +304,7 @@ def validate(config: dict) -> None:
         raise ConfigError("losses.pseudo_label.confidence must be a probability in [0, 1]")
     losses = config["losses"]
     class_weights = losses["ce"]["class_weights"]
-    if (
-        class_weights is not None
-        and class_weights != "enet"
-        and not (
-            isinstance(class_weights, list)
-            and class_weights
-            and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
-                for v in class_weights
-            )
-        )
-    ):
+    if class_weights not in (None, "enet") and not _positive_numbers(class_weights):
         raise ConfigError(
             "losses.ce.class_weights must be null, enet or a list of positive numbers (one per "
             f"output channel); got {class_weights!r}"

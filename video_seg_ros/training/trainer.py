@@ -256,7 +256,6 @@ class Trainer:
                 (self.total_iters - self.iteration) / max(1, self.iters_per_epoch)
             )
 
-    # ---- checkpoints ---------------------------------------------------------------------------
     def _ce_class_weights(self) -> torch.Tensor | None:
         """``losses.ce.class_weights`` as a (C,) tensor, or None; ``enet`` counts the training
         labels once here and writes the weights to ``class_weights.json`` in the run folder."""
@@ -283,6 +282,7 @@ class Trainer:
                 )
         return torch.tensor(values, dtype=torch.float32, device=self.device)
 
+    # ---- checkpoints ---------------------------------------------------------------------------
     def _checkpoint(self, metrics: dict | None) -> Checkpoint:
         meta = self.meta
         return Checkpoint(
